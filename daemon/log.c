@@ -1,0 +1,128 @@
+/*
+ * log: a tiny format-checked log API in the manner of OpenBSD's daemons.
+ * Lines go to stderr; when stderr is journald's stream ($JOURNAL_STREAM)
+ * each line starts with the sd-daemon "<N>" priority instead of a
+ * timestamp, since journald stamps lines itself.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "sluice/log.h"
+
+static enum log_level threshold = LOG_LEVEL_INFO;
+static int journal = 0;
+
+void
+log_init(enum log_level level)
+{
+    threshold = level;
+    journal = getenv("JOURNAL_STREAM") != NULL;
+}
+
+void
+log_set_level(enum log_level level)
+{
+    threshold = level;
+}
+
+enum log_level
+log_get_level(void)
+{
+    return threshold;
+}
+
+int
+log_level_parse(const char *s, enum log_level *out)
+{
+    static const struct {
+        const char *name;
+        enum log_level level;
+    } names[] = {
+        {"error", LOG_LEVEL_ERR}, {"warn", LOG_LEVEL_WARN},
+        {"warning", LOG_LEVEL_WARN}, {"info", LOG_LEVEL_INFO},
+        {"debug", LOG_LEVEL_DEBUG},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcmp(s, names[i].name) == 0) {
+            *out = names[i].level;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static void
+vlog(enum log_level level, const char *errstr, const char *fmt, va_list ap)
+{
+    static const char *tag[8] = {"", "", "", "error: ", "warn: ", "",
+                                 "", "debug: "};
+    char line[2048];
+    int n;
+
+    if (level > threshold)
+        return;
+    n = vsnprintf(line, sizeof(line), fmt, ap);
+    if (n < 0)
+        return;
+    if (journal) {
+        if (errstr)
+            fprintf(stderr, "<%d>%s: %s\n", (int)level, line, errstr);
+        else
+            fprintf(stderr, "<%d>%s\n", (int)level, line);
+        return;
+    }
+    struct timespec ts;
+    struct tm tm;
+    char when[32];
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    if (errstr)
+        fprintf(stderr, "%s.%03ldZ %s%s: %s\n", when, ts.tv_nsec / 1000000,
+                tag[level], line, errstr);
+    else
+        fprintf(stderr, "%s.%03ldZ %s%s\n", when, ts.tv_nsec / 1000000,
+                tag[level], line);
+}
+
+#define LOG_FN(fn, level, with_errno)                                        \
+    void fn(const char *fmt, ...)                                            \
+    {                                                                        \
+        int saved = errno;                                                   \
+        va_list ap;                                                          \
+        va_start(ap, fmt);                                                   \
+        vlog(level, with_errno ? strerror(saved) : NULL, fmt, ap);           \
+        va_end(ap);                                                          \
+        errno = saved;                                                       \
+    }
+
+LOG_FN(log_warn, LOG_LEVEL_WARN, 1)
+LOG_FN(log_warnx, LOG_LEVEL_WARN, 0)
+LOG_FN(log_error, LOG_LEVEL_ERR, 0)
+LOG_FN(log_info, LOG_LEVEL_INFO, 0)
+LOG_FN(log_debug, LOG_LEVEL_DEBUG, 0)
+
+void
+fatal(const char *fmt, ...)
+{
+    int saved = errno;
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(LOG_LEVEL_ERR, strerror(saved), fmt, ap);
+    va_end(ap);
+    exit(1);
+}
+
+void
+fatalx(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(LOG_LEVEL_ERR, NULL, fmt, ap);
+    va_end(ap);
+    exit(1);
+}

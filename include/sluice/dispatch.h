@@ -1,0 +1,39 @@
+/*
+ * dispatch: the scheduler. Due jobs are claimed per lane as its gates allow,
+ * sent through http, classified by the provider's dialect, decided by retry
+ * and lane policy, and recorded in the store in group commits.
+ */
+#ifndef SLUICE_DISPATCH_H
+#define SLUICE_DISPATCH_H
+
+#include <stdbool.h>
+#include <uv.h>
+
+struct config;
+struct store;
+struct dispatch;
+
+/* Builds lanes for the config's providers on loop. The store and config are
+ * borrowed and must outlive the dispatcher (see dispatch_reload). Returns
+ * NULL with a logged reason (a provider's key is missing). */
+struct dispatch *dispatch_new(uv_loop_t *loop, struct store *s,
+                              const struct config *c);
+/* Starts claiming. */
+void dispatch_start(struct dispatch *d);
+/* Applies a new config: lanes added, changed or removed; in-flight work
+ * continues. Returns 0, or a negative errno and the old config stays. */
+int dispatch_reload(struct dispatch *d, const struct config *c);
+/* Stops claiming; in-flight requests may finish within grace_ms, the rest
+ * are aborted and returned to queued (attempt refunded). on_stopped runs
+ * once everything is recorded. */
+void dispatch_stop(struct dispatch *d, int64_t grace_ms,
+                   void (*on_stopped)(void *data), void *data);
+/* True when nothing can make progress any more: nothing in flight, nothing
+ * buffered, no job due now or later except behind paused lanes. */
+bool dispatch_drained(struct dispatch *d);
+/* One line: "412 in flight, 18230 queued, flora limit 24, …". Borrowed. */
+const char *dispatch_status(struct dispatch *d);
+/* Frees after stop; handles closed, run the loop once more. */
+void dispatch_free(struct dispatch *d);
+
+#endif

@@ -1,0 +1,39 @@
+/*
+ * hints: every way a provider tells us when to come back or how fast to go,
+ * parsed in one place. Pure functions; "now" is a parameter.
+ */
+#ifndef SLUICE_HINTS_H
+#define SLUICE_HINTS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct http_response;
+
+struct hints {
+    int64_t retry_at_ms;   /* earliest retry, unix ms; 0 = no hint */
+    long rl_limit;         /* advertised requests per window; -1 unknown */
+    long rl_remaining;     /* requests left in the window; -1 unknown */
+    int64_t rl_reset_ms;   /* unix ms the window resets; 0 unknown */
+    int64_t rl_window_ms;  /* window length (RateLimit-Policy w=); 0 unknown */
+};
+
+/* Reads retry-after-ms, Retry-After (delta seconds or HTTP-date, converted
+ * against the response's Date header when present), RateLimit /
+ * RateLimit-Policy (IETF draft, t= r= q= w=), X-RateLimit-Limit / -Remaining
+ * / -Reset (epoch or delta seconds). now_ms is our clock. */
+void hints_from_response(const struct http_response *r, int64_t now_ms,
+                         struct hints *out);
+
+/* Parses an HTTP-date (IMF-fixdate, RFC 850, asctime) to unix ms.
+ * Returns 0 or -EINVAL. */
+int hints_parse_http_date(const char *s, int64_t *ms);
+/* Parses ISO-8601 / RFC 3339 ("2025-10-23T10:30:00.000Z", offsets too) to
+ * unix ms. Returns 0 or -EINVAL. */
+int hints_parse_iso8601(const char *s, int64_t *ms);
+/* Parses a Retry-After value to a delay in ms from the response's point of
+ * view: delta seconds, or date - date_ms (date_ms = response Date header or
+ * our now). Negative delays clamp to 0. Returns 0 or -EINVAL. */
+int hints_parse_retry_after(const char *s, int64_t date_ms, int64_t *delay_ms);
+
+#endif

@@ -1,0 +1,145 @@
+/*
+ * store: the SQLite queue. All SQL text of sluice lives in store.c; the
+ * schema, migrations and views live in sql/ and are embedded at build time.
+ * One connection per struct store, used from one thread.
+ */
+#ifndef SLUICE_STORE_H
+#define SLUICE_STORE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sluice/job.h"
+
+struct store;
+struct jobspec;
+
+/* Opens (creating) the database at path (":memory:" works), sets WAL,
+ * synchronous=NORMAL, busy_timeout, foreign keys, and applies the
+ * migrations under PRAGMA user_version. Returns 0 and *out, or a negative
+ * errno with the reason logged. */
+int store_open(const char *path, struct store **out);
+/* Flushes what is buffered (best effort) and closes. NULL accepted. */
+void store_close(struct store *s);
+/* Schema version the database is at, and the one this build knows. */
+int store_schema_version(struct store *s);
+int store_schema_latest(void);
+
+/* --- enqueue ----------------------------------------------------------- */
+
+/* One transaction around many inserts (a whole JSONL file). */
+int store_begin(struct store *s);
+int store_commit(struct store *s);
+void store_rollback(struct store *s);
+/* Inserts a queued job. Returns 0 inserted, 1 duplicate (same provider and
+ * idempotency key: skipped), or a negative errno. */
+int store_insert_job(struct store *s, const struct jobspec *j,
+                     int64_t now_ms);
+
+/* --- the daemon ---------------------------------------------------------- */
+
+/* Returns running jobs whose lease expired to queued (the attempt stays
+ * charged: DESIGN §3) and frees expired poll leases. *n = jobs reclaimed. */
+int store_reclaim_expired(struct store *s, int64_t now_ms, long *n);
+
+/* Claims up to max due jobs of provider in one UPDATE … RETURNING:
+ * queued/retrying with run_after <= now become running (attempts + 1), and
+ * waiting jobs due for a poll get a lease but stay waiting. Priority first,
+ * then run_after, then id. Fills out[0..*nout) with new jobs (caller frees
+ * with job_free). */
+int store_claim(struct store *s, const char *provider, int max,
+                int64_t now_ms, int64_t lease_ms, const char *owner,
+                struct job **out, int *nout);
+
+/* Earliest run_after (unix ms) of a claimable job of provider, or 0 when
+ * there is none. Waiting jobs under a live lease are not claimable. */
+int store_next_due(struct store *s, const char *provider, int64_t now_ms,
+                   int64_t *due_ms);
+
+/* Counts of claimable-now and not-yet-terminal jobs of provider. */
+int store_pending_count(struct store *s, const char *provider,
+                        long *unfinished);
+
+/* PRAGMA data_version: changes when another connection commits. */
+int store_data_version(struct store *s, int64_t *v);
+
+/* What one finished request (or a release) does to its job. Strings are
+ * borrowed; store_record copies them. */
+struct job_update {
+    int64_t job_id;
+    enum job_state state;     /* new state */
+    int64_t run_after;        /* for retrying / waiting / queued, unix ms */
+    int deferrals;            /* new deferral count */
+    bool uncharge;            /* attempts - 1 (graceful release, deferral) */
+    const char *new_key;      /* a derived idempotency key, or NULL */
+    /* the attempt row, when a request was sent */
+    bool has_attempt;
+    int attempt;              /* jobs.attempts when it was sent */
+    const char *key_sent;     /* idempotency key sent */
+    int64_t started_at, finished_at; /* unix ms */
+    /* outcome (also copied onto the job row when it is a failure) */
+    int http_status;
+    enum err_class cls;       /* ERR_NONE on success */
+    const char *code, *message, *request_id;
+    int64_t retry_after_ms;   /* hint the response gave, 0 none */
+    const char *result;       /* success body (or partial data) */
+    double cost;
+    bool has_cost;
+    const char *remote_id, *poll_url; /* async run, kept on the job */
+    bool is_poll;             /* the request was a poll of remote_id */
+};
+
+/* Buffers an update for the next group commit. Never fails. */
+void store_record(struct store *s, const struct job_update *u);
+/* Updates buffered and not yet committed. */
+size_t store_pending(const struct store *s);
+/* Commits everything buffered in one transaction. Returns 0; -EBUSY when
+ * the database is locked (updates stay buffered: call again later); another
+ * negative errno on a real failure (also kept). */
+int store_flush(struct store *s);
+
+/* Ids among ids[0..n) whose state is cancelled now; fills out, *nout. */
+int store_cancelled(struct store *s, const int64_t *ids, int n,
+                    int64_t *out, int *nout);
+
+/* The live view of a provider, written about once a second. */
+struct provider_row {
+    const char *name;
+    const char *state;        /* active, paused, open, parked */
+    const char *reason;       /* why not active, or NULL */
+    int concurrency_limit;
+    int in_flight;
+    int64_t pause_until;      /* unix ms, 0 none */
+    long sent, succeeded, failed, throttled; /* counters since start */
+};
+int store_provider_put(struct store *s, const struct provider_row *p,
+                       int64_t now_ms);
+/* The last saved limit (0 if none) and the last resume request (unix ms,
+ * 0 none) of provider. */
+int store_provider_get(struct store *s, const char *name, int *limit,
+                       int64_t *resume_requested_at);
+/* sluicectl resume: asks the daemon to resume name. -ENOENT unknown. */
+int store_provider_request_resume(struct store *s, const char *name,
+                                  int64_t now_ms);
+
+/* --- operator queries: new JSON values (json_decref them) ------------- */
+
+/* {"providers":{name:{state counts…}}, "batches":[…],
+ *  "lanes":[providers rows]} */
+json_t *store_status_json(struct store *s);
+
+struct store_filter {
+    const char *state;    /* NULL any */
+    const char *provider; /* NULL any */
+    const char *batch;    /* NULL any */
+    long limit;           /* 0 = no limit */
+};
+/* Array of jobs (no body/result) matching the filter, newest first. */
+json_t *store_jobs_json(struct store *s, const struct store_filter *f);
+/* One job by id or custom_id with all columns and an "attempts" array, or
+ * NULL when there is no such job. */
+json_t *store_job_json(struct store *s, const char *id_or_custom_id);
+
+#endif

@@ -1,5 +1,6 @@
 # Writes OUT: a C file with every file of FILES as a NUL-terminated byte
 # array, in order, for store.c's migrations (see sql/README.md).
+string(REPLACE "|" ";" FILES "${FILES}")
 set(body "/* generated from sql/ by cmake/embed_sql.cmake; do not edit */\n")
 string(APPEND body "#include <stddef.h>\n\n")
 set(table "")

@@ -55,6 +55,9 @@ log_level_parse(const char *s, enum log_level *out)
     return -EINVAL;
 }
 
+static void vlog(enum log_level level, const char *errstr, const char *fmt,
+                 va_list ap) __attribute__((format(printf, 3, 0)));
+
 static void
 vlog(enum log_level level, const char *errstr, const char *fmt, va_list ap)
 {

@@ -67,4 +67,28 @@ int64_t lane_pause_until(const struct lane *l); /* unix ms, 0 none */
  * insufficient_balance". Borrowed until the next call on l. */
 const char *lane_describe(const struct lane *l);
 
+/* Additions for the providers row and the log. */
+
+/* The lane's name as given to lane_new. Borrowed. */
+const char *lane_name(const struct lane *l);
+/* The last change of state or limit, for the log line that follows a true
+ * lane_on_done: "limit 24→16 after rate_limited", "active→paused after
+ * auth". "" before the first change. Borrowed until the next call on l.
+ * lane_admit may change the state too when a time gate ends (parked →
+ * active); callers that log it compare lane_state before and after. */
+const char *lane_last_change(const struct lane *l);
+/* The pacer's rate in requests/s: 0.9 × the lower of the configured and
+ * the advertised rate; 0 when neither is known. */
+double lane_rate(const struct lane *l);
+/* Unix ms the breaker's open period ends while the lane is open; 0 else. */
+int64_t lane_open_until(const struct lane *l);
+/* Counters since lane_new: requests sent, answered with success (or an
+ * accepted / still-running async run), failed, and throttled (429, or a
+ * 503 with a retry hint). A finished request counts in exactly one of the
+ * last three. */
+int64_t lane_sent(const struct lane *l);
+int64_t lane_succeeded(const struct lane *l);
+int64_t lane_failed(const struct lane *l);
+int64_t lane_throttled(const struct lane *l);
+
 #endif

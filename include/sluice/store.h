@@ -26,6 +26,10 @@ void store_close(struct store *s);
 /* Schema version the database is at, and the one this build knows. */
 int store_schema_version(struct store *s);
 int store_schema_latest(void);
+/* How long a statement waits for another connection's lock before it fails
+ * with -EBUSY (default 5000 ms). The daemon sets a short one so its loop
+ * never blocks long; a -EBUSY flush is simply retried later. */
+void store_set_busy_timeout(struct store *s, int ms);
 
 /* --- enqueue ----------------------------------------------------------- */
 
@@ -41,8 +45,17 @@ int store_insert_job(struct store *s, const struct jobspec *j,
 /* --- the daemon ---------------------------------------------------------- */
 
 /* Returns running jobs whose lease expired to queued (the attempt stays
- * charged: DESIGN §3) and frees expired poll leases. *n = jobs reclaimed. */
+ * charged: DESIGN §3) and frees expired poll leases. *n = jobs reclaimed.
+ * A job with no attempt left fails instead (timeout / lease_expired), or it
+ * would be claimed beyond max_attempts. */
 int store_reclaim_expired(struct store *s, int64_t now_ms, long *n);
+
+/* Distinct lease owners ("host:pid") of running jobs and poll leases;
+ * *owners is a new NULL-terminated array of new strings (free each). */
+int store_lease_owners(struct store *s, char ***owners, size_t *n);
+/* Like store_reclaim_expired, but for every lease of owner whatever its
+ * expiry: used at start for a daemon of this host that is known dead. */
+int store_reclaim_owner(struct store *s, const char *owner, long *n);
 
 /* Claims up to max due jobs of provider in one UPDATE … RETURNING:
  * queued/retrying with run_after <= now become running (attempts + 1), and
@@ -72,8 +85,13 @@ struct job_update {
     enum job_state state;     /* new state */
     int64_t run_after;        /* for retrying / waiting / queued, unix ms */
     int deferrals;            /* new deferral count */
-    bool uncharge;            /* attempts - 1 (graceful release, deferral) */
-    const char *new_key;      /* a derived idempotency key, or NULL */
+    bool uncharge;            /* attempts - 1 (graceful release, deferral);
+                                 ignored when is_poll: polls are not
+                                 charged at claim */
+    const char *new_key;      /* a derived key to send from now on, or NULL:
+                                 kept apart from jobs.idempotency_key (the
+                                 job's identity, unique per provider), and
+                                 returned by claims as job->idempotency_key */
     /* the attempt row, when a request was sent */
     bool has_attempt;
     int attempt;              /* jobs.attempts when it was sent */
@@ -83,6 +101,7 @@ struct job_update {
     int http_status;
     enum err_class cls;       /* ERR_NONE on success */
     const char *code, *message, *request_id;
+    const char *fields;       /* JSON [{"field","message"}] or NULL */
     int64_t retry_after_ms;   /* hint the response gave, 0 none */
     const char *result;       /* success body (or partial data) */
     double cost;
@@ -91,7 +110,12 @@ struct job_update {
     bool is_poll;             /* the request was a poll of remote_id */
 };
 
-/* Buffers an update for the next group commit. Never fails. */
+/* Buffers an update for the next group commit. Never fails. At flush: a
+ * failure (cls != ERR_NONE) is copied onto the job row, a success clears it
+ * (http_status and request_id kept), other updates leave it; a job an
+ * operator cancelled meanwhile stays cancelled (the outcome is still kept);
+ * the lease is cleared unless the new state is running; an update for a
+ * purged job is dropped. */
 void store_record(struct store *s, const struct job_update *u);
 /* Updates buffered and not yet committed. */
 size_t store_pending(const struct store *s);
@@ -139,7 +163,10 @@ struct store_filter {
 /* Array of jobs (no body/result) matching the filter, newest first. */
 json_t *store_jobs_json(struct store *s, const struct store_filter *f);
 /* One job by id or custom_id with all columns and an "attempts" array, or
- * NULL when there is no such job. */
+ * NULL when there is no such job. The jobs.attempts column (attempts
+ * charged) is under "attempt_count"; body, result and fields are JSON
+ * values when their text is valid JSON. A number is tried as an id first,
+ * then as a custom_id (the newest job with it). */
 json_t *store_job_json(struct store *s, const char *id_or_custom_id);
 
 #endif

@@ -1,0 +1,436 @@
+/*
+ * jobspec: one JSONL line of `sluicectl enqueue` into a row to insert.
+ *
+ * The line is parsed with jansson, checked key by key (unknown keys are
+ * errors, so a typo like "max_attempt" never silently becomes a default),
+ * and normalised so that the same request always yields the same row: the
+ * method upper case, the url as the path under the provider's base_url, the
+ * body re-serialised compactly with sorted keys. The idempotency key is
+ * then the custom_id, or a sha256 over (provider, method, path, body), or
+ * random with --unique (DESIGN §4): re-feeding a file is a no-op.
+ *
+ * Every error message starts with the field it is about ("url: must be a
+ * string"); sluicectl prefixes FILE:LINE.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "sluice/clock.h"
+#include "sluice/config.h"
+#include "sluice/jobspec.h"
+#include "sluice/log.h"
+#include "sluice/xmalloc.h"
+
+/* Caller ids are for humans and support tickets, not payloads. */
+#define CUSTOM_ID_MAX 256
+/* A line may ask for more attempts than the config, within reason: every
+ * attempt may be a paid generation. */
+#define MAX_ATTEMPTS_CAP 1000
+/* config.h's default, for a hand-built config that leaves it 0. */
+#define MAX_ATTEMPTS_DEFAULT 5
+/* 128 random bits as hex: collisions are not a concern. */
+#define UNIQUE_KEY_BYTES 16
+
+static const char *const keys_allowed[] = {
+    "custom_id", "method", "url", "body", "provider", "priority",
+    "max_attempts",
+};
+
+static const char *const methods[] = {"GET", "POST", "PUT", "PATCH",
+                                      "DELETE"};
+
+static int
+fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Writes the message and returns -EINVAL. */
+static int
+fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (err && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -EINVAL;
+}
+
+static const struct provider_config *
+find_provider(const struct config *c, const char *name)
+{
+    for (size_t i = 0; c && i < c->nproviders; i++) {
+        if (strcmp(c->providers[i].name, name) == 0)
+            return &c->providers[i];
+    }
+    return NULL;
+}
+
+/* Length of "scheme://host[:port]" at the start of an http(s) URL, or 0
+ * when url is not one. */
+static size_t
+origin_len(const char *url)
+{
+    size_t n, host;
+
+    if (strncasecmp(url, "http://", 7) == 0)
+        n = 7;
+    else if (strncasecmp(url, "https://", 8) == 0)
+        n = 8;
+    else
+        return 0;
+    host = strcspn(url + n, "/?#");
+    return host ? n + host : 0;
+}
+
+/* True when s holds a space or a control byte (never valid in a URL). */
+static bool
+has_bad_byte(const char *s)
+{
+    for (; *s; s++) {
+        if ((unsigned char)*s <= 0x20 || *s == 0x7f)
+            return true;
+    }
+    return false;
+}
+
+/* The path to store for url: itself when it starts with "/", the part under
+ * base_url for a URL on the provider's origin, else the full URL. */
+static int
+parse_url(const char *url, const struct provider_config *p, char **out,
+          char *err, size_t errlen)
+{
+    size_t ul, bl, bp;
+    const char *rest, *base_path;
+
+    if (*url == '\0')
+        return fail(err, errlen, "url: must not be empty");
+    if (has_bad_byte(url))
+        return fail(err, errlen,
+                    "url: contains a space or a control character");
+    if (url[0] == '/') {
+        *out = xstrdup(url);
+        return 0;
+    }
+    ul = origin_len(url);
+    if (ul == 0)
+        return fail(err, errlen,
+                    "url: must be a path starting with \"/\" or an "
+                    "http(s) URL");
+    bl = origin_len(p->base_url);
+    if (ul != bl || strncasecmp(url, p->base_url, bl) != 0)
+        return fail(err, errlen,
+                    "url: %.*s is not provider %s's host (base_url %s)",
+                    (int)ul, url, p->name, p->base_url);
+    rest = url + ul;
+    base_path = p->base_url + bl;
+    bp = strlen(base_path);
+    while (bp > 0 && base_path[bp - 1] == '/')
+        bp--;
+    if (strncmp(rest, base_path, bp) == 0 && rest[bp] == '/')
+        *out = xstrdup(rest + bp);
+    else
+        *out = xstrdup(url);
+    return 0;
+}
+
+static int
+parse_method(json_t *v, char **out, char *err, size_t errlen)
+{
+    const char *m;
+
+    if (v == NULL) {
+        *out = xstrdup("POST");
+        return 0;
+    }
+    if (!json_is_string(v))
+        return fail(err, errlen, "method: must be a string");
+    m = json_string_value(v);
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        if (strcasecmp(m, methods[i]) == 0) {
+            *out = xstrdup(methods[i]);
+            return 0;
+        }
+    }
+    return fail(err, errlen,
+                "method: '%.32s' is not one of GET, POST, PUT, PATCH, "
+                "DELETE",
+                m);
+}
+
+/* An integer field in [lo, hi]; absent leaves *out as is. */
+static int
+parse_int(json_t *v, const char *name, long lo, long hi, int *out,
+          char *err, size_t errlen)
+{
+    json_int_t n;
+
+    if (v == NULL)
+        return 0;
+    if (!json_is_integer(v))
+        return fail(err, errlen, "%s: must be an integer", name);
+    n = json_integer_value(v);
+    if (n < lo || n > hi)
+        return fail(err, errlen, "%s: must be between %ld and %ld", name,
+                    lo, hi);
+    *out = (int)n;
+    return 0;
+}
+
+static void
+random_key(char out[2 * UNIQUE_KEY_BYTES + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char b[UNIQUE_KEY_BYTES];
+
+    clock_random_bytes(b, sizeof(b));
+    for (size_t i = 0; i < sizeof(b); i++) {
+        out[2 * i] = hex[b[i] >> 4];
+        out[2 * i + 1] = hex[b[i] & 15];
+    }
+    out[2 * UNIQUE_KEY_BYTES] = '\0';
+}
+
+void
+jobspec_hash_key(const char *provider, const char *method, const char *path,
+                 const char *body, char out[65])
+{
+    static const char hex[] = "0123456789abcdef";
+    const char *parts[4] = {provider, method, path, body ? body : ""};
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+
+    if (ctx == NULL || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL))
+        fatalx("jobspec: sha256 unavailable from OpenSSL");
+    /* NUL-separated, so ("ab", "c") and ("a", "bc") hash apart. */
+    for (int i = 0; i < 4; i++)
+        EVP_DigestUpdate(ctx, parts[i], strlen(parts[i]) + (i < 3));
+    EVP_DigestFinal_ex(ctx, md, &mdlen);
+    EVP_MD_CTX_free(ctx);
+    for (unsigned i = 0; i < 32; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+static int
+check_keys(json_t *root, char *err, size_t errlen)
+{
+    const char *key;
+    json_t *v;
+
+    json_object_foreach(root, key, v)
+    {
+        size_t i, n = sizeof(keys_allowed) / sizeof(keys_allowed[0]);
+        for (i = 0; i < n; i++) {
+            if (strcmp(key, keys_allowed[i]) == 0)
+                break;
+        }
+        if (i == n)
+            return fail(err, errlen, "%.64s: unknown field", key);
+    }
+    return 0;
+}
+
+static int
+parse_provider(json_t *root, const struct jobspec_opts *o,
+               const struct provider_config **p, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(root, "provider");
+    const char *name = o->provider;
+
+    if (v != NULL) {
+        if (!json_is_string(v))
+            return fail(err, errlen, "provider: must be a string");
+        name = json_string_value(v);
+    }
+    if (name == NULL)
+        return fail(err, errlen, "provider: missing (no --provider given)");
+    *p = find_provider(o->config, name);
+    if (*p == NULL)
+        return fail(err, errlen, "provider: '%.64s' is not in the config",
+                    name);
+    return 0;
+}
+
+static int
+parse_custom_id(json_t *v, char **out, char *err, size_t errlen)
+{
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_string(v))
+        return fail(err, errlen, "custom_id: must be a string");
+    if (json_string_length(v) == 0)
+        return fail(err, errlen, "custom_id: must not be empty");
+    if (json_string_length(v) > CUSTOM_ID_MAX)
+        return fail(err, errlen, "custom_id: longer than %d bytes",
+                    CUSTOM_ID_MAX);
+    if (strlen(json_string_value(v)) != json_string_length(v))
+        return fail(err, errlen, "custom_id: contains a NUL character");
+    *out = xstrdup(json_string_value(v));
+    return 0;
+}
+
+/* The fewest significant digits that print every real in v so that it
+ * reads back as the same double, or 0 when v holds no real. */
+static int
+real_digits(const json_t *v)
+{
+    const char *key;
+    json_t *child;
+    size_t i;
+    int most = 0, d;
+
+    switch (json_typeof(v)) {
+    case JSON_REAL: {
+        double x = json_real_value(v);
+        char text[32];
+        /* 17 significant digits always read back exactly (IEEE 754). */
+        for (d = 1; d < 17; d++) {
+            snprintf(text, sizeof(text), "%.*g", d, x);
+            if (strtod(text, NULL) == x)
+                break;
+        }
+        return d;
+    }
+    case JSON_OBJECT:
+        json_object_foreach((json_t *)v, key, child)
+        {
+            if ((d = real_digits(child)) > most)
+                most = d;
+        }
+        return most;
+    case JSON_ARRAY:
+        json_array_foreach(v, i, child)
+        {
+            if ((d = real_digits(child)) > most)
+                most = d;
+        }
+        return most;
+    default:
+        return 0;
+    }
+}
+
+static int
+parse_body(json_t *v, char **out, char *err, size_t errlen)
+{
+    size_t flags = JSON_COMPACT | JSON_SORT_KEYS;
+    int digits;
+
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_object(v))
+        return fail(err, errlen, "body: must be an object");
+    /* jansson prints reals with 17 digits (0.1 becomes
+     * 0.10000000000000001): use the fewest that keep every value exact, so
+     * the provider gets the numbers as the caller wrote them. */
+    if ((digits = real_digits(v)) > 0)
+        flags |= JSON_REAL_PRECISION(digits);
+    /* Sorted and compact: the same body always hashes to the same key. */
+    *out = json_dumps(v, flags);
+    if (*out == NULL)
+        return fail(err, errlen, "body: cannot be serialised");
+    return 0;
+}
+
+static int
+parse_fields(json_t *root, const struct jobspec_opts *o, struct jobspec *out,
+             char *err, size_t errlen)
+{
+    const struct provider_config *p;
+    json_t *url = json_object_get(root, "url");
+    int rc;
+
+    if ((rc = check_keys(root, err, errlen)) < 0 ||
+        (rc = parse_provider(root, o, &p, err, errlen)) < 0)
+        return rc;
+    out->provider = xstrdup(p->name);
+    out->batch = xstrdup(o->batch);
+    if ((rc = parse_custom_id(json_object_get(root, "custom_id"),
+                              &out->custom_id, err, errlen)) < 0 ||
+        (rc = parse_method(json_object_get(root, "method"), &out->method,
+                           err, errlen)) < 0)
+        return rc;
+    if (url == NULL)
+        return fail(err, errlen, "url: missing");
+    if (!json_is_string(url))
+        return fail(err, errlen, "url: must be a string");
+    if ((rc = parse_url(json_string_value(url), p, &out->path, err,
+                        errlen)) < 0 ||
+        (rc = parse_body(json_object_get(root, "body"), &out->body, err,
+                         errlen)) < 0)
+        return rc;
+    out->priority = 0;
+    out->max_attempts =
+        p->max_attempts > 0 ? p->max_attempts : MAX_ATTEMPTS_DEFAULT;
+    if ((rc = parse_int(json_object_get(root, "priority"), "priority",
+                        INT_MIN, INT_MAX, &out->priority, err, errlen)) < 0 ||
+        (rc = parse_int(json_object_get(root, "max_attempts"),
+                        "max_attempts", 1, MAX_ATTEMPTS_CAP,
+                        &out->max_attempts, err, errlen)) < 0)
+        return rc;
+    if (o->unique) {
+        char key[2 * UNIQUE_KEY_BYTES + 1];
+        random_key(key);
+        out->idempotency_key = xstrdup(key);
+    } else if (out->custom_id) {
+        out->idempotency_key = xstrdup(out->custom_id);
+    } else {
+        char key[65];
+        jobspec_hash_key(out->provider, out->method, out->path, out->body,
+                         key);
+        out->idempotency_key = xstrdup(key);
+    }
+    return 0;
+}
+
+int
+jobspec_parse(const char *line, size_t len, const struct jobspec_opts *o,
+              struct jobspec *out, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *root;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    /* Duplicate keys are rejected: which one would win is a guess. */
+    root = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL)
+        return fail(err, errlen, "json: %s (column %d)", jerr.text,
+                    jerr.column);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return fail(err, errlen, "json: a job line must be an object");
+    }
+    rc = parse_fields(root, o, out, err, errlen);
+    json_decref(root);
+    if (rc < 0)
+        jobspec_clear(out);
+    return rc;
+}
+
+void
+jobspec_clear(struct jobspec *j)
+{
+    if (j == NULL)
+        return;
+    free(j->provider);
+    free(j->batch);
+    free(j->custom_id);
+    free(j->method);
+    free(j->path);
+    free(j->body);
+    free(j->idempotency_key);
+    memset(j, 0, sizeof(*j));
+}

@@ -1,0 +1,1196 @@
+/*
+ * store: the SQLite queue, and the only file with SQL text in it.
+ *
+ * How it works. store_open applies the embedded sql/ files above PRAGMA
+ * user_version (file N is migration N, each in its own transaction with the
+ * version bump, so two processes opening a fresh file cannot both apply
+ * one), then prepares every statement once; calls bind, step and reset.
+ *
+ * A claim is one UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING: the
+ * write lock makes it atomic across connections and processes, so two
+ * daemons never get the same job, and the attempt is charged at claim time
+ * (a job that crashes the daemon still runs out of attempts). Waiting jobs
+ * due for a poll are leased by a second UPDATE that leaves state and
+ * attempts alone.
+ *
+ * Outcomes are buffered by store_record (strings copied) and written by
+ * store_flush in one BEGIN IMMEDIATE transaction: one fsync for hundreds of
+ * outcomes. When another connection holds the write lock (an operator in
+ * sqlite3, sluicectl enqueue), the flush rolls back, keeps the buffer and
+ * returns -EBUSY; the next flush writes everything. Nothing is dropped.
+ *
+ * Rejected: an outcome per autocommit statement (an fsync per job caps the
+ * daemon at a few hundred jobs/s); SELECT then UPDATE for claims (needs an
+ * explicit transaction and races between daemons for nothing).
+ */
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sluice/clock.h"
+#include "sluice/jobspec.h"
+#include "sluice/log.h"
+#include "sluice/store.h"
+#include "sluice/xmalloc.h"
+
+/* Generated from sql/ by cmake/embed_sql.cmake, in file-name order. */
+struct sql_file {
+    const char *name;
+    const char *text;
+};
+extern const struct sql_file sql_files[];
+extern const size_t sql_nfiles;
+
+/* 5 s: long enough to ride out an operator's short write, short enough
+ * that sluicectl reports a held lock instead of hanging. */
+#define STORE_BUSY_TIMEOUT_MS 5000
+/* 64 MiB of page cache: an enqueue of a million jobs touches the table and
+ * five indexes; with the 2 MiB default, pages spill to the WAL mid-
+ * transaction and inserts slow down several times. */
+#define STORE_CACHE_KIB 65536
+
+/* The columns a claim returns, in the order claim_row reads them. The key
+ * to send is the derived one when a failed run was retried (send_key). */
+#define CLAIM_COLUMNS                                                          \
+    "id, provider, batch, custom_id, method, path, body, "                    \
+    "COALESCE(send_key, idempotency_key), "                                   \
+    "state, attempts, max_attempts, deferrals, remote_id, poll_url, "         \
+    "created_at, waiting_since, priority, run_after"
+
+/* Returning an expired (or a dead owner's) running job to the queue. The
+ * attempt stays charged (DESIGN §3); a job whose every attempt ended in a
+ * lost lease has no attempt left and fails here, or it would be claimed
+ * beyond max_attempts. ?1 is now. */
+#define RECLAIM_RUNNING_SET                                                    \
+    "UPDATE jobs SET "                                                         \
+    "state = CASE WHEN attempts >= max_attempts THEN 'failed' "                \
+    "  ELSE 'queued' END, "                                                    \
+    "error_class = CASE WHEN attempts >= max_attempts THEN 'timeout' "         \
+    "  ELSE error_class END, "                                                 \
+    "error_code = CASE WHEN attempts >= max_attempts "                         \
+    "  THEN 'lease_expired' ELSE error_code END, "                             \
+    "error_message = CASE WHEN attempts >= max_attempts "                      \
+    "  THEN 'claim lease lost with no attempt left (daemon stopped "           \
+    "mid-request?)' ELSE error_message END, "                                  \
+    "finished_at = CASE WHEN attempts >= max_attempts THEN ?1 "                \
+    "  ELSE NULL END, "                                                        \
+    "run_after = ?1, lease_until = NULL, lease_owner = NULL, "                 \
+    "updated_at = ?1 "
+
+/* Every prepared statement; SQL text in stmt_sql below, same order. */
+enum stmt {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_INSERT_JOB,
+    ST_RECLAIM_RUNNING,
+    ST_RECLAIM_POLLS,
+    ST_LEASE_OWNERS,
+    ST_RECLAIM_OWNER_RUNNING,
+    ST_RECLAIM_OWNER_POLLS,
+    ST_CLAIM_WAITING,
+    ST_CLAIM,
+    ST_NEXT_DUE,
+    ST_UNFINISHED,
+    ST_DATA_VERSION,
+    ST_UPDATE_JOB,
+    ST_INSERT_ATTEMPT,
+    ST_JOB_STATE,
+    ST_PROVIDER_PUT,
+    ST_PROVIDER_GET,
+    ST_PROVIDER_RESUME,
+    ST_STATE_COUNTS,
+    ST_BATCHES,
+    ST_LANES,
+    ST_JOBS,
+    ST_JOB_BY_ID,
+    ST_JOB_BY_CUSTOM_ID,
+    ST_ATTEMPTS,
+    ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_INSERT_JOB] =
+        "INSERT INTO jobs (provider, batch, custom_id, method, path, body, "
+        "idempotency_key, priority, max_attempts, state, run_after, "
+        "created_at, updated_at) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?10, ?10) "
+        "ON CONFLICT (provider, idempotency_key) DO NOTHING",
+    [ST_RECLAIM_RUNNING] =
+        RECLAIM_RUNNING_SET "WHERE state = 'running' AND lease_until <= ?1",
+    [ST_RECLAIM_POLLS] =
+        "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
+        "WHERE state = 'waiting' AND lease_until <= ?1",
+    /* Leased rows only, through jobs_lease. */
+    [ST_LEASE_OWNERS] =
+        "SELECT DISTINCT lease_owner FROM jobs "
+        "WHERE lease_until IS NOT NULL AND lease_owner IS NOT NULL "
+        "ORDER BY lease_owner",
+    [ST_RECLAIM_OWNER_RUNNING] =
+        RECLAIM_RUNNING_SET "WHERE state = 'running' "
+        "AND lease_until IS NOT NULL AND lease_owner = ?2",
+    [ST_RECLAIM_OWNER_POLLS] =
+        "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
+        "WHERE state = 'waiting' AND lease_until IS NOT NULL "
+        "AND lease_owner = ?2",
+    [ST_CLAIM_WAITING] =
+        "UPDATE jobs SET lease_until = ?1, lease_owner = ?2, updated_at = ?3 "
+        "WHERE id IN (SELECT id FROM jobs "
+        "  WHERE provider = ?4 AND state = 'waiting' AND run_after <= ?3 "
+        "  AND (lease_until IS NULL OR lease_until <= ?3) "
+        "  ORDER BY run_after, id LIMIT ?5) "
+        "RETURNING " CLAIM_COLUMNS,
+    [ST_CLAIM] =
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+        "lease_until = ?1, lease_owner = ?2, updated_at = ?3 "
+        "WHERE id IN (SELECT id FROM jobs "
+        "  WHERE provider = ?4 AND state IN ('queued', 'retrying') "
+        "  AND run_after <= ?3 "
+        "  ORDER BY priority DESC, run_after, id LIMIT ?5) "
+        "RETURNING " CLAIM_COLUMNS,
+    /* One MIN per state, each answered from the jobs_state index. */
+    [ST_NEXT_DUE] =
+        "SELECT MIN(due) FROM ("
+        "  SELECT MIN(run_after) AS due FROM jobs "
+        "    WHERE provider = ?1 AND state = 'queued' "
+        "  UNION ALL SELECT MIN(run_after) FROM jobs "
+        "    WHERE provider = ?1 AND state = 'retrying' "
+        "  UNION ALL SELECT MIN(run_after) FROM jobs "
+        "    WHERE provider = ?1 AND state = 'waiting' "
+        "    AND (lease_until IS NULL OR lease_until <= ?2))",
+    [ST_UNFINISHED] =
+        "SELECT COUNT(*) FROM jobs WHERE provider = ?1 "
+        "AND state IN ('queued', 'running', 'waiting', 'retrying')",
+    [ST_DATA_VERSION] = "PRAGMA data_version",
+    /* Right-hand sides see the old row: "state" is the state before. A job
+     * an operator cancelled meanwhile stays cancelled, but what the
+     * provider answered is still kept. Mode ?7: 0 keeps the last failure,
+     * 1 records a failure, 2 a success (clears it). */
+    [ST_UPDATE_JOB] =
+        "UPDATE jobs SET "
+        "state = CASE WHEN state = 'cancelled' THEN state ELSE ?2 END, "
+        "run_after = ?3, "
+        "attempts = MAX(attempts - ?4, 0), "
+        "deferrals = ?5, "
+        "send_key = COALESCE(?6, send_key), "
+        "http_status = CASE ?7 WHEN 0 THEN http_status ELSE ?8 END, "
+        "error_class = CASE ?7 WHEN 0 THEN error_class ELSE ?9 END, "
+        "error_code = CASE ?7 WHEN 0 THEN error_code ELSE ?10 END, "
+        "error_message = CASE ?7 WHEN 0 THEN error_message ELSE ?11 END, "
+        "request_id = CASE ?7 WHEN 0 THEN request_id ELSE ?12 END, "
+        "fields = CASE ?7 WHEN 0 THEN fields ELSE ?13 END, "
+        "result = COALESCE(?14, result), "
+        "cost = COALESCE(?15, cost), "
+        "remote_id = COALESCE(?16, remote_id), "
+        "poll_url = COALESCE(?17, poll_url), "
+        "waiting_since = CASE WHEN ?2 = 'waiting' "
+        "  THEN COALESCE(waiting_since, ?18) "
+        "  WHEN ?2 IN ('queued', 'retrying') THEN NULL "
+        "  ELSE waiting_since END, "
+        "finished_at = CASE WHEN state = 'cancelled' "
+        "  THEN COALESCE(finished_at, ?18) "
+        "  WHEN ?2 IN ('succeeded', 'failed', 'cancelled') THEN ?18 "
+        "  ELSE NULL END, "
+        "lease_until = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "
+        "  THEN lease_until ELSE NULL END, "
+        "lease_owner = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "
+        "  THEN lease_owner ELSE NULL END, "
+        "updated_at = ?18 "
+        "WHERE id = ?1",
+    [ST_INSERT_ATTEMPT] =
+        "INSERT INTO attempts (job_id, attempt, idempotency_key, started_at, "
+        "finished_at, http_status, error_class, error_code, error_message, "
+        "request_id, retry_after_ms, is_poll) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    [ST_JOB_STATE] = "SELECT state FROM jobs WHERE id = ?1",
+    [ST_PROVIDER_PUT] =
+        "INSERT INTO providers (name, state, reason, concurrency_limit, "
+        "in_flight, pause_until, sent, succeeded, failed, throttled, "
+        "updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
+        "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
+        "reason = excluded.reason, "
+        "concurrency_limit = excluded.concurrency_limit, "
+        "in_flight = excluded.in_flight, pause_until = excluded.pause_until, "
+        "sent = excluded.sent, succeeded = excluded.succeeded, "
+        "failed = excluded.failed, throttled = excluded.throttled, "
+        "updated_at = excluded.updated_at",
+    [ST_PROVIDER_GET] =
+        "SELECT concurrency_limit, resume_requested_at FROM providers "
+        "WHERE name = ?1",
+    [ST_PROVIDER_RESUME] =
+        "UPDATE providers SET resume_requested_at = ?2 WHERE name = ?1",
+    [ST_STATE_COUNTS] =
+        "SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state",
+    [ST_BATCHES] = "SELECT * FROM batch_progress ORDER BY batch, provider",
+    [ST_LANES] = "SELECT * FROM providers ORDER BY name",
+    [ST_JOBS] =
+        "SELECT id, provider, batch, custom_id, method, path, "
+        "idempotency_key, send_key, priority, state, attempts, max_attempts, "
+        "deferrals, run_after, lease_until, lease_owner, remote_id, "
+        "poll_url, waiting_since, http_status, error_class, error_code, "
+        "error_message, request_id, cost, created_at, updated_at, "
+        "finished_at FROM jobs "
+        "WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR provider = ?2) "
+        "AND (?3 IS NULL OR batch = ?3) ORDER BY id DESC LIMIT ?4",
+    [ST_JOB_BY_ID] = "SELECT * FROM jobs WHERE id = ?1",
+    /* custom_id is unique per provider only: the newest wins. */
+    [ST_JOB_BY_CUSTOM_ID] =
+        "SELECT * FROM jobs WHERE custom_id = ?1 ORDER BY id DESC LIMIT 1",
+    [ST_ATTEMPTS] =
+        "SELECT * FROM attempts WHERE job_id = ?1 "
+        "ORDER BY attempt, started_at, id",
+};
+
+/* A buffered job_update with its strings owned. */
+struct pending {
+    struct job_update u;
+    int64_t at; /* when it was recorded: updated_at / finished_at */
+};
+
+struct store {
+    sqlite3 *db;
+    char *path;
+    sqlite3_stmt *st[ST_COUNT];
+    struct pending *buf; /* store_record's group-commit buffer */
+    size_t nbuf, capbuf;
+};
+
+/* SQLite result codes as negative errno values. */
+static int
+sqlite_errno(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return -EBUSY;
+    case SQLITE_NOMEM:
+        return -ENOMEM;
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+        return -EACCES;
+    case SQLITE_CANTOPEN:
+        return -ENOENT;
+    case SQLITE_FULL:
+        return -ENOSPC;
+    case SQLITE_CONSTRAINT:
+        return -EEXIST;
+    case SQLITE_NOTADB:
+    case SQLITE_CORRUPT:
+        return -EPROTO;
+    default:
+        return -EIO;
+    }
+}
+
+/* Logs a failed call (busy at debug level: callers retry it) and returns
+ * the errno. */
+static int
+store_fail(struct store *s, int rc, const char *what)
+{
+    int err = sqlite_errno(rc);
+    if (err == -EBUSY)
+        log_debug("store: %s: %s", what, sqlite3_errmsg(s->db));
+    else
+        log_error("store: %s: %s: %s", s->path, what, sqlite3_errmsg(s->db));
+    return err;
+}
+
+/* A prepared statement, reset and unbound, ready for new bindings. */
+static sqlite3_stmt *
+stmt(struct store *s, enum stmt id)
+{
+    sqlite3_stmt *st = s->st[id];
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return st;
+}
+
+static void
+bind_text(sqlite3_stmt *st, int i, const char *v)
+{
+    if (v)
+        sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+/* Binds 0 as NULL: "none" for times and statuses. */
+static void
+bind_int64_or_null(sqlite3_stmt *st, int i, int64_t v)
+{
+    if (v)
+        sqlite3_bind_int64(st, i, v);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+static char *
+column_strdup(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? xstrdup((const char *)t) : NULL;
+}
+
+/* Runs a statement that returns no rows. */
+static int
+exec_stmt(struct store *s, enum stmt id, const char *what)
+{
+    sqlite3_stmt *st = stmt(s, id);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, what);
+}
+
+/* --- open and migrate --------------------------------------------------- */
+
+static int
+read_user_version(struct store *s, int *v)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return store_fail(s, rc, "user_version");
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "user_version");
+}
+
+/* Applies migration n (1-based) unless someone else did meanwhile. */
+static int
+migrate_one(struct store *s, int n)
+{
+    const char *name = sql_files[n - 1].name;
+    char *err = NULL, *bump;
+    int rc, v;
+
+    rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return store_fail(s, rc, "migration: begin");
+    if ((rc = read_user_version(s, &v)) < 0)
+        goto fail;
+    if (v >= n) {
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        return 0;
+    }
+    bump = xasprintf("PRAGMA user_version = %d", n);
+    rc = sqlite3_exec(s->db, sql_files[n - 1].text, NULL, NULL, &err);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(s->db, bump, NULL, NULL, &err);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, &err);
+    free(bump);
+    if (rc != SQLITE_OK) {
+        log_error("store: %s: migration %s: %s", s->path, name,
+                  err ? err : sqlite3_errstr(rc));
+        sqlite3_free(err);
+        rc = sqlite_errno(rc);
+        goto fail;
+    }
+    log_info("store: %s: applied migration %s", s->path, name);
+    return 0;
+fail:
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+static int
+migrate(struct store *s)
+{
+    int v, rc;
+
+    if ((rc = read_user_version(s, &v)) < 0)
+        return rc;
+    if (v > (int)sql_nfiles) {
+        log_error("store: %s: schema version %d is newer than this build "
+                  "knows (%zu)",
+                  s->path, v, sql_nfiles);
+        return -EPROTO;
+    }
+    for (int n = v + 1; n <= (int)sql_nfiles; n++) {
+        if ((rc = migrate_one(s, n)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int
+store_open(const char *path, struct store **out)
+{
+    struct store *s = xcalloc(1, sizeof(*s));
+    char *pragmas;
+    int rc;
+
+    s->path = xstrdup(path);
+    rc = sqlite3_open_v2(path, &s->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                             SQLITE_OPEN_NOMUTEX,
+                         NULL);
+    if (rc != SQLITE_OK) {
+        log_error("store: %s: open: %s", path,
+                  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        rc = sqlite_errno(rc);
+        goto fail;
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    /* The timeout first: switching to WAL takes a lock too. */
+    sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+    pragmas = xasprintf("PRAGMA journal_mode = WAL; "
+                        "PRAGMA synchronous = NORMAL; "
+                        "PRAGMA foreign_keys = ON; "
+                        "PRAGMA cache_size = -%d",
+                        STORE_CACHE_KIB);
+    rc = sqlite3_exec(s->db, pragmas, NULL, NULL, NULL);
+    free(pragmas);
+    if (rc != SQLITE_OK) {
+        rc = store_fail(s, rc, "pragmas");
+        goto fail;
+    }
+    if ((rc = migrate(s)) < 0)
+        goto fail;
+    for (int i = 0; i < ST_COUNT; i++) {
+        rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1,
+                                SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
+        if (rc != SQLITE_OK) {
+            rc = store_fail(s, rc, stmt_sql[i]);
+            goto fail;
+        }
+    }
+    *out = s;
+    return 0;
+fail:
+    store_close(s);
+    return rc;
+}
+
+void
+store_set_busy_timeout(struct store *s, int ms)
+{
+    sqlite3_busy_timeout(s->db, ms);
+}
+
+static void
+pending_clear(struct pending *p)
+{
+    struct job_update *u = &p->u;
+    free((char *)u->new_key);
+    free((char *)u->key_sent);
+    free((char *)u->code);
+    free((char *)u->message);
+    free((char *)u->request_id);
+    free((char *)u->fields);
+    free((char *)u->result);
+    free((char *)u->remote_id);
+    free((char *)u->poll_url);
+}
+
+void
+store_close(struct store *s)
+{
+    if (s == NULL)
+        return;
+    if (s->nbuf > 0 && s->st[ST_COUNT - 1] != NULL && store_flush(s) < 0)
+        log_warnx("store: %s: %zu outcomes not written at close", s->path,
+                  s->nbuf);
+    for (size_t i = 0; i < s->nbuf; i++)
+        pending_clear(&s->buf[i]);
+    free(s->buf);
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(s->st[i]);
+    sqlite3_close_v2(s->db);
+    free(s->path);
+    free(s);
+}
+
+int
+store_schema_version(struct store *s)
+{
+    int v = -1;
+    read_user_version(s, &v);
+    return v;
+}
+
+int
+store_schema_latest(void)
+{
+    return (int)sql_nfiles;
+}
+
+/* --- enqueue ------------------------------------------------------------ */
+
+int
+store_begin(struct store *s)
+{
+    return exec_stmt(s, ST_BEGIN, "begin");
+}
+
+int
+store_commit(struct store *s)
+{
+    return exec_stmt(s, ST_COMMIT, "commit");
+}
+
+void
+store_rollback(struct store *s)
+{
+    if (!sqlite3_get_autocommit(s->db))
+        exec_stmt(s, ST_ROLLBACK, "rollback");
+}
+
+int
+store_insert_job(struct store *s, const struct jobspec *j, int64_t now_ms)
+{
+    sqlite3_stmt *st = stmt(s, ST_INSERT_JOB);
+    int rc;
+
+    bind_text(st, 1, j->provider);
+    bind_text(st, 2, j->batch);
+    bind_text(st, 3, j->custom_id);
+    bind_text(st, 4, j->method);
+    bind_text(st, 5, j->path);
+    bind_text(st, 6, j->body);
+    bind_text(st, 7, j->idempotency_key);
+    sqlite3_bind_int(st, 8, j->priority);
+    sqlite3_bind_int(st, 9, j->max_attempts);
+    sqlite3_bind_int64(st, 10, now_ms);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return store_fail(s, rc, "insert job");
+    return sqlite3_changes(s->db) == 1 ? 0 : 1;
+}
+
+/* --- the daemon ----------------------------------------------------------- */
+
+int
+store_reclaim_expired(struct store *s, int64_t now_ms, long *n)
+{
+    sqlite3_stmt *st = stmt(s, ST_RECLAIM_RUNNING);
+    int rc;
+
+    *n = 0;
+    sqlite3_bind_int64(st, 1, now_ms);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return store_fail(s, rc, "reclaim expired leases");
+    *n = sqlite3_changes(s->db);
+    st = stmt(s, ST_RECLAIM_POLLS);
+    sqlite3_bind_int64(st, 1, now_ms);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return store_fail(s, rc, "free expired poll leases");
+    return 0;
+}
+
+int
+store_lease_owners(struct store *s, char ***owners, size_t *n)
+{
+    sqlite3_stmt *st = stmt(s, ST_LEASE_OWNERS);
+    size_t cap = 4;
+    char **v = xcalloc(cap, sizeof(*v));
+    int rc;
+
+    *n = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n + 1 == cap) {
+            cap *= 2;
+            v = xrealloc(v, cap * sizeof(*v));
+        }
+        v[(*n)++] = column_strdup(st, 0);
+    }
+    v[*n] = NULL;
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        for (size_t i = 0; i < *n; i++)
+            free(v[i]);
+        free(v);
+        *n = 0;
+        *owners = NULL;
+        return store_fail(s, rc, "lease owners");
+    }
+    *owners = v;
+    return 0;
+}
+
+int
+store_reclaim_owner(struct store *s, const char *owner, long *n)
+{
+    int64_t now = clock_now_ms();
+    sqlite3_stmt *st = stmt(s, ST_RECLAIM_OWNER_RUNNING);
+    int rc;
+
+    *n = 0;
+    sqlite3_bind_int64(st, 1, now);
+    bind_text(st, 2, owner);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return store_fail(s, rc, "reclaim leases of owner");
+    *n = sqlite3_changes(s->db);
+    st = stmt(s, ST_RECLAIM_OWNER_POLLS);
+    bind_text(st, 2, owner);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return store_fail(s, rc, "free poll leases of owner");
+    return 0;
+}
+
+/* A claimed row with what orders it (RETURNING gives no order). */
+struct claimed {
+    struct job *job;
+    int priority;
+    int64_t run_after;
+};
+
+static int
+claimed_cmp(const void *a, const void *b)
+{
+    const struct claimed *x = a, *y = b;
+    if (x->priority != y->priority)
+        return x->priority > y->priority ? -1 : 1;
+    if (x->run_after != y->run_after)
+        return x->run_after < y->run_after ? -1 : 1;
+    return (x->job->id > y->job->id) - (x->job->id < y->job->id);
+}
+
+static struct job *
+claim_row(sqlite3_stmt *st)
+{
+    struct job *j = xcalloc(1, sizeof(*j));
+    const char *state = (const char *)sqlite3_column_text(st, 8);
+
+    j->id = sqlite3_column_int64(st, 0);
+    j->provider = column_strdup(st, 1);
+    j->batch = column_strdup(st, 2);
+    j->custom_id = column_strdup(st, 3);
+    j->method = column_strdup(st, 4);
+    j->path = column_strdup(st, 5);
+    j->body = column_strdup(st, 6);
+    j->idempotency_key = column_strdup(st, 7);
+    if (state == NULL || job_state_parse(state, &j->state) < 0)
+        j->state = JOB_RUNNING;
+    j->attempts = sqlite3_column_int(st, 9);
+    j->max_attempts = sqlite3_column_int(st, 10);
+    j->deferrals = sqlite3_column_int(st, 11);
+    j->remote_id = column_strdup(st, 12);
+    j->poll_url = column_strdup(st, 13);
+    j->created_at = sqlite3_column_int64(st, 14);
+    j->waiting_since = sqlite3_column_int64(st, 15);
+    return j;
+}
+
+/* Runs one claim statement; appends up to max jobs to out + *nout. */
+static int
+claim_run(struct store *s, enum stmt id, const char *provider, int max,
+          int64_t now_ms, int64_t lease_ms, const char *owner,
+          struct job **out, int *nout)
+{
+    sqlite3_stmt *st = stmt(s, id);
+    struct claimed *c = xcalloc((size_t)max, sizeof(*c));
+    int n = 0, rc;
+
+    sqlite3_bind_int64(st, 1, now_ms + lease_ms);
+    bind_text(st, 2, owner);
+    sqlite3_bind_int64(st, 3, now_ms);
+    bind_text(st, 4, provider);
+    sqlite3_bind_int(st, 5, max);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < max) {
+        c[n].job = claim_row(st);
+        c[n].priority = sqlite3_column_int(st, 16);
+        c[n].run_after = sqlite3_column_int64(st, 17);
+        n++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        /* The UPDATE is one statement: on error nothing was claimed. */
+        for (int i = 0; i < n; i++)
+            job_free(c[i].job);
+        free(c);
+        return store_fail(s, rc, "claim");
+    }
+    qsort(c, (size_t)n, sizeof(*c), claimed_cmp);
+    for (int i = 0; i < n; i++)
+        out[(*nout)++] = c[i].job;
+    free(c);
+    return 0;
+}
+
+int
+store_claim(struct store *s, const char *provider, int max, int64_t now_ms,
+            int64_t lease_ms, const char *owner, struct job **out, int *nout)
+{
+    int rc;
+
+    *nout = 0;
+    if (max <= 0)
+        return 0;
+    /* Polls first: their runs already occupy the provider, and a finished
+     * run only becomes a result once it is polled. */
+    rc = claim_run(s, ST_CLAIM_WAITING, provider, max, now_ms, lease_ms,
+                   owner, out, nout);
+    if (rc == 0 && *nout < max)
+        rc = claim_run(s, ST_CLAIM, provider, max - *nout, now_ms, lease_ms,
+                       owner, out, nout);
+    if (rc < 0 && *nout > 0)
+        return 0; /* the polls are leased: hand them out */
+    return rc;
+}
+
+int
+store_next_due(struct store *s, const char *provider, int64_t now_ms,
+               int64_t *due_ms)
+{
+    sqlite3_stmt *st = stmt(s, ST_NEXT_DUE);
+    int rc;
+
+    *due_ms = 0;
+    bind_text(st, 1, provider);
+    sqlite3_bind_int64(st, 2, now_ms);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *due_ms = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "next due");
+}
+
+int
+store_pending_count(struct store *s, const char *provider, long *unfinished)
+{
+    sqlite3_stmt *st = stmt(s, ST_UNFINISHED);
+    int rc;
+
+    *unfinished = 0;
+    bind_text(st, 1, provider);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *unfinished = (long)sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "unfinished count");
+}
+
+int
+store_data_version(struct store *s, int64_t *v)
+{
+    sqlite3_stmt *st = stmt(s, ST_DATA_VERSION);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *v = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "data_version");
+}
+
+void
+store_record(struct store *s, const struct job_update *u)
+{
+    struct pending *p;
+
+    if (s->nbuf == s->capbuf) {
+        /* Doubling: a flush stalled behind a lock may buffer thousands. */
+        s->capbuf = s->capbuf ? 2 * s->capbuf : 64;
+        s->buf = xrealloc(s->buf, s->capbuf * sizeof(*s->buf));
+    }
+    p = &s->buf[s->nbuf++];
+    p->u = *u;
+    p->u.new_key = xstrdup(u->new_key);
+    p->u.key_sent = xstrdup(u->key_sent);
+    p->u.code = xstrdup(u->code);
+    p->u.message = xstrdup(u->message);
+    p->u.request_id = xstrdup(u->request_id);
+    p->u.fields = xstrdup(u->fields);
+    p->u.result = xstrdup(u->result);
+    p->u.remote_id = xstrdup(u->remote_id);
+    p->u.poll_url = xstrdup(u->poll_url);
+    p->at = u->finished_at ? u->finished_at : clock_now_ms();
+}
+
+size_t
+store_pending(const struct store *s)
+{
+    return s->nbuf;
+}
+
+/* Binds "" as NULL: the outcome's empty code or request id means none. */
+static void
+bind_text_or_null(sqlite3_stmt *st, int i, const char *v)
+{
+    bind_text(st, i, v && *v ? v : NULL);
+}
+
+/* Writes one buffered update inside the flush transaction. */
+static int
+flush_one(struct store *s, const struct pending *p)
+{
+    const struct job_update *u = &p->u;
+    sqlite3_stmt *st = stmt(s, ST_UPDATE_JOB);
+    bool failed = u->cls != ERR_NONE;
+    int mode = failed ? 1 : u->state == JOB_SUCCEEDED ? 2 : 0;
+    int rc, changed;
+
+    sqlite3_bind_int64(st, 1, u->job_id);
+    bind_text(st, 2, job_state_name(u->state));
+    sqlite3_bind_int64(st, 3, u->run_after);
+    sqlite3_bind_int(st, 4, u->uncharge && !u->is_poll);
+    sqlite3_bind_int(st, 5, u->deferrals);
+    bind_text(st, 6, u->new_key);
+    sqlite3_bind_int(st, 7, mode);
+    bind_int64_or_null(st, 8, u->http_status);
+    if (failed) {
+        bind_text(st, 9, err_class_name(u->cls));
+        bind_text_or_null(st, 10, u->code);
+        bind_text_or_null(st, 11, u->message);
+        bind_text(st, 13, u->fields);
+    }
+    bind_text_or_null(st, 12, u->request_id);
+    bind_text(st, 14, u->result);
+    if (u->has_cost)
+        sqlite3_bind_double(st, 15, u->cost);
+    bind_text(st, 16, u->remote_id);
+    bind_text(st, 17, u->poll_url);
+    sqlite3_bind_int64(st, 18, p->at);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return store_fail(s, rc, "update job");
+    changed = sqlite3_changes(s->db);
+    if (!u->has_attempt || changed == 0)
+        return 0; /* a purged job: nothing to attach the attempt to */
+
+    st = stmt(s, ST_INSERT_ATTEMPT);
+    sqlite3_bind_int64(st, 1, u->job_id);
+    sqlite3_bind_int(st, 2, u->attempt);
+    bind_text(st, 3, u->key_sent);
+    sqlite3_bind_int64(st, 4, u->started_at);
+    sqlite3_bind_int64(st, 5, u->finished_at);
+    bind_int64_or_null(st, 6, u->http_status);
+    if (failed) {
+        bind_text(st, 7, err_class_name(u->cls));
+        bind_text_or_null(st, 8, u->code);
+        bind_text_or_null(st, 9, u->message);
+    }
+    bind_text_or_null(st, 10, u->request_id);
+    bind_int64_or_null(st, 11, u->retry_after_ms);
+    sqlite3_bind_int(st, 12, u->is_poll);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "insert attempt");
+}
+
+int
+store_flush(struct store *s)
+{
+    int rc;
+
+    if (s->nbuf == 0)
+        return 0;
+    if ((rc = exec_stmt(s, ST_BEGIN, "flush: begin")) < 0)
+        return rc;
+    for (size_t i = 0; i < s->nbuf; i++) {
+        if ((rc = flush_one(s, &s->buf[i])) < 0)
+            goto fail;
+    }
+    if ((rc = exec_stmt(s, ST_COMMIT, "flush: commit")) < 0)
+        goto fail;
+    for (size_t i = 0; i < s->nbuf; i++)
+        pending_clear(&s->buf[i]);
+    s->nbuf = 0;
+    return 0;
+fail:
+    /* All or nothing: the buffer is kept and written by a later flush. */
+    store_rollback(s);
+    return rc;
+}
+
+int
+store_cancelled(struct store *s, const int64_t *ids, int n, int64_t *out,
+                int *nout)
+{
+    sqlite3_stmt *st = s->st[ST_JOB_STATE];
+    int rc = SQLITE_DONE;
+
+    *nout = 0;
+    for (int i = 0; i < n; i++) {
+        st = stmt(s, ST_JOB_STATE);
+        sqlite3_bind_int64(st, 1, ids[i]);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            const char *state = (const char *)sqlite3_column_text(st, 0);
+            if (state && strcmp(state, "cancelled") == 0)
+                out[(*nout)++] = ids[i];
+        } else if (rc != SQLITE_DONE) {
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE
+               ? 0
+               : store_fail(s, rc, "cancelled jobs");
+}
+
+int
+store_provider_put(struct store *s, const struct provider_row *p,
+                   int64_t now_ms)
+{
+    sqlite3_stmt *st = stmt(s, ST_PROVIDER_PUT);
+    int rc;
+
+    bind_text(st, 1, p->name);
+    bind_text(st, 2, p->state ? p->state : "active");
+    bind_text(st, 3, p->reason);
+    sqlite3_bind_int(st, 4, p->concurrency_limit);
+    sqlite3_bind_int(st, 5, p->in_flight);
+    bind_int64_or_null(st, 6, p->pause_until);
+    sqlite3_bind_int64(st, 7, p->sent);
+    sqlite3_bind_int64(st, 8, p->succeeded);
+    sqlite3_bind_int64(st, 9, p->failed);
+    sqlite3_bind_int64(st, 10, p->throttled);
+    sqlite3_bind_int64(st, 11, now_ms);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "provider row");
+}
+
+int
+store_provider_get(struct store *s, const char *name, int *limit,
+                   int64_t *resume_requested_at)
+{
+    sqlite3_stmt *st = stmt(s, ST_PROVIDER_GET);
+    int rc;
+
+    *limit = 0;
+    *resume_requested_at = 0;
+    bind_text(st, 1, name);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *limit = sqlite3_column_int(st, 0);
+        *resume_requested_at = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE
+               ? 0
+               : store_fail(s, rc, "provider row");
+}
+
+int
+store_provider_request_resume(struct store *s, const char *name,
+                              int64_t now_ms)
+{
+    sqlite3_stmt *st = stmt(s, ST_PROVIDER_RESUME);
+    int rc;
+
+    bind_text(st, 1, name);
+    sqlite3_bind_int64(st, 2, now_ms);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return store_fail(s, rc, "resume request");
+    return sqlite3_changes(s->db) == 1 ? 0 : -ENOENT;
+}
+
+/* --- operator queries ----------------------------------------------------- */
+
+/* JSON text columns come back as JSON values; anything unparsable (or not
+ * JSON at all) stays a string. */
+static bool
+is_json_column(const char *name)
+{
+    return strcmp(name, "body") == 0 || strcmp(name, "result") == 0 ||
+           strcmp(name, "fields") == 0;
+}
+
+/* The current row as an object keyed by column name. */
+static json_t *
+row_json(sqlite3_stmt *st)
+{
+    json_t *o = json_object();
+    int n = sqlite3_column_count(st);
+
+    for (int i = 0; i < n; i++) {
+        const char *name = sqlite3_column_name(st, i);
+        json_t *v;
+
+        switch (sqlite3_column_type(st, i)) {
+        case SQLITE_INTEGER:
+            v = json_integer(sqlite3_column_int64(st, i));
+            break;
+        case SQLITE_FLOAT:
+            v = json_real(sqlite3_column_double(st, i));
+            break;
+        case SQLITE_NULL:
+            v = json_null();
+            break;
+        default: {
+            const char *t = (const char *)sqlite3_column_text(st, i);
+            size_t len = (size_t)sqlite3_column_bytes(st, i);
+            v = NULL;
+            if (is_json_column(name))
+                v = json_loadb(t, len, JSON_DECODE_ANY, NULL);
+            if (v == NULL)
+                v = json_stringn(t, len);
+            if (v == NULL) /* not UTF-8: keep what is readable */
+                v = json_string("");
+            break;
+        }
+        }
+        json_object_set_new(o, name, v);
+    }
+    return o;
+}
+
+/* Steps st to the end, appending each row to arr. */
+static int
+rows_json(struct store *s, sqlite3_stmt *st, json_t *arr, const char *what)
+{
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        json_array_append_new(arr, row_json(st));
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, what);
+}
+
+/* {"queued":0, … every state …, "total":0} */
+static json_t *
+state_counts_new(void)
+{
+    json_t *o = json_object();
+    for (int i = 0; i < JOB_STATE_COUNT; i++)
+        json_object_set_new(o, job_state_name((enum job_state)i),
+                            json_integer(0));
+    json_object_set_new(o, "total", json_integer(0));
+    return o;
+}
+
+static int
+status_providers(struct store *s, json_t *providers, json_t *lanes)
+{
+    sqlite3_stmt *st = stmt(s, ST_STATE_COUNTS);
+    size_t i;
+    json_t *lane;
+    int rc;
+
+    /* Every provider the daemon knows, even with no jobs yet. */
+    json_array_foreach(lanes, i, lane)
+    {
+        const char *name = json_string_value(json_object_get(lane, "name"));
+        if (name && json_object_get(providers, name) == NULL)
+            json_object_set_new(providers, name, state_counts_new());
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        const char *state = (const char *)sqlite3_column_text(st, 1);
+        json_int_t n = sqlite3_column_int64(st, 2);
+        json_t *counts = json_object_get(providers, name);
+        json_t *total;
+
+        if (counts == NULL) {
+            counts = state_counts_new();
+            json_object_set_new(providers, name, counts);
+        }
+        json_object_set_new(counts, state, json_integer(n));
+        total = json_object_get(counts, "total");
+        json_integer_set(total, json_integer_value(total) + n);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "status counts");
+}
+
+json_t *
+store_status_json(struct store *s)
+{
+    json_t *status = json_object();
+    json_t *providers = json_object();
+    json_t *batches = json_array();
+    json_t *lanes = json_array();
+
+    json_object_set_new(status, "providers", providers);
+    json_object_set_new(status, "batches", batches);
+    json_object_set_new(status, "lanes", lanes);
+    if (rows_json(s, stmt(s, ST_LANES), lanes, "status lanes") < 0 ||
+        status_providers(s, providers, lanes) < 0 ||
+        rows_json(s, stmt(s, ST_BATCHES), batches, "status batches") < 0) {
+        json_decref(status);
+        return NULL;
+    }
+    return status;
+}
+
+json_t *
+store_jobs_json(struct store *s, const struct store_filter *f)
+{
+    sqlite3_stmt *st = stmt(s, ST_JOBS);
+    json_t *arr = json_array();
+
+    bind_text(st, 1, f ? f->state : NULL);
+    bind_text(st, 2, f ? f->provider : NULL);
+    bind_text(st, 3, f ? f->batch : NULL);
+    /* LIMIT -1: no limit */
+    sqlite3_bind_int64(st, 4, f && f->limit > 0 ? f->limit : -1);
+    if (rows_json(s, st, arr, "jobs") < 0) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+/* Finds the job row by id (all digits) or custom_id; -ENOENT if none. */
+static int
+job_find(struct store *s, const char *key, json_t **out)
+{
+    sqlite3_stmt *st;
+    size_t len = strspn(key, "0123456789");
+    int rc;
+
+    *out = NULL;
+    /* A numeric custom_id is looked up as one when no id matches. */
+    if (len > 0 && len < 19 && key[len] == '\0') {
+        st = stmt(s, ST_JOB_BY_ID);
+        sqlite3_bind_int64(st, 1, strtoll(key, NULL, 10));
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            *out = row_json(st);
+        sqlite3_reset(st);
+        if (rc == SQLITE_ROW)
+            return 0;
+        if (rc != SQLITE_DONE)
+            return store_fail(s, rc, "job");
+    }
+    st = stmt(s, ST_JOB_BY_CUSTOM_ID);
+    bind_text(st, 1, key);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *out = row_json(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    return rc == SQLITE_DONE ? -ENOENT : store_fail(s, rc, "job");
+}
+
+json_t *
+store_job_json(struct store *s, const char *id_or_custom_id)
+{
+    sqlite3_stmt *st;
+    json_t *job, *attempts;
+
+    if (job_find(s, id_or_custom_id, &job) < 0)
+        return NULL;
+    st = stmt(s, ST_ATTEMPTS);
+    sqlite3_bind_int64(
+        st, 1, json_integer_value(json_object_get(job, "id")));
+    attempts = json_array();
+    /* "attempts" becomes the rows; the column's count is kept apart. */
+    json_object_set(job, "attempt_count", json_object_get(job, "attempts"));
+    json_object_set_new(job, "attempts", attempts);
+    if (rows_json(s, st, attempts, "attempts") < 0) {
+        json_decref(job);
+        return NULL;
+    }
+    return job;
+}

@@ -1,0 +1,1231 @@
+/*
+ * store: the SQLite queue against real SQLite, on ":memory:" and on temp
+ * files (for what needs a second connection). Rows are checked through the
+ * store's own JSON queries or, for views and raw columns, through a plain
+ * sqlite3 connection to the same file.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "sluice/jobspec.h"
+#include "sluice/store.h"
+
+/* 2023-11-14T22:13:20Z: any fixed "now" will do. */
+#define T0 INT64_C(1700000000000)
+#define LEASE_MS 60000
+
+struct tmpdb {
+    char dir[64];
+    char path[96];
+};
+
+static void
+tmpdb_make(struct tmpdb *t)
+{
+    snprintf(t->dir, sizeof(t->dir), "/tmp/test_store.XXXXXX");
+    assert_non_null(mkdtemp(t->dir));
+    snprintf(t->path, sizeof(t->path), "%s/queue.db", t->dir);
+}
+
+static void
+tmpdb_remove(struct tmpdb *t)
+{
+    static const char *const suffix[] = {"", "-wal", "-shm"};
+    char p[128];
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof(p), "%s%s", t->path, suffix[i]);
+        unlink(p);
+    }
+    rmdir(t->dir);
+}
+
+static struct store *
+open_store(const char *path)
+{
+    struct store *s = NULL;
+    assert_int_equal(store_open(path, &s), 0);
+    assert_non_null(s);
+    return s;
+}
+
+/* Inserts a job whose custom_id and key are key; returns store_insert_job. */
+static int
+insert(struct store *s, const char *provider, const char *key, int priority,
+       int64_t now)
+{
+    struct jobspec j = {
+        .provider = (char *)provider,
+        .custom_id = (char *)key,
+        .method = "POST",
+        .path = "/v1/run",
+        .body = "{\"prompt\":\"a cat\"}",
+        .idempotency_key = (char *)key,
+        .priority = priority,
+        .max_attempts = 3,
+    };
+    return store_insert_job(s, &j, now);
+}
+
+static void
+insert_n(struct store *s, const char *provider, int n, int64_t now)
+{
+    char key[32];
+    for (int i = 0; i < n; i++) {
+        snprintf(key, sizeof(key), "%s-%d", provider, i);
+        assert_int_equal(insert(s, provider, key, 0, now), 0);
+    }
+}
+
+/* The first column of the first row of sql on a fresh connection. */
+static long long
+sql_int(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    long long v = -1;
+
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static json_t *
+job(struct store *s, const char *key)
+{
+    json_t *j = store_job_json(s, key);
+    assert_non_null(j);
+    return j;
+}
+
+static json_int_t
+job_int(struct store *s, const char *key, const char *field)
+{
+    json_t *j = job(s, key);
+    json_int_t v = json_integer_value(json_object_get(j, field));
+    json_decref(j);
+    return v;
+}
+
+/* A copy of the job's string field, "" for null; caller frees. */
+static char *
+job_str(struct store *s, const char *key, const char *field)
+{
+    json_t *j = job(s, key);
+    const char *v = json_string_value(json_object_get(j, field));
+    char *copy = strdup(v ? v : "");
+    json_decref(j);
+    return copy;
+}
+
+static void
+assert_job_str(struct store *s, const char *key, const char *field,
+               const char *want)
+{
+    char *got = job_str(s, key, field);
+    assert_string_equal(got, want);
+    free(got);
+}
+
+static void
+assert_job_null(struct store *s, const char *key, const char *field)
+{
+    json_t *j = job(s, key);
+    assert_true(json_is_null(json_object_get(j, field)));
+    json_decref(j);
+}
+
+static int
+claim(struct store *s, const char *provider, int max, int64_t now,
+      const char *owner, struct job **out)
+{
+    int n = -1;
+    assert_int_equal(
+        store_claim(s, provider, max, now, LEASE_MS, owner, out, &n), 0);
+    return n;
+}
+
+static void
+free_jobs(struct job **jobs, int n)
+{
+    for (int i = 0; i < n; i++)
+        job_free(jobs[i]);
+}
+
+/* A failed, retryable attempt of a claimed job. */
+static struct job_update
+failure(int64_t id, int attempt, int64_t at)
+{
+    return (struct job_update){
+        .job_id = id,
+        .state = JOB_RETRYING,
+        .run_after = at + 2000,
+        .has_attempt = true,
+        .attempt = attempt,
+        .key_sent = "k",
+        .started_at = at - 100,
+        .finished_at = at,
+        .http_status = 503,
+        .cls = ERR_UNAVAILABLE,
+        .code = "overloaded",
+        .message = "try later",
+        .request_id = "req_1",
+        .retry_after_ms = 2000,
+    };
+}
+
+/* --- open and migrate ------------------------------------------------- */
+
+static void
+test_open_applies_migrations_and_sets_user_version(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    assert_true(store_schema_latest() >= 2);
+    assert_int_equal(store_schema_version(s), store_schema_latest());
+    store_close(s);
+}
+
+static void
+test_reopen_is_idempotent_and_keeps_rows(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    assert_int_equal(insert(s, "a", "k1", 0, T0), 0);
+    store_close(s);
+    s = open_store(t.path);
+    assert_int_equal(store_schema_version(s), store_schema_latest());
+    assert_int_equal(job_int(s, "k1", "id"), 1);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "PRAGMA user_version"),
+                     store_schema_latest());
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs"), 1);
+    assert_int_equal(
+        sql_int(t.path, "SELECT journal_mode = 'wal' FROM "
+                        "pragma_journal_mode"),
+        1);
+    tmpdb_remove(&t);
+}
+
+static void
+test_open_refuses_a_newer_schema(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s = NULL;
+    char sql[64];
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    store_close(s);
+    snprintf(sql, sizeof(sql), "PRAGMA user_version = %d",
+             store_schema_latest() + 1);
+    sql_int(t.path, sql);
+    s = NULL;
+    assert_int_equal(store_open(t.path, &s), -EPROTO);
+    assert_null(s);
+    tmpdb_remove(&t);
+}
+
+/* --- enqueue ------------------------------------------------------------ */
+
+static void
+test_duplicate_key_returns_1_and_inserts_nothing(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    json_t *jobs;
+
+    assert_int_equal(insert(s, "a", "same", 0, T0), 0);
+    assert_int_equal(insert(s, "a", "same", 5, T0 + 1), 1);
+    /* the key is unique per provider only */
+    assert_int_equal(insert(s, "b", "same", 0, T0), 0);
+    jobs = store_jobs_json(s, &(struct store_filter){0});
+    assert_int_equal(json_array_size(jobs), 2);
+    json_decref(jobs);
+    assert_int_equal(job_int(s, "1", "priority"), 0);
+    store_close(s);
+}
+
+static void
+test_rolled_back_transaction_leaves_nothing(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    json_t *jobs;
+
+    assert_int_equal(store_begin(s), 0);
+    insert_n(s, "a", 10, T0);
+    store_rollback(s);
+    jobs = store_jobs_json(s, NULL);
+    assert_int_equal(json_array_size(jobs), 0);
+    json_decref(jobs);
+
+    assert_int_equal(store_begin(s), 0);
+    insert_n(s, "a", 10, T0);
+    assert_int_equal(store_commit(s), 0);
+    jobs = store_jobs_json(s, NULL);
+    assert_int_equal(json_array_size(jobs), 10);
+    json_decref(jobs);
+    store_close(s);
+}
+
+/* --- claims ------------------------------------------------------------- */
+
+static void
+test_claim_orders_by_priority_then_run_after_and_skips_future_jobs(
+    void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[8];
+    int n;
+
+    assert_int_equal(insert(s, "a", "late", 0, T0 + 10), 0);  /* id 1 */
+    assert_int_equal(insert(s, "a", "early", 0, T0), 0);      /* id 2 */
+    assert_int_equal(insert(s, "a", "urgent", 9, T0 + 20), 0); /* id 3 */
+    assert_int_equal(insert(s, "a", "future", 99, T0 + 5000), 0);
+    assert_int_equal(insert(s, "b", "other", 99, T0), 0);
+
+    n = claim(s, "a", 8, T0 + 100, "d1", out);
+    assert_int_equal(n, 3);
+    assert_string_equal(out[0]->custom_id, "urgent");
+    assert_string_equal(out[1]->custom_id, "early");
+    assert_string_equal(out[2]->custom_id, "late");
+    for (int i = 0; i < n; i++) {
+        assert_string_equal(out[i]->provider, "a");
+        assert_int_equal(out[i]->state, JOB_RUNNING);
+        assert_int_equal(out[i]->attempts, 1);
+        assert_int_equal(out[i]->max_attempts, 3);
+        assert_string_equal(out[i]->method, "POST");
+        assert_string_equal(out[i]->body, "{\"prompt\":\"a cat\"}");
+    }
+    free_jobs(out, n);
+    /* nothing twice, and the future job waits for its run_after */
+    assert_int_equal(claim(s, "a", 8, T0 + 200, "d1", out), 0);
+    n = claim(s, "a", 8, T0 + 5000, "d1", out);
+    assert_int_equal(n, 1);
+    assert_string_equal(out[0]->custom_id, "future");
+    free_jobs(out, n);
+    store_close(s);
+}
+
+static void
+test_claim_respects_max_and_sets_lease_owner_and_attempts(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[4];
+    int n;
+
+    insert_n(s, "a", 5, T0);
+    n = claim(s, "a", 2, T0, "host:42", out);
+    assert_int_equal(n, 2);
+    assert_int_equal(out[0]->id, 1);
+    assert_int_equal(out[1]->id, 2);
+    free_jobs(out, n);
+    assert_job_str(s, "1", "state", "running");
+    assert_job_str(s, "1", "lease_owner", "host:42");
+    assert_int_equal(job_int(s, "1", "lease_until"), T0 + LEASE_MS);
+    assert_int_equal(job_int(s, "1", "attempt_count"), 1);
+    assert_job_str(s, "3", "state", "queued");
+    assert_int_equal(job_int(s, "3", "attempt_count"), 0);
+    assert_int_equal(claim(s, "a", 0, T0, "host:42", out), 0);
+    store_close(s);
+}
+
+static void
+test_two_handles_claiming_alternately_get_disjoint_ids(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s1, *s2;
+    struct job *out[7];
+    int seen[101] = {0}, total = 0, n;
+
+    tmpdb_make(&t);
+    s1 = open_store(t.path);
+    s2 = open_store(t.path);
+    assert_int_equal(store_begin(s1), 0);
+    insert_n(s1, "a", 100, T0);
+    assert_int_equal(store_commit(s1), 0);
+    for (int round = 0;; round++) {
+        struct store *s = round % 2 ? s2 : s1;
+        n = claim(s, "a", 7, T0, round % 2 ? "d2" : "d1", out);
+        if (n == 0)
+            break;
+        for (int i = 0; i < n; i++) {
+            assert_in_range(out[i]->id, 1, 100);
+            assert_int_equal(seen[out[i]->id], 0);
+            seen[out[i]->id] = 1;
+        }
+        total += n;
+        free_jobs(out, n);
+    }
+    assert_int_equal(total, 100);
+    store_close(s1);
+    store_close(s2);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs WHERE "
+                                     "attempts = 1 AND state = 'running'"),
+                     100);
+    tmpdb_remove(&t);
+}
+
+static void
+test_reclaim_returns_expired_leases_to_queued_with_attempt_charged(
+    void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[4];
+    long n = -1;
+    int got;
+
+    insert_n(s, "a", 2, T0);
+    got = claim(s, "a", 1, T0, "d1", out);            /* id 1, lease T0+60s */
+    free_jobs(out, got);
+    got = claim(s, "a", 1, T0 + 30000, "d1", out);    /* id 2, T0+90s */
+    free_jobs(out, got);
+
+    assert_int_equal(store_reclaim_expired(s, T0 + LEASE_MS - 1, &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_reclaim_expired(s, T0 + LEASE_MS, &n), 0);
+    assert_int_equal(n, 1);
+    assert_job_str(s, "1", "state", "queued");
+    assert_int_equal(job_int(s, "1", "attempt_count"), 1);
+    assert_job_null(s, "1", "lease_until");
+    assert_job_null(s, "1", "lease_owner");
+    assert_job_str(s, "2", "state", "running");
+
+    /* claimed again, it is on its second attempt */
+    got = claim(s, "a", 1, T0 + LEASE_MS, "d2", out);
+    assert_int_equal(got, 1);
+    assert_int_equal(out[0]->id, 1);
+    assert_int_equal(out[0]->attempts, 2);
+    free_jobs(out, got);
+    store_close(s);
+}
+
+static void
+test_reclaim_fails_a_job_with_no_attempt_left(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[1];
+    int64_t now = T0;
+    long n;
+
+    insert_n(s, "a", 1, T0); /* max_attempts 3 */
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(claim(s, "a", 1, now, "d1", out), 1);
+        free_jobs(out, 1);
+        now += LEASE_MS;
+        assert_int_equal(store_reclaim_expired(s, now, &n), 0);
+        assert_int_equal(n, 1);
+    }
+    assert_job_str(s, "1", "state", "failed");
+    assert_job_str(s, "1", "error_code", "lease_expired");
+    assert_int_equal(job_int(s, "1", "attempt_count"), 3);
+    assert_int_equal(job_int(s, "1", "finished_at"), now);
+    assert_int_equal(claim(s, "a", 1, now, "d1", out), 0);
+    store_close(s);
+}
+
+/* --- outcomes ----------------------------------------------------------- */
+
+static void
+test_flush_writes_job_and_attempt_rows(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct job *out[1];
+    struct job_update u;
+    json_t *j, *attempts;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    insert_n(s, "a", 1, T0);
+    assert_int_equal(claim(s, "a", 1, T0, "d1", out), 1);
+    free_jobs(out, 1);
+
+    u = failure(1, 1, T0 + 500);
+    u.fields = "[{\"field\":\"prompt\",\"message\":\"too long\"}]";
+    store_record(s, &u);
+    assert_int_equal(store_pending(s), 1);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM attempts"), 0);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_pending(s), 0);
+
+    assert_job_str(s, "1", "state", "retrying");
+    assert_int_equal(job_int(s, "1", "run_after"), T0 + 2500);
+    assert_int_equal(job_int(s, "1", "http_status"), 503);
+    assert_job_str(s, "1", "error_class", "unavailable");
+    assert_job_str(s, "1", "error_code", "overloaded");
+    assert_job_str(s, "1", "error_message", "try later");
+    assert_job_str(s, "1", "request_id", "req_1");
+    assert_job_null(s, "1", "lease_until");
+    assert_job_null(s, "1", "finished_at");
+    assert_int_equal(job_int(s, "1", "attempt_count"), 1);
+
+    /* second attempt succeeds: failure cleared, result and cost kept */
+    assert_int_equal(claim(s, "a", 1, T0 + 2500, "d1", out), 1);
+    free_jobs(out, 1);
+    u = (struct job_update){
+        .job_id = 1, .state = JOB_SUCCEEDED, .has_attempt = true,
+        .attempt = 2, .key_sent = "k", .started_at = T0 + 2600,
+        .finished_at = T0 + 3000, .http_status = 200, .cls = ERR_NONE,
+        .request_id = "req_2", .result = "{\"url\":\"https://x/1.png\"}",
+        .cost = 0.25, .has_cost = true,
+    };
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+
+    j = job(s, "1");
+    assert_string_equal(json_string_value(json_object_get(j, "state")),
+                        "succeeded");
+    assert_true(json_is_null(json_object_get(j, "error_class")));
+    assert_true(json_is_null(json_object_get(j, "error_code")));
+    assert_true(json_is_null(json_object_get(j, "fields")));
+    assert_int_equal(json_integer_value(json_object_get(j, "http_status")),
+                     200);
+    assert_int_equal(json_integer_value(json_object_get(j, "finished_at")),
+                     T0 + 3000);
+    assert_true(json_real_value(json_object_get(j, "cost")) == 0.25);
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(j, "result"),
+                                          "url")),
+        "https://x/1.png");
+    attempts = json_object_get(j, "attempts");
+    assert_int_equal(json_array_size(attempts), 2);
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_array_get(attempts, 0), "http_status")),
+                     503);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(attempts, 0), "error_class")),
+                        "unavailable");
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_array_get(attempts, 0), "retry_after_ms")),
+                     2000);
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_array_get(attempts, 1), "attempt")),
+                     2);
+    assert_true(json_is_null(json_object_get(json_array_get(attempts, 1),
+                                             "error_class")));
+    json_decref(j);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM attempts "
+                                     "WHERE job_id = 1"),
+                     2);
+    tmpdb_remove(&t);
+}
+
+static void
+test_flush_while_another_connection_writes_returns_ebusy_and_keeps_all(
+    void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct job *out[3];
+    struct job_update u;
+    sqlite3 *other;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    store_set_busy_timeout(s, 0);
+    insert_n(s, "a", 3, T0);
+    assert_int_equal(claim(s, "a", 3, T0, "d1", out), 3);
+    free_jobs(out, 3);
+
+    assert_int_equal(sqlite3_open(t.path, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL,
+                                  NULL),
+                     SQLITE_OK);
+    u = failure(1, 1, T0 + 100);
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), -EBUSY);
+    u = failure(2, 1, T0 + 200);
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), -EBUSY);
+    assert_int_equal(store_pending(s), 2);
+    assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(other);
+
+    u = failure(3, 1, T0 + 300);
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_pending(s), 0);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs WHERE "
+                                     "state = 'retrying'"),
+                     3);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM attempts"), 3);
+    tmpdb_remove(&t);
+}
+
+static void
+test_close_flushes_what_is_buffered(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct job *out[1];
+    struct job_update u;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    insert_n(s, "a", 1, T0);
+    assert_int_equal(claim(s, "a", 1, T0, "d1", out), 1);
+    free_jobs(out, 1);
+    u = failure(1, 1, T0 + 100);
+    store_record(s, &u);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM attempts"), 1);
+    tmpdb_remove(&t);
+}
+
+static void
+test_record_copies_every_string(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[1];
+    char code[16], msg[16], key[16];
+    struct job_update u;
+
+    insert_n(s, "a", 1, T0);
+    assert_int_equal(claim(s, "a", 1, T0, "d1", out), 1);
+    free_jobs(out, 1);
+    strcpy(code, "bad_gateway");
+    strcpy(msg, "upstream");
+    strcpy(key, "a-0.2");
+    u = failure(1, 1, T0 + 100);
+    u.code = code;
+    u.message = msg;
+    u.new_key = key;
+    store_record(s, &u);
+    memset(code, 'x', sizeof(code) - 1);
+    memset(msg, 'x', sizeof(msg) - 1);
+    memset(key, 'x', sizeof(key) - 1);
+    assert_int_equal(store_flush(s), 0);
+    assert_job_str(s, "1", "error_code", "bad_gateway");
+    assert_job_str(s, "1", "error_message", "upstream");
+    assert_job_str(s, "1", "send_key", "a-0.2");
+    store_close(s);
+}
+
+static void
+test_derived_key_is_sent_but_identity_key_still_dedups(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[1];
+    struct job_update u;
+
+    insert_n(s, "a", 1, T0);
+    assert_int_equal(claim(s, "a", 1, T0, "d1", out), 1);
+    assert_string_equal(out[0]->idempotency_key, "a-0");
+    free_jobs(out, 1);
+    u = failure(1, 1, T0 + 100);
+    u.cls = ERR_RUN_FAILED;
+    u.new_key = "a-0.2";
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_job_str(s, "1", "idempotency_key", "a-0");
+    assert_int_equal(claim(s, "a", 1, T0 + 2100, "d1", out), 1);
+    assert_string_equal(out[0]->idempotency_key, "a-0.2");
+    free_jobs(out, 1);
+    /* re-feeding the same line is still a duplicate */
+    assert_int_equal(insert(s, "a", "a-0", 0, T0 + 3000), 1);
+    store_close(s);
+}
+
+static void
+test_lease_owners_and_reclaim_of_a_dead_owner(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[3];
+    struct job_update u;
+    char **owners = NULL;
+    size_t n = 99;
+    long got = -1;
+
+    insert_n(s, "a", 3, T0);
+    assert_int_equal(store_lease_owners(s, &owners, &n), 0);
+    assert_int_equal(n, 0);
+    assert_null(owners[0]);
+    free(owners);
+
+    assert_int_equal(claim(s, "a", 2, T0, "host:1", out), 2);
+    free_jobs(out, 2);
+    /* job 2 becomes a waiting run, then its poll is leased by host:1 */
+    u = (struct job_update){.job_id = 2, .state = JOB_WAITING,
+                            .run_after = T0, .remote_id = "r",
+                            .finished_at = T0 + 10};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(claim(s, "a", 1, T0 + 10, "host:1", out), 1);
+    assert_int_equal(out[0]->id, 2);
+    free_jobs(out, 1);
+    assert_int_equal(claim(s, "a", 1, T0 + 10, "host:2", out), 1);
+    assert_int_equal(out[0]->id, 3);
+    free_jobs(out, 1);
+
+    assert_int_equal(store_lease_owners(s, &owners, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(owners[0], "host:1");
+    assert_string_equal(owners[1], "host:2");
+    assert_null(owners[2]);
+    for (size_t i = 0; i < n; i++)
+        free(owners[i]);
+    free(owners);
+
+    /* leases far from expiry, but their owner is dead */
+    assert_int_equal(store_reclaim_owner(s, "host:1", &got), 0);
+    assert_int_equal(got, 1);
+    assert_job_str(s, "1", "state", "queued");
+    assert_int_equal(job_int(s, "1", "attempt_count"), 1);
+    assert_job_str(s, "2", "state", "waiting");
+    assert_job_null(s, "2", "lease_until");
+    assert_job_str(s, "3", "state", "running");
+    assert_job_str(s, "3", "lease_owner", "host:2");
+    store_close(s);
+}
+
+static void
+test_uncharge_refunds_the_attempt_and_deferrals_are_stored(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[1];
+    struct job_update u;
+
+    insert_n(s, "a", 1, T0);
+    assert_int_equal(claim(s, "a", 1, T0, "d1", out), 1);
+    free_jobs(out, 1);
+    /* a 429: deferral, attempt refunded */
+    u = failure(1, 1, T0 + 100);
+    u.http_status = 429;
+    u.cls = ERR_RATE_LIMITED;
+    u.uncharge = true;
+    u.deferrals = 1;
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(job_int(s, "1", "attempt_count"), 0);
+    assert_int_equal(job_int(s, "1", "deferrals"), 1);
+    assert_job_str(s, "1", "error_class", "rate_limited");
+
+    /* a graceful release at shutdown: back to queued, no attempt row */
+    assert_int_equal(claim(s, "a", 1, T0 + 2100, "d1", out), 1);
+    assert_int_equal(out[0]->attempts, 1);
+    assert_int_equal(out[0]->deferrals, 1);
+    free_jobs(out, 1);
+    u = (struct job_update){.job_id = 1, .state = JOB_QUEUED,
+                            .run_after = T0 + 3000, .deferrals = 1,
+                            .uncharge = true, .finished_at = T0 + 3000};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_job_str(s, "1", "state", "queued");
+    assert_int_equal(job_int(s, "1", "attempt_count"), 0);
+    assert_job_null(s, "1", "lease_until");
+    /* the last failure stays for triage */
+    assert_job_str(s, "1", "error_class", "rate_limited");
+    json_t *j = job(s, "1");
+    assert_int_equal(json_array_size(json_object_get(j, "attempts")), 1);
+    json_decref(j);
+    store_close(s);
+}
+
+static void
+test_waiting_job_poll_claim_keeps_state_and_attempts(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[2];
+    struct job_update u;
+    int n;
+
+    insert_n(s, "a", 1, T0);
+    assert_int_equal(claim(s, "a", 1, T0, "d1", out), 1);
+    free_jobs(out, 1);
+    u = (struct job_update){
+        .job_id = 1, .state = JOB_WAITING, .run_after = T0 + 3000,
+        .has_attempt = true, .attempt = 1, .key_sent = "a-0",
+        .started_at = T0, .finished_at = T0 + 100, .http_status = 202,
+        .remote_id = "run_7", .poll_url = "/runs/run_7",
+    };
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_job_str(s, "1", "state", "waiting");
+    assert_int_equal(job_int(s, "1", "waiting_since"), T0 + 100);
+
+    assert_int_equal(claim(s, "a", 2, T0 + 2999, "d1", out), 0);
+    n = claim(s, "a", 2, T0 + 3000, "d1", out);
+    assert_int_equal(n, 1);
+    assert_int_equal(out[0]->state, JOB_WAITING);
+    assert_int_equal(out[0]->attempts, 1);
+    assert_string_equal(out[0]->remote_id, "run_7");
+    assert_string_equal(out[0]->poll_url, "/runs/run_7");
+    assert_int_equal(out[0]->waiting_since, T0 + 100);
+    free_jobs(out, n);
+    assert_job_str(s, "1", "state", "waiting");
+    assert_int_equal(job_int(s, "1", "attempt_count"), 1);
+    assert_int_equal(job_int(s, "1", "lease_until"), T0 + 3000 + LEASE_MS);
+
+    /* leased: not handed out again until the lease expires */
+    assert_int_equal(claim(s, "a", 2, T0 + 4000, "d2", out), 0);
+    n = claim(s, "a", 2, T0 + 3000 + LEASE_MS, "d2", out);
+    assert_int_equal(n, 1);
+    free_jobs(out, n);
+
+    /* a poll says "still running": next poll later, uncharge ignored */
+    u = (struct job_update){.job_id = 1, .state = JOB_WAITING,
+                            .run_after = T0 + 70000, .uncharge = true,
+                            .is_poll = true, .finished_at = T0 + 63500};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(job_int(s, "1", "attempt_count"), 1);
+    assert_job_null(s, "1", "lease_until");
+    assert_int_equal(job_int(s, "1", "waiting_since"), T0 + 100);
+    store_close(s);
+}
+
+static void
+test_cancelled_job_stays_cancelled_when_its_outcome_arrives(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct job *out[2];
+    struct job_update u;
+    int64_t ids[3] = {1, 2, 99}, cancelled[3];
+    int n = -1;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    insert_n(s, "a", 2, T0);
+    assert_int_equal(claim(s, "a", 2, T0, "d1", out), 2);
+    free_jobs(out, 2);
+    sql_int(t.path, "UPDATE jobs SET state = 'cancelled', finished_at = 5 "
+                    "WHERE id = 2");
+    assert_int_equal(store_cancelled(s, ids, 3, cancelled, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(cancelled[0], 2);
+
+    u = failure(2, 1, T0 + 100);
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_job_str(s, "2", "state", "cancelled");
+    assert_int_equal(job_int(s, "2", "finished_at"), 5);
+    assert_job_str(s, "2", "error_code", "overloaded");
+    assert_job_null(s, "2", "lease_until");
+    store_close(s);
+    tmpdb_remove(&t);
+}
+
+static void
+test_next_due_sees_queued_retrying_and_unleased_waiting_jobs(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[2];
+    struct job_update u;
+    int64_t due = -1;
+    long unfinished = -1;
+
+    assert_int_equal(store_next_due(s, "a", T0, &due), 0);
+    assert_int_equal(due, 0);
+    assert_int_equal(insert(s, "a", "q", 0, T0 + 500), 0);
+    assert_int_equal(insert(s, "b", "other", 0, T0 + 1), 0);
+    assert_int_equal(store_next_due(s, "a", T0, &due), 0);
+    assert_int_equal(due, T0 + 500);
+
+    /* job 1 becomes waiting with a poll due at T0 + 100 */
+    assert_int_equal(claim(s, "a", 1, T0 + 500, "d1", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(store_next_due(s, "a", T0 + 500, &due), 0);
+    assert_int_equal(due, 0); /* running: nothing claimable */
+    u = (struct job_update){.job_id = 1, .state = JOB_WAITING,
+                            .run_after = T0 + 100, .remote_id = "r",
+                            .finished_at = T0 + 600};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_next_due(s, "a", T0 + 600, &due), 0);
+    assert_int_equal(due, T0 + 100);
+    /* under a live poll lease it is not claimable */
+    assert_int_equal(claim(s, "a", 1, T0 + 600, "d1", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(store_next_due(s, "a", T0 + 700, &due), 0);
+    assert_int_equal(due, 0);
+    assert_int_equal(insert(s, "a", "r", 0, T0 + 9000), 0);
+    assert_int_equal(store_next_due(s, "a", T0 + 700, &due), 0);
+    assert_int_equal(due, T0 + 9000);
+
+    assert_int_equal(store_pending_count(s, "a", &unfinished), 0);
+    assert_int_equal(unfinished, 2);
+    store_close(s);
+}
+
+/* --- providers ---------------------------------------------------------- */
+
+static void
+test_provider_rows_upsert_and_resume_requests(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct provider_row p = {.name = "flora", .state = "active",
+                             .concurrency_limit = 8, .in_flight = 3,
+                             .sent = 10, .succeeded = 9, .throttled = 1};
+    int limit = -1;
+    int64_t resume = -1;
+
+    assert_int_equal(store_provider_get(s, "flora", &limit, &resume), 0);
+    assert_int_equal(limit, 0);
+    assert_int_equal(resume, 0);
+    assert_int_equal(store_provider_request_resume(s, "flora", T0),
+                     -ENOENT);
+    assert_int_equal(store_provider_put(s, &p, T0), 0);
+    p.state = "paused";
+    p.reason = "auth: invalid_api_key";
+    p.concurrency_limit = 24;
+    assert_int_equal(store_provider_put(s, &p, T0 + 1000), 0);
+    assert_int_equal(store_provider_request_resume(s, "flora", T0 + 2000),
+                     0);
+    assert_int_equal(store_provider_get(s, "flora", &limit, &resume), 0);
+    assert_int_equal(limit, 24);
+    assert_int_equal(resume, T0 + 2000);
+    /* a later put keeps the resume request for the daemon to see */
+    assert_int_equal(store_provider_put(s, &p, T0 + 3000), 0);
+    assert_int_equal(store_provider_get(s, "flora", &limit, &resume), 0);
+    assert_int_equal(resume, T0 + 2000);
+    store_close(s);
+}
+
+static void
+test_data_version_changes_when_another_connection_commits(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s1, *s2;
+    int64_t v1 = 0, v2 = 0;
+
+    tmpdb_make(&t);
+    s1 = open_store(t.path);
+    s2 = open_store(t.path);
+    assert_int_equal(store_data_version(s1, &v1), 0);
+    assert_int_equal(insert(s2, "a", "k", 0, T0), 0);
+    assert_int_equal(store_data_version(s1, &v2), 0);
+    assert_true(v2 != v1);
+    store_close(s1);
+    store_close(s2);
+    tmpdb_remove(&t);
+}
+
+/* --- operator queries ----------------------------------------------------- */
+
+static void
+test_status_json_counts_every_state_per_provider_and_batch(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct jobspec j = {.provider = "a", .batch = "nightly",
+                        .method = "POST", .path = "/x",
+                        .idempotency_key = "b1", .max_attempts = 1};
+    struct provider_row p = {.name = "c", .state = "paused",
+                             .reason = "insufficient_balance",
+                             .concurrency_limit = 4};
+    struct job *out[1];
+    json_t *st, *a, *batch, *lanes;
+
+    insert_n(s, "a", 3, T0);
+    assert_int_equal(store_insert_job(s, &j, T0), 0);
+    insert_n(s, "b", 1, T0);
+    assert_int_equal(claim(s, "a", 1, T0, "d1", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(store_provider_put(s, &p, T0), 0);
+
+    st = store_status_json(s);
+    assert_non_null(st);
+    a = json_object_get(json_object_get(st, "providers"), "a");
+    assert_int_equal(json_integer_value(json_object_get(a, "queued")), 3);
+    assert_int_equal(json_integer_value(json_object_get(a, "running")), 1);
+    assert_int_equal(json_integer_value(json_object_get(a, "cancelled")),
+                     0);
+    assert_int_equal(json_integer_value(json_object_get(a, "total")), 4);
+    assert_int_equal(json_object_size(a), 8); /* 7 states + total */
+    /* a provider with a lane row but no jobs is listed with zeros */
+    assert_int_equal(
+        json_integer_value(json_object_get(
+            json_object_get(json_object_get(st, "providers"), "c"),
+            "total")),
+        0);
+
+    /* batches: (null, a), (null, b), (nightly, a) */
+    assert_int_equal(json_array_size(json_object_get(st, "batches")), 3);
+    batch = json_array_get(json_object_get(st, "batches"), 2);
+    assert_string_equal(json_string_value(json_object_get(batch, "batch")),
+                        "nightly");
+    assert_int_equal(json_integer_value(json_object_get(batch, "total")),
+                     1);
+    assert_int_equal(json_integer_value(json_object_get(batch, "queued")),
+                     1);
+
+    lanes = json_object_get(st, "lanes");
+    assert_int_equal(json_array_size(lanes), 1);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(lanes, 0), "reason")),
+                        "insufficient_balance");
+    json_decref(st);
+    store_close(s);
+}
+
+static void
+test_jobs_json_filters_newest_first_without_body(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[1];
+    json_t *arr;
+
+    insert_n(s, "a", 4, T0);
+    insert_n(s, "b", 2, T0);
+    assert_int_equal(claim(s, "a", 1, T0, "d1", out), 1);
+    free_jobs(out, 1);
+
+    arr = store_jobs_json(s, &(struct store_filter){.provider = "a",
+                                                    .state = "queued"});
+    assert_int_equal(json_array_size(arr), 3);
+    assert_int_equal(json_integer_value(
+                         json_object_get(json_array_get(arr, 0), "id")),
+                     4);
+    assert_null(json_object_get(json_array_get(arr, 0), "body"));
+    assert_null(json_object_get(json_array_get(arr, 0), "result"));
+    assert_non_null(json_object_get(json_array_get(arr, 0), "error_code"));
+    json_decref(arr);
+
+    arr = store_jobs_json(s, &(struct store_filter){.limit = 2});
+    assert_int_equal(json_array_size(arr), 2);
+    assert_int_equal(json_integer_value(
+                         json_object_get(json_array_get(arr, 0), "id")),
+                     6);
+    json_decref(arr);
+    arr = store_jobs_json(s, &(struct store_filter){.batch = "none"});
+    assert_int_equal(json_array_size(arr), 0);
+    json_decref(arr);
+    store_close(s);
+}
+
+static void
+test_job_json_by_id_or_custom_id_with_parsed_body(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    json_t *j;
+
+    insert_n(s, "a", 2, T0);
+    assert_int_equal(insert(s, "a", "1234", 0, T0), 0); /* id 3 */
+    j = job(s, "a-1");
+    assert_int_equal(json_integer_value(json_object_get(j, "id")), 2);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(j, "body"), "prompt")),
+                        "a cat");
+    assert_true(json_is_array(json_object_get(j, "attempts")));
+    assert_true(json_is_null(json_object_get(j, "result")));
+    assert_non_null(json_object_get(j, "idempotency_key"));
+    json_decref(j);
+    assert_int_equal(job_int(s, "2", "id"), 2);
+    /* digits that are no id are tried as a custom_id */
+    assert_int_equal(job_int(s, "1234", "id"), 3);
+    assert_null(store_job_json(s, "nope"));
+    assert_null(store_job_json(s, "77"));
+    store_close(s);
+}
+
+static void
+test_views_return_latest_failures_summary_and_progress(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct job *out[4];
+    struct job_update u;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    insert_n(s, "a", 4, T0);
+    assert_int_equal(claim(s, "a", 4, T0, "d1", out), 4);
+    free_jobs(out, 4);
+    /* jobs 1-3 fail 400 input_validation_error, job 3 latest; 4 succeeds */
+    for (int id = 1; id <= 3; id++) {
+        char rid[16];
+        snprintf(rid, sizeof(rid), "req_%d", id);
+        u = failure(id, 1, T0 + 100 * id);
+        u.state = JOB_FAILED;
+        u.http_status = 400;
+        u.cls = ERR_INVALID_REQUEST;
+        u.code = "input_validation_error";
+        u.request_id = id == 3 ? NULL : rid;
+        store_record(s, &u);
+    }
+    u = (struct job_update){.job_id = 4, .state = JOB_SUCCEEDED,
+                            .http_status = 200, .result = "{}",
+                            .finished_at = T0 + 900};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    store_close(s);
+
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM failures"), 3);
+    assert_int_equal(
+        sql_int(t.path, "SELECT finished_at FROM failures WHERE id = 2"),
+        T0 + 200);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM error_summary"),
+                     1);
+    assert_int_equal(sql_int(t.path, "SELECT count FROM error_summary "
+                                     "WHERE error_code = "
+                                     "'input_validation_error' AND "
+                                     "error_class = 'invalid_request'"),
+                     3);
+    assert_int_equal(
+        sql_int(t.path, "SELECT first_seen FROM error_summary"), T0 + 100);
+    assert_int_equal(
+        sql_int(t.path, "SELECT last_seen FROM error_summary"), T0 + 300);
+    /* the newest failure with a request id is the sample */
+    assert_int_equal(sql_int(t.path, "SELECT sample_request_id = 'req_2' "
+                                     "FROM error_summary"),
+                     1);
+    assert_int_equal(sql_int(t.path, "SELECT total * 100 + failed * 10 + "
+                                     "succeeded FROM batch_progress"),
+                     431);
+    assert_int_equal(
+        sql_int(t.path, "SELECT last_finished_at FROM batch_progress"),
+        T0 + 900);
+    tmpdb_remove(&t);
+}
+
+/* EXPLAIN QUERY PLAN's detail lines of sql, joined by "; ". */
+static void
+query_plan(const char *path, const char *sql, char *out, size_t len)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    char eqp[1024];
+
+    out[0] = '\0';
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    snprintf(eqp, sizeof(eqp), "EXPLAIN QUERY PLAN %s", sql);
+    assert_int_equal(sqlite3_prepare_v2(db, eqp, -1, &st, NULL), SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        strncat(out, (const char *)sqlite3_column_text(st, 3),
+                len - strlen(out) - 1);
+        strncat(out, "; ", len - strlen(out) - 1);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+/* The schema's indexes serve the hot queries (their shape, as in store.c):
+ * no table scan and no sort of the queue per claim. */
+static void
+test_schema_indexes_serve_claim_and_due_queries(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    char plan[1024];
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    store_close(s);
+    query_plan(t.path,
+               "SELECT id FROM jobs WHERE provider = 'a' AND state IN "
+               "('queued', 'retrying') AND run_after <= 5 "
+               "ORDER BY priority DESC, run_after, id LIMIT 8",
+               plan, sizeof(plan));
+    assert_non_null(strstr(plan, "USING INDEX jobs_claim"));
+    assert_null(strstr(plan, "TEMP B-TREE"));
+    query_plan(t.path,
+               "SELECT MIN(run_after) FROM jobs WHERE provider = 'a' "
+               "AND state = 'queued'",
+               plan, sizeof(plan));
+    assert_non_null(strstr(plan, "COVERING INDEX jobs_state"));
+    query_plan(t.path,
+               "SELECT id FROM jobs WHERE provider = 'a' AND state = "
+               "'waiting' AND run_after <= 5 AND (lease_until IS NULL OR "
+               "lease_until <= 5) ORDER BY run_after, id LIMIT 8",
+               plan, sizeof(plan));
+    assert_non_null(strstr(plan, "INDEX jobs_state"));
+    assert_null(strstr(plan, "TEMP B-TREE"));
+    query_plan(t.path,
+               "SELECT id FROM jobs WHERE state = 'running' AND "
+               "lease_until <= 5",
+               plan, sizeof(plan));
+    assert_non_null(strstr(plan, "INDEX jobs_lease"));
+    tmpdb_remove(&t);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_open_applies_migrations_and_sets_user_version),
+        cmocka_unit_test(test_reopen_is_idempotent_and_keeps_rows),
+        cmocka_unit_test(test_open_refuses_a_newer_schema),
+        cmocka_unit_test(test_duplicate_key_returns_1_and_inserts_nothing),
+        cmocka_unit_test(test_rolled_back_transaction_leaves_nothing),
+        cmocka_unit_test(
+            test_claim_orders_by_priority_then_run_after_and_skips_future_jobs),
+        cmocka_unit_test(
+            test_claim_respects_max_and_sets_lease_owner_and_attempts),
+        cmocka_unit_test(
+            test_two_handles_claiming_alternately_get_disjoint_ids),
+        cmocka_unit_test(
+            test_reclaim_returns_expired_leases_to_queued_with_attempt_charged),
+        cmocka_unit_test(test_reclaim_fails_a_job_with_no_attempt_left),
+        cmocka_unit_test(test_flush_writes_job_and_attempt_rows),
+        cmocka_unit_test(
+            test_flush_while_another_connection_writes_returns_ebusy_and_keeps_all),
+        cmocka_unit_test(test_close_flushes_what_is_buffered),
+        cmocka_unit_test(test_record_copies_every_string),
+        cmocka_unit_test(
+            test_derived_key_is_sent_but_identity_key_still_dedups),
+        cmocka_unit_test(test_lease_owners_and_reclaim_of_a_dead_owner),
+        cmocka_unit_test(
+            test_uncharge_refunds_the_attempt_and_deferrals_are_stored),
+        cmocka_unit_test(test_waiting_job_poll_claim_keeps_state_and_attempts),
+        cmocka_unit_test(
+            test_cancelled_job_stays_cancelled_when_its_outcome_arrives),
+        cmocka_unit_test(
+            test_next_due_sees_queued_retrying_and_unleased_waiting_jobs),
+        cmocka_unit_test(test_provider_rows_upsert_and_resume_requests),
+        cmocka_unit_test(
+            test_data_version_changes_when_another_connection_commits),
+        cmocka_unit_test(
+            test_status_json_counts_every_state_per_provider_and_batch),
+        cmocka_unit_test(test_jobs_json_filters_newest_first_without_body),
+        cmocka_unit_test(test_job_json_by_id_or_custom_id_with_parsed_body),
+        cmocka_unit_test(
+            test_views_return_latest_failures_summary_and_progress),
+        cmocka_unit_test(test_schema_indexes_serve_claim_and_due_queries),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

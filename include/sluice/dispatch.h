@@ -13,6 +13,13 @@ struct config;
 struct store;
 struct dispatch;
 
+/* Start-up recovery (DESIGN §8): returns to the queue the jobs whose lease
+ * expired, and at once those leased by a daemon of this host that is no
+ * longer running (its lease owner is "host:pid"), so a restart after a
+ * crash resends them without waiting for the lease to expire. Returns the
+ * number of jobs reclaimed, or a negative errno. */
+long dispatch_recover(struct store *s);
+
 /* Builds lanes for the config's providers on loop. The store and config are
  * borrowed and must outlive the dispatcher (see dispatch_reload). Returns
  * NULL with a logged reason (a provider's key is missing). */

@@ -670,6 +670,25 @@ on_http_done(const struct http_response *resp, void *data)
 
 /* --- the pump ------------------------------------------------------------- */
 
+/* Waiting runs hold concurrency slots (they occupy the provider), so a
+ * lane full of them admits nothing; yet only a poll can end a run. Polls
+ * due then go out past the concurrency gate: a GET of a run's status costs
+ * the provider little, and the pacer's gate still applies before this. */
+static void
+pump_polls(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
+{
+    struct job *jobs[CLAIM_MAX];
+    int got = 0;
+    if (store_claim_polls(d->store, dl->name, CLAIM_MAX, now, d->lease_ms,
+                          d->owner, jobs, &got) < 0) {
+        if (now + FLUSH_RETRY_MS < *wake)
+            *wake = now + FLUSH_RETRY_MS;
+        return;
+    }
+    for (int i = 0; i < got; i++)
+        send_job(d, dl, jobs[i]);
+}
+
 static void
 pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
 {
@@ -686,6 +705,8 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     if (n <= 0) {
         if (lane_wake > 0 && lane_wake < *wake)
             *wake = lane_wake;
+        if (lane_state(dl->lane) == LANE_ACTIVE && lane_wake == 0)
+            pump_polls(d, dl, now, wake);
         return;
     }
     if (n > CLAIM_MAX)

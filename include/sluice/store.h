@@ -66,6 +66,12 @@ int store_claim(struct store *s, const char *provider, int max,
                 int64_t now_ms, int64_t lease_ms, const char *owner,
                 struct job **out, int *nout);
 
+/* Like store_claim, but only waiting jobs due for a poll: a lane whose
+ * slots are all held by waiting runs must still poll them. */
+int store_claim_polls(struct store *s, const char *provider, int max,
+                      int64_t now_ms, int64_t lease_ms, const char *owner,
+                      struct job **out, int *nout);
+
 /* Earliest run_after (unix ms) of a claimable job of provider, or 0 when
  * there is none. Waiting jobs under a live lease are not claimable. */
 int store_next_due(struct store *s, const char *provider, int64_t now_ms,

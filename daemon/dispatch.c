@@ -439,26 +439,25 @@ fill_failure(struct job_update *u, const struct outcome *o)
     u->message = o->message[0] ? o->message : NULL;
 }
 
+/* One line per handled failure, in STYLE.md's shape:
+ * "job 42: flora 429 rate_limit_exceeded req_ab12, deferred in 2100 ms
+ * (limit 24→16)". Terminal failures are warnings and carry the message. */
 static void
 log_outcome(const struct req *r, const struct outcome *o, const char *what,
             int64_t delay, const char *lane_change)
 {
-    const struct job *j = r->job;
-    char when[64] = "";
+    char head[320], when[48] = "";
+    snprintf(head, sizeof(head), "job %" PRId64 ": %s %d %s %s%s%s",
+             r->job->id, r->dl->name, o->http_status,
+             err_class_name(o->cls), o->code[0] ? o->code : "-",
+             o->request_id[0] ? " " : "", o->request_id);
     if (delay >= 0)
         snprintf(when, sizeof(when), " in %" PRId64 " ms", delay);
     if (strcmp(what, "failed") == 0)
-        log_warnx("job %" PRId64 ": %s %d %s %s%s%s: %s%s%s%s", j->id,
-                  r->dl->name, o->http_status, err_class_name(o->cls),
-                  o->code[0] ? o->code : "-",
-                  o->request_id[0] ? " " : "", o->request_id, what,
-                  o->message, lane_change ? " " : "",
-                  lane_change ? lane_change : "");
+        log_warnx("%s, failed: %s%s%s", head, o->message,
+                  lane_change ? " " : "", lane_change ? lane_change : "");
     else
-        log_info("job %" PRId64 ": %s %d %s %s%s%s, %s%s%s%s", j->id,
-                 r->dl->name, o->http_status, err_class_name(o->cls),
-                 o->code[0] ? o->code : "-", o->request_id[0] ? " " : "",
-                 o->request_id, what, when, lane_change ? " " : "",
+        log_info("%s, %s%s%s%s", head, what, when, lane_change ? " " : "",
                  lane_change ? lane_change : "");
 }
 
@@ -498,8 +497,14 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
         break;
     case OUTCOME_ACCEPTED:
         u.state = JOB_WAITING;
-        u.remote_id = o->remote_id ? o->remote_id : j->remote_id;
-        u.poll_url = o->poll_url ? o->poll_url : j->poll_url;
+        /* A poll keeps the run and URL the submission was given: a status
+         * answer need not repeat them (and a default would be a guess). */
+        u.remote_id = r->is_poll && j->remote_id ? j->remote_id
+                      : o->remote_id             ? o->remote_id
+                                                 : j->remote_id;
+        u.poll_url = r->is_poll && j->poll_url ? j->poll_url
+                     : o->poll_url             ? o->poll_url
+                                               : j->poll_url;
         if (!r->is_poll) {
             lane_on_waiting(dl->lane, +1);
             u.run_after = now + dl->poll_interval_ms;
@@ -521,8 +526,11 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
     case OUTCOME_FAILURE: {
         fill_failure(&u, o);
         u.result = o->result; /* partial data, when any */
+        /* A run that definitively failed at the provider: the poll was
+         * answered and named the run's failure. An unreadable poll answer
+         * says nothing about the run, which may still be going. */
         bool run_failed = r->is_poll && o->http_status >= 200 &&
-                          o->http_status < 300;
+                          o->http_status < 300 && o->cls != ERR_PROTOCOL;
         if (r->is_poll && !run_failed) {
             /* The poll itself failed: the run goes on at the provider.
              * Poll again later unless the answer is final. */
@@ -636,8 +644,19 @@ on_http_done(const struct http_response *resp, void *data)
                          r->dl->request_id_header, &o);
         int before = lane_limit(r->dl->lane);
         enum lane_state sbefore = lane_state(r->dl->lane);
-        bool changed = lane_on_done(r->dl->lane, &o, now - r->started_ms,
-                                    now, clock_random());
+        /* A poll that reports the run failed was itself answered well:
+         * the run's failure (model_timeout, safety_blocked) says nothing
+         * about the API's capacity, so the lane sees a success. */
+        struct outcome lane_view = o;
+        if (r->is_poll && o.kind == OUTCOME_FAILURE &&
+            o.http_status >= 200 && o.http_status < 300 &&
+            o.cls != ERR_PROTOCOL) {
+            lane_view.kind = OUTCOME_SUCCESS;
+            lane_view.cls = ERR_NONE;
+        }
+        bool changed = lane_on_done(r->dl->lane, &lane_view,
+                                    now - r->started_ms, now,
+                                    clock_random());
         char change[160];
         const char *lane_change = NULL;
         if (changed) {
@@ -844,7 +863,8 @@ write_provider_rows(struct dispatch *d, int64_t now)
             .reason = lane_reason(l)[0] ? lane_reason(l) : NULL,
             .concurrency_limit = lane_limit(l),
             .in_flight = lane_in_flight(l),
-            .pause_until = lane_pause_until(l),
+            .pause_until = lane_pause_until(l) > now ? lane_pause_until(l)
+                                                      : 0,
             .sent = lane_sent(l),
             .succeeded = lane_succeeded(l),
             .failed = lane_failed(l),

@@ -210,16 +210,26 @@ body_digest(json_t *body, const struct req *r, unsigned char out[32])
     }
 }
 
-/* The hidden ledger key holding the script state of a keyless body. */
+/* The hidden ledger key holding a script's progress: the body (without
+ * its idempotency_key field) and the key without a derived ".N" suffix, so
+ * a client that resubmits a failed run under "<key>.2" walks on through
+ * the same script, and a keyless retry of the same body does too. */
 static const char *
-script_key(json_t *body, const struct req *r, char out[72])
+script_key(json_t *body, const struct req *r, const char *key, char *out,
+           size_t len)
 {
     unsigned char d[32];
+    size_t base = strlen(key);
+    const char *dot = strrchr(key, '.');
 
+    if (dot != NULL && dot[1] != '\0' &&
+        strspn(dot + 1, "0123456789") == strlen(dot + 1))
+        base = (size_t)(dot - key);
     body_digest(body, r, d);
     out[0] = '#';
     for (int i = 0; i < 32; i++)
         snprintf(out + 1 + 2 * i, 3, "%02x", d[i]);
+    snprintf(out + 65, len - 65, "/%.*s", (int)base, key);
     return out;
 }
 
@@ -393,7 +403,7 @@ decide(struct fake *f, const char *path, const char *method,
 {
     struct ledger_entry *e, *steps;
     json_t *fake, *script;
-    char hexkey[72];
+    char hexkey[1200];
     long k;
 
     if (strcmp(method, "GET") == 0 && poll_run(f, path, dialect, a))
@@ -410,13 +420,10 @@ decide(struct fake *f, const char *path, const char *method,
                          "_fake: script must be a non-empty array", 0);
             return;
         }
-        if (key[0] == '\0') {
-            /* Without a key, the same body is the same request: a retried
-             * job walks its own script, apart from every other job. */
-            steps = ledger_get(&f->ledger, script_key(body, r, hexkey));
-            steps->hidden = true;
-            k = steps->requests++;
-        }
+        steps = ledger_get(&f->ledger,
+                           script_key(body, r, key, hexkey, sizeof(hexkey)));
+        steps->hidden = true;
+        k = steps->requests++;
         json_decref(steps->script);
         steps->script = json_incref(script);
     } else if (key[0] == '\0') {

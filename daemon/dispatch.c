@@ -417,18 +417,13 @@ poll_delay(const struct dlane *dl, const struct job *j, int64_t now)
 }
 
 /* The key for a resubmission after a remote run definitively failed: the
- * same key would only replay the failed run (DESIGN §4). "<key>.2", then
- * ".3", … counted by the job's attempts. */
+ * same key would only replay the failed run (DESIGN §4). "<key>.N" where
+ * N is the attempt it is for, so it never repeats within the job. */
 static char *
 derived_key(const struct job *j)
 {
-    const char *key = j->idempotency_key;
-    const char *dot = strrchr(key, '.');
-    size_t base = strlen(key);
-    if (dot && dot[1] != '\0' && strspn(dot + 1, "0123456789") ==
-                                     strlen(dot + 1) && dot != key)
-        base = (size_t)(dot - key);
-    return xasprintf("%.*s.%d", (int)base, key, j->attempts + 1);
+    const char *base = j->base_key ? j->base_key : j->idempotency_key;
+    return xasprintf("%s.%d", base, j->attempts + 1);
 }
 
 static void
@@ -437,6 +432,7 @@ fill_failure(struct job_update *u, const struct outcome *o)
     u->cls = o->cls;
     u->code = o->code[0] ? o->code : NULL;
     u->message = o->message[0] ? o->message : NULL;
+    u->fields = o->fields;
 }
 
 /* One line per handled failure, in STYLE.md's shape:
@@ -552,8 +548,12 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
         }
         if (run_failed)
             lane_on_waiting(dl->lane, -1);
+        /* A job line's own max_attempts beats the provider's default. */
+        struct retry_policy policy = dl->policy;
+        if (j->max_attempts > 0)
+            policy.max_attempts = j->max_attempts;
         struct retry_decision dec = retry_decide(
-            &dl->policy, o, j->attempts, j->deferrals, now, clock_random());
+            &policy, o, j->attempts, j->deferrals, now, clock_random());
         switch (dec.action) {
         case RETRY_GIVE_UP:
             u.state = JOB_FAILED;

@@ -96,6 +96,7 @@ job_free(struct job *j)
     free(j->path);
     free(j->body);
     free(j->idempotency_key);
+    free(j->base_key);
     free(j->remote_id);
     free(j->poll_url);
     free(j);

@@ -64,6 +64,8 @@ struct job {
     char *path;            /* path under base_url, or a full URL */
     char *body;            /* JSON text or NULL */
     char *idempotency_key; /* the key to send on this attempt */
+    char *base_key;        /* the job's own key (jobs.idempotency_key), of
+                              which derived keys are "<base_key>.N" */
     enum job_state state;  /* RUNNING (submit) or WAITING (poll) when claimed */
     int attempts;          /* attempts charged, this one included */
     int max_attempts;      /* cap on charged attempts */

@@ -554,6 +554,11 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
             policy.max_attempts = j->max_attempts;
         struct retry_decision dec = retry_decide(
             &policy, o, j->attempts, j->deferrals, now, clock_random());
+        /* A 403 that the lane judged to be about the key itself (it paused
+         * the provider) is the key's fault, not the job's: hold the job
+         * like an auth failure instead of failing it. */
+        if (o->cls == ERR_PERMISSION && lane_state(dl->lane) == LANE_PAUSED)
+            dec.action = RETRY_HOLD;
         switch (dec.action) {
         case RETRY_GIVE_UP:
             u.state = JOB_FAILED;

@@ -244,5 +244,39 @@ def test_drain_exits_when_only_a_paused_provider_has_jobs():
         assert "invalid_api_key" in lane["reason"], lane
 
 
+def test_403_about_the_key_pauses_and_holds_but_403_about_a_model_fails():
+    with Fake() as fake, Env() as env:
+        env.write_config(providers={
+            "keyed": provider(fake, concurrency_start=2),
+            "model": provider(fake, concurrency_start=2),
+        }, env={"GEN_KEY": "k"})
+        suspended = [{"status": 403, "body": {
+            "error": "Access denied", "message": "Account suspended"}}]
+        no_model = [{"status": 403, "body": {
+            "error": "Access denied",
+            "message": "Your API key does not have access to provider: "
+                       "kling"}}]
+        env.enqueue_lines(jobs(10, "keyed", script=suspended),
+                          "--provider", "keyed")
+        env.enqueue_lines(jobs(3, "model", script=no_model),
+                          "--provider", "model")
+        rc, err = env.run_drain(timeout=60)
+        assert rc == 0, err
+        keyed = env.rows("SELECT state, attempts FROM jobs "
+                         "WHERE provider = 'keyed'")
+        assert all(r["state"] == "queued" and r["attempts"] == 0
+                   for r in keyed), keyed
+        model = env.rows("SELECT state, error_class FROM jobs "
+                         "WHERE provider = 'model'")
+        assert all(r["state"] == "failed" and
+                   r["error_class"] == "permission" for r in model), model
+        lanes = {r["name"]: r for r in env.rows(
+            "SELECT name, state, reason FROM providers")}
+        assert lanes["keyed"]["state"] == "paused", lanes
+        assert lanes["keyed"]["reason"].startswith("permission: Access denied"), \
+            lanes
+        assert lanes["model"]["state"] == "active", lanes
+
+
 if __name__ == "__main__":
     run([v for k, v in sorted(globals().items()) if k.startswith("test_")])

@@ -278,5 +278,34 @@ def test_403_about_the_key_pauses_and_holds_but_403_about_a_model_fails():
         assert lanes["model"]["state"] == "active", lanes
 
 
+def test_waiting_runs_filling_every_slot_are_still_polled():
+    with Fake() as fake, Env() as env:
+        env.write_config(providers={"flora": provider(
+            fake, "flora", dialect="flora", concurrency_start=2,
+            poll_interval="50ms", poll_interval_max="100ms")},
+            env={"GEN_KEY": "k"})
+        env.enqueue_lines(jobs(6, "run", script=[{"async": {"polls": 2}}]),
+                          "--provider", "flora")
+        rc, err = env.run_drain(timeout=60)
+        assert rc == 0, err
+        rows = env.rows("SELECT state, remote_id, cost FROM jobs")
+        assert all(r["state"] == "succeeded" and r["remote_id"]
+                   and r["cost"] == 0.04 for r in rows), rows
+
+
+def test_check_validates_config_and_keys_without_creating_the_database():
+    with Fake() as fake, Env() as env:
+        env.write_config(providers={"gen": provider(fake)},
+                         env={"GEN_KEY": "k"})
+        d = env.daemon("--check")
+        assert d.wait(timeout=10) == 0, d.stderr_text()
+        assert not os.path.exists(env.db_path)
+        env.write_config(providers={"gen": provider(
+            fake, api_key_env="MISSING_KEY_VAR")}, env={})
+        d = env.daemon("--check")
+        assert d.wait(timeout=10) == 78
+        assert "MISSING_KEY_VAR" in d.stderr_text(), d.stderr_text()
+
+
 if __name__ == "__main__":
     run([v for k, v in sorted(globals().items()) if k.startswith("test_")])

@@ -53,10 +53,10 @@ extern const size_t sql_nfiles;
 /* The columns a claim returns, in the order claim_row reads them. The key
  * to send is the derived one when a failed run was retried (send_key). */
 #define CLAIM_COLUMNS                                                          \
-    "id, provider, batch, custom_id, method, path, body, "                    \
-    "COALESCE(send_key, idempotency_key), "                                   \
-    "state, attempts, max_attempts, deferrals, remote_id, poll_url, "         \
-    "created_at, waiting_since, priority, run_after"
+    "id, provider, batch, custom_id, method, path, body, "                     \
+    "COALESCE(send_key, idempotency_key), "                                    \
+    "state, attempts, max_attempts, deferrals, remote_id, poll_url, "          \
+    "created_at, waiting_since, priority, run_after, idempotency_key"
 
 /* Returning an expired (or a dead owner's) running job to the queue. The
  * attempt stays charged (DESIGN §3); a job whose every attempt ended in a
@@ -77,6 +77,54 @@ extern const size_t sql_nfiles;
     "  ELSE NULL END, "                                                        \
     "run_after = ?1, lease_until = NULL, lease_owner = NULL, "                 \
     "updated_at = ?1 "
+
+/* The filter of struct store_select, by parameter name; select_bind
+ * binds the ones a statement has. :states is ",failed,cancelled,". */
+#define SELECT_WHERE                                                           \
+    "(:states IS NULL OR instr(:states, ',' || state || ',') > 0) "            \
+    "AND (:provider IS NULL OR provider = :provider) "                         \
+    "AND (:batch IS NULL OR batch = :batch) "                                  \
+    "AND (:class IS NULL OR error_class = :class) "                            \
+    "AND (:code IS NULL OR error_code = :code) "                               \
+    "AND (:since IS NULL OR finished_at >= :since) "                           \
+    "AND (:before IS NULL OR finished_at < :before) "
+
+/* Back to the queue as if new, but with its identity and last failure:
+ * ?1 is now. remote_id goes too: the submission is sent again. */
+#define RETRY_SET                                                              \
+    "UPDATE jobs SET state = 'queued', attempts = 0, deferrals = 0, "          \
+    "send_key = NULL, run_after = ?1, lease_until = NULL, "                    \
+    "lease_owner = NULL, remote_id = NULL, poll_url = NULL, "                  \
+    "waiting_since = NULL, finished_at = NULL, updated_at = ?1 "               \
+    "WHERE state IN ('failed', 'cancelled') "
+
+#define CANCEL_SET                                                             \
+    "UPDATE jobs SET state = 'cancelled', finished_at = ?1, "                  \
+    "lease_until = NULL, lease_owner = NULL, updated_at = ?1 "                 \
+    "WHERE state IN ('queued', 'running', 'waiting', 'retrying') "
+
+/* The oldest finished jobs purge takes in one transaction; attempts and
+ * jobs are deleted by the same subquery in the same transaction, so they
+ * see the same rows. Walks jobs_finished. */
+#define PURGE_PICK                                                             \
+    "(SELECT id FROM jobs WHERE finished_at < :before "                        \
+    "  AND state IN ('succeeded', 'failed', 'cancelled') "                     \
+    "  AND (:states IS NULL OR instr(:states, ',' || state || ',') > 0) "      \
+    "  ORDER BY finished_at, id LIMIT :limit)"
+
+/* Rows per statement of store_insert_jobs: 128 × 10 parameters stays far
+ * under SQLite's variable limit, and past ~100 rows the per-statement
+ * cost is already noise next to the B-tree work. */
+#define STORE_INSERT_ROWS 128
+#define INSERT_JOB_HEAD                                                        \
+    "INSERT INTO jobs (provider, batch, custom_id, method, path, body, "       \
+    "idempotency_key, priority, max_attempts, state, run_after, "              \
+    "created_at, updated_at) VALUES "
+#define INSERT_JOB_TAIL " ON CONFLICT (provider, idempotency_key) DO NOTHING"
+
+/* incremental_vacuum step of purge: 4096 pages (16 MiB at the default
+ * page size) per call keeps each write lock short. */
+#define STORE_VACUUM_STEP 4096
 
 /* Every prepared statement; SQL text in stmt_sql below, same order. */
 enum stmt {
@@ -107,6 +155,19 @@ enum stmt {
     ST_JOB_BY_ID,
     ST_JOB_BY_CUSTOM_ID,
     ST_ATTEMPTS,
+    ST_FAILURES,
+    ST_RESOLVE_ID,
+    ST_RESOLVE_CUSTOM_ID,
+    ST_RETRY_ID,
+    ST_RETRY_WHERE,
+    ST_CANCEL_ID,
+    ST_CANCEL_WHERE,
+    ST_EXPORT,
+    ST_PURGE_ATTEMPTS,
+    ST_PURGE_JOBS,
+    ST_AUTO_VACUUM,
+    ST_FREELIST,
+    ST_PROGRESS_BATCH,
     ST_COUNT
 };
 
@@ -132,7 +193,7 @@ static const char *const stmt_sql[ST_COUNT] = {
         "ORDER BY lease_owner",
     [ST_RECLAIM_OWNER_RUNNING] =
         RECLAIM_RUNNING_SET "WHERE state = 'running' "
-        "AND lease_until IS NOT NULL AND lease_owner = ?2",
+                            "AND lease_until IS NOT NULL AND lease_owner = ?2",
     [ST_RECLAIM_OWNER_POLLS] =
         "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
         "WHERE state = 'waiting' AND lease_until IS NOT NULL "
@@ -144,24 +205,22 @@ static const char *const stmt_sql[ST_COUNT] = {
         "  AND (lease_until IS NULL OR lease_until <= ?3) "
         "  ORDER BY run_after, id LIMIT ?5) "
         "RETURNING " CLAIM_COLUMNS,
-    [ST_CLAIM] =
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
-        "lease_until = ?1, lease_owner = ?2, updated_at = ?3 "
-        "WHERE id IN (SELECT id FROM jobs "
-        "  WHERE provider = ?4 AND state IN ('queued', 'retrying') "
-        "  AND run_after <= ?3 "
-        "  ORDER BY priority DESC, run_after, id LIMIT ?5) "
-        "RETURNING " CLAIM_COLUMNS,
+    [ST_CLAIM] = "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+                 "lease_until = ?1, lease_owner = ?2, updated_at = ?3 "
+                 "WHERE id IN (SELECT id FROM jobs "
+                 "  WHERE provider = ?4 AND state IN ('queued', 'retrying') "
+                 "  AND run_after <= ?3 "
+                 "  ORDER BY priority DESC, run_after, id LIMIT ?5) "
+                 "RETURNING " CLAIM_COLUMNS,
     /* One MIN per state, each answered from the jobs_state index. */
-    [ST_NEXT_DUE] =
-        "SELECT MIN(due) FROM ("
-        "  SELECT MIN(run_after) AS due FROM jobs "
-        "    WHERE provider = ?1 AND state = 'queued' "
-        "  UNION ALL SELECT MIN(run_after) FROM jobs "
-        "    WHERE provider = ?1 AND state = 'retrying' "
-        "  UNION ALL SELECT MIN(run_after) FROM jobs "
-        "    WHERE provider = ?1 AND state = 'waiting' "
-        "    AND (lease_until IS NULL OR lease_until <= ?2))",
+    [ST_NEXT_DUE] = "SELECT MIN(due) FROM ("
+                    "  SELECT MIN(run_after) AS due FROM jobs "
+                    "    WHERE provider = ?1 AND state = 'queued' "
+                    "  UNION ALL SELECT MIN(run_after) FROM jobs "
+                    "    WHERE provider = ?1 AND state = 'retrying' "
+                    "  UNION ALL SELECT MIN(run_after) FROM jobs "
+                    "    WHERE provider = ?1 AND state = 'waiting' "
+                    "    AND (lease_until IS NULL OR lease_until <= ?2))",
     [ST_UNFINISHED] =
         "SELECT COUNT(*) FROM jobs WHERE provider = ?1 "
         "AND state IN ('queued', 'running', 'waiting', 'retrying')",
@@ -240,9 +299,46 @@ static const char *const stmt_sql[ST_COUNT] = {
     /* custom_id is unique per provider only: the newest wins. */
     [ST_JOB_BY_CUSTOM_ID] =
         "SELECT * FROM jobs WHERE custom_id = ?1 ORDER BY id DESC LIMIT 1",
-    [ST_ATTEMPTS] =
-        "SELECT * FROM attempts WHERE job_id = ?1 "
-        "ORDER BY attempt, started_at, id",
+    [ST_ATTEMPTS] = "SELECT * FROM attempts WHERE job_id = ?1 "
+                    "ORDER BY attempt, started_at, id",
+    /* Read from the failures view, as an operator in sqlite3 would; the
+     * samples are the newest failures that carry a request id. */
+    [ST_FAILURES] =
+        "SELECT provider, error_class, error_code, "
+        "max(CASE WHEN rn = 1 THEN http_status END) AS http_status, "
+        "count(*) AS count, min(finished_at) AS first_seen, "
+        "max(finished_at) AS last_seen, "
+        "max(CASE WHEN rn = 1 THEN error_message END) AS message, "
+        "json_group_array(request_id) FILTER "
+        "  (WHERE rn <= 3 AND request_id IS NOT NULL) "
+        "  AS sample_request_ids, "
+        "max(CASE WHEN rn = 1 THEN id END) AS sample_job_id "
+        "FROM (SELECT *, row_number() OVER ("
+        "    PARTITION BY provider, error_class, error_code "
+        "    ORDER BY request_id IS NULL, finished_at DESC, id DESC) AS rn "
+        "  FROM failures "
+        "  WHERE (:provider IS NULL OR provider = :provider) "
+        "  AND (:batch IS NULL OR batch = :batch) "
+        "  AND (:since IS NULL OR finished_at >= :since)) "
+        "GROUP BY provider, error_class, error_code "
+        "ORDER BY count DESC, provider, error_class, error_code",
+    [ST_RESOLVE_ID] = "SELECT id FROM jobs WHERE id = ?1",
+    [ST_RESOLVE_CUSTOM_ID] =
+        "SELECT id FROM jobs WHERE custom_id = ?1 ORDER BY id DESC LIMIT 1",
+    [ST_RETRY_ID] = RETRY_SET "AND id = ?2",
+    [ST_RETRY_WHERE] = RETRY_SET "AND " SELECT_WHERE,
+    [ST_CANCEL_ID] = CANCEL_SET "AND id = ?2",
+    [ST_CANCEL_WHERE] = CANCEL_SET "AND " SELECT_WHERE,
+    [ST_EXPORT] =
+        "SELECT id, custom_id, provider, batch, state, http_status, "
+        "error_class, error_code, error_message, request_id, result, cost, "
+        "finished_at FROM jobs WHERE " SELECT_WHERE "ORDER BY id",
+    [ST_PURGE_ATTEMPTS] = "DELETE FROM attempts WHERE job_id IN " PURGE_PICK,
+    [ST_PURGE_JOBS] = "DELETE FROM jobs WHERE id IN " PURGE_PICK,
+    [ST_AUTO_VACUUM] = "PRAGMA auto_vacuum",
+    [ST_FREELIST] = "PRAGMA freelist_count",
+    [ST_PROGRESS_BATCH] =
+        "SELECT * FROM batch_progress WHERE batch = ?1 ORDER BY provider",
 };
 
 /* A buffered job_update with its strings owned. */
@@ -255,6 +351,7 @@ struct store {
     sqlite3 *db;
     char *path;
     sqlite3_stmt *st[ST_COUNT];
+    sqlite3_stmt *insert_many; /* STORE_INSERT_ROWS rows of INSERT_JOB */
     struct pending *buf; /* store_record's group-commit buffer */
     size_t nbuf, capbuf;
 };
@@ -420,6 +517,30 @@ migrate(struct store *s)
     return 0;
 }
 
+/* The multi-row INSERT of store_insert_jobs: row r binds ?(10r+1) to
+ * ?(10r+10) in the order of ST_INSERT_JOB, now included. */
+static int
+prepare_insert_many(struct store *s)
+{
+    struct buf b = {0};
+    int rc;
+
+    buf_appendf(&b, "%s", INSERT_JOB_HEAD);
+    for (int r = 0; r < STORE_INSERT_ROWS; r++) {
+        int p = 10 * r;
+        buf_appendf(&b,
+                    "%s(?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, ?%d, "
+                    "'queued', ?%d, ?%d, ?%d)",
+                    r ? ", " : "", p + 1, p + 2, p + 3, p + 4, p + 5, p + 6,
+                    p + 7, p + 8, p + 9, p + 10, p + 10, p + 10);
+    }
+    buf_appendf(&b, "%s", INSERT_JOB_TAIL);
+    rc = sqlite3_prepare_v3(s->db, b.data, -1, SQLITE_PREPARE_PERSISTENT,
+                            &s->insert_many, NULL);
+    buf_free(&b);
+    return rc == SQLITE_OK ? 0 : store_fail(s, rc, "prepare bulk insert");
+}
+
 int
 store_open(const char *path, struct store **out)
 {
@@ -441,7 +562,11 @@ store_open(const char *path, struct store **out)
     sqlite3_extended_result_codes(s->db, 1);
     /* The timeout first: switching to WAL takes a lock too. */
     sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
-    pragmas = xasprintf("PRAGMA journal_mode = WAL; "
+    /* auto_vacuum first: it only takes on a file with no table yet (a new
+     * database), and WAL mode would write the header before it. Existing
+     * files keep theirs; purge copes with both. */
+    pragmas = xasprintf("PRAGMA auto_vacuum = INCREMENTAL; "
+                        "PRAGMA journal_mode = WAL; "
                         "PRAGMA synchronous = NORMAL; "
                         "PRAGMA foreign_keys = ON; "
                         "PRAGMA cache_size = -%d",
@@ -462,6 +587,8 @@ store_open(const char *path, struct store **out)
             goto fail;
         }
     }
+    if ((rc = prepare_insert_many(s)) < 0)
+        goto fail;
     *out = s;
     return 0;
 fail:
@@ -503,6 +630,7 @@ store_close(struct store *s)
     free(s->buf);
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
+    sqlite3_finalize(s->insert_many);
     sqlite3_close_v2(s->db);
     free(s->path);
     free(s);
@@ -543,27 +671,62 @@ store_rollback(struct store *s)
         exec_stmt(s, ST_ROLLBACK, "rollback");
 }
 
+static void
+bind_jobspec(sqlite3_stmt *st, int at, const struct jobspec *j, int64_t now_ms)
+{
+    bind_text(st, at + 1, j->provider);
+    bind_text(st, at + 2, j->batch);
+    bind_text(st, at + 3, j->custom_id);
+    bind_text(st, at + 4, j->method);
+    bind_text(st, at + 5, j->path);
+    bind_text(st, at + 6, j->body);
+    bind_text(st, at + 7, j->idempotency_key);
+    sqlite3_bind_int(st, at + 8, j->priority);
+    sqlite3_bind_int(st, at + 9, j->max_attempts);
+    sqlite3_bind_int64(st, at + 10, now_ms);
+}
+
 int
 store_insert_job(struct store *s, const struct jobspec *j, int64_t now_ms)
 {
     sqlite3_stmt *st = stmt(s, ST_INSERT_JOB);
     int rc;
 
-    bind_text(st, 1, j->provider);
-    bind_text(st, 2, j->batch);
-    bind_text(st, 3, j->custom_id);
-    bind_text(st, 4, j->method);
-    bind_text(st, 5, j->path);
-    bind_text(st, 6, j->body);
-    bind_text(st, 7, j->idempotency_key);
-    sqlite3_bind_int(st, 8, j->priority);
-    sqlite3_bind_int(st, 9, j->max_attempts);
-    sqlite3_bind_int64(st, 10, now_ms);
+    bind_jobspec(st, 0, j, now_ms);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return store_fail(s, rc, "insert job");
     return sqlite3_changes(s->db) == 1 ? 0 : 1;
+}
+
+int
+store_insert_jobs(struct store *s, const struct jobspec *jobs, size_t n,
+                  int64_t now_ms, size_t *inserted)
+{
+    size_t i = 0;
+    int rc;
+
+    *inserted = 0;
+    /* Whole statements of STORE_INSERT_ROWS rows; changes() counts the
+     * rows ON CONFLICT DO NOTHING let through, duplicates within the
+     * statement included. The tail goes row by row. */
+    for (; i + STORE_INSERT_ROWS <= n; i += STORE_INSERT_ROWS) {
+        sqlite3_stmt *st = s->insert_many;
+        for (int r = 0; r < STORE_INSERT_ROWS; r++)
+            bind_jobspec(st, 10 * r, &jobs[i + (size_t)r], now_ms);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return store_fail(s, rc, "insert jobs");
+        *inserted += (size_t)sqlite3_changes(s->db);
+    }
+    for (; i < n; i++) {
+        if ((rc = store_insert_job(s, &jobs[i], now_ms)) < 0)
+            return rc;
+        *inserted += rc == 0;
+    }
+    return 0;
 }
 
 /* --- the daemon ----------------------------------------------------------- */
@@ -685,6 +848,7 @@ claim_row(sqlite3_stmt *st)
     j->poll_url = column_strdup(st, 13);
     j->created_at = sqlite3_column_int64(st, 14);
     j->waiting_since = sqlite3_column_int64(st, 15);
+    j->base_key = column_strdup(st, 18);
     return j;
 }
 
@@ -1015,7 +1179,8 @@ static bool
 is_json_column(const char *name)
 {
     return strcmp(name, "body") == 0 || strcmp(name, "result") == 0 ||
-           strcmp(name, "fields") == 0;
+           strcmp(name, "fields") == 0 ||
+           strcmp(name, "sample_request_ids") == 0;
 }
 
 /* The current row as an object keyed by column name. */
@@ -1205,4 +1370,317 @@ store_job_json(struct store *s, const char *id_or_custom_id)
         return NULL;
     }
     return job;
+}
+
+/* --- operator commands ---------------------------------------------------- */
+
+static void
+bind_named_text(sqlite3_stmt *st, const char *name, const char *v)
+{
+    int i = sqlite3_bind_parameter_index(st, name);
+    if (i > 0)
+        bind_text(st, i, v);
+}
+
+static void
+bind_named_int64(sqlite3_stmt *st, const char *name, int64_t v)
+{
+    int i = sqlite3_bind_parameter_index(st, name);
+    if (i > 0)
+        bind_int64_or_null(st, i, v);
+}
+
+/* Binds the parameters of SELECT_WHERE (and PURGE_PICK) that st has.
+ * states_text receives ",a,b," for :states; it must outlive the step. */
+static void
+select_bind(sqlite3_stmt *st, const struct store_select *sel,
+            char states_text[128])
+{
+    size_t len = 0;
+
+    states_text[0] = '\0';
+    if (sel == NULL)
+        return;
+    for (int i = 0; i < JOB_STATE_COUNT; i++) {
+        if (sel->states & (1u << i))
+            len += (size_t)snprintf(states_text + len, 128 - len, ",%s",
+                                    job_state_name((enum job_state)i));
+    }
+    if (len > 0)
+        strcat(states_text, ",");
+    bind_named_text(st, ":states", len > 0 ? states_text : NULL);
+    bind_named_text(st, ":provider", sel->provider);
+    bind_named_text(st, ":batch", sel->batch);
+    bind_named_text(st, ":class", sel->error_class);
+    bind_named_text(st, ":code", sel->error_code);
+    bind_named_int64(st, ":since", sel->finished_since);
+    bind_named_int64(st, ":before", sel->finished_before);
+}
+
+json_t *
+store_failures_json(struct store *s, const struct store_select *sel)
+{
+    sqlite3_stmt *st = stmt(s, ST_FAILURES);
+    json_t *arr = json_array();
+    char states[128];
+
+    select_bind(st, sel, states);
+    if (rows_json(s, st, arr, "failures") < 0) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+/* The id of the job key names (as job_find), 0 if none. */
+static int
+resolve_one(struct store *s, const char *key, int64_t *id)
+{
+    size_t len = strspn(key, "0123456789");
+    sqlite3_stmt *st;
+    int rc;
+
+    *id = 0;
+    if (len > 0 && len < 19 && key[len] == '\0') {
+        st = stmt(s, ST_RESOLVE_ID);
+        sqlite3_bind_int64(st, 1, strtoll(key, NULL, 10));
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            *id = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+        if (rc == SQLITE_ROW)
+            return 0;
+        if (rc != SQLITE_DONE)
+            return store_fail(s, rc, "resolve job id");
+    }
+    st = stmt(s, ST_RESOLVE_CUSTOM_ID);
+    bind_text(st, 1, key);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *id = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE
+               ? 0
+               : store_fail(s, rc, "resolve custom_id");
+}
+
+int
+store_resolve(struct store *s, const char *const *refs, size_t n, int64_t *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        int rc = resolve_one(s, refs[i], &out[i]);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Runs the by-id statement for each id, or the filtered one once; ?1 is
+ * now in both, ?2 the id. */
+static int
+update_jobs(struct store *s, enum stmt by_id, enum stmt where,
+            const int64_t *ids, size_t n, const struct store_select *sel,
+            int64_t now_ms, long *changed, const char *what)
+{
+    sqlite3_stmt *st;
+    char states[128];
+    int rc;
+
+    *changed = 0;
+    if (ids == NULL) {
+        st = stmt(s, where);
+        sqlite3_bind_int64(st, 1, now_ms);
+        select_bind(st, sel, states);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return store_fail(s, rc, what);
+        *changed = sqlite3_changes(s->db);
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        st = stmt(s, by_id);
+        sqlite3_bind_int64(st, 1, now_ms);
+        sqlite3_bind_int64(st, 2, ids[i]);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return store_fail(s, rc, what);
+        *changed += sqlite3_changes(s->db);
+    }
+    return 0;
+}
+
+int
+store_retry(struct store *s, const int64_t *ids, size_t n,
+            const struct store_select *sel, int64_t now_ms, long *changed)
+{
+    return update_jobs(s, ST_RETRY_ID, ST_RETRY_WHERE, ids, n, sel, now_ms,
+                       changed, "retry");
+}
+
+int
+store_cancel(struct store *s, const int64_t *ids, size_t n,
+             const struct store_select *sel, int64_t now_ms, long *changed)
+{
+    return update_jobs(s, ST_CANCEL_ID, ST_CANCEL_WHERE, ids, n, sel, now_ms,
+                       changed, "cancel");
+}
+
+int
+store_export(struct store *s, const struct store_select *sel, store_row_fn fn,
+             void *arg)
+{
+    sqlite3_stmt *st = stmt(s, ST_EXPORT);
+    char states[128];
+    int rc, stop = 0;
+
+    select_bind(st, sel, states);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *row = row_json(st);
+        stop = fn(row, arg);
+        json_decref(row);
+        if (stop != 0)
+            break;
+    }
+    sqlite3_reset(st);
+    if (stop != 0)
+        return stop;
+    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "export");
+}
+
+/* The single integer a PRAGMA statement returns. */
+static int
+pragma_int(struct store *s, enum stmt id, int64_t *v)
+{
+    sqlite3_stmt *st = stmt(s, id);
+    int rc = sqlite3_step(st);
+    *v = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "pragma");
+}
+
+/* One bounded purge step in its own transaction: *njobs deleted. */
+static int
+purge_step(struct store *s, const struct store_select *sel, long limit,
+           long *njobs, long *nattempts)
+{
+    static const enum stmt steps[2] = {ST_PURGE_ATTEMPTS, ST_PURGE_JOBS};
+    char states[128];
+    int rc;
+
+    if ((rc = store_begin(s)) < 0)
+        return rc;
+    for (int k = 0; k < 2; k++) {
+        sqlite3_stmt *st = stmt(s, steps[k]);
+        select_bind(st, sel, states);
+        sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, ":limit"),
+                           limit);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE) {
+            rc = store_fail(s, rc, "purge");
+            store_rollback(s);
+            return rc;
+        }
+        if (k == 0)
+            *nattempts = sqlite3_changes(s->db);
+        else
+            *njobs = sqlite3_changes(s->db);
+    }
+    if ((rc = store_commit(s)) < 0)
+        store_rollback(s);
+    return rc;
+}
+
+/* Gives freed pages back: incremental_vacuum in steps when the file
+ * allows it, then the WAL truncated. */
+static int
+purge_reclaim(struct store *s, long *freed)
+{
+    int64_t mode = 0, before = 0, after = 0;
+    int rc;
+
+    *freed = 0;
+    if ((rc = pragma_int(s, ST_AUTO_VACUUM, &mode)) < 0 ||
+        (rc = pragma_int(s, ST_FREELIST, &before)) < 0)
+        return rc;
+    /* 2 = incremental; 1 (full) already shrank at each commit. */
+    if (mode == 2) {
+        char *sql =
+            xasprintf("PRAGMA incremental_vacuum(%d)", STORE_VACUUM_STEP);
+        for (int64_t left = before; left > 0;) {
+            int64_t now_left;
+            rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+            if (rc != SQLITE_OK) {
+                rc = store_fail(s, rc, "incremental_vacuum");
+                break;
+            }
+            if ((rc = pragma_int(s, ST_FREELIST, &now_left)) < 0)
+                break;
+            if (now_left >= left)
+                break; /* nothing more to give back */
+            left = now_left;
+        }
+        free(sql);
+        if (rc < 0)
+            return rc;
+    }
+    if ((rc = pragma_int(s, ST_FREELIST, &after)) < 0)
+        return rc;
+    *freed = (long)(before - after);
+    /* A reader (the daemon) may keep part of the WAL alive: SQLITE_BUSY
+     * here only means the file shrinks at a later checkpoint. */
+    rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE,
+                                   NULL, NULL);
+    if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
+        return store_fail(s, rc, "wal_checkpoint");
+    return 0;
+}
+
+int
+store_purge(struct store *s, const struct store_select *sel, long batch_rows,
+            long *jobs, long *attempts, long *freed_pages)
+{
+    long nj, na;
+    int rc;
+
+    *jobs = *attempts = *freed_pages = 0;
+    if (batch_rows <= 0 || sel == NULL || sel->finished_before <= 0)
+        return -EINVAL;
+    do {
+        nj = na = 0;
+        if ((rc = purge_step(s, sel, batch_rows, &nj, &na)) < 0)
+            return rc;
+        *jobs += nj;
+        *attempts += na;
+    } while (nj == batch_rows);
+    return purge_reclaim(s, freed_pages);
+}
+
+json_t *
+store_progress_json(struct store *s, const char *batch)
+{
+    sqlite3_stmt *st = stmt(s, batch ? ST_PROGRESS_BATCH : ST_BATCHES);
+    json_t *arr = json_array();
+
+    if (batch)
+        bind_text(st, 1, batch);
+    if (rows_json(s, st, arr, "batch progress") < 0) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+json_t *
+store_providers_json(struct store *s)
+{
+    json_t *arr = json_array();
+
+    if (rows_json(s, stmt(s, ST_LANES), arr, "providers") < 0) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
 }

@@ -41,6 +41,12 @@ void store_rollback(struct store *s);
  * idempotency key: skipped), or a negative errno. */
 int store_insert_job(struct store *s, const struct jobspec *j,
                      int64_t now_ms);
+/* Inserts jobs[0..n) as store_insert_job does, many rows per statement
+ * (the fast path of a bulk enqueue; call inside store_begin). Sets
+ * *inserted to the rows added; the others were duplicates, skipped.
+ * Returns 0, or a negative errno after which the caller rolls back. */
+int store_insert_jobs(struct store *s, const struct jobspec *jobs, size_t n,
+                      int64_t now_ms, size_t *inserted);
 
 /* --- the daemon ---------------------------------------------------------- */
 
@@ -174,5 +180,80 @@ json_t *store_jobs_json(struct store *s, const struct store_filter *f);
  * values when their text is valid JSON. A number is tried as an id first,
  * then as a custom_id (the newest job with it). */
 json_t *store_job_json(struct store *s, const char *id_or_custom_id);
+
+/* --- operator commands (sluicectl) ---------------------------------------- */
+
+/* Which jobs an operator command acts on. Every field narrows; zero or
+ * NULL means any. */
+struct store_select {
+    unsigned states; /* bits 1u << enum job_state */
+    const char *provider;
+    const char *batch;
+    const char *error_class; /* jobs.error_class */
+    const char *error_code;  /* jobs.error_code, the provider's code */
+    int64_t finished_since;  /* finished_at >= this, unix ms */
+    int64_t finished_before; /* finished_at < this, unix ms */
+};
+
+/* Failed jobs (the failures view) grouped by provider, class and code:
+ * an array of {provider, error_class, error_code, http_status, count,
+ * first_seen, last_seen, message, sample_request_ids [up to 3, newest
+ * first], sample_job_id}, largest group first. sel's provider, batch and
+ * finished_since apply. NULL on a database error. */
+json_t *store_failures_json(struct store *s, const struct store_select *sel);
+
+/* The ids of the jobs refs[0..n) name (an id, or a custom_id: the
+ * newest job with it, as store_job_json); out[i] = 0 when refs[i] names
+ * no job. Returns 0 or a negative errno. */
+int store_resolve(struct store *s, const char *const *refs, size_t n,
+                  int64_t *out);
+
+/* Puts failed or cancelled jobs back to queued, due now: attempts and
+ * deferrals reset, the derived send key dropped (the job's own
+ * idempotency key goes out again), lease, async run and finished_at
+ * cleared. The last failure stays on the row until the next outcome
+ * replaces it (a success clears it). Jobs in other states are left.
+ * By ids[0..n), or, with ids NULL, every job sel matches (sel->states
+ * is narrowed to failed and cancelled). *changed = jobs put back. Use
+ * inside store_begin/store_commit to make a command one transaction. */
+int store_retry(struct store *s, const int64_t *ids, size_t n,
+                const struct store_select *sel, int64_t now_ms, long *changed);
+
+/* Cancels jobs not yet terminal (queued, running, waiting, retrying):
+ * state cancelled, finished_at now, lease cleared. A running daemon sees
+ * it through store_cancelled and aborts the request in flight. By ids,
+ * or every job sel matches when ids is NULL. *changed = jobs cancelled. */
+int store_cancel(struct store *s, const int64_t *ids, size_t n,
+                 const struct store_select *sel, int64_t now_ms, long *changed);
+
+/* Called by store_export for each row; a non-zero return stops the walk
+ * and is returned by store_export. row is borrowed. */
+typedef int (*store_row_fn)(const json_t *row, void *arg);
+
+/* Streams the jobs sel matches, in id order, one row at a time (never
+ * all in memory): {id, custom_id, provider, batch, state, http_status,
+ * error_class, error_code, error_message, request_id, result (a JSON
+ * value when the text is JSON), cost, finished_at}. Returns 0, fn's
+ * non-zero value, or a negative errno. */
+int store_export(struct store *s, const struct store_select *sel,
+                 store_row_fn fn, void *arg);
+
+/* Deletes terminal jobs that finished before sel->finished_before (only
+ * sel->states' terminal ones when set) and their attempts, in
+ * transactions of at most batch_rows jobs so the daemon is never held
+ * off long; then gives the space back: PRAGMA incremental_vacuum in
+ * steps when the file has auto_vacuum = incremental (new databases do),
+ * and a wal_checkpoint(TRUNCATE). *jobs, *attempts: rows deleted;
+ * *freed_pages: pages returned to the file system. */
+int store_purge(struct store *s, const struct store_select *sel,
+                long batch_rows, long *jobs, long *attempts, long *freed_pages);
+
+/* Rows of the batch_progress view (batch NULL: all batches), with the
+ * rate over the last minute and an ETA; NULL on a database error. */
+json_t *store_progress_json(struct store *s, const char *batch);
+
+/* The providers table (the daemon's live view of each lane) as an array
+ * of rows, by name; NULL on a database error. */
+json_t *store_providers_json(struct store *s);
 
 #endif

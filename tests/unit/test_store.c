@@ -17,6 +17,7 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include "sluice/clock.h"
 #include "sluice/jobspec.h"
 #include "sluice/store.h"
 
@@ -1183,6 +1184,409 @@ test_schema_indexes_serve_claim_and_due_queries(void **state)
     tmpdb_remove(&t);
 }
 
+/* --- operator commands ------------------------------------------------- */
+
+/* Bulk insert: 300 specs, keys k0..k249 with k0..k49 repeated at the end;
+ * two whole statements of 128 rows and a row-by-row tail. */
+static void
+test_insert_jobs_counts_duplicates_within_and_across_statements(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct jobspec *specs = calloc(300, sizeof(*specs));
+    char(*keys)[16] = calloc(300, 16);
+    size_t inserted = 99;
+
+    for (int i = 0; i < 300; i++) {
+        snprintf(keys[i], 16, "k%d", i < 250 ? i : i - 250);
+        specs[i] = (struct jobspec){
+            .provider = "a",
+            .batch = "b",
+            .custom_id = keys[i],
+            .method = "POST",
+            .path = "/v1/run",
+            .body = "{}",
+            .idempotency_key = keys[i],
+            .priority = i % 3,
+            .max_attempts = 4,
+        };
+    }
+    assert_int_equal(store_begin(s), 0);
+    assert_int_equal(store_insert_jobs(s, specs, 300, T0, &inserted), 0);
+    assert_int_equal(inserted, 250);
+    assert_int_equal(store_commit(s), 0);
+    /* every column of a bulk row is the one store_insert_job writes */
+    assert_job_str(s, "k200", "batch", "b");
+    assert_job_str(s, "k200", "state", "queued");
+    assert_int_equal(job_int(s, "k200", "priority"), 200 % 3);
+    assert_int_equal(job_int(s, "k200", "max_attempts"), 4);
+    assert_int_equal(job_int(s, "k200", "run_after"), T0);
+    assert_int_equal(job_int(s, "k200", "created_at"), T0);
+    /* the first of a duplicated key wins: priority 0 of k3, not 253 % 3 */
+    assert_int_equal(job_int(s, "k3", "priority"), 0);
+    assert_int_equal(store_insert_jobs(s, specs, 300, T0, &inserted), 0);
+    assert_int_equal(inserted, 0);
+    assert_int_equal(store_insert_jobs(s, specs, 0, T0, &inserted), 0);
+    assert_int_equal(inserted, 0);
+    free(specs);
+    free(keys);
+    store_close(s);
+}
+
+/* Jobs 1-3 of provider a, all claimed; 1 and 2 fail (timeout / 400),
+ * 3 succeeds; job 4 stays queued. */
+static void
+operator_night(struct store *s)
+{
+    struct job *out[4];
+    struct job_update u;
+
+    insert_n(s, "a", 4, T0);
+    assert_int_equal(claim(s, "a", 3, T0, "d1", out), 3);
+    free_jobs(out, 3);
+    u = failure(1, 1, T0 + 100);
+    u.state = JOB_FAILED;
+    u.http_status = 504;
+    u.cls = ERR_TIMEOUT;
+    u.code = "gateway_timeout";
+    u.request_id = "req_t";
+    u.new_key = "a-0.2";
+    u.deferrals = 3;
+    store_record(s, &u);
+    u = failure(2, 1, T0 + 200);
+    u.state = JOB_FAILED;
+    u.http_status = 400;
+    u.cls = ERR_INVALID_REQUEST;
+    u.code = "input_validation_error";
+    u.request_id = "req_b";
+    store_record(s, &u);
+    u = (struct job_update){.job_id = 3,
+                            .state = JOB_SUCCEEDED,
+                            .http_status = 200,
+                            .result = "{\"ok\":1}",
+                            .request_id = "req_s",
+                            .finished_at = T0 + 300};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+}
+
+static void
+test_retry_by_filter_resets_attempts_deferrals_and_send_key(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[2];
+    long changed = -1;
+
+    operator_night(s);
+    struct store_select sel = {.states = 1u << JOB_FAILED,
+                               .error_class = "timeout"};
+    assert_int_equal(store_retry(s, NULL, 0, &sel, T0 + 1000, &changed), 0);
+    assert_int_equal(changed, 1);
+    assert_job_str(s, "1", "state", "queued");
+    assert_int_equal(job_int(s, "1", "attempt_count"), 0);
+    assert_int_equal(job_int(s, "1", "deferrals"), 0);
+    assert_int_equal(job_int(s, "1", "run_after"), T0 + 1000);
+    assert_job_null(s, "1", "send_key");
+    assert_job_null(s, "1", "finished_at");
+    /* the last failure stays until the next outcome */
+    assert_job_str(s, "1", "error_code", "gateway_timeout");
+    assert_job_str(s, "2", "state", "failed");
+    /* claimed again (after job 4, due since T0), it sends its own key,
+     * not the derived one */
+    assert_int_equal(claim(s, "a", 2, T0 + 1000, "d1", out), 2);
+    assert_int_equal(out[1]->id, 1);
+    assert_string_equal(out[1]->idempotency_key, "a-0");
+    assert_int_equal(out[1]->attempts, 1);
+    free_jobs(out, 2);
+    /* a filter never touches unfinished or succeeded jobs */
+    sel = (struct store_select){.states = 1u << JOB_SUCCEEDED};
+    assert_int_equal(store_retry(s, NULL, 0, &sel, T0, &changed), 0);
+    assert_int_equal(changed, 0);
+    store_close(s);
+}
+
+static void
+test_retry_and_cancel_by_id_skip_jobs_in_other_states(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    const char *refs[] = {"2", "a-2", "a-3", "nope", "99"};
+    int64_t ids[5];
+    long changed = -1;
+
+    operator_night(s);
+    assert_int_equal(store_resolve(s, refs, 5, ids), 0);
+    assert_int_equal(ids[0], 2);
+    assert_int_equal(ids[1], 3);
+    assert_int_equal(ids[2], 4);
+    assert_int_equal(ids[3], 0);
+    assert_int_equal(ids[4], 0);
+    /* 2 failed: retried; 3 succeeded and 4 queued: left */
+    assert_int_equal(store_retry(s, ids, 3, NULL, T0, &changed), 0);
+    assert_int_equal(changed, 1);
+    assert_job_str(s, "3", "state", "succeeded");
+    /* cancel: 2 (queued again) and 4 (queued) yes, 3 (succeeded) no */
+    assert_int_equal(store_cancel(s, ids, 3, NULL, T0 + 50, &changed), 0);
+    assert_int_equal(changed, 2);
+    assert_job_str(s, "2", "state", "cancelled");
+    assert_int_equal(job_int(s, "4", "finished_at"), T0 + 50);
+    assert_job_str(s, "3", "state", "succeeded");
+    store_close(s);
+}
+
+static void
+test_cancel_of_a_running_job_clears_lease_and_survives_flush(
+    void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[2];
+    struct job_update u;
+    int64_t ids[2] = {1, 2}, hit[2];
+    long changed = -1;
+    int n = -1;
+
+    insert_n(s, "a", 2, T0);
+    assert_int_equal(claim(s, "a", 2, T0, "d1", out), 2);
+    free_jobs(out, 2);
+    struct store_select sel = {.provider = "a", .states = 1u << JOB_RUNNING};
+    assert_int_equal(store_cancel(s, NULL, 0, &sel, T0 + 10, &changed), 0);
+    assert_int_equal(changed, 2);
+    assert_job_null(s, "1", "lease_until");
+    assert_int_equal(store_cancelled(s, ids, 2, hit, &n), 0);
+    assert_int_equal(n, 2);
+    /* the daemon's release of the aborted request keeps it cancelled */
+    u = (struct job_update){.job_id = 1,
+                            .state = JOB_CANCELLED,
+                            .run_after = T0 + 20,
+                            .finished_at = T0 + 20};
+    store_record(s, &u);
+    u = (struct job_update){.job_id = 2,
+                            .state = JOB_SUCCEEDED,
+                            .result = "{}",
+                            .finished_at = T0 + 30};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_job_str(s, "1", "state", "cancelled");
+    assert_job_str(s, "2", "state", "cancelled");
+    assert_int_equal(job_int(s, "2", "finished_at"), T0 + 10);
+    store_close(s);
+}
+
+static void
+test_failures_json_groups_with_samples_and_filters(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    json_t *g, *first;
+
+    operator_night(s);
+    g = store_failures_json(s, &(struct store_select){0});
+    assert_non_null(g);
+    assert_int_equal(json_array_size(g), 2);
+    first = json_array_get(g, 0);
+    /* equal counts: provider, class, code order */
+    assert_string_equal(
+        json_string_value(json_object_get(first, "error_class")),
+        "invalid_request");
+    assert_int_equal(json_integer_value(json_object_get(first, "count")), 1);
+    assert_int_equal(json_integer_value(json_object_get(first, "http_status")),
+                     400);
+    assert_int_equal(json_integer_value(json_object_get(first, "first_seen")),
+                     T0 + 200);
+    assert_string_equal(json_string_value(json_object_get(first, "message")),
+                        "try later");
+    assert_string_equal(json_string_value(json_array_get(
+                            json_object_get(first, "sample_request_ids"), 0)),
+                        "req_b");
+    assert_int_equal(
+        json_integer_value(json_object_get(first, "sample_job_id")), 2);
+    json_decref(g);
+
+    g = store_failures_json(s,
+                            &(struct store_select){.finished_since = T0 + 150});
+    assert_int_equal(json_array_size(g), 1);
+    json_decref(g);
+    g = store_failures_json(s, &(struct store_select){.batch = "x"});
+    assert_int_equal(json_array_size(g), 0);
+    json_decref(g);
+    store_close(s);
+}
+
+struct collected {
+    int64_t ids[8];
+    int n;
+    int stop_after; /* 0 = never */
+};
+
+static int
+collect_row(const json_t *row, void *arg)
+{
+    struct collected *c = arg;
+    c->ids[c->n++] = json_integer_value(json_object_get(row, "id"));
+    if (c->n == 3) {
+        /* a success's result comes back as JSON, not text */
+        assert_true(json_is_object(json_object_get(row, "result")));
+    }
+    return c->stop_after && c->n == c->stop_after ? 7 : 0;
+}
+
+static void
+test_export_streams_selected_states_in_id_order(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct collected c = {0};
+    struct store_select sel = {.states =
+                                   (1u << JOB_SUCCEEDED) | (1u << JOB_FAILED)};
+
+    operator_night(s);
+    assert_int_equal(store_export(s, &sel, collect_row, &c), 0);
+    assert_int_equal(c.n, 3);
+    assert_int_equal(c.ids[0], 1);
+    assert_int_equal(c.ids[2], 3);
+    /* a callback's non-zero answer stops the walk and is returned */
+    c = (struct collected){.stop_after = 1};
+    assert_int_equal(store_export(s, &sel, collect_row, &c), 7);
+    assert_int_equal(c.n, 1);
+    c = (struct collected){0};
+    sel = (struct store_select){.states = 1u << JOB_QUEUED};
+    assert_int_equal(store_export(s, &sel, collect_row, &c), 0);
+    assert_int_equal(c.n, 1);
+    assert_int_equal(c.ids[0], 4);
+    store_close(s);
+}
+
+static void
+test_purge_deletes_in_bounded_batches_and_gives_space_back(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct job *out[64];
+    long jobs = -1, attempts = -1, pages = -1;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    insert_n(s, "a", 50, T0);
+    insert_n(s, "b", 1, T0);
+    assert_int_equal(claim(s, "a", 50, T0, "d1", out), 50);
+    free_jobs(out, 50);
+    for (int id = 1; id <= 50; id++) {
+        struct job_update u = failure(id, 1, T0 + id);
+        u.state = id <= 30 ? JOB_FAILED : JOB_SUCCEEDED;
+        if (id > 30)
+            u.cls = ERR_NONE;
+        store_record(s, &u);
+    }
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(sql_int(t.path, "PRAGMA auto_vacuum"), 2);
+
+    /* only failed, finished before T0 + 21: jobs 1-20, 7 per commit */
+    struct store_select sel = {.states = 1u << JOB_FAILED,
+                               .finished_before = T0 + 21};
+    assert_int_equal(store_purge(s, &sel, 7, &jobs, &attempts, &pages), 0);
+    assert_int_equal(jobs, 20);
+    assert_int_equal(attempts, 20);
+    assert_int_equal(sql_int(t.path, "SELECT min(id) FROM jobs"), 21);
+    /* every terminal state, the queued job of b stays */
+    sel = (struct store_select){.finished_before = T0 + 1000};
+    assert_int_equal(store_purge(s, &sel, 7, &jobs, &attempts, &pages), 0);
+    assert_int_equal(jobs, 30);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs"), 1);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM attempts"), 0);
+    assert_int_equal(sql_int(t.path, "PRAGMA freelist_count"), 0);
+    /* no cut-off is refused, not "everything" */
+    sel = (struct store_select){0};
+    assert_int_equal(store_purge(s, &sel, 7, &jobs, &attempts, &pages),
+                     -EINVAL);
+    store_close(s);
+    tmpdb_remove(&t);
+}
+
+static void
+test_progress_has_rate_and_eta_from_the_last_minute(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[10];
+    int64_t now = clock_now_ms();
+    json_t *rows, *r;
+
+    insert_n(s, "a", 10, now - 60000);
+    assert_int_equal(claim(s, "a", 4, now, "d1", out), 4);
+    free_jobs(out, 4);
+    /* 4 done over the last 2 s: 2/s, 6 left: ETA 3 s */
+    for (int id = 1; id <= 4; id++) {
+        struct job_update u = {.job_id = id,
+                               .state = JOB_SUCCEEDED,
+                               .result = "{}",
+                               .finished_at = now - 2000 + 500 * (id - 1)};
+        store_record(s, &u);
+    }
+    assert_int_equal(store_flush(s), 0);
+    rows = store_progress_json(s, NULL);
+    assert_int_equal(json_array_size(rows), 1);
+    r = json_array_get(rows, 0);
+    assert_int_equal(json_integer_value(json_object_get(r, "done")), 4);
+    assert_int_equal(json_integer_value(json_object_get(r, "remaining")), 6);
+    double rate = json_number_value(json_object_get(r, "rate_per_s"));
+    assert_true(rate > 1.8 && rate < 2.1);
+    json_int_t eta = json_integer_value(json_object_get(r, "eta_s"));
+    assert_true(eta >= 3 && eta <= 4);
+    json_decref(rows);
+    rows = store_progress_json(s, "nope");
+    assert_int_equal(json_array_size(rows), 0);
+    json_decref(rows);
+    rows = store_providers_json(s);
+    assert_int_equal(json_array_size(rows), 0);
+    json_decref(rows);
+    store_close(s);
+}
+
+/* A database at version 2 (as in the field) gets migration 3: the
+ * finished-at index and the new batch_progress columns, rows kept. */
+static void
+test_migration_3_upgrades_a_version_2_database(void **state)
+{
+    (void)state;
+    extern const struct sql_file {
+        const char *name;
+        const char *text;
+    } sql_files[];
+    struct tmpdb t;
+    struct store *s;
+    sqlite3 *db;
+
+    tmpdb_make(&t);
+    assert_int_equal(sqlite3_open(t.path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql_files[0].text, NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql_files[1].text, NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "PRAGMA user_version = 2; INSERT INTO jobs (provider, "
+                     "path, idempotency_key, created_at, updated_at) "
+                     "VALUES ('a', '/', 'k', 1, 1)",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM sqlite_schema "
+                                     "WHERE name = 'jobs_finished'"),
+                     0);
+    s = open_store(t.path);
+    assert_int_equal(store_schema_version(s), 3);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM sqlite_schema "
+                                     "WHERE name = 'jobs_finished'"),
+                     1);
+    assert_int_equal(sql_int(t.path, "SELECT remaining FROM batch_progress"),
+                     1);
+    tmpdb_remove(&t);
+}
+
 int
 main(void)
 {
@@ -1226,6 +1630,19 @@ main(void)
         cmocka_unit_test(
             test_views_return_latest_failures_summary_and_progress),
         cmocka_unit_test(test_schema_indexes_serve_claim_and_due_queries),
+        cmocka_unit_test(
+            test_insert_jobs_counts_duplicates_within_and_across_statements),
+        cmocka_unit_test(
+            test_retry_by_filter_resets_attempts_deferrals_and_send_key),
+        cmocka_unit_test(test_retry_and_cancel_by_id_skip_jobs_in_other_states),
+        cmocka_unit_test(
+            test_cancel_of_a_running_job_clears_lease_and_survives_flush),
+        cmocka_unit_test(test_failures_json_groups_with_samples_and_filters),
+        cmocka_unit_test(test_export_streams_selected_states_in_id_order),
+        cmocka_unit_test(
+            test_purge_deletes_in_bounded_batches_and_gives_space_back),
+        cmocka_unit_test(test_progress_has_rate_and_eta_from_the_last_minute),
+        cmocka_unit_test(test_migration_3_upgrades_a_version_2_database),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

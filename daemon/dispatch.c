@@ -62,6 +62,8 @@
 /* The daemon's busy timeout: short, so an operator's lock delays the loop
  * by at most this much per statement; a busy flush is simply retried. */
 #define BUSY_TIMEOUT_MS 100
+/* STATUS= recounts unfinished jobs at most this often. */
+#define STATUS_COUNT_MS 5000
 #define NEVER INT64_MAX
 
 struct dlane {
@@ -82,7 +84,6 @@ struct dlane {
                                     yet committed: claimable once flushed */
     int64_t resume_seen;         /* last resume request acted on */
     bool removed;                /* gone from the config (SIGHUP) */
-    bool has_unfinished;         /* last drain check: jobs not terminal */
     struct dlane *next;
 };
 
@@ -125,6 +126,8 @@ struct dispatch {
     void *stopped_data;
     int closing;                 /* handles still closing */
     struct buf status;
+    long unfinished;             /* jobs not terminal, for STATUS= */
+    int64_t unfinished_at;       /* when counted, 0 never */
 };
 
 static void pump(struct dispatch *d);
@@ -955,6 +958,7 @@ on_uv_version(uv_timer_t *t)
     if (store_data_version(d->store, &v) < 0 || v == d->data_version)
         return;
     d->data_version = v;
+    d->unfinished_at = 0; /* new jobs: STATUS= counts again */
     /* Someone else committed (enqueue, retry, another daemon): look again. */
     for (struct dlane *dl = d->lanes; dl; dl = dl->next)
         dl->next_check_ms = 0;
@@ -1178,13 +1182,12 @@ dispatch_drained(struct dispatch *d)
     if (d->ninflight > 0 || store_pending(d->store) > 0)
         return false;
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
-        long unfinished = 0;
+        bool any = false;
         if (dl->removed)
             continue;
-        if (store_pending_count(d->store, dl->name, &unfinished) < 0)
+        if (store_has_unfinished(d->store, dl->name, &any) < 0)
             return false;
-        dl->has_unfinished = unfinished > 0;
-        if (unfinished > 0 && lane_state(dl->lane) != LANE_PAUSED)
+        if (any && lane_state(dl->lane) != LANE_PAUSED)
             return false;
     }
     return true;
@@ -1193,15 +1196,23 @@ dispatch_drained(struct dispatch *d)
 const char *
 dispatch_status(struct dispatch *d)
 {
-    long queued = 0;
-    buf_reset(&d->status);
-    for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
-        long n = 0;
-        if (!dl->removed && store_pending_count(d->store, dl->name, &n) == 0)
-            queued += n;
+    int64_t now = clock_now_ms();
+    /* Counting a large queue costs ~100 ms per million jobs on the loop
+     * thread: recount at most every STATUS_COUNT_MS. */
+    if (d->unfinished_at == 0 || now - d->unfinished_at >= STATUS_COUNT_MS) {
+        long total = 0;
+        for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
+            long n = 0;
+            if (!dl->removed &&
+                store_pending_count(d->store, dl->name, &n) == 0)
+                total += n;
+        }
+        d->unfinished = total;
+        d->unfinished_at = now;
     }
+    buf_reset(&d->status);
     buf_appendf(&d->status, "%d in flight, %ld unfinished", d->ninflight,
-                queued);
+                d->unfinished);
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         if (dl->removed)
             continue;

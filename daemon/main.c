@@ -29,8 +29,9 @@
 /* sysexits.h values, named here to avoid the BSD header's macros. */
 #define EXIT_USAGE 64
 #define EXIT_CONFIG 78
-/* STATUS= and --drain checks run this often. */
+/* --drain checks run this often; STATUS= every STATUS_TICKS ticks. */
 #define TICK_MS 250
+#define STATUS_TICKS 4
 
 struct daemon {
     uv_loop_t *loop;
@@ -44,6 +45,8 @@ struct daemon {
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t tick, watchdog;
     int64_t watchdog_ms;
+    bool notify;            /* systemd listens ($NOTIFY_SOCKET) */
+    unsigned ticks;
     int exit_code;
 };
 
@@ -123,7 +126,8 @@ on_uv_tick(uv_timer_t *t)
     struct daemon *dm = t->data;
     if (dm->stopping)
         return;
-    notify_status(dispatch_status(dm->dispatch));
+    if (dm->notify && ++dm->ticks % STATUS_TICKS == 0)
+        notify_status(dispatch_status(dm->dispatch));
     if (dm->drain && dispatch_drained(dm->dispatch))
         begin_stop(dm, "drained");
 }
@@ -266,6 +270,7 @@ main(int argc, char **argv)
         sigs[i]->data = &dm;
         uv_signal_start(sigs[i], on_uv_signal, signums[i]);
     }
+    dm.notify = getenv("NOTIFY_SOCKET") != NULL;
     uv_timer_init(dm.loop, &dm.tick);
     dm.tick.data = &dm;
     uv_timer_start(&dm.tick, on_uv_tick, TICK_MS, TICK_MS);

@@ -141,6 +141,7 @@ enum stmt {
     ST_CLAIM,
     ST_NEXT_DUE,
     ST_UNFINISHED,
+    ST_HAS_UNFINISHED,
     ST_DATA_VERSION,
     ST_UPDATE_JOB,
     ST_INSERT_ATTEMPT,
@@ -224,6 +225,11 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_UNFINISHED] =
         "SELECT COUNT(*) FROM jobs WHERE provider = ?1 "
         "AND state IN ('queued', 'running', 'waiting', 'retrying')",
+    /* EXISTS stops at the first row: the drain check runs four times a
+     * second and must not count a million-row queue each time. */
+    [ST_HAS_UNFINISHED] =
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE provider = ?1 "
+        "AND state IN ('queued', 'running', 'waiting', 'retrying'))",
     [ST_DATA_VERSION] = "PRAGMA data_version",
     /* Right-hand sides see the old row: "state" is the state before. A job
      * an operator cancelled meanwhile stays cancelled, but what the
@@ -951,6 +957,21 @@ store_pending_count(struct store *s, const char *provider, long *unfinished)
         *unfinished = (long)sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
     return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "unfinished count");
+}
+
+int
+store_has_unfinished(struct store *s, const char *provider, bool *any)
+{
+    sqlite3_stmt *st = stmt(s, ST_HAS_UNFINISHED);
+    int rc;
+
+    *any = false;
+    bind_text(st, 1, provider);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *any = sqlite3_column_int(st, 0) != 0;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "unfinished check");
 }
 
 int

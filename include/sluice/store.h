@@ -87,6 +87,9 @@ int store_next_due(struct store *s, const char *provider, int64_t now_ms,
 int store_pending_count(struct store *s, const char *provider,
                         long *unfinished);
 
+/* Whether provider has any job not yet terminal (cheap at any size). */
+int store_has_unfinished(struct store *s, const char *provider, bool *any);
+
 /* PRAGMA data_version: changes when another connection commits. */
 int store_data_version(struct store *s, int64_t *v);
 

@@ -46,6 +46,10 @@
 /* Most jobs one claim statement takes: bounds the time a claim holds the
  * write lock and the memory of one batch. */
 #define CLAIM_MAX 128
+/* Claims wait for limit / 4 free slots while requests are out (see
+ * pump_lane): fewer, larger claims; a quarter keeps the pipe three
+ * quarters full meanwhile. */
+#define CLAIM_BATCH_DIVISOR 4
 /* Group commit: flush this often while updates are buffered, or at once
  * beyond FLUSH_BATCH of them (DESIGN §3: a few ms or a few hundred). */
 #define FLUSH_DELAY_MS 5
@@ -84,6 +88,7 @@ struct dlane {
                                     yet committed: claimable once flushed */
     int64_t resume_seen;         /* last resume request acted on */
     bool removed;                /* gone from the config (SIGHUP) */
+    int requests;                /* HTTP requests of this lane in flight */
     struct dlane *next;
 };
 
@@ -321,6 +326,7 @@ request_headers(const struct dlane *dl, const struct job *j, bool poll)
 static void
 req_link(struct dispatch *d, struct req *r)
 {
+    r->dl->requests++;
     r->next = d->inflight;
     if (d->inflight)
         d->inflight->prev = r;
@@ -331,6 +337,7 @@ req_link(struct dispatch *d, struct req *r)
 static void
 req_unlink(struct dispatch *d, struct req *r)
 {
+    r->dl->requests--;
     if (r->prev)
         r->prev->next = r->next;
     else
@@ -736,12 +743,21 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
             pump_polls(d, dl, now, wake);
         return;
     }
+    /* When only the concurrency gate limits (no time gate pending) and
+     * requests are out, wait until a quarter of the limit is free: one
+     * claim statement then serves many completions instead of one each. */
+    int batch = lane_limit(dl->lane) / CLAIM_BATCH_DIVISOR;
+    if (n < batch && lane_wake == 0 && dl->requests > 0)
+        return;
     if (n > CLAIM_MAX)
         n = CLAIM_MAX;
     struct job *jobs[CLAIM_MAX];
     int got = 0;
-    int rc = store_claim(d->store, dl->name, n, now, d->lease_ms, d->owner,
-                         jobs, &got);
+    int rc = dl->dialect->async
+                 ? store_claim(d->store, dl->name, n, now, d->lease_ms,
+                               d->owner, jobs, &got)
+                 : store_claim_new(d->store, dl->name, n, now, d->lease_ms,
+                                   d->owner, jobs, &got);
     if (rc < 0) {
         /* Locked by an operator or another daemon: try again shortly. */
         if (now + FLUSH_RETRY_MS < *wake)

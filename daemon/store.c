@@ -916,6 +916,18 @@ store_claim(struct store *s, const char *provider, int max, int64_t now_ms,
 }
 
 int
+store_claim_new(struct store *s, const char *provider, int max,
+                int64_t now_ms, int64_t lease_ms, const char *owner,
+                struct job **out, int *nout)
+{
+    *nout = 0;
+    if (max <= 0)
+        return 0;
+    return claim_run(s, ST_CLAIM, provider, max, now_ms, lease_ms, owner,
+                     out, nout);
+}
+
+int
 store_claim_polls(struct store *s, const char *provider, int max,
                   int64_t now_ms, int64_t lease_ms, const char *owner,
                   struct job **out, int *nout)

@@ -72,6 +72,11 @@ int store_claim(struct store *s, const char *provider, int max,
                 int64_t now_ms, int64_t lease_ms, const char *owner,
                 struct job **out, int *nout);
 
+/* Like store_claim, but only queued and retrying jobs (a provider without
+ * async runs has no polls to look for). */
+int store_claim_new(struct store *s, const char *provider, int max,
+                    int64_t now_ms, int64_t lease_ms, const char *owner,
+                    struct job **out, int *nout);
 /* Like store_claim, but only waiting jobs due for a poll: a lane whose
  * slots are all held by waiting runs must still poll them. */
 int store_claim_polls(struct store *s, const char *provider, int max,

@@ -939,51 +939,52 @@ store_claim_polls(struct store *s, const char *provider, int max,
                      owner, out, nout);
 }
 
+/* Runs a one-row, one-column query about provider (and now_ms when the
+ * statement takes it as ?2) into *out. */
+static int
+provider_scalar(struct store *s, enum stmt id, const char *provider,
+                const int64_t *now_ms, int64_t *out, const char *what)
+{
+    sqlite3_stmt *st = stmt(s, id);
+    int rc;
+
+    *out = 0;
+    bind_text(st, 1, provider);
+    if (now_ms != NULL)
+        sqlite3_bind_int64(st, 2, *now_ms);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, what);
+}
+
 int
 store_next_due(struct store *s, const char *provider, int64_t now_ms,
                int64_t *due_ms)
 {
-    sqlite3_stmt *st = stmt(s, ST_NEXT_DUE);
-    int rc;
-
-    *due_ms = 0;
-    bind_text(st, 1, provider);
-    sqlite3_bind_int64(st, 2, now_ms);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *due_ms = sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "next due");
+    return provider_scalar(s, ST_NEXT_DUE, provider, &now_ms, due_ms,
+                           "next due");
 }
 
 int
 store_pending_count(struct store *s, const char *provider, long *unfinished)
 {
-    sqlite3_stmt *st = stmt(s, ST_UNFINISHED);
-    int rc;
-
-    *unfinished = 0;
-    bind_text(st, 1, provider);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *unfinished = (long)sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "unfinished count");
+    int64_t n;
+    int rc = provider_scalar(s, ST_UNFINISHED, provider, NULL, &n,
+                             "unfinished count");
+    *unfinished = (long)n;
+    return rc;
 }
 
 int
 store_has_unfinished(struct store *s, const char *provider, bool *any)
 {
-    sqlite3_stmt *st = stmt(s, ST_HAS_UNFINISHED);
-    int rc;
-
-    *any = false;
-    bind_text(st, 1, provider);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *any = sqlite3_column_int(st, 0) != 0;
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "unfinished check");
+    int64_t n;
+    int rc = provider_scalar(s, ST_HAS_UNFINISHED, provider, NULL, &n,
+                             "unfinished check");
+    *any = n != 0;
+    return rc;
 }
 
 int

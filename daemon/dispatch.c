@@ -89,6 +89,7 @@ struct dlane {
     int64_t resume_seen;         /* last resume request acted on */
     bool removed;                /* gone from the config (SIGHUP) */
     int requests;                /* HTTP requests of this lane in flight */
+    int waiting;                 /* async runs the lane counts as in flight */
     struct dlane *next;
 };
 
@@ -270,6 +271,32 @@ find_lane(struct dispatch *d, const char *name)
         if (strcmp(dl->name, name) == 0)
             return dl;
     return NULL;
+}
+
+/* Async runs occupy the provider: the lane counts them as in flight. */
+static void
+lane_waiting(struct dlane *dl, int delta)
+{
+    if (dl->waiting + delta < 0)
+        delta = -dl->waiting;
+    dl->waiting += delta;
+    lane_on_waiting(dl->lane, delta);
+}
+
+/* The database is the truth about waiting runs: after a restart (runs of
+ * the last life), or an operator's cancel of a run between polls, the
+ * lane's count follows it. */
+static void
+reconcile_waiting(struct dispatch *d)
+{
+    for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
+        long n = 0;
+        if (dl->removed || !dl->dialect->async ||
+            store_count_waiting(d->store, dl->name, &n) < 0)
+            continue;
+        if (n != dl->waiting)
+            lane_waiting(dl, (int)n - dl->waiting);
+    }
 }
 
 /* --- building a request ------------------------------------------------- */
@@ -498,7 +525,7 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
         u.has_cost = o->has_cost;
         u.remote_id = o->remote_id;
         if (r->is_poll)
-            lane_on_waiting(dl->lane, -1);
+            lane_waiting(dl, -1);
         log_debug("job %" PRId64 ": %s succeeded", j->id, dl->name);
         break;
     case OUTCOME_ACCEPTED:
@@ -512,7 +539,7 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
                      : o->poll_url             ? o->poll_url
                                                : j->poll_url;
         if (!r->is_poll) {
-            lane_on_waiting(dl->lane, +1);
+            lane_waiting(dl, +1);
             u.run_after = now + dl->poll_interval_ms;
             log_debug("job %" PRId64 ": %s run %s accepted", j->id,
                       dl->name, u.remote_id ? u.remote_id : "?");
@@ -526,7 +553,7 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
             u.code = "no_poll_url";
             u.message = "run accepted without a run id or poll url";
             if (!r->is_poll)
-                lane_on_waiting(dl->lane, -1);
+                lane_waiting(dl, -1);
         }
         break;
     case OUTCOME_FAILURE: {
@@ -551,13 +578,13 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
                 log_outcome(r, o, "poll again", at - now, lane_change);
             } else {
                 u.state = JOB_FAILED;
-                lane_on_waiting(dl->lane, -1);
+                lane_waiting(dl, -1);
                 log_outcome(r, o, "failed", -1, lane_change);
             }
             break;
         }
         if (run_failed)
-            lane_on_waiting(dl->lane, -1);
+            lane_waiting(dl, -1);
         /* A job line's own max_attempts beats the provider's default. */
         struct retry_policy policy = dl->policy;
         if (j->max_attempts > 0)
@@ -629,7 +656,7 @@ record_release(struct dispatch *d, struct req *r, int64_t now)
     if (r->cancel_job) {
         u.state = JOB_CANCELLED;
         if (r->is_poll)
-            lane_on_waiting(r->dl->lane, -1);
+            lane_waiting(r->dl, -1);
         log_info("job %" PRId64 ": %s cancelled in flight", j->id,
                  r->dl->name);
     } else if (r->is_poll) {
@@ -954,6 +981,8 @@ on_uv_house(uv_timer_t *t)
         return;
     check_resumes(d, now);
     check_cancels(d);
+    if (store_pending(d->store) == 0)
+        reconcile_waiting(d);
     if (now - d->last_reclaim >= RECLAIM_MS) {
         long n = 0;
         d->last_reclaim = now;

@@ -142,6 +142,7 @@ enum stmt {
     ST_NEXT_DUE,
     ST_UNFINISHED,
     ST_HAS_UNFINISHED,
+    ST_COUNT_WAITING,
     ST_DATA_VERSION,
     ST_UPDATE_JOB,
     ST_INSERT_ATTEMPT,
@@ -230,6 +231,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_HAS_UNFINISHED] =
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE provider = ?1 "
         "AND state IN ('queued', 'running', 'waiting', 'retrying'))",
+    [ST_COUNT_WAITING] = "SELECT COUNT(*) FROM jobs "
+                         "WHERE provider = ?1 AND state = 'waiting'",
     [ST_DATA_VERSION] = "PRAGMA data_version",
     /* Right-hand sides see the old row: "state" is the state before. A job
      * an operator cancelled meanwhile stays cancelled, but what the
@@ -974,6 +977,16 @@ store_pending_count(struct store *s, const char *provider, long *unfinished)
     int rc = provider_scalar(s, ST_UNFINISHED, provider, NULL, &n,
                              "unfinished count");
     *unfinished = (long)n;
+    return rc;
+}
+
+int
+store_count_waiting(struct store *s, const char *provider, long *n)
+{
+    int64_t v;
+    int rc = provider_scalar(s, ST_COUNT_WAITING, provider, NULL, &v,
+                             "waiting count");
+    *n = (long)v;
     return rc;
 }
 

@@ -92,6 +92,8 @@ int store_next_due(struct store *s, const char *provider, int64_t now_ms,
 int store_pending_count(struct store *s, const char *provider,
                         long *unfinished);
 
+/* Jobs of provider in state waiting (async runs at the provider). */
+int store_count_waiting(struct store *s, const char *provider, long *n);
 /* Whether provider has any job not yet terminal (cheap at any size). */
 int store_has_unfinished(struct store *s, const char *provider, bool *any);
 

@@ -113,13 +113,18 @@ static void
 server_sleep(struct fake *f, long ms)
 {
     struct timespec until;
-    int64_t end;
 
     if (ms <= 0)
         return;
-    end = now_ms(CLOCK_REALTIME) + ms;
-    until.tv_sec = (time_t)(end / 1000);
-    until.tv_nsec = (long)(end % 1000) * 1000000L;
+    /* Nanosecond arithmetic: a deadline rounded to the millisecond could
+     * wake up to 1 ms early. */
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)(ms / 1000);
+    until.tv_nsec += (ms % 1000) * 1000000L + 999999L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
     pthread_mutex_lock(&f->mu);
     while (!f->stopping &&
            pthread_cond_timedwait(&f->wake, &f->mu, &until) == 0)
@@ -748,14 +753,18 @@ handle(struct fake *f, struct MHD_Connection *c, const char *path,
     pthread_mutex_unlock(&f->mu);
 
     server_sleep(f, sleep_ms);
+    /* The entry is complete before the answer goes out: a client that
+     * reads /_log right after its answer must find it so. */
+    pthread_mutex_lock(&f->mu);
+    json_object_set_new(entry, "status", json_integer(a.reset ? 0 : a.status));
+    json_object_set_new(entry, "duration_ms",
+                        json_integer(now_ms(CLOCK_MONOTONIC) - r->mono_ms));
+    pthread_mutex_unlock(&f->mu);
     ret = a.reset ? MHD_NO : send_answer(c, &a, rid_hdr, rid);
 
     pthread_mutex_lock(&f->mu);
     if (admitted)
         f->in_flight--;
-    json_object_set_new(entry, "status", json_integer(a.reset ? 0 : a.status));
-    json_object_set_new(entry, "duration_ms",
-                        json_integer(now_ms(CLOCK_MONOTONIC) - r->mono_ms));
     pthread_mutex_unlock(&f->mu);
     if (!f->cfg.quiet)
         fprintf(stderr, "%s %s %s key=%s -> %d%s\n", rid, method, path,

@@ -307,5 +307,36 @@ def test_check_validates_config_and_keys_without_creating_the_database():
         assert "MISSING_KEY_VAR" in d.stderr_text(), d.stderr_text()
 
 
+def test_waiting_runs_count_in_flight_after_restart_and_cancel():
+    with Fake() as fake, Env() as env:
+        env.write_config(providers={"flora": provider(
+            fake, "flora", dialect="flora", concurrency_start=4,
+            poll_interval="100ms", poll_interval_max="200ms")},
+            env={"GEN_KEY": "k"})
+        env.enqueue_lines(jobs(3, "run", script=[{"async": {"polls": 100000}}]),
+                          "--provider", "flora")
+
+        def lane():
+            rows = env.rows("SELECT in_flight FROM providers")
+            return rows[0]["in_flight"] if rows else None
+
+        d = env.daemon()
+        wait_for(lambda: env.rows("SELECT count(*) n FROM jobs WHERE "
+                                  "state = 'waiting'")[0]["n"] == 3,
+                 timeout=20)
+        d.signal(signal.SIGTERM)
+        assert d.wait(timeout=20) == 0, d.stderr_text()
+        # a new life: its lane learns of the runs from the database
+        d = env.daemon()
+        wait_for(lambda: lane() == 3, timeout=20)
+        rc, out, err = env.ctl("cancel", "run-0")
+        assert rc == 0, err
+        wait_for(lambda: lane() == 2, timeout=20)
+        d.signal(signal.SIGTERM)
+        assert d.wait(timeout=20) == 0, d.stderr_text()
+        assert env.rows("SELECT state FROM jobs WHERE custom_id = 'run-0'"
+                        )[0]["state"] == "cancelled"
+
+
 if __name__ == "__main__":
     run([v for k, v in sorted(globals().items()) if k.startswith("test_")])

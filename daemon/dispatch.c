@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "sluice/clock.h"
@@ -299,6 +300,19 @@ reconcile_waiting(struct dispatch *d)
     }
 }
 
+/* Whether url (absolute, or a path) is on base's scheme://host[:port]. */
+static bool
+same_origin(const char *base, const char *url)
+{
+    if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+        return true; /* a path under base_url */
+    const char *b = strstr(base, "://"), *u = strstr(url, "://");
+    size_t blen = strcspn(b + 3, "/?#"), ulen = strcspn(u + 3, "/?#");
+    return (size_t)(b - base) == (size_t)(u - url) &&
+           strncasecmp(base, url, (size_t)(b - base)) == 0 && blen == ulen &&
+           strncasecmp(b + 3, u + 3, blen) == 0;
+}
+
 /* --- building a request ------------------------------------------------- */
 
 static char *
@@ -546,12 +560,16 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
         } else {
             u.run_after = now + poll_delay(dl, j, now);
         }
-        if (u.poll_url == NULL) {
-            /* An accepted run we cannot poll is a protocol failure. */
+        if (u.poll_url == NULL || !same_origin(dl->base_url, u.poll_url)) {
+            /* A run we cannot poll, or could poll only by sending the key
+             * to another host (DESIGN §11), is a protocol failure. */
             u.state = JOB_FAILED;
             u.cls = ERR_PROTOCOL;
-            u.code = "no_poll_url";
-            u.message = "run accepted without a run id or poll url";
+            u.code = u.poll_url ? "foreign_poll_url" : "no_poll_url";
+            u.message = u.poll_url
+                            ? "poll url is not on the provider's host: "
+                              "credentials are not sent there"
+                            : "run accepted without a run id or poll url";
             if (!r->is_poll)
                 lane_waiting(dl, -1);
         }
@@ -567,9 +585,17 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
         if (r->is_poll && !run_failed) {
             /* The poll itself failed: the run goes on at the provider.
              * Poll again later unless the answer is final. */
-            if (outcome_retryable(o) || o->cls == ERR_AUTH ||
-                o->cls == ERR_INSUFFICIENT_BALANCE ||
-                o->cls == ERR_RATE_LIMITED) {
+            /* Failed polls are bounded like deferrals: a provider that
+             * keeps answering polls with garbage ends the job, it does
+             * not keep it waiting forever. */
+            u.deferrals = j->deferrals + 1;
+            if (u.deferrals > dl->policy.max_deferrals) {
+                u.state = JOB_FAILED;
+                lane_waiting(dl, -1);
+                log_outcome(r, o, "failed", -1, lane_change);
+            } else if (outcome_retryable(o) || o->cls == ERR_AUTH ||
+                       o->cls == ERR_INSUFFICIENT_BALANCE ||
+                       o->cls == ERR_RATE_LIMITED) {
                 int64_t at = now + poll_delay(dl, j, now);
                 if (o->hints.retry_at_ms > at)
                     at = o->hints.retry_at_ms;

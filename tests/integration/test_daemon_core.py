@@ -338,5 +338,36 @@ def test_waiting_runs_count_in_flight_after_restart_and_cancel():
                         )[0]["state"] == "cancelled"
 
 
+def test_a_poll_url_on_another_host_is_refused_without_sending_the_key():
+    with Fake() as fake, Env() as env:
+        env.write_config(providers={"flora": provider(
+            fake, "flora", dialect="flora", poll_interval="50ms",
+            max_deferrals=3)}, env={"GEN_KEY": "sk-secret"})
+        elsewhere = {"run_id": "run_x", "status": "pending",
+                     "poll_url": "http://127.0.0.2:9/flora/runs/run_x"}
+        same = {"run_id": "run_y", "status": "pending",
+                "poll_url": fake.url.upper().replace("HTTP://", "http://")
+                + "/flora/runs/run_y"}
+        env.enqueue_lines(
+            jobs(1, "far", script=[{"status": 200, "body": elsewhere}]) +
+            jobs(1, "near", script=[{"status": 200, "body": same}]),
+            "--provider", "flora")
+        rc, err = env.run_drain(timeout=30)
+        assert rc == 0, err
+        far = env.rows("SELECT state, error_class, error_code FROM jobs "
+                       "WHERE custom_id = 'far-0'")[0]
+        assert far == {"state": "failed", "error_class": "protocol",
+                       "error_code": "foreign_poll_url"}, far
+        # the same host, spelled in capitals, is the same origin: polled,
+        # and since the fake does not know run_y its answers are garbage:
+        # failed polls are bounded (max_deferrals) instead of endless
+        polls = [e for e in fake.log() if e["method"] == "GET"]
+        assert {e["path"] for e in polls} == {"/flora/runs/run_y"}, polls
+        assert len(polls) == 4, len(polls)
+        near = env.rows("SELECT state, error_class FROM jobs "
+                        "WHERE custom_id = 'near-0'")[0]
+        assert near == {"state": "failed", "error_class": "protocol"}, near
+
+
 if __name__ == "__main__":
     run([v for k, v in sorted(globals().items()) if k.startswith("test_")])

@@ -1094,6 +1094,18 @@ dispatch_recover(struct store *s)
     return total;
 }
 
+/* Jobs whose provider the config does not name can never run: say so at
+ * start, since --drain will finish without them. */
+static void
+warn_unknown_provider(const char *provider, long n, void *data)
+{
+    struct dispatch *d = data;
+    if (find_lane(d, provider) == NULL)
+        log_warnx("%ld unfinished jobs of provider %s, which the config "
+                  "does not name: they wait until it does",
+                  n, provider);
+}
+
 struct dispatch *
 dispatch_new(uv_loop_t *loop, struct store *s, const struct config *c)
 {
@@ -1129,6 +1141,7 @@ dispatch_new(uv_loop_t *loop, struct store *s, const struct config *c)
         timers[i]->data = d;
     }
     write_provider_rows(d, clock_now_ms());
+    store_unfinished_by_provider(s, warn_unknown_provider, d);
     return d;
 }
 

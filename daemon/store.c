@@ -143,6 +143,7 @@ enum stmt {
     ST_UNFINISHED,
     ST_HAS_UNFINISHED,
     ST_COUNT_WAITING,
+    ST_UNFINISHED_BY_PROVIDER,
     ST_DATA_VERSION,
     ST_UPDATE_JOB,
     ST_INSERT_ATTEMPT,
@@ -233,6 +234,10 @@ static const char *const stmt_sql[ST_COUNT] = {
         "AND state IN ('queued', 'running', 'waiting', 'retrying'))",
     [ST_COUNT_WAITING] = "SELECT COUNT(*) FROM jobs "
                          "WHERE provider = ?1 AND state = 'waiting'",
+    [ST_UNFINISHED_BY_PROVIDER] =
+        "SELECT provider, COUNT(*) FROM jobs "
+        "WHERE state IN ('queued', 'running', 'waiting', 'retrying') "
+        "GROUP BY provider ORDER BY provider",
     [ST_DATA_VERSION] = "PRAGMA data_version",
     /* Right-hand sides see the old row: "state" is the state before. A job
      * an operator cancelled meanwhile stays cancelled, but what the
@@ -978,6 +983,23 @@ store_pending_count(struct store *s, const char *provider, long *unfinished)
                              "unfinished count");
     *unfinished = (long)n;
     return rc;
+}
+
+int
+store_unfinished_by_provider(struct store *s,
+                             void (*cb)(const char *provider, long n,
+                                        void *data),
+                             void *data)
+{
+    sqlite3_stmt *st = stmt(s, ST_UNFINISHED_BY_PROVIDER);
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        cb(name ? name : "", (long)sqlite3_column_int64(st, 1), data);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "unfinished by provider");
 }
 
 int

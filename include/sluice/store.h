@@ -92,6 +92,12 @@ int store_next_due(struct store *s, const char *provider, int64_t now_ms,
 int store_pending_count(struct store *s, const char *provider,
                         long *unfinished);
 
+/* Calls cb once per provider that has jobs not yet terminal, with their
+ * count (a full scan: for start-up, not for the loop). */
+int store_unfinished_by_provider(struct store *s,
+                                 void (*cb)(const char *provider, long n,
+                                            void *data),
+                                 void *data);
 /* Jobs of provider in state waiting (async runs at the provider). */
 int store_count_waiting(struct store *s, const char *provider, long *n);
 /* Whether provider has any job not yet terminal (cheap at any size). */

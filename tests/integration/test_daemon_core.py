@@ -369,5 +369,24 @@ def test_a_poll_url_on_another_host_is_refused_without_sending_the_key():
         assert near == {"state": "failed", "error_class": "protocol"}, near
 
 
+def test_jobs_of_a_provider_the_config_no_longer_names_are_reported():
+    with Fake() as fake, Env() as env:
+        env.write_config(providers={"gen": provider(fake),
+                                    "gone": provider(fake)},
+                         env={"GEN_KEY": "k"})
+        env.enqueue_lines(jobs(3, "gone"), "--provider", "gone")
+        env.enqueue_lines(jobs(2, "gen"), "--provider", "gen")
+        env.write_config(providers={"gen": provider(fake)},
+                         env={"GEN_KEY": "k"})
+        rc, err = env.run_drain(timeout=30)
+        assert rc == 0, err
+        assert "3 unfinished jobs of provider gone" in err, err
+        rows = env.rows("SELECT provider, state FROM jobs ORDER BY id")
+        assert [r["state"] for r in rows if r["provider"] == "gone"] == \
+            ["queued"] * 3
+        assert [r["state"] for r in rows if r["provider"] == "gen"] == \
+            ["succeeded"] * 2
+
+
 if __name__ == "__main__":
     run([v for k, v in sorted(globals().items()) if k.startswith("test_")])

@@ -368,6 +368,38 @@ class Env:
             conn.close()
 
 
+
+def provider_conf(fake, prefix="generic", **kw):
+    """A [provider] section for the generic dialect on the fake's
+    /<prefix>, fixed concurrency and short backoff; kw overrides."""
+    conf = {
+        "dialect": "generic",
+        "base_url": f"{fake.url}/{prefix}",
+        "auth": "bearer",
+        "api_key_env": "GEN_KEY",
+        "concurrency_start": "4",
+        "adaptive": "no",
+        "backoff_base": "20ms",
+        "backoff_cap": "100ms",
+        "timeout": "10s",
+    }
+    conf.update({k: str(v) for k, v in kw.items()})
+    return conf
+
+
+def job_lines(n, prefix="job", script=None):
+    """n JSONL job objects with custom ids <prefix>-<i>, each with a `_fake`
+    script when given."""
+    out = []
+    for i in range(n):
+        body = {"prompt": f"{prefix} image {i}"}
+        if script is not None:
+            body["_fake"] = {"script": script}
+        out.append({"custom_id": f"{prefix}-{i}", "url": "/v1/images",
+                    "body": body})
+    return out
+
+
 def run(tests):
     """Runs each test function (a list, or a module's globals() filtered
     to test_*), prints ok/FAIL per test and a summary; exits 1 on any

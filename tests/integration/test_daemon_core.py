@@ -6,34 +6,16 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Env, Fake, run, wait_for  # noqa: E402
+from harness import (  # noqa: E402
+    Env, Fake, run, wait_for, provider_conf, job_lines)
 
 
 def provider(fake, prefix="generic", **kw):
-    conf = {
-        "dialect": "generic",
-        "base_url": f"{fake.url}/{prefix}",
-        "auth": "bearer",
-        "api_key_env": "GEN_KEY",
-        "concurrency_start": "16",
-        "adaptive": "no",
-        "backoff_base": "20ms",
-        "backoff_cap": "100ms",
-        "timeout": "5s",
-    }
-    conf.update({k: str(v) for k, v in kw.items()})
-    return conf
+    return provider_conf(fake, prefix, **{"concurrency_start": 16,
+                                          "timeout": "5s", **kw})
 
 
-def jobs(n, prefix="job", script=None):
-    out = []
-    for i in range(n):
-        body = {"prompt": f"image {i}"}
-        if script is not None:
-            body["_fake"] = {"script": script}
-        out.append({"custom_id": f"{prefix}-{i}", "url": "/v1/images",
-                    "body": body})
-    return out
+jobs = job_lines
 
 
 def test_thousand_jobs_succeed_with_one_execution_each():

@@ -12,34 +12,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import SLUICECTL, Env, Fake, run, wait_for  # noqa: E402
+from harness import (  # noqa: E402
+    SLUICECTL, Env, Fake, run, wait_for, provider_conf, job_lines)
 
 
-def provider(fake, prefix="generic", **kw):
-    conf = {
-        "dialect": "generic",
-        "base_url": f"{fake.url}/{prefix}",
-        "auth": "bearer",
-        "api_key_env": "GEN_KEY",
-        "concurrency_start": "4",
-        "adaptive": "no",
-        "backoff_base": "20ms",
-        "backoff_cap": "100ms",
-        "timeout": "10s",
-    }
-    conf.update({k: str(v) for k, v in kw.items()})
-    return conf
-
-
-def jobs(n, prefix="job", script=None):
-    out = []
-    for i in range(n):
-        body = {"prompt": f"{prefix} image {i}"}
-        if script is not None:
-            body["_fake"] = {"script": script}
-        out.append({"custom_id": f"{prefix}-{i}", "url": "/v1/images",
-                    "body": body})
-    return out
+provider = provider_conf
+jobs = job_lines
 
 
 def count(env, where="1", *params):

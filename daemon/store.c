@@ -156,7 +156,6 @@ enum stmt {
     ST_LANES,
     ST_JOBS,
     ST_JOB_BY_ID,
-    ST_JOB_BY_CUSTOM_ID,
     ST_ATTEMPTS,
     ST_FAILURES,
     ST_RESOLVE_ID,
@@ -310,9 +309,6 @@ static const char *const stmt_sql[ST_COUNT] = {
         "WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR provider = ?2) "
         "AND (?3 IS NULL OR batch = ?3) ORDER BY id DESC LIMIT ?4",
     [ST_JOB_BY_ID] = "SELECT * FROM jobs WHERE id = ?1",
-    /* custom_id is unique per provider only: the newest wins. */
-    [ST_JOB_BY_CUSTOM_ID] =
-        "SELECT * FROM jobs WHERE custom_id = ?1 ORDER BY id DESC LIMIT 1",
     [ST_ATTEMPTS] = "SELECT * FROM attempts WHERE job_id = ?1 "
                     "ORDER BY attempt, started_at, id",
     /* Read from the failures view, as an operator in sqlite3 would; the
@@ -337,6 +333,7 @@ static const char *const stmt_sql[ST_COUNT] = {
         "GROUP BY provider, error_class, error_code "
         "ORDER BY count DESC, provider, error_class, error_code",
     [ST_RESOLVE_ID] = "SELECT id FROM jobs WHERE id = ?1",
+    /* custom_id is unique per provider only: the newest wins. */
     [ST_RESOLVE_CUSTOM_ID] =
         "SELECT id FROM jobs WHERE custom_id = ?1 ORDER BY id DESC LIMIT 1",
     [ST_RETRY_ID] = RETRY_SET "AND id = ?2",
@@ -1386,30 +1383,55 @@ store_jobs_json(struct store *s, const struct store_filter *f)
     return arr;
 }
 
-/* Finds the job row by id (all digits) or custom_id; -ENOENT if none. */
+/* The id of the job that key names: an id (all digits), else a custom_id
+ * (a numeric custom_id is looked up as one when no id matches); 0 if
+ * none. */
 static int
-job_find(struct store *s, const char *key, json_t **out)
+resolve_one(struct store *s, const char *key, int64_t *id)
 {
-    sqlite3_stmt *st;
     size_t len = strspn(key, "0123456789");
+    sqlite3_stmt *st;
     int rc;
 
-    *out = NULL;
-    /* A numeric custom_id is looked up as one when no id matches. */
+    *id = 0;
     if (len > 0 && len < 19 && key[len] == '\0') {
-        st = stmt(s, ST_JOB_BY_ID);
+        st = stmt(s, ST_RESOLVE_ID);
         sqlite3_bind_int64(st, 1, strtoll(key, NULL, 10));
         rc = sqlite3_step(st);
         if (rc == SQLITE_ROW)
-            *out = row_json(st);
+            *id = sqlite3_column_int64(st, 0);
         sqlite3_reset(st);
         if (rc == SQLITE_ROW)
             return 0;
         if (rc != SQLITE_DONE)
-            return store_fail(s, rc, "job");
+            return store_fail(s, rc, "resolve job id");
     }
-    st = stmt(s, ST_JOB_BY_CUSTOM_ID);
+    st = stmt(s, ST_RESOLVE_CUSTOM_ID);
     bind_text(st, 1, key);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *id = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE
+               ? 0
+               : store_fail(s, rc, "resolve custom_id");
+}
+
+/* Finds the job row by id or custom_id (as resolve_one); -ENOENT if none. */
+static int
+job_find(struct store *s, const char *key, json_t **out)
+{
+    sqlite3_stmt *st;
+    int64_t id;
+    int rc;
+
+    *out = NULL;
+    if ((rc = resolve_one(s, key, &id)) < 0)
+        return rc;
+    if (id == 0)
+        return -ENOENT;
+    st = stmt(s, ST_JOB_BY_ID);
+    sqlite3_bind_int64(st, 1, id);
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
         *out = row_json(st);
@@ -1501,37 +1523,6 @@ store_failures_json(struct store *s, const struct store_select *sel)
     return arr;
 }
 
-/* The id of the job key names (as job_find), 0 if none. */
-static int
-resolve_one(struct store *s, const char *key, int64_t *id)
-{
-    size_t len = strspn(key, "0123456789");
-    sqlite3_stmt *st;
-    int rc;
-
-    *id = 0;
-    if (len > 0 && len < 19 && key[len] == '\0') {
-        st = stmt(s, ST_RESOLVE_ID);
-        sqlite3_bind_int64(st, 1, strtoll(key, NULL, 10));
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW)
-            *id = sqlite3_column_int64(st, 0);
-        sqlite3_reset(st);
-        if (rc == SQLITE_ROW)
-            return 0;
-        if (rc != SQLITE_DONE)
-            return store_fail(s, rc, "resolve job id");
-    }
-    st = stmt(s, ST_RESOLVE_CUSTOM_ID);
-    bind_text(st, 1, key);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *id = sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE
-               ? 0
-               : store_fail(s, rc, "resolve custom_id");
-}
 
 int
 store_resolve(struct store *s, const char *const *refs, size_t n, int64_t *out)

@@ -400,6 +400,20 @@ def job_lines(n, prefix="job", script=None):
     return out
 
 
+def enqueue_ok(env, lines, *extra):
+    """Enqueues lines and asserts that every one of them went in."""
+    rc, out, err = env.enqueue_lines(lines, *extra)
+    assert rc == 0, (out, err)
+    assert "%d enqueued" % len(lines) in out, out
+
+
+def drain_ok(env, timeout=60):
+    """Runs sluiced --drain to its end; asserts exit 0; returns stderr."""
+    rc, err = env.run_drain(timeout)
+    assert rc == 0, err
+    return err
+
+
 def run(tests):
     """Runs each test function (a list, or a module's globals() filtered
     to test_*), prints ok/FAIL per test and a summary; exits 1 on any

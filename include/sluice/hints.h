@@ -10,6 +10,11 @@
 
 struct http_response;
 
+/* The furthest ahead any hint may push anything (a job's run_after, a
+ * lane's pause, a window's reset, a learned rate's recovery): a day. A
+ * provider that asks for more is capped here and the cap is shown. */
+#define HINT_CAP_MS (24LL * 3600 * 1000)
+
 struct hints {
     int64_t retry_at_ms;   /* earliest retry, unix ms; 0 = no hint */
     long rl_limit;         /* advertised requests per window; -1 unknown */

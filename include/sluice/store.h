@@ -1,5 +1,5 @@
 /*
- * store: the SQLite queue. All SQL text of sluice lives in store.c; the
+ * store: the SQLite queue. All SQL text of sluice lives in daemon/store/; the
  * schema, migrations and views live in sql/ and are embedded at build time.
  * One connection per struct store, used from one thread.
  */

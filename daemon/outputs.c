@@ -53,6 +53,7 @@
 #include "sluice/outputs.h"
 #include "sluice/retry.h"
 #include "sluice/store.h"
+#include "sluice/url.h"
 #include "sluice/xmalloc.h"
 
 /* Backoff of a failed download: 1 s doubling to 5 min, so six fetches
@@ -160,27 +161,6 @@ outputs_retryable(int status, bool transport_failure, bool too_large)
     return status == 408 || status == 425 || status == 429 || status >= 500;
 }
 
-/* Length of "scheme://authority" at the start of url, or 0. */
-static size_t
-origin_len(const char *url)
-{
-    size_t scheme;
-    if (strncasecmp(url, "https://", 8) == 0)
-        scheme = 8;
-    else if (strncasecmp(url, "http://", 7) == 0)
-        scheme = 7;
-    else
-        return 0;
-    return scheme + strcspn(url + scheme, "/?#");
-}
-
-bool
-outputs_same_origin(const char *origin, const char *url)
-{
-    size_t a = origin_len(origin), b = origin_len(url);
-    return a > 0 && a == b && strncasecmp(origin, url, a) == 0;
-}
-
 char *
 outputs_redirect_url(const char *url, const char *location)
 {
@@ -188,16 +168,16 @@ outputs_redirect_url(const char *url, const char *location)
 
     if (location == NULL || *location == '\0')
         return NULL;
-    if (origin_len(location) > 0)
+    if (url_origin_len(location) > 0)
         return xstrdup(location);
     /* "//host/path" keeps the scheme; a bare path keeps the origin. */
     if (location[0] == '/' && location[1] == '/') {
         const char *colon = strchr(url, ':');
-        if (colon == NULL || origin_len(url) == 0)
+        if (colon == NULL || url_origin_len(url) == 0)
             return NULL;
         return xasprintf("%.*s:%s", (int)(colon - url), url, location);
     }
-    if (location[0] != '/' || (n = origin_len(url)) == 0)
+    if (location[0] != '/' || (n = url_origin_len(url)) == 0)
         return NULL;
     return xasprintf("%.*s%s", (int)n, url, location);
 }
@@ -474,8 +454,10 @@ on_http_done(const struct http_response *r, void *data)
         }
         free(d->url);
         d->url = next;
-        if (dl_fetch(d) < 0)
-            dl_failed(d, true, "cannot start the redirected request");
+        int rc = dl_fetch(d);
+        if (rc < 0)
+            dl_failed(d, rc != -EILSEQ && rc != -EINVAL,
+                      "cannot follow the redirect: %s", strerror(-rc));
         return;
     }
     if (r->curl_code != 0 || r->status < 200 || r->status >= 300) {
@@ -561,7 +543,8 @@ dl_start(struct outputs *o, struct output_claim *c)
               d->c.id, d->c.job_id, d->c.attempts, d->url);
     rc = dl_fetch(d);
     if (rc < 0)
-        dl_failed(d, true, "cannot start: %s", strerror(-rc));
+        dl_failed(d, rc != -EILSEQ && rc != -EINVAL, "cannot start: %s",
+                  strerror(-rc));
 }
 
 /* --- the scheduler ------------------------------------------------------- */

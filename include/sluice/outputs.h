@@ -76,8 +76,5 @@ bool outputs_retryable(int status, bool transport_failure, bool too_large);
 /* The absolute URL a redirect's Location names, relative to url: a new
  * string, or NULL when it is neither absolute http(s) nor a path. */
 char *outputs_redirect_url(const char *url, const char *location);
-/* Whether url is on origin's scheme, host and port (case-insensitive,
- * as written: "host" and "host:443" differ, so in doubt no credentials). */
-bool outputs_same_origin(const char *origin, const char *url);
 
 #endif

@@ -284,25 +284,6 @@ test_redirect_targets(void **state)
     assert_null(outputs_redirect_url("https://a.io/x", "ftp://b/f"));
 }
 
-static void
-test_same_origin_is_scheme_host_and_port(void **state)
-{
-    (void)state;
-    assert_true(outputs_same_origin("https://app.flora.ai/api/v1",
-                                    "https://APP.flora.ai/files/1.png"));
-    assert_true(outputs_same_origin("http://127.0.0.1:8080/flora",
-                                    "http://127.0.0.1:8080/files/x"));
-    assert_false(outputs_same_origin("https://app.flora.ai/api/v1",
-                                     "http://app.flora.ai/files/1.png"));
-    assert_false(outputs_same_origin("http://127.0.0.1:8080/flora",
-                                     "http://127.0.0.1:8081/files/x"));
-    assert_false(outputs_same_origin("https://app.flora.ai",
-                                     "https://app.flora.ai.evil.io/x"));
-    assert_false(outputs_same_origin("https://app.flora.ai",
-                                     "https://cdn.flora.ai/x"));
-    assert_false(outputs_same_origin("https://app.flora.ai", "/x"));
-}
-
 int
 main(void)
 {
@@ -319,7 +300,6 @@ main(void)
         cmocka_unit_test(test_retry_delay_grows_with_full_jitter_and_a_floor),
         cmocka_unit_test(test_transient_failures_retry_and_the_rest_fail),
         cmocka_unit_test(test_redirect_targets),
-        cmocka_unit_test(test_same_origin_is_scheme_host_and_port),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

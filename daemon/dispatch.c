@@ -40,6 +40,7 @@
 #include "sluice/lane.h"
 #include "sluice/log.h"
 #include "sluice/store.h"
+#include "sluice/url.h"
 #include "sluice/xmalloc.h"
 
 /* Most jobs one claim statement takes: bounds the time a claim holds the
@@ -300,14 +301,6 @@ reconcile_waiting(struct dispatch *d)
 
 /* --- building a request ------------------------------------------------- */
 
-static char *
-join_url(const char *base, const char *path)
-{
-    if (strncmp(path, "http://", 7) == 0 || strncmp(path, "https://", 8) == 0)
-        return xstrdup(path);
-    return xasprintf("%s%s%s", base, path[0] == '/' ? "" : "/", path);
-}
-
 /* The body to send: the job's body, with the idempotency key as a
  * top-level field when the provider wants it there. */
 static char *
@@ -385,7 +378,41 @@ req_free(struct req *r)
 
 static void on_http_done(const struct http_response *resp, void *data);
 static void record_event(struct dispatch *d, struct req *r,
-                         enum job_event_kind kind, int64_t now);
+                         const struct job_event *ev);
+
+/* A job that cannot be sent as it is stored fails at once, without a
+ * request and before the lane counts one: a URL off the lane's current
+ * origin (the credentials would go along), or a key that would not stay
+ * inside its header (DESIGN §4, §11). Nothing about it changes by waiting,
+ * so it is not retried. Frees r. */
+static void
+refuse_req(struct dispatch *d, struct req *r, enum err_class cls,
+           const char *code, const char *message)
+{
+    struct job_event ev = {
+        .kind = JOB_EVENT_REFUSED,
+        .now_ms = clock_now_ms(),
+        .cls = cls,
+        .code = code,
+        .message = message,
+    };
+    log_warnx("job %" PRId64 ": %s %s, failed without a request: %s",
+              r->job->id, r->dl->name, code, message);
+    record_event(d, r, &ev);
+    schedule_flush(d);
+    req_free(r);
+}
+
+/* Whether every header of r is one http_submit sends as it is. */
+static bool
+req_headers_ok(const struct req *r)
+{
+    for (char **h = r->headers; *h; h++) {
+        if (!http_header_ok(*h))
+            return false;
+    }
+    return true;
+}
 
 static void
 send_job(struct dispatch *d, struct dlane *dl, struct job *j)
@@ -395,14 +422,28 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
     r->dl = dl;
     r->job = j;
     r->is_poll = j->state == JOB_WAITING;
-    if (r->is_poll) {
-        r->url = join_url(dl->base_url, j->poll_url ? j->poll_url : "");
-        r->body = NULL;
-    } else {
-        r->url = join_url(dl->base_url, j->path);
-        r->body = request_body(dl, j);
+    int urc = url_resolve(dl->base_url,
+                          r->is_poll ? (j->poll_url ? j->poll_url : "")
+                                     : j->path,
+                          &r->url);
+    if (urc == -EXDEV) {
+        refuse_req(d, r, ERR_PROTOCOL, "foreign_url",
+                   "url is not on the provider's current origin: "
+                   "credentials are not sent there");
+        return;
     }
+    if (urc < 0) {
+        refuse_req(d, r, ERR_PROTOCOL, "bad_url",
+                   "url holds a byte outside visible ASCII");
+        return;
+    }
+    r->body = r->is_poll ? NULL : request_body(dl, j);
     r->headers = request_headers(dl, j, r->is_poll);
+    if (!req_headers_ok(r)) {
+        refuse_req(d, r, ERR_INVALID_REQUEST, "bad_header",
+                   "idempotency key holds a byte outside visible ASCII");
+        return;
+    }
     r->started_ms = clock_now_ms();
 
     struct http_request hr = {
@@ -424,7 +465,9 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
                   dl->name, strerror(-rc));
         req_unlink(d, r);
         lane_on_abort(dl->lane);
-        record_event(d, r, JOB_EVENT_UNSENT, r->started_ms);
+        struct job_event ev = {.kind = JOB_EVENT_UNSENT,
+                               .now_ms = r->started_ms};
+        record_event(d, r, &ev);
         schedule_flush(d);
         req_free(r);
         return;
@@ -535,19 +578,17 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
     apply_decision(d, r, o, &dec, now);
 }
 
-/* No answer that counts: the request could not start, the daemon is
- * shutting down, or an operator cancelled the job. Nothing is charged. */
+/* No answer that counts: the request was refused or could not start, the
+ * daemon is shutting down, or an operator cancelled the job. */
 static void
-record_event(struct dispatch *d, struct req *r, enum job_event_kind kind,
-             int64_t now)
+record_event(struct dispatch *d, struct req *r, const struct job_event *ev)
 {
-    struct job_event ev = {.kind = kind, .now_ms = now};
-    struct job_decision dec = job_next(r->job, &ev, &r->dl->policy);
+    struct job_decision dec = job_next(r->job, ev, &r->dl->policy);
 
-    if (kind == JOB_EVENT_CANCEL)
+    if (ev->kind == JOB_EVENT_CANCEL)
         log_info("job %" PRId64 ": %s cancelled in flight", r->job->id,
                  r->dl->name);
-    apply_decision(d, r, NULL, &dec, now);
+    apply_decision(d, r, NULL, &dec, ev->now_ms);
 }
 
 static void
@@ -560,9 +601,11 @@ on_http_done(const struct http_response *resp, void *data)
     req_unlink(d, r);
     if (resp->cancelled) {
         lane_on_abort(r->dl->lane);
-        record_event(d, r,
-                     r->cancel_job ? JOB_EVENT_CANCEL : JOB_EVENT_RELEASE,
-                     now);
+        struct job_event ev = {
+            .kind = r->cancel_job ? JOB_EVENT_CANCEL : JOB_EVENT_RELEASE,
+            .now_ms = now,
+        };
+        record_event(d, r, &ev);
     } else {
         struct outcome o;
         outcome_init(&o);

@@ -26,10 +26,10 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "sluice/dialect.h"
 #include "sluice/job.h"
+#include "sluice/url.h"
 #include "sluice/xmalloc.h"
 
 /* A request that could not be started is tried again this much later: a
@@ -40,8 +40,8 @@
 #define JOB_POLL_GROWTH_MS 60000
 
 static const char *const state_names[JOB_STATE_COUNT] = {
-    "queued", "running", "waiting", "retrying",
-    "succeeded", "failed", "cancelled",
+    "queued",    "running", "waiting",   "retrying",
+    "succeeded", "failed",  "cancelled",
 };
 
 const char *
@@ -167,20 +167,7 @@ job_derived_key(const struct job *j)
     return xasprintf("%s.%d", base, j->attempts + 1);
 }
 
-/* --- job_next -------------------------------------------------------------- */
-
-/* Whether url (absolute, or a path) is on base's scheme://host[:port]. */
-static bool
-same_origin(const char *base, const char *url)
-{
-    if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
-        return true; /* a path under base_url */
-    const char *b = strstr(base, "://"), *u = strstr(url, "://");
-    size_t blen = strcspn(b + 3, "/?#"), ulen = strcspn(u + 3, "/?#");
-    return (size_t)(b - base) == (size_t)(u - url) &&
-           strncasecmp(base, url, (size_t)(b - base)) == 0 && blen == ulen &&
-           strncasecmp(b + 3, u + 3, blen) == 0;
-}
+/* --- job_next ------------------------------------------------------------ */
 
 /* The next poll interval grows gently with the run's age, up to the
  * maximum. */
@@ -218,7 +205,8 @@ next_accepted(const struct job *j, const struct outcome *o,
                   : o->poll_url       ? o->poll_url
                                       : j->poll_url;
     d->run_after = now + (poll ? poll_delay(p, j, now) : p->poll_interval_ms);
-    if (d->poll_url == NULL || !same_origin(p->base_url, d->poll_url)) {
+    if (d->poll_url == NULL || (url_origin_len(d->poll_url) > 0 &&
+                                !url_same_origin(d->poll_url, p->base_url))) {
         d->state = JOB_FAILED;
         d->cls = ERR_PROTOCOL;
         d->code = d->poll_url ? "foreign_poll_url" : "no_poll_url";
@@ -256,16 +244,15 @@ next_poll_failed(const struct job *j, const struct outcome *o,
 /* A submission failed, or a poll reported that the run failed. */
 static void
 next_failed(const struct job *j, const struct job_event *ev,
-            const struct job_policy *p, bool run_failed,
-            struct job_decision *d)
+            const struct job_policy *p, bool run_failed, struct job_decision *d)
 {
     const struct outcome *o = ev->outcome;
     struct retry_policy policy = p->retry;
 
     if (j->max_attempts > 0)
         policy.max_attempts = j->max_attempts;
-    struct retry_decision rd = retry_decide(&policy, o, j->attempts,
-                                            j->deferrals, ev->now_ms, ev->u);
+    struct retry_decision rd =
+        retry_decide(&policy, o, j->attempts, j->deferrals, ev->now_ms, ev->u);
     /* A 403 that the lane judged to be about the key itself (it paused the
      * provider) is the key's fault, not the job's: held like auth. */
     if (o->cls == ERR_PERMISSION && ev->lane_paused)
@@ -353,6 +340,13 @@ job_next(const struct job *j, const struct job_event *ev,
     case JOB_EVENT_CANCEL:
         d.state = JOB_CANCELLED;
         d.run_after = ev->now_ms;
+        break;
+    case JOB_EVENT_REFUSED:
+        /* Nothing about it changes by waiting: not retried. */
+        d.state = JOB_FAILED;
+        d.cls = ev->cls;
+        d.code = ev->code;
+        d.message = ev->message;
         break;
     }
     /* A run that stops waiting (or starts) changes the provider's count. */

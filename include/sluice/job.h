@@ -30,10 +30,10 @@ enum job_state {
  * for C, and as SQL lists for "state IN (" JOB_UNFINISHED_SQL ")". The
  * lists are the names of the masks' states in enum order (test_job checks
  * that they agree). */
-#define JOB_UNFINISHED_MASK                                                   \
-    ((1u << JOB_QUEUED) | (1u << JOB_RUNNING) | (1u << JOB_WAITING) |         \
+#define JOB_UNFINISHED_MASK                                                    \
+    ((1u << JOB_QUEUED) | (1u << JOB_RUNNING) | (1u << JOB_WAITING) |          \
      (1u << JOB_RETRYING))
-#define JOB_TERMINAL_MASK                                                     \
+#define JOB_TERMINAL_MASK                                                      \
     ((1u << JOB_SUCCEEDED) | (1u << JOB_FAILED) | (1u << JOB_CANCELLED))
 #define JOB_UNFINISHED_SQL "'queued', 'running', 'waiting', 'retrying'"
 #define JOB_TERMINAL_SQL "'succeeded', 'failed', 'cancelled'"
@@ -123,16 +123,21 @@ enum job_event_kind {
     JOB_EVENT_UNSENT,  /* the request could not even be started */
     JOB_EVENT_RELEASE, /* ended without an answer that counts (shutdown) */
     JOB_EVENT_CANCEL,  /* an operator cancelled the job in flight */
+    JOB_EVENT_REFUSED, /* not sent, and never will be as it is stored (a
+                          url off the provider's origin, a key unfit for
+                          a header): fails with the event's failure */
 };
 
 struct job_event {
     enum job_event_kind kind;
     const struct outcome *outcome; /* ANSWER: the dialect's reading */
-    bool lane_paused; /* ANSWER: the provider's lane is paused, having
-                         learnt from this answer (a 403 about the key is
-                         then held like an auth failure) */
-    int64_t now_ms;   /* unix ms */
-    double u;         /* uniform draw in [0, 1) for the backoff jitter */
+    bool lane_paused;   /* ANSWER: the provider's lane is paused, having
+                           learnt from this answer (a 403 about the key is
+                           then held like an auth failure) */
+    int64_t now_ms;     /* unix ms */
+    double u;           /* uniform draw in [0, 1) for the backoff jitter */
+    enum err_class cls; /* REFUSED: the failure to record */
+    const char *code, *message; /* REFUSED: static text */
 };
 
 /* The provider's policy for its jobs. Borrowed, not copied. */
@@ -158,7 +163,7 @@ struct job_decision {
     int waiting;          /* change of the provider's count of runs being
                              polled: -1, 0 or +1 */
     enum err_class cls;   /* failure to record on the job, ERR_NONE none */
-    const char *code, *message; /* the failure's, or NULL */
+    const char *code, *message;       /* the failure's, or NULL */
     const char *remote_id, *poll_url; /* async run to keep, NULL: as is */
     const char *verb; /* failures only: what happens, for the log line
                          ("failed", "retry", "deferred", "poll again",

@@ -18,7 +18,9 @@
 #define NOW 1700000000000LL
 
 static const struct job_policy policy = {
-    .retry = {.max_attempts = 5, .max_deferrals = 3, .base_ms = 1000,
+    .retry = {.max_attempts = 5,
+              .max_deferrals = 3,
+              .base_ms = 1000,
               .cap_ms = 60000},
     .poll_interval_ms = 2000,
     .poll_interval_max_ms = 5000,
@@ -61,8 +63,8 @@ answer(enum outcome_kind kind, int status, enum err_class cls)
 static struct job_decision
 next(const struct job *j, const struct outcome *o)
 {
-    struct job_event ev = {.kind = JOB_EVENT_ANSWER, .outcome = o,
-                           .now_ms = NOW, .u = 0.5};
+    struct job_event ev = {
+        .kind = JOB_EVENT_ANSWER, .outcome = o, .now_ms = NOW, .u = 0.5};
     struct job_decision d = job_next(j, &ev, &policy);
     assert_true(job_transition_allowed(j->state, d.state));
     return d;
@@ -120,9 +122,9 @@ test_only_a_claim_enters_running(void **state)
 {
     (void)state;
     for (int from = 0; from < JOB_STATE_COUNT; from++)
-        assert_int_equal(job_transition_allowed((enum job_state)from,
-                                                JOB_RUNNING),
-                         from == JOB_QUEUED || from == JOB_RETRYING);
+        assert_int_equal(
+            job_transition_allowed((enum job_state)from, JOB_RUNNING),
+            from == JOB_QUEUED || from == JOB_RETRYING);
 }
 
 static void
@@ -131,10 +133,10 @@ test_claimed_jobs_may_go_anywhere_else(void **state)
     (void)state;
     for (int to = 0; to < JOB_STATE_COUNT; to++) {
         bool want = to != JOB_RUNNING;
-        assert_int_equal(job_transition_allowed(JOB_RUNNING,
-                                                (enum job_state)to), want);
-        assert_int_equal(job_transition_allowed(JOB_WAITING,
-                                                (enum job_state)to), want);
+        assert_int_equal(
+            job_transition_allowed(JOB_RUNNING, (enum job_state)to), want);
+        assert_int_equal(
+            job_transition_allowed(JOB_WAITING, (enum job_state)to), want);
     }
 }
 
@@ -155,19 +157,17 @@ test_terminal_states_reopen_only_by_retry(void **state)
 {
     (void)state;
     for (int to = 0; to < JOB_STATE_COUNT; to++) {
-        assert_false(job_transition_allowed(JOB_SUCCEEDED,
-                                            (enum job_state)to));
-        assert_int_equal(job_transition_allowed(JOB_FAILED,
-                                                (enum job_state)to),
+        assert_false(job_transition_allowed(JOB_SUCCEEDED, (enum job_state)to));
+        assert_int_equal(job_transition_allowed(JOB_FAILED, (enum job_state)to),
                          to == JOB_QUEUED);
-        assert_int_equal(job_transition_allowed(JOB_CANCELLED,
-                                                (enum job_state)to),
-                         to == JOB_QUEUED);
+        assert_int_equal(
+            job_transition_allowed(JOB_CANCELLED, (enum job_state)to),
+            to == JOB_QUEUED);
     }
-    assert_false(job_transition_allowed((enum job_state)JOB_STATE_COUNT,
-                                        JOB_QUEUED));
-    assert_false(job_transition_allowed(JOB_QUEUED,
-                                        (enum job_state)JOB_STATE_COUNT));
+    assert_false(
+        job_transition_allowed((enum job_state)JOB_STATE_COUNT, JOB_QUEUED));
+    assert_false(
+        job_transition_allowed(JOB_QUEUED, (enum job_state)JOB_STATE_COUNT));
 }
 
 /* --- answers to a submission ---------------------------------------------- */
@@ -305,8 +305,8 @@ test_403_holds_only_when_the_lane_paused(void **state)
     (void)state;
     struct job j = claimed(JOB_RUNNING);
     struct outcome o = answer(OUTCOME_FAILURE, 403, ERR_PERMISSION);
-    struct job_event ev = {.kind = JOB_EVENT_ANSWER, .outcome = &o,
-                           .now_ms = NOW, .u = 0.5};
+    struct job_event ev = {
+        .kind = JOB_EVENT_ANSWER, .outcome = &o, .now_ms = NOW, .u = 0.5};
 
     assert_int_equal(job_next(&j, &ev, &policy).state, JOB_FAILED);
     ev.lane_paused = true;
@@ -339,7 +339,8 @@ test_non_retryable_failure_fails(void **state)
     assert_int_equal(d.cls, ERR_INVALID_REQUEST);
 }
 
-/* --- answers to a poll ------------------------------------------------------ */
+/* --- answers to a poll ------------------------------------------------------
+ */
 
 static void
 test_poll_success_ends_the_run_without_an_attempt_row(void **state)
@@ -455,7 +456,8 @@ test_failed_run_retries_with_a_derived_key(void **state)
     assert_int_equal(d.waiting, -1);
 }
 
-/* --- no answer ---------------------------------------------------------------- */
+/* --- no answer
+ * ---------------------------------------------------------------- */
 
 static void
 test_unsent_request_gives_the_job_back_uncharged(void **state)
@@ -512,6 +514,29 @@ test_cancel_in_flight_cancels_and_ends_a_run(void **state)
     assert_int_equal(d.waiting, -1);
 }
 
+static void
+test_refused_request_fails_with_its_reason(void **state)
+{
+    (void)state;
+    static const enum job_state from[] = {JOB_RUNNING, JOB_WAITING};
+    for (size_t i = 0; i < 2; i++) {
+        struct job j = claimed(from[i]);
+        struct job_event ev = {.kind = JOB_EVENT_REFUSED,
+                               .now_ms = NOW,
+                               .cls = ERR_PROTOCOL,
+                               .code = "foreign_url",
+                               .message = "not there"};
+        struct job_decision d = job_next(&j, &ev, &policy);
+        assert_int_equal(d.state, JOB_FAILED);
+        assert_int_equal(d.cls, ERR_PROTOCOL);
+        assert_string_equal(d.code, "foreign_url");
+        assert_string_equal(d.message, "not there");
+        assert_false(d.has_attempt);
+        assert_false(d.uncharge);
+        assert_int_equal(d.waiting, from[i] == JOB_WAITING ? -1 : 0);
+    }
+}
+
 /* Every class, as a submission and as a poll, lands on an allowed state,
  * and the waiting count moves exactly when the job enters or leaves
  * waiting. */
@@ -525,8 +550,8 @@ test_every_answer_is_an_allowed_transition(void **state)
         for (int c = 1; c < ERR_CLASS_COUNT; c++) {
             for (size_t s = 0; s < 4; s++) {
                 struct job j = claimed(from[f]);
-                struct outcome o = answer(OUTCOME_FAILURE, statuses[s],
-                                          (enum err_class)c);
+                struct outcome o =
+                    answer(OUTCOME_FAILURE, statuses[s], (enum err_class)c);
                 struct job_decision d = next(&j, &o);
                 assert_int_equal(d.waiting, (d.state == JOB_WAITING) -
                                                 (from[f] == JOB_WAITING));
@@ -558,8 +583,7 @@ main(void)
         cmocka_unit_test(test_403_holds_only_when_the_lane_paused),
         cmocka_unit_test(test_job_max_attempts_beats_the_provider),
         cmocka_unit_test(test_non_retryable_failure_fails),
-        cmocka_unit_test(
-            test_poll_success_ends_the_run_without_an_attempt_row),
+        cmocka_unit_test(test_poll_success_ends_the_run_without_an_attempt_row),
         cmocka_unit_test(test_running_run_is_polled_later_as_it_ages),
         cmocka_unit_test(test_failed_poll_polls_again_no_earlier_than_the_hint),
         cmocka_unit_test(test_failed_polls_are_bounded_by_max_deferrals),
@@ -568,6 +592,7 @@ main(void)
         cmocka_unit_test(test_unsent_request_gives_the_job_back_uncharged),
         cmocka_unit_test(test_release_at_shutdown_returns_the_job_due_now),
         cmocka_unit_test(test_cancel_in_flight_cancels_and_ends_a_run),
+        cmocka_unit_test(test_refused_request_fails_with_its_reason),
         cmocka_unit_test(test_every_answer_is_an_allowed_transition),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

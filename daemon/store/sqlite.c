@@ -78,6 +78,13 @@ extern const size_t sql_nfiles;
     "run_after = ?1, lease_until = NULL, lease_owner = NULL, "                 \
     "updated_at = ?1 "
 
+/* Lease expiry is for owners that are not registered in daemons (leases
+ * from before that table): a registered daemon's leases go only when it is
+ * judged dead, never because a wall clock says they expired. */
+#define UNREGISTERED_OWNER                                                     \
+    "AND (lease_owner IS NULL "                                                \
+    "  OR lease_owner NOT IN (SELECT owner FROM daemons))"
+
 /* The filter of struct store_select, by parameter name; select_bind
  * binds the ones a statement has. :states is ",failed,cancelled,". */
 #define SELECT_WHERE                                                           \
@@ -134,9 +141,13 @@ enum stmt {
     ST_INSERT_JOB,
     ST_RECLAIM_RUNNING,
     ST_RECLAIM_POLLS,
-    ST_LEASE_OWNERS,
     ST_RECLAIM_OWNER_RUNNING,
     ST_RECLAIM_OWNER_POLLS,
+    ST_DAEMON_REGISTER,
+    ST_DAEMON_BEAT,
+    ST_DAEMONS,
+    ST_DAEMON_HEARTBEAT,
+    ST_DAEMON_DELETE,
     ST_CLAIM_WAITING,
     ST_CLAIM,
     ST_NEXT_DUE,
@@ -183,16 +194,11 @@ static const char *const stmt_sql[ST_COUNT] = {
         "created_at, updated_at) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?10, ?10) "
         "ON CONFLICT (provider, idempotency_key) DO NOTHING",
-    [ST_RECLAIM_RUNNING] =
-        RECLAIM_RUNNING_SET "WHERE state = 'running' AND lease_until <= ?1",
+    [ST_RECLAIM_RUNNING] = RECLAIM_RUNNING_SET
+        "WHERE state = 'running' AND lease_until <= ?1 " UNREGISTERED_OWNER,
     [ST_RECLAIM_POLLS] =
         "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
-        "WHERE state = 'waiting' AND lease_until <= ?1",
-    /* Leased rows only, through jobs_lease. */
-    [ST_LEASE_OWNERS] =
-        "SELECT DISTINCT lease_owner FROM jobs "
-        "WHERE lease_until IS NOT NULL AND lease_owner IS NOT NULL "
-        "ORDER BY lease_owner",
+        "WHERE state = 'waiting' AND lease_until <= ?1 " UNREGISTERED_OWNER,
     [ST_RECLAIM_OWNER_RUNNING] =
         RECLAIM_RUNNING_SET "WHERE state = 'running' "
                             "AND lease_until IS NOT NULL AND lease_owner = ?2",
@@ -200,6 +206,17 @@ static const char *const stmt_sql[ST_COUNT] = {
         "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
         "WHERE state = 'waiting' AND lease_until IS NOT NULL "
         "AND lease_owner = ?2",
+    [ST_DAEMON_REGISTER] =
+        "INSERT INTO daemons (owner, host, pid, started_at, heartbeat_at) "
+        "VALUES (?1, ?2, ?3, ?4, ?4)",
+    /* + 1: a beat changes the row even when the wall clock went back. */
+    [ST_DAEMON_BEAT] = "UPDATE daemons SET heartbeat_at = "
+                       "MAX(?2, heartbeat_at + 1) WHERE owner = ?1",
+    [ST_DAEMONS] = "SELECT owner, host, pid, started_at, heartbeat_at "
+                   "FROM daemons ORDER BY owner",
+    [ST_DAEMON_HEARTBEAT] = "SELECT heartbeat_at FROM daemons WHERE owner = ?1",
+    /* ?2 like the lease statements that run beside it (store_daemon_reap) */
+    [ST_DAEMON_DELETE] = "DELETE FROM daemons WHERE owner = ?2",
     [ST_CLAIM_WAITING] =
         "UPDATE jobs SET lease_until = ?1, lease_owner = ?2, updated_at = ?3 "
         "WHERE id IN (SELECT id FROM jobs "
@@ -272,12 +289,15 @@ static const char *const stmt_sql[ST_COUNT] = {
         "lease_owner = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "
         "  THEN lease_owner ELSE NULL END, "
         "updated_at = ?18 "
-        "WHERE id = ?1",
+        "WHERE id = ?1 AND (?19 IS NULL OR lease_owner = ?19 "
+        "  OR (state = 'cancelled' AND lease_owner IS NULL))",
+    /* Unless the job was purged: nothing to attach the attempt to. */
     [ST_INSERT_ATTEMPT] =
         "INSERT INTO attempts (job_id, attempt, idempotency_key, started_at, "
         "finished_at, http_status, error_class, error_code, error_message, "
         "request_id, retry_after_ms, is_poll) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 "
+        "WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)",
     [ST_JOB_STATE] = "SELECT state FROM jobs WHERE id = ?1",
     [ST_PROVIDER_PUT] =
         "INSERT INTO providers (name, state, reason, concurrency_limit, "
@@ -617,6 +637,7 @@ static void
 pending_clear(struct pending *p)
 {
     struct job_update *u = &p->u;
+    free((char *)u->owner);
     free((char *)u->new_key);
     free((char *)u->key_sent);
     free((char *)u->code);
@@ -764,58 +785,137 @@ store_reclaim_expired(struct store *s, int64_t now_ms, long *n)
     return 0;
 }
 
-int
-store_lease_owners(struct store *s, char ***owners, size_t *n)
-{
-    sqlite3_stmt *st = stmt(s, ST_LEASE_OWNERS);
-    size_t cap = 4;
-    char **v = xcalloc(cap, sizeof(*v));
-    int rc;
+/* --- daemons and their liveness ------------------------------------------ */
 
-    *n = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (*n + 1 == cap) {
-            cap *= 2;
-            v = xrealloc(v, cap * sizeof(*v));
-        }
-        v[(*n)++] = column_strdup(st, 0);
-    }
-    v[*n] = NULL;
+int
+store_daemon_register(struct store *s, const struct daemon_row *d)
+{
+    sqlite3_stmt *st = stmt(s, ST_DAEMON_REGISTER);
+
+    bind_text(st, 1, d->owner);
+    bind_text(st, 2, d->host);
+    sqlite3_bind_int64(st, 3, d->pid);
+    sqlite3_bind_int64(st, 4, d->started_at);
+    int rc = sqlite3_step(st);
     sqlite3_reset(st);
-    if (rc != SQLITE_DONE) {
-        for (size_t i = 0; i < *n; i++)
-            free(v[i]);
-        free(v);
-        *n = 0;
-        *owners = NULL;
-        return store_fail(s, rc, "lease owners");
-    }
-    *owners = v;
+    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "register daemon");
+}
+
+int
+store_daemon_beat(struct store *s, const char *owner, int64_t now_ms,
+                  bool *present)
+{
+    sqlite3_stmt *st = stmt(s, ST_DAEMON_BEAT);
+
+    *present = true;
+    bind_text(st, 1, owner);
+    sqlite3_bind_int64(st, 2, now_ms);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return store_fail(s, rc, "heartbeat");
+    *present = sqlite3_changes(s->db) == 1;
     return 0;
 }
 
 int
-store_reclaim_owner(struct store *s, const char *owner, long *n)
+store_daemons(struct store *s, struct daemon_row **rows, size_t *n)
 {
-    int64_t now = clock_now_ms();
-    sqlite3_stmt *st = stmt(s, ST_RECLAIM_OWNER_RUNNING);
+    sqlite3_stmt *st = stmt(s, ST_DAEMONS);
+    struct daemon_row *v = NULL;
+    size_t cap = 0;
     int rc;
 
     *n = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 4;
+            v = xrealloc(v, cap * sizeof(*v));
+        }
+        struct daemon_row *d = &v[(*n)++];
+        d->owner = column_strdup(st, 0);
+        d->host = column_strdup(st, 1);
+        d->pid = (long)sqlite3_column_int64(st, 2);
+        d->started_at = sqlite3_column_int64(st, 3);
+        d->heartbeat_at = sqlite3_column_int64(st, 4);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_daemons_free(v, *n);
+        *n = 0;
+        *rows = NULL;
+        return store_fail(s, rc, "daemons");
+    }
+    *rows = v;
+    return 0;
+}
+
+void
+store_daemons_free(struct daemon_row *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(rows[i].owner);
+        free(rows[i].host);
+    }
+    free(rows);
+}
+
+/* Runs a statement about owner's row or leases: ?1 now, ?2 owner. */
+static int
+owner_stmt(struct store *s, enum stmt id, const char *owner, int64_t now,
+           const char *what)
+{
+    sqlite3_stmt *st = stmt(s, id);
+
     sqlite3_bind_int64(st, 1, now);
     bind_text(st, 2, owner);
-    rc = sqlite3_step(st);
+    int rc = sqlite3_step(st);
     sqlite3_reset(st);
-    if (rc != SQLITE_DONE)
-        return store_fail(s, rc, "reclaim leases of owner");
+    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, what);
+}
+
+int
+store_daemon_reap(struct store *s, const char *owner, int64_t seen,
+                  int64_t now_ms, long *n)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    *n = 0;
+    if ((rc = exec_stmt(s, ST_BEGIN, "reap: begin")) < 0)
+        return rc;
+    if (seen != 0) {
+        /* The verdict was "no beat since seen": re-checked under the
+         * write lock, so a beat that raced it wins. */
+        st = stmt(s, ST_DAEMON_HEARTBEAT);
+        bind_text(st, 1, owner);
+        rc = sqlite3_step(st);
+        int64_t hb = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            rc = store_fail(s, rc, "reap: heartbeat");
+            goto fail;
+        }
+        if (rc == SQLITE_ROW && hb != seen) {
+            rc = -ESTALE;
+            goto fail;
+        }
+    }
+    if ((rc = owner_stmt(s, ST_DAEMON_DELETE, owner, now_ms,
+                         "reap: daemon row")) < 0 ||
+        (rc = owner_stmt(s, ST_RECLAIM_OWNER_RUNNING, owner, now_ms,
+                         "reap: running jobs")) < 0)
+        goto fail;
     *n = sqlite3_changes(s->db);
-    st = stmt(s, ST_RECLAIM_OWNER_POLLS);
-    bind_text(st, 2, owner);
-    rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE)
-        return store_fail(s, rc, "free poll leases of owner");
+    if ((rc = owner_stmt(s, ST_RECLAIM_OWNER_POLLS, owner, now_ms,
+                         "reap: poll leases")) < 0 ||
+        (rc = exec_stmt(s, ST_COMMIT, "reap: commit")) < 0)
+        goto fail;
     return 0;
+fail:
+    *n = 0;
+    store_rollback(s);
+    return rc;
 }
 
 /* A claimed row with what orders it (RETURNING gives no order). */
@@ -1042,6 +1142,7 @@ store_record(struct store *s, const struct job_update *u)
     }
     p = &s->buf[s->nbuf++];
     p->u = *u;
+    p->u.owner = xstrdup(u->owner);
     p->u.new_key = xstrdup(u->new_key);
     p->u.key_sent = xstrdup(u->key_sent);
     p->u.code = xstrdup(u->code);
@@ -1069,13 +1170,13 @@ bind_text_or_null(sqlite3_stmt *st, int i, const char *v)
 
 /* Writes one buffered update inside the flush transaction. */
 static int
-flush_one(struct store *s, const struct pending *p)
+flush_one(struct store *s, const struct pending *p, size_t *dropped)
 {
     const struct job_update *u = &p->u;
     sqlite3_stmt *st = stmt(s, ST_UPDATE_JOB);
     bool failed = u->cls != ERR_NONE;
     int mode = failed ? 1 : u->state == JOB_SUCCEEDED ? 2 : 0;
-    int rc, changed;
+    int rc;
 
     sqlite3_bind_int64(st, 1, u->job_id);
     bind_text(st, 2, job_state_name(u->state));
@@ -1098,13 +1199,16 @@ flush_one(struct store *s, const struct pending *p)
     bind_text(st, 16, u->remote_id);
     bind_text(st, 17, u->poll_url);
     sqlite3_bind_int64(st, 18, p->at);
+    bind_text(st, 19, u->owner);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return store_fail(s, rc, "update job");
-    changed = sqlite3_changes(s->db);
-    if (!u->has_attempt || changed == 0)
-        return 0; /* a purged job: nothing to attach the attempt to */
+    /* 0: purged, or its lease went to another owner meanwhile */
+    if (sqlite3_changes(s->db) == 0)
+        (*dropped)++;
+    if (!u->has_attempt)
+        return 0;
 
     st = stmt(s, ST_INSERT_ATTEMPT);
     sqlite3_bind_int64(st, 1, u->job_id);
@@ -1129,6 +1233,7 @@ flush_one(struct store *s, const struct pending *p)
 int
 store_flush(struct store *s)
 {
+    size_t dropped = 0;
     int rc;
 
     if (s->nbuf == 0)
@@ -1136,11 +1241,15 @@ store_flush(struct store *s)
     if ((rc = exec_stmt(s, ST_BEGIN, "flush: begin")) < 0)
         return rc;
     for (size_t i = 0; i < s->nbuf; i++) {
-        if ((rc = flush_one(s, &s->buf[i])) < 0)
+        if ((rc = flush_one(s, &s->buf[i], &dropped)) < 0)
             goto fail;
     }
     if ((rc = exec_stmt(s, ST_COMMIT, "flush: commit")) < 0)
         goto fail;
+    if (dropped > 0)
+        log_info("store: %zu outcomes not written: job purged, or taken "
+                 "back from this daemon meanwhile",
+                 dropped);
     for (size_t i = 0; i < s->nbuf; i++)
         pending_clear(&s->buf[i]);
     s->nbuf = 0;

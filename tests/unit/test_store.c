@@ -195,8 +195,8 @@ test_open_applies_migrations_and_sets_user_version(void **state)
 {
     (void)state;
     struct store *s = open_store(":memory:");
-    assert_true(store_schema_latest() >= 2);
-    assert_int_equal(store_schema_version(s), store_schema_latest());
+    assert_true(store_schema_latest(s) >= 2);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
     store_close(s);
 }
 
@@ -206,17 +206,18 @@ test_reopen_is_idempotent_and_keeps_rows(void **state)
     (void)state;
     struct tmpdb t;
     struct store *s;
+    int latest;
 
     tmpdb_make(&t);
     s = open_store(t.path);
     assert_int_equal(insert(s, "a", "k1", 0, T0), 0);
     store_close(s);
     s = open_store(t.path);
-    assert_int_equal(store_schema_version(s), store_schema_latest());
+    latest = store_schema_latest(s);
+    assert_int_equal(store_schema_version(s), latest);
     assert_int_equal(job_int(s, "k1", "id"), 1);
     store_close(s);
-    assert_int_equal(sql_int(t.path, "PRAGMA user_version"),
-                     store_schema_latest());
+    assert_int_equal(sql_int(t.path, "PRAGMA user_version"), latest);
     assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs"), 1);
     assert_int_equal(
         sql_int(t.path, "SELECT journal_mode = 'wal' FROM "
@@ -235,9 +236,9 @@ test_open_refuses_a_newer_schema(void **state)
 
     tmpdb_make(&t);
     s = open_store(t.path);
-    store_close(s);
     snprintf(sql, sizeof(sql), "PRAGMA user_version = %d",
-             store_schema_latest() + 1);
+             store_schema_latest(s) + 1);
+    store_close(s);
     sql_int(t.path, sql);
     s = NULL;
     assert_int_equal(store_open(t.path, &s), -EPROTO);
@@ -1790,7 +1791,7 @@ test_migration_3_upgrades_a_version_2_database(void **state)
                                      "WHERE name = 'jobs_finished'"),
                      0);
     s = open_store(t.path);
-    assert_int_equal(store_schema_version(s), store_schema_latest());
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
     store_close(s);
     assert_int_equal(sql_int(t.path, "SELECT count(*) FROM sqlite_schema "
                                      "WHERE name = 'jobs_finished'"),

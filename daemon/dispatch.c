@@ -40,6 +40,7 @@
 #include "sluice/http.h"
 #include "sluice/lane.h"
 #include "sluice/log.h"
+#include "sluice/outputs.h"
 #include "sluice/retry.h"
 #include "sluice/store.h"
 #include "sluice/url.h"
@@ -84,6 +85,8 @@ struct dlane {
     int64_t timeout_ms, connect_timeout_ms;
     int64_t poll_interval_ms, poll_interval_max_ms;
     size_t max_response;
+    bool outputs_download;       /* outputs = download */
+    char **output_pointers;      /* output_pointer values, NULL-terminated */
     struct lane *lane;
     int64_t next_check_ms;       /* no claimable job before this */
     int64_t recorded_due_ms;     /* earliest run_after among updates not
@@ -133,6 +136,9 @@ struct dispatch {
     void (*on_stopped)(void *);
     void *stopped_data;
     int closing;                 /* handles still closing */
+    struct outputs *outputs;     /* downloads, NULL without outputs_dir */
+    bool outputs_recorded;       /* buffered updates carry output URLs */
+    bool outputs_stopped;        /* outputs_stop has called back */
     struct buf status;
     long unfinished;             /* jobs not terminal, for STATUS= */
     int64_t unfinished_at;       /* when counted, 0 never */
@@ -214,6 +220,11 @@ dlane_apply(struct dlane *dl, const struct provider_config *pc)
     dl->poll_interval_ms = pc->poll_interval_ms;
     dl->poll_interval_max_ms = pc->poll_interval_max_ms;
     dl->max_response = pc->max_response;
+    dl->outputs_download = pc->outputs_download;
+    free_strv(dl->output_pointers);
+    dl->output_pointers = xcalloc(pc->noutput_pointers + 1, sizeof(char *));
+    for (size_t i = 0; i < pc->noutput_pointers; i++)
+        dl->output_pointers[i] = xstrdup(pc->output_pointers[i]);
     return 0;
 }
 
@@ -262,6 +273,7 @@ dlane_free(struct dlane *dl)
     free(dl->request_id_header);
     free(dl->idem_name);
     free_strv(dl->headers);
+    free_strv(dl->output_pointers);
     lane_free(dl->lane);
     free(dl);
 }
@@ -563,11 +575,20 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
         .has_attempt = !r->is_poll || o->kind == OUTCOME_FAILURE,
     };
     char *new_key = NULL;
+    char **urls = NULL;
 
     switch (o->kind) {
     case OUTCOME_SUCCESS:
         u.state = JOB_SUCCEEDED;
         u.result = o->result;
+        if (dl->outputs_download && d->outputs != NULL) {
+            u.noutput_urls = dialect_output_urls(
+                dl->dialect, o->result, dl->output_pointers,
+                strv_len(dl->output_pointers), &urls);
+            u.output_urls = (const char *const *)urls;
+            if (u.noutput_urls > 0)
+                d->outputs_recorded = true;
+        }
         u.cost = o->cost;
         u.has_cost = o->has_cost;
         u.remote_id = o->remote_id;
@@ -699,6 +720,7 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
         dl->recorded_due_ms = u.run_after;
     store_record(d->store, &u);
     free(new_key);
+    free_strv(urls);
 }
 
 /* A request ended without an answer that counts: shutdown, or an operator
@@ -931,6 +953,10 @@ flush_now(struct dispatch *d)
     if (d->flush_busy_logged)
         log_info("store: delayed outcomes committed");
     d->flush_busy_logged = false;
+    if (d->outputs_recorded) {
+        d->outputs_recorded = false;
+        outputs_kick(d->outputs);
+    }
     int64_t wake = NEVER;
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         if (dl->recorded_due_ms < dl->next_check_ms)
@@ -1074,6 +1100,8 @@ on_uv_version(uv_timer_t *t)
     for (struct dlane *dl = d->lanes; dl; dl = dl->next)
         dl->next_check_ms = 0;
     schedule_pump(d, 0);
+    if (d->outputs != NULL)
+        outputs_kick(d->outputs); /* sluicectl outputs --retry */
 }
 
 /* --- life cycle ----------------------------------------------------------- */
@@ -1146,6 +1174,48 @@ warn_unknown_provider(const char *provider, long n, void *data)
                   n, provider);
 }
 
+/* outputs_auth_fn: a provider's headers go with a download only to its
+ * own origin (DESIGN §13). */
+static const char *const *
+output_auth(const char *provider, const char *url, void *arg)
+{
+    struct dispatch *d = arg;
+    struct dlane *dl = provider ? find_lane(d, provider) : NULL;
+
+    if (dl == NULL || !url_same_origin(dl->base_url, url))
+        return NULL;
+    return (const char *const *)dl->headers;
+}
+
+static void
+outputs_params_of(const struct dispatch *d, const struct config *c,
+                  struct outputs_params *p)
+{
+    p->dir = c->outputs_dir;
+    p->concurrency = c->outputs_concurrency;
+    p->max_size = c->outputs_max_size;
+    p->lease_ms = c->lease_ms;
+    p->owner = d->owner;
+}
+
+/* Starts the downloads when the config names outputs_dir. */
+static int
+outputs_open(struct dispatch *d, const struct config *c)
+{
+    struct outputs_params p;
+
+    if (c->outputs_dir == NULL)
+        return 0;
+    outputs_params_of(d, c, &p);
+    d->outputs = outputs_new(d->loop, d->store, d->http, &p, output_auth, d);
+    if (outputs_start(d->outputs) < 0) {
+        outputs_free(d->outputs);
+        d->outputs = NULL;
+        return -EIO;
+    }
+    return 0;
+}
+
 struct dispatch *
 dispatch_new(uv_loop_t *loop, struct store *s, const struct config *c)
 {
@@ -1182,6 +1252,10 @@ dispatch_new(uv_loop_t *loop, struct store *s, const struct config *c)
     }
     write_provider_rows(d, clock_now_ms());
     store_unfinished_by_provider(s, warn_unknown_provider, d);
+    if (outputs_open(d, c) < 0) {
+        dispatch_free(d);
+        return NULL;
+    }
     return d;
 }
 
@@ -1238,6 +1312,17 @@ dispatch_reload(struct dispatch *d, const struct config *c)
             log_info("reload: %s removed; its %d requests in flight finish",
                      dl->name, lane_in_flight(dl->lane));
     d->lease_ms = c->lease_ms;
+    if (d->outputs != NULL && c->outputs_dir != NULL) {
+        struct outputs_params p;
+        outputs_params_of(d, c, &p);
+        outputs_configure(d->outputs, &p);
+    } else if (d->outputs == NULL && outputs_open(d, c) < 0) {
+        log_error("reload: outputs_dir %s unusable, downloads stay off",
+                  c->outputs_dir);
+    } else if (d->outputs != NULL) {
+        log_warnx("reload: outputs_dir removed; downloads go on until the "
+                  "next start");
+    }
     schedule_pump(d, 0);
     return 0;
 }
@@ -1252,7 +1337,8 @@ on_uv_closed(uv_handle_t *h)
 static void
 maybe_stopped(struct dispatch *d)
 {
-    if (!d->stopping || d->ninflight > 0 || d->on_stopped == NULL)
+    if (!d->stopping || d->ninflight > 0 || d->on_stopped == NULL ||
+        (d->outputs != NULL && !d->outputs_stopped))
         return;
     if (store_pending(d->store) > 0) {
         flush_now(d); /* retries itself while the database is locked */
@@ -1283,6 +1369,14 @@ on_uv_grace(uv_timer_t *t)
     maybe_stopped(d);
 }
 
+static void
+on_outputs_stopped(void *arg)
+{
+    struct dispatch *d = arg;
+    d->outputs_stopped = true;
+    maybe_stopped(d);
+}
+
 void
 dispatch_stop(struct dispatch *d, int64_t grace_ms,
               void (*on_stopped)(void *), void *data)
@@ -1297,6 +1391,10 @@ dispatch_stop(struct dispatch *d, int64_t grace_ms,
                  d->ninflight, grace_ms);
         uv_timer_start(&d->grace_timer, on_uv_grace, (uint64_t)grace_ms, 0);
     }
+    /* Downloads do not get the grace: a cut one is fetched again at the
+     * next start, nothing is lost but the bytes. */
+    if (d->outputs != NULL)
+        outputs_stop(d->outputs, on_outputs_stopped, d);
     maybe_stopped(d);
 }
 
@@ -1304,6 +1402,8 @@ bool
 dispatch_drained(struct dispatch *d)
 {
     if (d->ninflight > 0 || store_pending(d->store) > 0)
+        return false;
+    if (d->outputs != NULL && !outputs_idle(d->outputs))
         return false;
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         bool any = false;
@@ -1337,6 +1437,9 @@ dispatch_status(struct dispatch *d)
     buf_reset(&d->status);
     buf_appendf(&d->status, "%d in flight, %ld unfinished", d->ninflight,
                 d->unfinished);
+    if (outputs_active(d->outputs) > 0)
+        buf_appendf(&d->status, ", %d downloads",
+                    outputs_active(d->outputs));
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         if (dl->removed)
             continue;
@@ -1359,6 +1462,7 @@ dispatch_free(struct dispatch *d)
         return;
     while (d->inflight)
         http_cancel(d->inflight->xfer);
+    outputs_free(d->outputs);
     http_free(d->http);
     uv_timer_t *timers[] = {&d->pump_timer, &d->flush_timer, &d->house_timer,
                             &d->version_timer, &d->grace_timer};

@@ -1,4 +1,4 @@
--- Kept counts (version 5): how many jobs each provider and batch has in
+-- Kept counts (version 6): how many jobs each provider and batch has in
 -- each state, and how many finished in each minute, maintained by triggers
 -- inside the transaction that moves the jobs. sluicectl status and watch,
 -- STATUS= and batch_progress read these few rows instead of counting the

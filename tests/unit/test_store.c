@@ -246,6 +246,50 @@ test_open_refuses_a_newer_schema(void **state)
     tmpdb_remove(&t);
 }
 
+/* sluiced --check and sluicectl's reading commands: a database one
+ * migration behind this build is opened as it is, its version told, and
+ * nothing in the file changes; a missing file is not created. */
+static void
+test_readonly_open_never_migrates_or_writes(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    char sql[64];
+    int latest;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    assert_int_equal(insert(s, "a", "k1", 0, T0), 0);
+    latest = store_schema_latest(s);
+    store_close(s);
+    snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", latest - 1);
+    sql_int(t.path, sql);
+
+    s = NULL;
+    assert_int_equal(store_open_readonly(t.path, &s), 0);
+    assert_int_equal(store_schema_version(s), latest - 1);
+    assert_int_equal(store_schema_latest(s), latest);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "PRAGMA user_version"), latest - 1);
+
+    /* current: every reading works, and writing is refused */
+    snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", latest);
+    sql_int(t.path, sql);
+    assert_int_equal(store_open_readonly(t.path, &s), 0);
+    assert_int_equal(job_int(s, "k1", "id"), 1);
+    assert_true(insert(s, "a", "k2", 0, T0) < 0);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs"), 1);
+
+    char missing[600];
+    snprintf(missing, sizeof(missing), "%s.missing", t.path);
+    assert_true(store_open_readonly(missing, &s) < 0);
+    assert_null(s);
+    assert_int_equal(access(missing, F_OK), -1);
+    tmpdb_remove(&t);
+}
+
 /* --- enqueue ------------------------------------------------------------ */
 
 static void
@@ -1726,6 +1770,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_applies_migrations_and_sets_user_version),
+        cmocka_unit_test(test_readonly_open_never_migrates_or_writes),
         cmocka_unit_test(test_reopen_is_idempotent_and_keeps_rows),
         cmocka_unit_test(test_open_refuses_a_newer_schema),
         cmocka_unit_test(test_duplicate_key_returns_1_and_inserts_nothing),

@@ -210,6 +210,7 @@ main(int argc, char **argv)
     struct daemon dm = {0};
     const char *flag = NULL;
     bool do_check = false;
+    int rc;
     char err[512];
     int ch;
 
@@ -254,8 +255,12 @@ main(int argc, char **argv)
         log_info("store: %ld jobs returned to the queue at start",
                  reclaimed);
 
+    /* Nothing is in flight yet and the database is consistent at every
+     * commit: a loop or a signal handler that cannot be set up ends the
+     * start here (exit 1, reason logged). */
     dm.loop = xmalloc(sizeof(*dm.loop));
-    uv_loop_init(dm.loop);
+    if ((rc = uv_loop_init(dm.loop)) < 0)
+        fatalx("loop: %s", uv_strerror(rc));
     dm.dispatch = dispatch_new(dm.loop, dm.store, dm.config);
     if (dm.dispatch == NULL) {
         store_close(dm.store);
@@ -266,9 +271,10 @@ main(int argc, char **argv)
     uv_signal_t *sigs[] = {&dm.sigterm, &dm.sigint, &dm.sighup};
     int signums[] = {SIGTERM, SIGINT, SIGHUP};
     for (int i = 0; i < 3; i++) {
-        uv_signal_init(dm.loop, sigs[i]);
+        if ((rc = uv_signal_init(dm.loop, sigs[i])) < 0 ||
+            (rc = uv_signal_start(sigs[i], on_uv_signal, signums[i])) < 0)
+            fatalx("signal %s: %s", strsignal(signums[i]), uv_strerror(rc));
         sigs[i]->data = &dm;
-        uv_signal_start(sigs[i], on_uv_signal, signums[i]);
     }
     dm.notify = getenv("NOTIFY_SOCKET") != NULL;
     uv_timer_init(dm.loop, &dm.tick);

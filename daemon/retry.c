@@ -17,8 +17,8 @@
  * jitter were rejected: full jitter spreads a burst of failures the most
  * and finishes the work soonest in that article's simulation.
  */
+#include "sluice/outcome.h"
 #include "sluice/retry.h"
-#include "sluice/dialect.h"
 
 /* A garbage-answering provider keeps answering garbage: protocol errors
  * get a few tries in all, not the full max_attempts. */

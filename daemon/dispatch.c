@@ -5,7 +5,7 @@
  * (lane.c), claims that many due jobs of its provider in one statement
  * (store_claim), and sends each through http.c. When a response arrives,
  * the provider's dialect turns it into an outcome; the lane learns from it
- * (limit, pause, breaker), retry.c decides what happens to a failed job, and
+ * (limit, pause, breaker), job_next (job.c) decides where the job goes, and
  * the update is buffered for the next group commit (store_flush on a short
  * timer). Nothing is decided from memory alone: every state change is a row
  * update, and a job that was claimed but not recorded is reclaimed by its
@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include "sluice/clock.h"
@@ -41,7 +40,6 @@
 #include "sluice/lane.h"
 #include "sluice/log.h"
 #include "sluice/outputs.h"
-#include "sluice/retry.h"
 #include "sluice/store.h"
 #include "sluice/url.h"
 #include "sluice/xmalloc.h"
@@ -81,9 +79,8 @@ struct dlane {
     char **headers;              /* auth + extra headers, NULL-terminated */
     enum idem_kind idem;
     char *idem_name;
-    struct retry_policy policy;
+    struct job_policy policy;    /* retries, polls; base_url borrowed */
     int64_t timeout_ms, connect_timeout_ms;
-    int64_t poll_interval_ms, poll_interval_max_ms;
     size_t max_response;
     bool outputs_download;       /* outputs = download */
     char **output_pointers;      /* output_pointer values, NULL-terminated */
@@ -211,14 +208,15 @@ dlane_apply(struct dlane *dl, const struct provider_config *pc)
     dl->headers = h;
     dl->idem = pc->idem;
     dl->idem_name = xstrdup(pc->idem_name);
-    dl->policy.max_attempts = pc->max_attempts;
-    dl->policy.max_deferrals = pc->max_deferrals;
-    dl->policy.base_ms = pc->backoff_base_ms;
-    dl->policy.cap_ms = pc->backoff_cap_ms;
+    dl->policy.retry.max_attempts = pc->max_attempts;
+    dl->policy.retry.max_deferrals = pc->max_deferrals;
+    dl->policy.retry.base_ms = pc->backoff_base_ms;
+    dl->policy.retry.cap_ms = pc->backoff_cap_ms;
+    dl->policy.poll_interval_ms = pc->poll_interval_ms;
+    dl->policy.poll_interval_max_ms = pc->poll_interval_max_ms;
+    dl->policy.base_url = dl->base_url;
     dl->timeout_ms = pc->timeout_ms;
     dl->connect_timeout_ms = pc->connect_timeout_ms;
-    dl->poll_interval_ms = pc->poll_interval_ms;
-    dl->poll_interval_max_ms = pc->poll_interval_max_ms;
     dl->max_response = pc->max_response;
     dl->outputs_download = pc->outputs_download;
     free_strv(dl->output_pointers);
@@ -391,6 +389,8 @@ req_free(struct req *r)
 }
 
 static void on_http_done(const struct http_response *resp, void *data);
+static void record_event(struct dispatch *d, struct req *r,
+                         const struct job_event *ev);
 
 /* A job that cannot be sent as it is stored fails at once, without a
  * request and before the lane counts one: a URL off the lane's current
@@ -401,21 +401,16 @@ static void
 refuse_req(struct dispatch *d, struct req *r, enum err_class cls,
            const char *code, const char *message)
 {
-    struct job *j = r->job;
-    struct job_update u = {
-        .job_id = j->id,
-        .state = JOB_FAILED,
-        .deferrals = j->deferrals,
-        .is_poll = r->is_poll,
+    struct job_event ev = {
+        .kind = JOB_EVENT_REFUSED,
+        .now_ms = clock_now_ms(),
         .cls = cls,
         .code = code,
         .message = message,
     };
-    if (r->is_poll)
-        lane_waiting(r->dl, -1);
-    log_warnx("job %" PRId64 ": %s %s, failed without a request: %s", j->id,
-              r->dl->name, code, message);
-    store_record(d->store, &u);
+    log_warnx("job %" PRId64 ": %s %s, failed without a request: %s",
+              r->job->id, r->dl->name, code, message);
+    record_event(d, r, &ev);
     schedule_flush(d);
     req_free(r);
 }
@@ -482,16 +477,9 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
                   dl->name, strerror(-rc));
         req_unlink(d, r);
         lane_on_abort(dl->lane);
-        struct job_update u = {
-            .job_id = j->id,
-            .state = r->is_poll ? JOB_WAITING : JOB_QUEUED,
-            .run_after = r->started_ms + 1000,
-            .deferrals = j->deferrals,
-            .uncharge = !r->is_poll,
-        };
-        if (u.run_after < dl->recorded_due_ms)
-            dl->recorded_due_ms = u.run_after;
-        store_record(d->store, &u);
+        struct job_event ev = {.kind = JOB_EVENT_UNSENT,
+                               .now_ms = r->started_ms};
+        record_event(d, r, &ev);
         schedule_flush(d);
         req_free(r);
         return;
@@ -501,35 +489,6 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
 }
 
 /* --- outcomes -------------------------------------------------------------- */
-
-/* The next poll interval grows gently with the run's age: every minute of
- * running adds the base interval again, up to the maximum (DESIGN §7). */
-static int64_t
-poll_delay(const struct dlane *dl, const struct job *j, int64_t now)
-{
-    int64_t age = j->waiting_since ? now - j->waiting_since : 0;
-    int64_t delay = dl->poll_interval_ms * (1 + age / 60000);
-    return delay < dl->poll_interval_max_ms ? delay : dl->poll_interval_max_ms;
-}
-
-/* The key for a resubmission after a remote run definitively failed: the
- * same key would only replay the failed run (DESIGN §4). "<key>.N" where
- * N is the attempt it is for, so it never repeats within the job. */
-static char *
-derived_key(const struct job *j)
-{
-    const char *base = j->base_key ? j->base_key : j->idempotency_key;
-    return xasprintf("%s.%d", base, j->attempts + 1);
-}
-
-static void
-fill_failure(struct job_update *u, const struct outcome *o)
-{
-    u->cls = o->cls;
-    u->code = o->code[0] ? o->code : NULL;
-    u->message = o->message[0] ? o->message : NULL;
-    u->fields = o->fields;
-}
 
 /* One line per handled failure, in STYLE.md's shape:
  * "job 42: flora 429 rate_limit_exceeded req_ab12, deferred in 2100 ms
@@ -553,202 +512,106 @@ log_outcome(const struct req *r, const struct outcome *o, const char *what,
                  lane_change ? lane_change : "");
 }
 
+/* Hands job_next's decision to the lane (its count of waiting runs) and
+ * to the store (buffered for the next group commit). o is the answer, or
+ * NULL when there was none. */
 static void
-record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
-               int64_t now, const char *lane_change)
+apply_decision(struct dispatch *d, struct req *r, const struct outcome *o,
+               const struct job_decision *dec, int64_t now)
 {
-    struct dlane *dl = r->dl;
     struct job *j = r->job;
     struct job_update u = {
         .job_id = j->id,
-        .deferrals = j->deferrals,
+        .state = dec->state,
+        .run_after = dec->run_after,
+        .deferrals = dec->deferrals,
+        .uncharge = dec->uncharge,
+        .has_attempt = dec->has_attempt,
         .is_poll = r->is_poll,
-        .started_at = r->started_ms,
-        .finished_at = now,
-        .http_status = o->http_status,
-        .request_id = o->request_id[0] ? o->request_id : NULL,
-        .retry_after_ms = o->hints.retry_at_ms > now
-                              ? o->hints.retry_at_ms - now : 0,
-        .attempt = j->attempts,
-        .key_sent = r->is_poll ? NULL : j->idempotency_key,
-        /* every submission is an attempt row; polls only when they fail */
-        .has_attempt = !r->is_poll || o->kind == OUTCOME_FAILURE,
+        .cls = dec->cls,
+        .code = dec->code,
+        .message = dec->message,
+        .remote_id = dec->remote_id,
+        .poll_url = dec->poll_url,
     };
-    char *new_key = NULL;
+    char *new_key = dec->derive_key ? job_derived_key(j) : NULL;
     char **urls = NULL;
 
-    switch (o->kind) {
-    case OUTCOME_SUCCESS:
-        u.state = JOB_SUCCEEDED;
-        u.result = o->result;
-        if (dl->outputs_download && d->outputs != NULL) {
+    u.new_key = new_key;
+    if (o != NULL) {
+        u.started_at = r->started_ms;
+        u.finished_at = now;
+        u.http_status = o->http_status;
+        u.request_id = o->request_id[0] ? o->request_id : NULL;
+        u.retry_after_ms = o->hints.retry_at_ms > now
+                               ? o->hints.retry_at_ms - now : 0;
+        u.attempt = j->attempts;
+        u.key_sent = r->is_poll ? NULL : j->idempotency_key;
+        if (o->kind != OUTCOME_ACCEPTED)
+            u.result = o->result; /* a success's body, or partial data */
+        if (o->kind == OUTCOME_FAILURE)
+            u.fields = o->fields;
+        if (dec->state == JOB_SUCCEEDED && r->dl->outputs_download &&
+            d->outputs != NULL) {
             u.noutput_urls = dialect_output_urls(
-                dl->dialect, o->result, dl->output_pointers,
-                strv_len(dl->output_pointers), &urls);
+                r->dl->dialect, o->result, r->dl->output_pointers,
+                strv_len(r->dl->output_pointers), &urls);
             u.output_urls = (const char *const *)urls;
             if (u.noutput_urls > 0)
                 d->outputs_recorded = true;
         }
         u.cost = o->cost;
-        u.has_cost = o->has_cost;
-        u.remote_id = o->remote_id;
-        if (r->is_poll)
-            lane_waiting(dl, -1);
-        log_debug("job %" PRId64 ": %s succeeded", j->id, dl->name);
-        break;
-    case OUTCOME_ACCEPTED:
-        u.state = JOB_WAITING;
-        /* A poll keeps the run and URL the submission was given: a status
-         * answer need not repeat them (and a default would be a guess). */
-        u.remote_id = r->is_poll && j->remote_id ? j->remote_id
-                      : o->remote_id             ? o->remote_id
-                                                 : j->remote_id;
-        u.poll_url = r->is_poll && j->poll_url ? j->poll_url
-                     : o->poll_url             ? o->poll_url
-                                               : j->poll_url;
-        if (!r->is_poll) {
-            lane_waiting(dl, +1);
-            u.run_after = now + dl->poll_interval_ms;
-            log_debug("job %" PRId64 ": %s run %s accepted", j->id,
-                      dl->name, u.remote_id ? u.remote_id : "?");
-        } else {
-            u.run_after = now + poll_delay(dl, j, now);
-        }
-        if (u.poll_url == NULL || (url_origin_len(u.poll_url) > 0 &&
-                                   !url_same_origin(u.poll_url,
-                                                    dl->base_url))) {
-            /* A run we cannot poll, or could poll only by sending the key
-             * to another host (DESIGN §11), is a protocol failure. */
-            u.state = JOB_FAILED;
-            u.cls = ERR_PROTOCOL;
-            u.code = u.poll_url ? "foreign_poll_url" : "no_poll_url";
-            u.message = u.poll_url
-                            ? "poll url is not on the provider's host: "
-                              "credentials are not sent there"
-                            : "run accepted without a run id or poll url";
-            if (!r->is_poll)
-                lane_waiting(dl, -1);
-        }
-        break;
-    case OUTCOME_FAILURE: {
-        fill_failure(&u, o);
-        u.result = o->result; /* partial data, when any */
-        /* A run that definitively failed at the provider: the poll was
-         * answered and named the run's failure. An unreadable poll answer
-         * says nothing about the run, which may still be going. */
-        bool run_failed = r->is_poll && o->http_status >= 200 &&
-                          o->http_status < 300 && o->cls != ERR_PROTOCOL;
-        if (r->is_poll && !run_failed) {
-            /* The poll itself failed: the run goes on at the provider.
-             * Poll again later unless the answer is final. */
-            /* Failed polls are bounded like deferrals: a provider that
-             * keeps answering polls with garbage ends the job, it does
-             * not keep it waiting forever. */
-            u.deferrals = j->deferrals + 1;
-            if (u.deferrals > dl->policy.max_deferrals) {
-                u.state = JOB_FAILED;
-                lane_waiting(dl, -1);
-                log_outcome(r, o, "failed", -1, lane_change);
-            } else if (outcome_retryable(o) || o->cls == ERR_AUTH ||
-                       o->cls == ERR_INSUFFICIENT_BALANCE ||
-                       o->cls == ERR_RATE_LIMITED) {
-                int64_t at = now + poll_delay(dl, j, now);
-                if (o->hints.retry_at_ms > at)
-                    at = o->hints.retry_at_ms;
-                u.state = JOB_WAITING;
-                u.run_after = at;
-                log_outcome(r, o, "poll again", at - now, lane_change);
-            } else {
-                u.state = JOB_FAILED;
-                lane_waiting(dl, -1);
-                log_outcome(r, o, "failed", -1, lane_change);
-            }
-            break;
-        }
-        if (run_failed)
-            lane_waiting(dl, -1);
-        /* A job line's own max_attempts beats the provider's default. */
-        struct retry_policy policy = dl->policy;
-        if (j->max_attempts > 0)
-            policy.max_attempts = j->max_attempts;
-        struct retry_decision dec = retry_decide(
-            &policy, o, j->attempts, j->deferrals, now, clock_random());
-        /* A 403 that the lane judged to be about the key itself (it paused
-         * the provider) is the key's fault, not the job's: hold the job
-         * like an auth failure instead of failing it. */
-        if (o->cls == ERR_PERMISSION && lane_state(dl->lane) == LANE_PAUSED)
-            dec.action = RETRY_HOLD;
-        switch (dec.action) {
-        case RETRY_GIVE_UP:
-            u.state = JOB_FAILED;
-            log_outcome(r, o, "failed", -1, lane_change);
-            break;
-        case RETRY_AGAIN:
-            u.state = JOB_RETRYING;
-            u.run_after = dec.run_after_ms;
-            if (run_failed) {
-                /* Definitive remote failure: the same key would only
-                 * replay it, so the next run gets a derived key. */
-                new_key = derived_key(j);
-                u.new_key = new_key;
-            }
-            log_outcome(r, o, "retry", dec.run_after_ms - now, lane_change);
-            break;
-        case RETRY_DEFER:
-            u.state = JOB_RETRYING;
-            u.run_after = dec.run_after_ms;
-            u.uncharge = true;
-            u.deferrals = j->deferrals + 1;
-            log_outcome(r, o, "deferred", dec.run_after_ms - now,
-                        lane_change);
-            break;
-        case RETRY_HOLD:
-            u.state = JOB_QUEUED;
-            u.run_after = now;
-            u.uncharge = true;
-            log_outcome(r, o, "held, provider paused", -1, lane_change);
-            break;
-        }
-        break;
+        u.has_cost = o->has_cost && o->kind == OUTCOME_SUCCESS;
     }
-    }
+    lane_waiting(r->dl, dec->waiting);
     /* The job becomes claimable only once this update is committed; the
      * flush hands the time on to next_check_ms (see flush_now). */
-    if ((u.state == JOB_RETRYING || u.state == JOB_WAITING ||
-         u.state == JOB_QUEUED) &&
-        u.run_after < dl->recorded_due_ms)
-        dl->recorded_due_ms = u.run_after;
+    if (!job_state_terminal(u.state) && u.run_after < r->dl->recorded_due_ms)
+        r->dl->recorded_due_ms = u.run_after;
     store_record(d->store, &u);
     free(new_key);
     free_strv(urls);
 }
 
-/* A request ended without an answer that counts: shutdown, or an operator
- * cancel. The job goes back (or to cancelled) without charging. */
+/* An answer: job_next decides, the log says what it decided. */
 static void
-record_release(struct dispatch *d, struct req *r, int64_t now)
+record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
+               int64_t now, const char *lane_change)
 {
-    struct job *j = r->job;
-    struct job_update u = {
-        .job_id = j->id,
-        .deferrals = j->deferrals,
-        .run_after = now,
+    struct job_event ev = {
+        .kind = JOB_EVENT_ANSWER,
+        .outcome = o,
+        .lane_paused = lane_state(r->dl->lane) == LANE_PAUSED,
+        .now_ms = now,
+        .u = clock_random(),
     };
-    if (now < r->dl->recorded_due_ms)
-        r->dl->recorded_due_ms = now;
-    if (r->cancel_job) {
-        u.state = JOB_CANCELLED;
-        if (r->is_poll)
-            lane_waiting(r->dl, -1);
-        log_info("job %" PRId64 ": %s cancelled in flight", j->id,
+    struct job_decision dec = job_next(r->job, &ev, &r->dl->policy);
+    int64_t id = r->job->id;
+
+    if (dec.verb != NULL)
+        log_outcome(r, o, dec.verb,
+                    dec.state == JOB_RETRYING || dec.state == JOB_WAITING
+                        ? dec.run_after - now : -1,
+                    lane_change);
+    else if (dec.state == JOB_SUCCEEDED)
+        log_debug("job %" PRId64 ": %s succeeded", id, r->dl->name);
+    else if (dec.state == JOB_WAITING && !r->is_poll)
+        log_debug("job %" PRId64 ": %s run %s accepted", id, r->dl->name,
+                  dec.remote_id ? dec.remote_id : "?");
+    apply_decision(d, r, o, &dec, now);
+}
+
+/* No answer that counts: the request was refused or could not start, the
+ * daemon is shutting down, or an operator cancelled the job. */
+static void
+record_event(struct dispatch *d, struct req *r, const struct job_event *ev)
+{
+    struct job_decision dec = job_next(r->job, ev, &r->dl->policy);
+
+    if (ev->kind == JOB_EVENT_CANCEL)
+        log_info("job %" PRId64 ": %s cancelled in flight", r->job->id,
                  r->dl->name);
-    } else if (r->is_poll) {
-        u.state = JOB_WAITING;
-    } else {
-        u.state = JOB_QUEUED;
-        u.uncharge = true;
-    }
-    store_record(d->store, &u);
+    apply_decision(d, r, NULL, &dec, ev->now_ms);
 }
 
 static void
@@ -761,7 +624,11 @@ on_http_done(const struct http_response *resp, void *data)
     req_unlink(d, r);
     if (resp->cancelled) {
         lane_on_abort(r->dl->lane);
-        record_release(d, r, now);
+        struct job_event ev = {
+            .kind = r->cancel_job ? JOB_EVENT_CANCEL : JOB_EVENT_RELEASE,
+            .now_ms = now,
+        };
+        record_event(d, r, &ev);
     } else {
         struct outcome o;
         outcome_init(&o);

@@ -102,14 +102,14 @@ extern const size_t sql_nfiles;
 #define CANCEL_SET                                                             \
     "UPDATE jobs SET state = 'cancelled', finished_at = ?1, "                  \
     "lease_until = NULL, lease_owner = NULL, updated_at = ?1 "                 \
-    "WHERE state IN ('queued', 'running', 'waiting', 'retrying') "
+    "WHERE state IN (" JOB_UNFINISHED_SQL ") "
 
 /* The oldest finished jobs purge takes in one transaction; attempts and
  * jobs are deleted by the same subquery in the same transaction, so they
  * see the same rows. Walks jobs_finished. */
 #define PURGE_PICK                                                             \
     "(SELECT id FROM jobs WHERE finished_at < :before "                        \
-    "  AND state IN ('succeeded', 'failed', 'cancelled') "                     \
+    "  AND state IN (" JOB_TERMINAL_SQL ") "                                   \
     "  AND (:states IS NULL OR instr(:states, ',' || state || ',') > 0) "      \
     "  ORDER BY finished_at, id LIMIT :limit)"
 
@@ -228,17 +228,17 @@ static const char *const stmt_sql[ST_COUNT] = {
                     "    AND (lease_until IS NULL OR lease_until <= ?2))",
     [ST_UNFINISHED] =
         "SELECT COUNT(*) FROM jobs WHERE provider = ?1 "
-        "AND state IN ('queued', 'running', 'waiting', 'retrying')",
+        "AND state IN (" JOB_UNFINISHED_SQL ")",
     /* EXISTS stops at the first row: the drain check runs four times a
      * second and must not count a million-row queue each time. */
     [ST_HAS_UNFINISHED] =
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE provider = ?1 "
-        "AND state IN ('queued', 'running', 'waiting', 'retrying'))",
+        "AND state IN (" JOB_UNFINISHED_SQL "))",
     [ST_COUNT_WAITING] = "SELECT COUNT(*) FROM jobs "
                          "WHERE provider = ?1 AND state = 'waiting'",
     [ST_UNFINISHED_BY_PROVIDER] =
         "SELECT provider, COUNT(*) FROM jobs "
-        "WHERE state IN ('queued', 'running', 'waiting', 'retrying') "
+        "WHERE state IN (" JOB_UNFINISHED_SQL ") "
         "GROUP BY provider ORDER BY provider",
     [ST_DATA_VERSION] = "PRAGMA data_version",
     /* Right-hand sides see the old row: "state" is the state before. A job
@@ -268,7 +268,7 @@ static const char *const stmt_sql[ST_COUNT] = {
         "  ELSE waiting_since END, "
         "finished_at = CASE WHEN state = 'cancelled' "
         "  THEN COALESCE(finished_at, ?18) "
-        "  WHEN ?2 IN ('succeeded', 'failed', 'cancelled') THEN ?18 "
+        "  WHEN ?2 IN (" JOB_TERMINAL_SQL ") THEN ?18 "
         "  ELSE NULL END, "
         "lease_until = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "
         "  THEN lease_until ELSE NULL END, "

@@ -9,6 +9,7 @@
  * file on one host and a PostgreSQL server on another); dispatch calling
  * the backends directly (it would learn which one it talks to).
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,6 +216,10 @@ store_record(struct store *s, const struct job_update *u)
 {
     struct store_pending *p;
 
+    /* The daemon records moves of jobs it claimed: running (a submission)
+     * or waiting (a poll). */
+    assert(job_transition_allowed(u->is_poll ? JOB_WAITING : JOB_RUNNING,
+                                  u->state));
     if (s->nbuf == s->capbuf) {
         /* Doubling: a flush stalled behind a lock may buffer thousands. */
         s->capbuf = s->capbuf ? 2 * s->capbuf : 64;

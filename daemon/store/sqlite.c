@@ -99,10 +99,22 @@ extern const size_t sql_nfiles;
     "AND (:before IS NULL OR finished_at < :before) "
 
 /* Back to the queue as if new, but with its identity and last failure:
- * ?1 is now. remote_id goes too: the submission is sent again. */
+ * ?1 is now. remote_id goes too: the submission is sent again. The key to
+ * send stays the last one sent (a provider that ran it answers with that
+ * result, never twice) unless its run definitively failed (the poll was
+ * answered, with the run's failure): the provider caches that failure, so
+ * the next derived key goes out, "<key>.N" one past the last (DESIGN §4).
+ * job_derived_key() derives the same way. */
 #define RETRY_SET                                                              \
     "UPDATE jobs SET state = 'queued', attempts = 0, deferrals = 0, "          \
-    "send_key = NULL, run_after = ?1, lease_until = NULL, "                    \
+    "send_key = CASE WHEN remote_id IS NOT NULL "                              \
+    "  AND http_status BETWEEN 200 AND 299 AND error_class IS NOT NULL "       \
+    "  AND error_class <> 'protocol' "                                         \
+    "  THEN idempotency_key || '.' || (1 + CASE WHEN send_key IS NULL "        \
+    "    THEN 1 ELSE CAST(substr(send_key, length(idempotency_key) + 2) "      \
+    "    AS INTEGER) END) "                                                    \
+    "  ELSE send_key END, "                                                    \
+    "run_after = ?1, lease_until = NULL, "                                     \
     "lease_owner = NULL, remote_id = NULL, poll_url = NULL, "                  \
     "waiting_since = NULL, finished_at = NULL, updated_at = ?1 "               \
     "WHERE state IN ('failed', 'cancelled') "

@@ -36,6 +36,7 @@
 #include "sluice/config.h"
 #include "sluice/dialect.h"
 #include "sluice/log.h"
+#include "sluice/metrics.h"
 #include "sluice/xmalloc.h"
 
 /* Longest accepted line, newline included. Debian's inih reads lines into
@@ -66,7 +67,10 @@ enum key_type {
     K_TOKEN, /* an HTTP header name */
     K_AUTH,
     K_IDEM,
-    K_HEADER, /* repeatable "Name: value" */
+    K_HEADER,  /* repeatable "Name: value" */
+    K_LISTEN,  /* ADDR:PORT, an IP literal (metrics_listen_valid) */
+    K_AMOUNT,  /* a decimal >= 0 (min 1: above 0), money or a price */
+    K_POINTER, /* a JSON pointer (RFC 6901): "/a/0/b" */
 };
 
 struct key {
@@ -84,6 +88,7 @@ static const struct key daemon_keys[] = {
     {"shutdown_grace", K_DURATION, D(shutdown_grace_ms), 0},
     {"lease", K_DURATION, D(lease_ms), 1000},
     {"log_level", K_LOG_LEVEL, D(log_level), 0},
+    {"metrics", K_LISTEN, D(metrics), 0},
 };
 
 /* The order of this table is the bit order of provider_state.seen. */
@@ -110,6 +115,9 @@ enum {
     PK_POLL_INTERVAL_MAX,
     PK_PROBE_INTERVAL,
     PK_MAX_RESPONSE,
+    PK_BUDGET,
+    PK_COST_POINTER,
+    PK_TOKEN_PRICE,
 };
 
 static const struct key provider_keys[] = {
@@ -140,6 +148,9 @@ static const struct key provider_keys[] = {
     [PK_PROBE_INTERVAL] = {"probe_interval", K_DURATION, P(probe_interval_ms),
                            1},
     [PK_MAX_RESPONSE] = {"max_response", K_SIZE, P(max_response), 1},
+    [PK_BUDGET] = {"budget", K_AMOUNT, P(budget), 1},
+    [PK_COST_POINTER] = {"cost_pointer", K_POINTER, P(cost_pointer), 0},
+    [PK_TOKEN_PRICE] = {"token_price", K_AMOUNT, P(token_price), 0},
 };
 
 #define NKEYS(t) (sizeof(t) / sizeof((t)[0]))
@@ -728,6 +739,40 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
                     "body:FIELD or none)",
                     k->name, v);
         return false;
+    case K_LISTEN:
+        if (metrics_listen_valid(v)) {
+            *(char **)(void *)at = xstrdup(v);
+            return true;
+        }
+        parser_fail(p, p->lineno,
+                    "%s: bad address '%s' (use ADDR:PORT with an IP address, "
+                    "e.g. 127.0.0.1:9464 or [::1]:9464)",
+                    k->name, v);
+        return false;
+    case K_AMOUNT: {
+        char *end;
+        errno = 0;
+        double x = strtod(v, &end);
+        if (errno == 0 && end != v && *end == '\0' && x >= 0 && x < 1e15 &&
+            (k->min == 0 || x > 0)) {
+            *(double *)(void *)at = x;
+            return true;
+        }
+        parser_fail(p, p->lineno,
+                    "%s: bad amount '%s' (a decimal%s, e.g. 25.00)", k->name, v,
+                    k->min ? " above 0" : "");
+        return false;
+    }
+    case K_POINTER:
+        if (v[0] == '/' && !has_control(v)) {
+            *(char **)(void *)at = xstrdup(v);
+            return true;
+        }
+        parser_fail(p, p->lineno,
+                    "%s: bad JSON pointer '%s' (starts with /, e.g. "
+                    "/usage/cost)",
+                    k->name, v);
+        return false;
     case K_HEADER: {
         char *h = parse_header_line(v);
         if (h == NULL) {
@@ -970,6 +1015,7 @@ provider_free(struct provider_config *pc)
     free(pc->headers);
     free(pc->idem_name);
     free(pc->request_id_header);
+    free(pc->cost_pointer);
 }
 
 void
@@ -982,6 +1028,7 @@ config_free(struct config *c)
     free(c->providers);
     free(c->path);
     free(c->database);
+    free(c->metrics);
     free(c);
 }
 

@@ -170,6 +170,7 @@ enum stmt {
     ST_AUTO_VACUUM,
     ST_FREELIST,
     ST_PROGRESS_BATCH,
+    ST_OLDEST_QUEUED,
     ST_COUNT
 };
 
@@ -350,6 +351,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_FREELIST] = "PRAGMA freelist_count",
     [ST_PROGRESS_BATCH] =
         "SELECT * FROM batch_progress WHERE batch = ?1 ORDER BY provider",
+    /* Answered from the jobs_state index: queued jobs are due from
+     * run_after (the enqueue time, or when they were handed back). */
+    [ST_OLDEST_QUEUED] = "SELECT MIN(run_after) FROM jobs "
+                         "WHERE provider = ?1 AND state = 'queued'",
 };
 
 /* A buffered job_update with its strings owned. */
@@ -1007,6 +1012,30 @@ store_count_waiting(struct store *s, const char *provider, long *n)
                              "waiting count");
     *n = (long)v;
     return rc;
+}
+
+int
+store_job_counts(struct store *s,
+                 void (*cb)(const char *provider, const char *state, long n,
+                            void *data),
+                 void *data)
+{
+    sqlite3_stmt *st = stmt(s, ST_STATE_COUNTS);
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        cb((const char *)sqlite3_column_text(st, 0),
+           (const char *)sqlite3_column_text(st, 1),
+           (long)sqlite3_column_int64(st, 2), data);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "job counts");
+}
+
+int
+store_oldest_queued(struct store *s, const char *provider, int64_t *since_ms)
+{
+    return provider_scalar(s, ST_OLDEST_QUEUED, provider, NULL, since_ms,
+                           "oldest queued");
 }
 
 int

@@ -51,6 +51,11 @@ struct provider_config {
     int64_t poll_interval_max_ms; /* default 15 s */
     int64_t probe_interval_ms;    /* paused-provider probe, default 5 min */
     size_t max_response;     /* response body cap, default 8 MiB */
+    double budget;           /* spend cap in the provider's currency;
+                                0 = none */
+    char *cost_pointer;      /* JSON pointer to a job's cost in its
+                                result, or NULL */
+    double token_price;      /* cost per usage.total_tokens; 0 = none */
 };
 
 struct config {
@@ -59,6 +64,7 @@ struct config {
     int64_t shutdown_grace_ms; /* default 30 s */
     int64_t lease_ms;        /* claim lease, default 10 min (> timeout) */
     int log_level;           /* enum log_level */
+    char *metrics;           /* ADDR:PORT serving /metrics, or NULL */
     struct provider_config *providers;
     size_t nproviders;
 };

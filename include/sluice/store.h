@@ -100,6 +100,17 @@ int store_unfinished_by_provider(struct store *s,
                                  void *data);
 /* Jobs of provider in state waiting (async runs at the provider). */
 int store_count_waiting(struct store *s, const char *provider, long *n);
+/* Calls cb with the number of jobs of each provider and state that has
+ * any (a scan of the state index, ~1 s per ten million jobs: call it
+ * every few seconds at most). */
+int store_job_counts(struct store *s,
+                     void (*cb)(const char *provider, const char *state,
+                                long n, void *data),
+                     void *data);
+/* The earliest run_after (unix ms) of provider's queued jobs, 0 when none
+ * is queued: since when the longest-waiting one has been due. */
+int store_oldest_queued(struct store *s, const char *provider,
+                        int64_t *since_ms);
 /* Whether provider has any job not yet terminal (cheap at any size). */
 int store_has_unfinished(struct store *s, const char *provider, bool *any);
 

@@ -35,6 +35,7 @@
 
 #include "sluice/config.h"
 #include "sluice/dialect.h"
+#include "sluice/http.h"
 #include "sluice/log.h"
 #include "sluice/metrics.h"
 #include "sluice/xmalloc.h"
@@ -446,7 +447,13 @@ parse_header_line(const char *s)
         return NULL;
     for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
         ;
-    return xasprintf("%.*s: %s", (int)(colon - s), s, v);
+    char *line = xasprintf("%.*s: %s", (int)(colon - s), s, v);
+    /* Only what the daemon will send: visible ASCII and spaces. */
+    if (!http_header_ok(line)) {
+        free(line);
+        return NULL;
+    }
+    return line;
 }
 
 /* http(s)://host… without a trailing slash, or NULL. */
@@ -1143,9 +1150,15 @@ config_api_key(const struct provider_config *p, char *err, size_t errlen)
         free(key);
         return NULL;
     }
-    /* A line break inside would split the header it is sent in. */
-    if (has_control(key)) {
-        snprintf(err, errlen, "the key in %s contains control characters",
+    /* A line break inside would split the header it is sent in; the
+     * request builder sends visible ASCII only. */
+    bool ok = true;
+    for (const char *c = key; *c; c++)
+        ok = ok && (unsigned char)*c >= 0x20 && (unsigned char)*c <= 0x7e;
+    if (!ok) {
+        snprintf(err, errlen,
+                 "the key in %s contains control characters or non-ASCII "
+                 "bytes",
                  where);
         free(where);
         free_secret(key, strlen(key));

@@ -43,6 +43,7 @@
 #include "sluice/metrics.h"
 #include "sluice/retry.h"
 #include "sluice/store.h"
+#include "sluice/url.h"
 #include "sluice/xmalloc.h"
 
 /* Most jobs one claim statement takes: bounds the time a claim holds the
@@ -302,28 +303,7 @@ reconcile_waiting(struct dispatch *d)
     }
 }
 
-/* Whether url (absolute, or a path) is on base's scheme://host[:port]. */
-static bool
-same_origin(const char *base, const char *url)
-{
-    if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
-        return true; /* a path under base_url */
-    const char *b = strstr(base, "://"), *u = strstr(url, "://");
-    size_t blen = strcspn(b + 3, "/?#"), ulen = strcspn(u + 3, "/?#");
-    return (size_t)(b - base) == (size_t)(u - url) &&
-           strncasecmp(base, url, (size_t)(b - base)) == 0 && blen == ulen &&
-           strncasecmp(b + 3, u + 3, blen) == 0;
-}
-
 /* --- building a request ------------------------------------------------- */
-
-static char *
-join_url(const char *base, const char *path)
-{
-    if (strncmp(path, "http://", 7) == 0 || strncmp(path, "https://", 8) == 0)
-        return xstrdup(path);
-    return xasprintf("%s%s%s", base, path[0] == '/' ? "" : "/", path);
-}
 
 /* The body to send: the job's body, with the idempotency key as a
  * top-level field when the provider wants it there. */
@@ -402,6 +382,45 @@ req_free(struct req *r)
 
 static void on_http_done(const struct http_response *resp, void *data);
 
+/* A job that cannot be sent as it is stored fails at once, without a
+ * request and before the lane counts one: a URL off the lane's current
+ * origin (the credentials would go along), or a key that would not stay
+ * inside its header (DESIGN §4, §11). Nothing about it changes by waiting,
+ * so it is not retried. Frees r. */
+static void
+refuse_req(struct dispatch *d, struct req *r, enum err_class cls,
+           const char *code, const char *message)
+{
+    struct job *j = r->job;
+    struct job_update u = {
+        .job_id = j->id,
+        .state = JOB_FAILED,
+        .deferrals = j->deferrals,
+        .is_poll = r->is_poll,
+        .cls = cls,
+        .code = code,
+        .message = message,
+    };
+    if (r->is_poll)
+        lane_waiting(r->dl, -1);
+    log_warnx("job %" PRId64 ": %s %s, failed without a request: %s", j->id,
+              r->dl->name, code, message);
+    store_record(d->store, &u);
+    schedule_flush(d);
+    req_free(r);
+}
+
+/* Whether every header of r is one http_submit sends as it is. */
+static bool
+req_headers_ok(const struct req *r)
+{
+    for (char **h = r->headers; *h; h++) {
+        if (!http_header_ok(*h))
+            return false;
+    }
+    return true;
+}
+
 static void
 send_job(struct dispatch *d, struct dlane *dl, struct job *j)
 {
@@ -410,14 +429,28 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
     r->dl = dl;
     r->job = j;
     r->is_poll = j->state == JOB_WAITING;
-    if (r->is_poll) {
-        r->url = join_url(dl->base_url, j->poll_url ? j->poll_url : "");
-        r->body = NULL;
-    } else {
-        r->url = join_url(dl->base_url, j->path);
-        r->body = request_body(dl, j);
+    int urc = url_resolve(dl->base_url,
+                          r->is_poll ? (j->poll_url ? j->poll_url : "")
+                                     : j->path,
+                          &r->url);
+    if (urc == -EXDEV) {
+        refuse_req(d, r, ERR_PROTOCOL, "foreign_url",
+                   "url is not on the provider's current origin: "
+                   "credentials are not sent there");
+        return;
     }
+    if (urc < 0) {
+        refuse_req(d, r, ERR_PROTOCOL, "bad_url",
+                   "url holds a byte outside visible ASCII");
+        return;
+    }
+    r->body = r->is_poll ? NULL : request_body(dl, j);
     r->headers = request_headers(dl, j, r->is_poll);
+    if (!req_headers_ok(r)) {
+        refuse_req(d, r, ERR_INVALID_REQUEST, "bad_header",
+                   "idempotency key holds a byte outside visible ASCII");
+        return;
+    }
     r->started_ms = clock_now_ms();
 
     struct http_request hr = {
@@ -562,7 +595,9 @@ record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
         } else {
             u.run_after = now + poll_delay(dl, j, now);
         }
-        if (u.poll_url == NULL || !same_origin(dl->base_url, u.poll_url)) {
+        if (u.poll_url == NULL || (url_origin_len(u.poll_url) > 0 &&
+                                   !url_same_origin(u.poll_url,
+                                                    dl->base_url))) {
             /* A run we cannot poll, or could poll only by sending the key
              * to another host (DESIGN §11), is a protocol failure. */
             u.state = JOB_FAILED;

@@ -449,6 +449,43 @@ has_header(const char *const *headers, const char *name)
     return false;
 }
 
+/* RFC 9110 tchar. */
+static bool
+is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+bool
+http_header_ok(const char *line)
+{
+    const char *p = line;
+
+    while (is_tchar((unsigned char)*p))
+        p++;
+    if (p == line || *p != ':')
+        return false;
+    /* Visible ASCII and spaces: no line break can end the header early,
+     * and no byte reaches the wire that a server might read otherwise. */
+    for (p++; *p; p++) {
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+            return false;
+    }
+    return true;
+}
+
+static bool
+url_ok(const char *url)
+{
+    for (; *url; url++) {
+        if ((unsigned char)*url < 0x21 || (unsigned char)*url > 0x7e)
+            return false;
+    }
+    return true;
+}
+
 static struct curl_slist *
 slist_add(struct curl_slist *list, const char *line)
 {
@@ -498,6 +535,14 @@ http_submit(struct http *h, const struct http_request *req, http_done_cb cb,
         return -EINVAL;
     if (h->dying)
         return -ESHUTDOWN;
+    /* The callers check what they build; this is the last line, so a bad
+     * byte from anywhere never reaches the wire. */
+    if (!url_ok(req->url))
+        return -EINVAL;
+    for (const char *const *p = req->headers; p && *p; p++) {
+        if (!http_header_ok(*p))
+            return -EINVAL;
+    }
     e = curl_easy_init();
     if (e == NULL) {
         log_error("http: curl_easy_init failed");

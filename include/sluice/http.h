@@ -50,6 +50,11 @@ struct http_response {
 const char *http_response_header(const struct http_response *r,
                                  const char *name);
 
+/* Whether line is a request header http_submit accepts: "Name: value", the
+ * name an RFC 9110 token, the value visible ASCII (0x21-0x7e) and spaces
+ * only, so nothing in it can end the header or start another. */
+bool http_header_ok(const char *line);
+
 /* Called exactly once per submitted transfer, on the loop thread. The
  * response is borrowed for the duration of the call. */
 typedef void (*http_done_cb)(const struct http_response *resp, void *data);
@@ -58,7 +63,9 @@ typedef void (*http_done_cb)(const struct http_response *resp, void *data);
 struct http *http_new(uv_loop_t *loop);
 /* Starts a transfer. On success returns 0, sets *out (may be NULL) to a
  * handle valid until the callback returns, and cb runs exactly once.
- * On failure returns a negative errno and cb never runs. */
+ * On failure returns a negative errno and cb never runs: -EINVAL for a
+ * header that fails http_header_ok or a URL with a byte outside visible
+ * ASCII. */
 int http_submit(struct http *h, const struct http_request *req,
                 http_done_cb cb, void *data, struct http_xfer **out);
 /* Aborts a transfer: its callback runs (with cancelled set) before this

@@ -1,7 +1,9 @@
 /*
- * store: the SQLite queue. All SQL text of sluice lives in daemon/store/; the
- * schema, migrations and views live in sql/ and are embedded at build time.
- * One connection per struct store, used from one thread.
+ * store: the queue, behind one interface with a backend per database
+ * (daemon/store/: SQLite; backend.h says how to add a function). All SQL
+ * text of sluice lives in daemon/store/; the schema, migrations and views
+ * live in sql/ and are embedded at build time. One connection per struct
+ * store, used from one thread.
  */
 #ifndef SLUICE_STORE_H
 #define SLUICE_STORE_H
@@ -23,9 +25,10 @@ struct jobspec;
 int store_open(const char *path, struct store **out);
 /* Flushes what is buffered (best effort) and closes. NULL accepted. */
 void store_close(struct store *s);
-/* Schema version the database is at, and the one this build knows. */
+/* Schema version the database is at, and the one this build knows for
+ * the database's backend. */
 int store_schema_version(struct store *s);
-int store_schema_latest(void);
+int store_schema_latest(struct store *s);
 /* How long a statement waits for another connection's lock before it fails
  * with -EBUSY (default 5000 ms). The daemon sets a short one so its loop
  * never blocks long; a -EBUSY flush is simply retried later. */

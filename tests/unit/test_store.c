@@ -195,8 +195,8 @@ test_open_applies_migrations_and_sets_user_version(void **state)
 {
     (void)state;
     struct store *s = open_store(":memory:");
-    assert_true(store_schema_latest() >= 2);
-    assert_int_equal(store_schema_version(s), store_schema_latest());
+    assert_true(store_schema_latest(s) >= 2);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
     store_close(s);
 }
 
@@ -206,17 +206,18 @@ test_reopen_is_idempotent_and_keeps_rows(void **state)
     (void)state;
     struct tmpdb t;
     struct store *s;
+    int latest;
 
     tmpdb_make(&t);
     s = open_store(t.path);
     assert_int_equal(insert(s, "a", "k1", 0, T0), 0);
     store_close(s);
     s = open_store(t.path);
-    assert_int_equal(store_schema_version(s), store_schema_latest());
+    latest = store_schema_latest(s);
+    assert_int_equal(store_schema_version(s), latest);
     assert_int_equal(job_int(s, "k1", "id"), 1);
     store_close(s);
-    assert_int_equal(sql_int(t.path, "PRAGMA user_version"),
-                     store_schema_latest());
+    assert_int_equal(sql_int(t.path, "PRAGMA user_version"), latest);
     assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs"), 1);
     assert_int_equal(
         sql_int(t.path, "SELECT journal_mode = 'wal' FROM "
@@ -235,9 +236,9 @@ test_open_refuses_a_newer_schema(void **state)
 
     tmpdb_make(&t);
     s = open_store(t.path);
-    store_close(s);
     snprintf(sql, sizeof(sql), "PRAGMA user_version = %d",
-             store_schema_latest() + 1);
+             store_schema_latest(s) + 1);
+    store_close(s);
     sql_int(t.path, sql);
     s = NULL;
     assert_int_equal(store_open(t.path, &s), -EPROTO);
@@ -884,6 +885,53 @@ test_next_due_sees_queued_retrying_and_unleased_waiting_jobs(void **state)
 
     assert_int_equal(store_pending_count(s, "a", &unfinished), 0);
     assert_int_equal(unfinished, 2);
+    store_close(s);
+}
+
+struct counts {
+    long n[2][JOB_STATE_COUNT]; /* providers "a" and "b" */
+    int calls;
+};
+
+static void
+on_count(const char *provider, const char *state, long n, void *data)
+{
+    struct counts *c = data;
+    enum job_state st;
+    assert_int_equal(job_state_parse(state, &st), 0);
+    assert_true(strcmp(provider, "a") == 0 || strcmp(provider, "b") == 0);
+    c->n[provider[0] - 'a'][st] = n;
+    c->calls++;
+}
+
+static void
+test_job_counts_by_provider_and_state_and_oldest_queued(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct counts c = {0};
+    struct job *out[2];
+    int64_t since = -1;
+
+    assert_int_equal(store_oldest_queued(s, "a", &since), 0);
+    assert_int_equal(since, 0);
+    assert_int_equal(insert(s, "a", "a1", 0, T0 + 10), 0);
+    assert_int_equal(insert(s, "a", "a2", 0, T0 + 20), 0);
+    assert_int_equal(insert(s, "a", "a3", 0, T0 + 30), 0);
+    assert_int_equal(insert(s, "b", "b1", 0, T0 + 5), 0);
+    /* the oldest of a is claimed: the next one has waited longest */
+    assert_int_equal(claim(s, "a", 1, T0 + 40, "d1", out), 1);
+    free_jobs(out, 1);
+
+    assert_int_equal(store_job_counts(s, on_count, &c), 0);
+    assert_int_equal(c.calls, 3); /* a queued, a running, b queued */
+    assert_int_equal(c.n[0][JOB_QUEUED], 2);
+    assert_int_equal(c.n[0][JOB_RUNNING], 1);
+    assert_int_equal(c.n[1][JOB_QUEUED], 1);
+    assert_int_equal(store_oldest_queued(s, "a", &since), 0);
+    assert_int_equal(since, T0 + 20);
+    assert_int_equal(store_oldest_queued(s, "b", &since), 0);
+    assert_int_equal(since, T0 + 5);
     store_close(s);
 }
 
@@ -1642,6 +1690,8 @@ main(void)
         cmocka_unit_test(
             test_purge_deletes_in_bounded_batches_and_gives_space_back),
         cmocka_unit_test(test_progress_has_rate_and_eta_from_the_last_minute),
+        cmocka_unit_test(
+            test_job_counts_by_provider_and_state_and_oldest_queued),
         cmocka_unit_test(test_migration_3_upgrades_a_version_2_database),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -76,6 +76,10 @@ struct http_xfer {
     http_done_cb cb;
     void *data;
     size_t max_response;
+    http_sink_fn sink;         /* a 2xx body goes here, see http.h */
+    void *sink_arg;
+    size_t sunk;               /* bytes given to sink */
+    int sink_err;              /* sink's negative errno, 0 */
     struct buf body;
     struct http_header *hdrs; /* response headers of the last response */
     size_t nhdrs, hcap;
@@ -168,10 +172,25 @@ on_curl_write(char *data, size_t size, size_t n, void *userdata)
 {
     struct http_xfer *x = userdata;
     size_t len = size * n;
+    long status = 0;
 
-    if (len > x->max_response - x->body.len) {
+    if (len > x->max_response - x->body.len - x->sunk) {
         x->too_large = true;
         return 0; /* anything but len: curl fails with CURLE_WRITE_ERROR */
+    }
+    if (x->sink != NULL) {
+        /* The body starts after the final response's headers: its status
+         * is known here. */
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && status < 300) {
+            int rc = x->sink(data, len, x->sink_arg);
+            if (rc < 0) {
+                x->sink_err = rc;
+                return 0;
+            }
+            x->sunk += len;
+            return len;
+        }
     }
     buf_append(&x->body, data, len);
     return len;
@@ -230,6 +249,9 @@ xfer_finish(struct http_xfer *x, CURLcode code, bool cancelled)
         if (r->too_large) {
             snprintf(r->error, sizeof(r->error), "response body over %zu bytes",
                      x->max_response);
+        } else if (x->sink_err != 0) {
+            snprintf(r->error, sizeof(r->error), "writing the body: %s",
+                     strerror(-x->sink_err));
         } else if (code != CURLE_OK && r->error[0] == '\0') {
             snprintf(r->error, sizeof(r->error), "%s",
                      curl_easy_strerror(code));
@@ -243,6 +265,7 @@ xfer_finish(struct http_xfer *x, CURLcode code, bool cancelled)
         buf_append(&x->body, "", 0);
     r->body = x->body.data;
     r->body_len = x->body.len;
+    r->sunk = x->sunk;
     if (r->curl_code != 0 && !cancelled)
         log_debug("http %s: %s", r->too_large ? "body cap" : "failure",
                   r->error);
@@ -555,6 +578,8 @@ http_submit(struct http *h, const struct http_request *req, http_done_cb cb,
     x->data = data;
     x->max_response =
         req->max_response ? req->max_response : HTTP_DEFAULT_MAX_RESPONSE;
+    x->sink = req->sink;
+    x->sink_arg = req->sink_arg;
 
     for (const char *const *p = req->headers; p && *p; p++)
         x->headers = slist_add(x->headers, *p);

@@ -91,12 +91,6 @@ int ctl_duration(const char *cmd, const char *opt, const char *arg,
 int ctl_state_in(const char *cmd, const char *name, unsigned allowed,
                  unsigned *bits);
 
-#define CTL_TERMINAL                                                           \
-    ((1u << JOB_SUCCEEDED) | (1u << JOB_FAILED) | (1u << JOB_CANCELLED))
-#define CTL_UNFINISHED                                                         \
-    ((1u << JOB_QUEUED) | (1u << JOB_RUNNING) | (1u << JOB_WAITING) |          \
-     (1u << JOB_RETRYING))
-
 /* --- output (format.c) --------------------------------------------------- */
 
 /* ISO-8601 UTC of unix ms, seconds precision; "-" for none. */

@@ -272,8 +272,8 @@ ctl_cancel(struct ctl *c, int argc, char **argv)
      * must say which. */
     if (npos == 0 && !sel.batch && !sel.provider)
         return ctl_usage_error("cancel", "needs IDs, --batch or --provider");
-    if (state &&
-        (rc = ctl_state_in("cancel", state, CTL_UNFINISHED, &sel.states)) != 0)
+    if (state && (rc = ctl_state_in("cancel", state, JOB_UNFINISHED_MASK,
+                                    &sel.states)) != 0)
         return rc;
     return ctl_change(c, "cancel", argv, npos, &sel, json, store_cancel);
 }
@@ -501,8 +501,8 @@ ctl_purge(struct ctl *c, int argc, char **argv)
         return ctl_usage_error("purge", "--older-than DURATION is required");
     if ((rc = ctl_duration("purge", "--older-than", older, &ms)) != 0)
         return rc;
-    if (state &&
-        (rc = ctl_state_in("purge", state, CTL_TERMINAL, &sel.states)) != 0)
+    if (state && (rc = ctl_state_in("purge", state, JOB_TERMINAL_MASK,
+                                    &sel.states)) != 0)
         return rc;
     if ((rc = ctl_open(c, "purge", false, false)) != 0)
         return rc;

@@ -129,6 +129,19 @@ struct store_ops {
                  long *freed_pages);
     json_t *(*progress_json)(struct store *s, const char *batch);
     json_t *(*providers_json)(struct store *s);
+
+    int (*outputs_claim)(struct store *s, int max, int64_t now_ms,
+                         int64_t lease_ms, const char *owner,
+                         struct output_claim *out, int *nout);
+    int (*output_record)(struct store *s, const struct output_result *r,
+                         int64_t now_ms);
+    int (*outputs_next_due)(struct store *s, int64_t *due_ms);
+    int (*outputs_counts)(struct store *s, long *pending, long *stored,
+                          long *failed);
+    json_t *(*outputs_json)(struct store *s, const char *batch,
+                            const char *state);
+    int (*outputs_retry)(struct store *s, const char *batch, int64_t now_ms,
+                         long *changed);
 };
 
 extern const struct store_ops store_sqlite_ops;

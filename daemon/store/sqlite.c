@@ -102,14 +102,14 @@ extern const size_t sql_nfiles;
 #define CANCEL_SET                                                             \
     "UPDATE jobs SET state = 'cancelled', finished_at = ?1, "                  \
     "lease_until = NULL, lease_owner = NULL, updated_at = ?1 "                 \
-    "WHERE state IN ('queued', 'running', 'waiting', 'retrying') "
+    "WHERE state IN (" JOB_UNFINISHED_SQL ") "
 
 /* The oldest finished jobs purge takes in one transaction; attempts and
  * jobs are deleted by the same subquery in the same transaction, so they
  * see the same rows. Walks jobs_finished. */
 #define PURGE_PICK                                                             \
     "(SELECT id FROM jobs WHERE finished_at < :before "                        \
-    "  AND state IN ('succeeded', 'failed', 'cancelled') "                     \
+    "  AND state IN (" JOB_TERMINAL_SQL ") "                                   \
     "  AND (:states IS NULL OR instr(:states, ',' || state || ',') > 0) "      \
     "  ORDER BY finished_at, id LIMIT :limit)"
 
@@ -190,9 +190,11 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_RECLAIM_POLLS] =
         "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
         "WHERE state = 'waiting' AND lease_until <= ?1",
-    /* Leased rows only, through jobs_lease. */
+    /* Leased rows only, through jobs_lease; downloads hold leases too. */
     [ST_LEASE_OWNERS] =
-        "SELECT DISTINCT lease_owner FROM jobs "
+        "SELECT lease_owner FROM jobs "
+        "WHERE lease_until IS NOT NULL AND lease_owner IS NOT NULL "
+        "UNION SELECT lease_owner FROM outputs "
         "WHERE lease_until IS NOT NULL AND lease_owner IS NOT NULL "
         "ORDER BY lease_owner",
     [ST_RECLAIM_OWNER_RUNNING] =
@@ -227,17 +229,17 @@ static const char *const stmt_sql[ST_COUNT] = {
                     "    AND (lease_until IS NULL OR lease_until <= ?2))",
     [ST_UNFINISHED] =
         "SELECT COUNT(*) FROM jobs WHERE provider = ?1 "
-        "AND state IN ('queued', 'running', 'waiting', 'retrying')",
+        "AND state IN (" JOB_UNFINISHED_SQL ")",
     /* EXISTS stops at the first row: the drain check runs four times a
      * second and must not count a million-row queue each time. */
     [ST_HAS_UNFINISHED] =
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE provider = ?1 "
-        "AND state IN ('queued', 'running', 'waiting', 'retrying'))",
+        "AND state IN (" JOB_UNFINISHED_SQL "))",
     [ST_COUNT_WAITING] = "SELECT COUNT(*) FROM jobs "
                          "WHERE provider = ?1 AND state = 'waiting'",
     [ST_UNFINISHED_BY_PROVIDER] =
         "SELECT provider, COUNT(*) FROM jobs "
-        "WHERE state IN ('queued', 'running', 'waiting', 'retrying') "
+        "WHERE state IN (" JOB_UNFINISHED_SQL ") "
         "GROUP BY provider ORDER BY provider",
     [ST_DATA_VERSION] = "PRAGMA data_version",
     /* Right-hand sides see the old row: "state" is the state before. A job
@@ -267,7 +269,7 @@ static const char *const stmt_sql[ST_COUNT] = {
         "  ELSE waiting_since END, "
         "finished_at = CASE WHEN state = 'cancelled' "
         "  THEN COALESCE(finished_at, ?18) "
-        "  WHEN ?2 IN ('succeeded', 'failed', 'cancelled') THEN ?18 "
+        "  WHEN ?2 IN (" JOB_TERMINAL_SQL ") THEN ?18 "
         "  ELSE NULL END, "
         "lease_until = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "
         "  THEN lease_until ELSE NULL END, "
@@ -345,7 +347,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_EXPORT] =
         "SELECT id, custom_id, provider, batch, state, http_status, "
         "error_class, error_code, error_message, request_id, result, cost, "
-        "finished_at FROM jobs WHERE " SELECT_WHERE "ORDER BY id",
+        "finished_at, (SELECT json_group_array(path) FROM outputs "
+        "  WHERE outputs.job_id = jobs.id AND outputs.state = 'stored') "
+        "  AS outputs "
+        "FROM jobs WHERE " SELECT_WHERE "ORDER BY id",
     [ST_PURGE_ATTEMPTS] = "DELETE FROM attempts WHERE job_id IN " PURGE_PICK,
     [ST_PURGE_JOBS] = "DELETE FROM jobs WHERE id IN " PURGE_PICK,
     [ST_AUTO_VACUUM] = "PRAGMA auto_vacuum",
@@ -358,11 +363,75 @@ static const char *const stmt_sql[ST_COUNT] = {
                          "WHERE provider = ?1 AND state = 'queued'",
 };
 
+/* The statements of the outputs table (DESIGN §13), prepared with the
+ * others. A download's lease is its claim: a row is fetched by one daemon
+ * at a time, and a lease that outlives its daemon is freed like a job's. */
+enum ostmt {
+    OS_INSERT,
+    OS_CLAIM,
+    OS_RECORD,
+    OS_NEXT_DUE,
+    OS_COUNTS,
+    OS_LIST,
+    OS_RETRY,
+    OS_RELEASE_EXPIRED,
+    OS_RELEASE_OWNER,
+    OS_COUNT
+};
+
+static const char *const ostmt_sql[OS_COUNT] = {
+    /* Only for a job that did succeed: an operator's cancel that raced
+     * the answer keeps the job cancelled, and its outputs unfetched. */
+    [OS_INSERT] =
+        "INSERT INTO outputs (job_id, url, run_after, created_at) "
+        "SELECT ?1, ?2, ?3, ?3 WHERE EXISTS (SELECT 1 FROM jobs "
+        "  WHERE id = ?1 AND state = 'succeeded') "
+        "ON CONFLICT (job_id, url) DO NOTHING",
+    [OS_CLAIM] =
+        "UPDATE outputs SET attempts = attempts + 1, lease_until = ?1, "
+        "lease_owner = ?2 "
+        "WHERE id IN (SELECT id FROM outputs WHERE state = 'pending' "
+        "  AND run_after <= ?3 AND (lease_until IS NULL OR lease_until <= ?3) "
+        "  ORDER BY run_after, id LIMIT ?4) "
+        "RETURNING id, job_id, url, attempts, "
+        "(SELECT provider FROM jobs WHERE jobs.id = outputs.job_id)",
+    [OS_RECORD] =
+        "UPDATE outputs SET state = ?2, path = ?3, sha256 = ?4, bytes = ?5, "
+        "content_type = ?6, error = ?7, "
+        "fetched_at = CASE WHEN ?2 = 'pending' THEN fetched_at ELSE ?8 END, "
+        "run_after = ?9, attempts = MAX(attempts - ?10, 0), "
+        "lease_until = NULL, lease_owner = NULL "
+        "WHERE id = ?1",
+    [OS_NEXT_DUE] =
+        "SELECT MIN(CASE WHEN lease_until > run_after THEN lease_until "
+        "  ELSE run_after END) FROM outputs WHERE state = 'pending'",
+    [OS_COUNTS] = "SELECT state, COUNT(*) FROM outputs GROUP BY state",
+    [OS_LIST] =
+        "SELECT o.id, o.job_id, j.custom_id, j.provider, j.batch, o.url, "
+        "o.state, o.path, o.sha256, o.bytes, o.content_type, o.error, "
+        "o.attempts, o.fetched_at FROM outputs o JOIN jobs j "
+        "ON j.id = o.job_id "
+        "WHERE (?1 IS NULL OR j.batch = ?1) AND (?2 IS NULL OR o.state = ?2) "
+        "ORDER BY o.job_id, o.id",
+    [OS_RETRY] =
+        "UPDATE outputs SET state = 'pending', attempts = 0, run_after = ?1, "
+        "fetched_at = NULL "
+        "WHERE state = 'failed' AND (?2 IS NULL OR job_id IN "
+        "  (SELECT id FROM jobs WHERE batch = ?2))",
+    [OS_RELEASE_EXPIRED] =
+        "UPDATE outputs SET lease_until = NULL, lease_owner = NULL "
+        "WHERE lease_until <= ?1",
+    [OS_RELEASE_OWNER] =
+        "UPDATE outputs SET lease_until = NULL, lease_owner = NULL "
+        "WHERE lease_until IS NOT NULL AND lease_owner = ?1",
+};
+
 struct sqlite_store {
     struct store base; /* first: the dispatcher's view */
     sqlite3 *db;
     char *path;
     sqlite3_stmt *st[ST_COUNT];
+    sqlite3_stmt *ost[OS_COUNT];
     sqlite3_stmt *insert_many; /* STORE_INSERT_ROWS rows of INSERT_JOB */
 };
 
@@ -418,6 +487,16 @@ static sqlite3_stmt *
 stmt(struct sqlite_store *s, enum stmt id)
 {
     sqlite3_stmt *st = s->st[id];
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return st;
+}
+
+/* The same for a statement of the outputs table. */
+static sqlite3_stmt *
+ostmt(struct sqlite_store *s, enum ostmt id)
+{
+    sqlite3_stmt *st = s->ost[id];
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return st;
@@ -604,6 +683,14 @@ sqlite_open(const char *path, struct store **out)
             goto fail;
         }
     }
+    for (int i = 0; i < OS_COUNT; i++) {
+        rc = sqlite3_prepare_v3(s->db, ostmt_sql[i], -1,
+                                SQLITE_PREPARE_PERSISTENT, &s->ost[i], NULL);
+        if (rc != SQLITE_OK) {
+            rc = sqlite_fail(s, rc, ostmt_sql[i]);
+            goto fail;
+        }
+    }
     if ((rc = prepare_insert_many(s)) < 0)
         goto fail;
     *out = &s->base;
@@ -627,6 +714,8 @@ sqlite_close(struct store *base)
 
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
+    for (int i = 0; i < OS_COUNT; i++)
+        sqlite3_finalize(s->ost[i]);
     sqlite3_finalize(s->insert_many);
     sqlite3_close_v2(s->db);
     free(s->path);
@@ -754,6 +843,12 @@ sqlite_reclaim_expired(struct store *base, int64_t now_ms, long *n)
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return sqlite_fail(s, rc, "free expired poll leases");
+    st = ostmt(s, OS_RELEASE_EXPIRED);
+    sqlite3_bind_int64(st, 1, now_ms);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "free expired download leases");
     return 0;
 }
 
@@ -810,6 +905,12 @@ sqlite_reclaim_owner(struct store *base, const char *owner, long *n)
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return sqlite_fail(s, rc, "free poll leases of owner");
+    st = ostmt(s, OS_RELEASE_OWNER);
+    bind_text(st, 1, owner);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "free download leases of owner");
     return 0;
 }
 
@@ -1047,8 +1148,20 @@ flush_one(struct sqlite_store *s, const struct store_pending *p)
     if (rc != SQLITE_DONE)
         return sqlite_fail(s, rc, "update job");
     changed = sqlite3_changes(s->db);
-    if (!u->has_attempt || changed == 0)
-        return 0; /* a purged job: nothing to attach the attempt to */
+    if (changed == 0)
+        return 0; /* a purged job: nothing to attach the rest to */
+    for (size_t i = 0; i < u->noutput_urls; i++) {
+        st = ostmt(s, OS_INSERT);
+        sqlite3_bind_int64(st, 1, u->job_id);
+        bind_text(st, 2, u->output_urls[i]);
+        sqlite3_bind_int64(st, 3, p->at);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return sqlite_fail(s, rc, "insert output");
+    }
+    if (!u->has_attempt)
+        return 0;
 
     st = stmt(s, ST_INSERT_ATTEMPT);
     sqlite3_bind_int64(st, 1, u->job_id);
@@ -1245,6 +1358,9 @@ status_providers(struct sqlite_store *s, json_t *providers, json_t *lanes)
     return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "status counts");
 }
 
+static int sqlite_outputs_counts(struct store *base, long *pending,
+                                 long *stored, long *failed);
+
 static json_t *
 sqlite_status_json(struct store *base)
 {
@@ -1257,12 +1373,19 @@ sqlite_status_json(struct store *base)
     json_object_set_new(status, "providers", providers);
     json_object_set_new(status, "batches", batches);
     json_object_set_new(status, "lanes", lanes);
+    long pending, stored, failed;
     if (rows_json(s, stmt(s, ST_LANES), lanes, "status lanes") < 0 ||
         status_providers(s, providers, lanes) < 0 ||
-        rows_json(s, stmt(s, ST_BATCHES), batches, "status batches") < 0) {
+        rows_json(s, stmt(s, ST_BATCHES), batches, "status batches") < 0 ||
+        sqlite_outputs_counts(base, &pending, &stored, &failed) < 0) {
         json_decref(status);
         return NULL;
     }
+    json_object_set_new(status, "outputs",
+                        json_pack("{s:I, s:I, s:I}", "pending",
+                                  (json_int_t)pending, "stored",
+                                  (json_int_t)stored, "failed",
+                                  (json_int_t)failed));
     return status;
 }
 
@@ -1631,6 +1754,135 @@ sqlite_providers_json(struct store *base)
     return arr;
 }
 
+/* --- outputs ------------------------------------------------------------- */
+
+static int
+sqlite_outputs_claim(struct store *base, int max, int64_t now_ms,
+                    int64_t lease_ms, const char *owner,
+                    struct output_claim *out, int *nout)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_CLAIM);
+    int rc, n = 0;
+
+    *nout = 0;
+    sqlite3_bind_int64(st, 1, now_ms + lease_ms);
+    bind_text(st, 2, owner);
+    sqlite3_bind_int64(st, 3, now_ms);
+    sqlite3_bind_int(st, 4, max);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < max) {
+        struct output_claim *c = &out[n++];
+        c->id = sqlite3_column_int64(st, 0);
+        c->job_id = sqlite3_column_int64(st, 1);
+        c->url = column_strdup(st, 2);
+        c->attempts = sqlite3_column_int(st, 3);
+        c->provider = column_strdup(st, 4);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        /* The UPDATE rolled back: nothing was claimed. */
+        for (int i = 0; i < n; i++)
+            output_claim_clear(&out[i]);
+        return sqlite_fail(s, rc, "claim outputs");
+    }
+    *nout = n;
+    return 0;
+}
+
+static int
+sqlite_output_record(struct store *base, const struct output_result *r,
+                    int64_t now_ms)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_RECORD);
+    int rc;
+
+    sqlite3_bind_int64(st, 1, r->id);
+    bind_text(st, 2, r->state);
+    bind_text(st, 3, r->path);
+    bind_text(st, 4, r->sha256);
+    if (r->path != NULL)
+        sqlite3_bind_int64(st, 5, r->bytes);
+    bind_text(st, 6, r->content_type);
+    bind_text(st, 7, r->error);
+    sqlite3_bind_int64(st, 8, now_ms);
+    sqlite3_bind_int64(st, 9, r->run_after);
+    sqlite3_bind_int(st, 10, r->uncharge);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "record output");
+}
+
+static int
+sqlite_outputs_next_due(struct store *base, int64_t *due_ms)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_NEXT_DUE);
+    int rc = sqlite3_step(st);
+
+    *due_ms = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : sqlite_fail(s, rc, "next output due");
+}
+
+static int
+sqlite_outputs_counts(struct store *base, long *pending, long *stored,
+                     long *failed)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_COUNTS);
+    int rc;
+
+    *pending = *stored = *failed = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *state = (const char *)sqlite3_column_text(st, 0);
+        long n = (long)sqlite3_column_int64(st, 1);
+        if (strcmp(state, "pending") == 0)
+            *pending = n;
+        else if (strcmp(state, "stored") == 0)
+            *stored = n;
+        else
+            *failed = n;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "output counts");
+}
+
+static json_t *
+sqlite_outputs_json(struct store *base, const char *batch, const char *state)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_LIST);
+    json_t *arr = json_array();
+
+    bind_text(st, 1, batch);
+    bind_text(st, 2, state);
+    if (rows_json(s, st, arr, "outputs") < 0) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+static int
+sqlite_outputs_retry(struct store *base, const char *batch, int64_t now_ms,
+                    long *changed)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_RETRY);
+    int rc;
+
+    *changed = 0;
+    sqlite3_bind_int64(st, 1, now_ms);
+    bind_text(st, 2, batch);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "retry outputs");
+    *changed = sqlite3_changes(s->db);
+    return 0;
+}
+
 const struct store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = sqlite_open,
@@ -1671,4 +1923,10 @@ const struct store_ops store_sqlite_ops = {
     .purge = sqlite_purge,
     .progress_json = sqlite_progress_json,
     .providers_json = sqlite_providers_json,
+    .outputs_claim = sqlite_outputs_claim,
+    .output_record = sqlite_output_record,
+    .outputs_next_due = sqlite_outputs_next_due,
+    .outputs_counts = sqlite_outputs_counts,
+    .outputs_json = sqlite_outputs_json,
+    .outputs_retry = sqlite_outputs_retry,
 };

@@ -14,6 +14,13 @@
 struct http;
 struct http_xfer;
 
+/* Receives the body of a 2xx final response in chunks, instead of the
+ * memory buffer (downloads stream to a file). Returns 0, or a negative
+ * errno to abort the transfer (it then fails with curl_code set and the
+ * errno's text in error). Runs on the loop thread, inside curl: it must
+ * not submit or cancel transfers. */
+typedef int (*http_sink_fn)(const void *data, size_t len, void *arg);
+
 struct http_request {
     const char *method;       /* "GET", "POST", … */
     const char *url;          /* absolute URL */
@@ -24,6 +31,10 @@ struct http_request {
     int64_t connect_timeout_ms; /* 0 = curl's default */
     size_t max_response;      /* body cap in bytes; beyond it the transfer
                                  fails with a protocol error; 0 = 8 MiB */
+    http_sink_fn sink;        /* NULL: the body is kept in memory; else a
+                                 2xx body goes to sink (other statuses are
+                                 still kept, for their error text) */
+    void *sink_arg;
 };
 
 struct http_header {
@@ -40,8 +51,10 @@ struct http_response {
     bool cancelled;       /* aborted by http_cancel() */
     struct http_header *headers; /* of the final response */
     size_t nheaders;
-    char *body;           /* NUL-terminated, may contain NULs */
+    char *body;           /* NUL-terminated, may contain NULs ("" when a
+                             sink took it) */
     size_t body_len;
+    size_t sunk;          /* body bytes the request's sink took */
     int64_t started_ms;   /* unix ms */
     int64_t finished_ms;  /* unix ms */
 };

@@ -364,8 +364,8 @@ static const struct {
     {"[provider \"x\"]\nbase_url = https://x.test\ntoken_price = -1\n",
      "sluice.conf:3: token_price: bad amount '-1' (a decimal, e.g. 25.00)"},
     {"[provider \"x\"]\nbase_url = https://x.test\ncost_pointer = cost\n",
-     "sluice.conf:3: cost_pointer: bad JSON pointer 'cost' (starts with /, "
-     "e.g. /usage/cost)"},
+     "sluice.conf:3: cost_pointer: bad JSON pointer 'cost' (use /a/b, * for "
+     "every array element, ~0 for ~ and ~1 for /)"},
     {"[provider \"x\"]\nbase_url = https://x.test\nheader = no colon\n",
      "sluice.conf:3: header: bad header (use \"Name: value\")"},
 };

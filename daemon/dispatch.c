@@ -637,6 +637,11 @@ on_http_done(const struct http_response *resp, void *data)
         dialect_classify(r->dl->dialect, resp, r->is_poll, now,
                          r->dl->request_id_header, &o);
         metrics_count_request(d->metrics, r->dl->name, o.cls);
+        if (o.hints.asked_ms > 0)
+            log_warnx("job %" PRId64 ": %s asked to wait %" PRId64
+                      " s, capped at %lld s",
+                      r->job->id, r->dl->name, (o.hints.asked_ms - now) / 1000,
+                      HINT_CAP_MS / 1000);
         int before = lane_limit(r->dl->lane);
         enum lane_state sbefore = lane_state(r->dl->lane);
         /* A poll that reports the run failed was itself answered well:

@@ -12,10 +12,10 @@
  * same mutex: it never sees a lane or the database (metrics.h states the
  * rule).
  *
- * Job counts by provider and state scan the queue's state index, which
- * costs time on a queue of millions; they are taken again at most every
- * METRICS_COUNT_MS, and only when someone scraped the previous ones, so an
- * idle endpoint costs nothing. Everything else is a handful of numbers.
+ * Job counts by provider and state come from the store's kept counts
+ * (store_counts: a few rows, whatever the queue's size), the oldest queued
+ * job from one index seek per provider: a refresh costs the same with ten
+ * million jobs queued as with ten.
  *
  * Rejected: rendering in the HTTP thread (it would need locks around the
  * lanes and a second database connection), and a pull of every number at
@@ -39,9 +39,6 @@
 #include "sluice/store.h"
 #include "sluice/xmalloc.h"
 
-/* Job counts by state are taken at most this often: a scan of the state
- * index costs about a second per ten million jobs on the loop thread. */
-#define METRICS_COUNT_MS 5000
 /* Commit latency buckets, in seconds: a group commit takes a fraction of a
  * millisecond on a quiet disk and hundreds when an fsync queues. */
 static const double commit_buckets[] = {
@@ -56,7 +53,7 @@ struct mprov {
     int64_t requests;                  /* finished requests */
     int64_t failures[ERR_CLASS_COUNT]; /* by class (ERR_NONE unused) */
     double spend;                      /* cost recorded */
-    int64_t jobs[JOB_STATE_COUNT];     /* last job counts by state */
+    int64_t jobs[JOB_STATE_COUNT];     /* job counts by state */
 };
 
 struct metrics {
@@ -65,14 +62,13 @@ struct metrics {
     pthread_mutex_t lock;
     char *page; /* the published text */
     size_t len;
-    bool scraped; /* page read since the last job count */
     /* --- loop thread only --- */
     struct mprov *provs;
     size_t nprovs;
     int64_t commit_counts[NBUCKETS + 1]; /* per bucket; last is +Inf */
     int64_t commits;
     double commit_sum;
-    int64_t counted_at; /* unix ms of the last job count, 0 never */
+    bool counted; /* the last job count worked */
     struct buf out;
 };
 
@@ -107,7 +103,6 @@ on_mhd_request(void *cls, struct MHD_Connection *c, const char *url,
         pthread_mutex_lock(&m->lock);
         resp = MHD_create_response_from_buffer(m->len, m->page,
                                                MHD_RESPMEM_MUST_COPY);
-        m->scraped = true;
         pthread_mutex_unlock(&m->lock);
         MHD_add_response_header(resp, "Content-Type",
                                 "text/plain; version=0.0.4; charset=utf-8");
@@ -306,52 +301,31 @@ put_provider(struct buf *b, const char *name, const char *provider, double v)
     buf_appendf(b, "} %.17g\n", v);
 }
 
-static void
-on_job_count(const char *provider, const char *state, long n, void *data)
+static int
+on_job_count(const char *provider, const char *batch, enum job_state state,
+             long n, void *arg)
 {
-    struct metrics *m = data;
-    enum job_state st;
-    if (job_state_parse(state, &st) < 0)
-        return;
-    prov(m, provider)->jobs[st] = n;
+    (void)batch;
+    prov(arg, provider)->jobs[state] += n;
+    return 0;
 }
 
-/* Takes the job counts again when they are stale and were looked at. */
+/* The job counts by provider and state, summed over batches. */
 static void
-count_jobs(struct metrics *m, struct store *s, int64_t now)
+count_jobs(struct metrics *m, struct store *s)
 {
-    pthread_mutex_lock(&m->lock);
-    bool wanted = m->scraped || m->counted_at == 0;
-    pthread_mutex_unlock(&m->lock);
-    if (!wanted || (m->counted_at && now - m->counted_at < METRICS_COUNT_MS))
-        return;
-    size_t n = m->nprovs;
-    int64_t(*old)[JOB_STATE_COUNT] = xcalloc(n ? n : 1, sizeof(*old));
-    for (size_t i = 0; i < n; i++) {
-        memcpy(old[i], m->provs[i].jobs, sizeof(old[i]));
+    for (size_t i = 0; i < m->nprovs; i++)
         memset(m->provs[i].jobs, 0, sizeof(m->provs[i].jobs));
-    }
-    if (store_job_counts(s, on_job_count, m) < 0) {
-        /* logged; the last counts stay (providers first seen now: 0) */
-        for (size_t i = 0; i < n; i++)
-            memcpy(m->provs[i].jobs, old[i], sizeof(old[i]));
-        free(old);
-        return;
-    }
-    free(old);
-    m->counted_at = now;
-    pthread_mutex_lock(&m->lock);
-    m->scraped = false;
-    pthread_mutex_unlock(&m->lock);
+    /* a failure is logged; the page then has no sluice_jobs */
+    m->counted = store_counts(s, on_job_count, m) == 0;
 }
 
 static void
-render_jobs(struct metrics *m, struct buf *b, int64_t now)
+render_jobs(struct metrics *m, struct buf *b)
 {
     put_family(b, "sluice_jobs", "gauge",
-               "Jobs in the queue by provider and state (counted every few "
-               "seconds).");
-    for (size_t i = 0; m->counted_at && i < m->nprovs; i++) {
+               "Jobs in the queue by provider and state.");
+    for (size_t i = 0; m->counted && i < m->nprovs; i++) {
         struct mprov *p = &m->provs[i];
         for (int st = 0; st < JOB_STATE_COUNT; st++) {
             buf_append(b, "sluice_jobs{", 12);
@@ -361,10 +335,6 @@ render_jobs(struct metrics *m, struct buf *b, int64_t now)
             buf_appendf(b, "} %" PRId64 "\n", p->jobs[st]);
         }
     }
-    put_family(b, "sluice_job_counts_age_seconds", "gauge",
-               "How old the job counts of sluice_jobs are.");
-    buf_appendf(b, "sluice_job_counts_age_seconds %.3f\n",
-                m->counted_at ? (double)(now - m->counted_at) / 1000.0 : 0.0);
 }
 
 static void
@@ -486,11 +456,11 @@ metrics_refresh(struct metrics *m, struct dispatch *d, struct store *s,
     /* every configured provider has its series, traffic or not */
     for (size_t i = 0; i < n; i++)
         prov(m, lane_name(lanes[i]));
-    count_jobs(m, s, now_ms);
+    count_jobs(m, s);
 
     struct buf *b = &m->out;
     buf_reset(b);
-    render_jobs(m, b, now_ms);
+    render_jobs(m, b);
     render_requests(m, b);
     render_lanes(b, lanes, n, s, now_ms);
     render_commits(m, b);

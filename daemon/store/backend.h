@@ -97,10 +97,7 @@ struct store_ops {
                                   void *data);
     int (*count_waiting)(struct store *s, const char *provider, long *n);
     int (*has_unfinished)(struct store *s, const char *provider, bool *any);
-    int (*job_counts)(struct store *s,
-                      void (*cb)(const char *provider, const char *state,
-                                 long n, void *data),
-                      void *data);
+    int (*counts)(struct store *s, store_count_fn cb, void *arg);
     int (*oldest_queued)(struct store *s, const char *provider,
                          int64_t *since_ms);
     int (*data_version)(struct store *s, int64_t *v);

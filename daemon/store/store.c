@@ -232,12 +232,9 @@ store_has_unfinished(struct store *s, const char *provider, bool *any)
 }
 
 int
-store_job_counts(struct store *s,
-                 void (*cb)(const char *provider, const char *state, long n,
-                            void *data),
-                 void *data)
+store_counts(struct store *s, store_count_fn cb, void *arg)
 {
-    return s->ops->job_counts(s, cb, data);
+    return s->ops->counts(s, cb, arg);
 }
 
 int

@@ -43,9 +43,8 @@ void metrics_count_cost(struct metrics *m, const char *provider, double cost);
 void metrics_observe_commit(struct metrics *m, double seconds);
 
 /* Renders a new snapshot from the counters, the dispatcher's lanes and the
- * store, and publishes it. Job counts by state (a scan of the queue's
- * index) are taken again only when the last ones are older than a few
- * seconds and were scraped meanwhile. Loop thread only. */
+ * store (kept counts and index seeks only: the cost does not grow with the
+ * queue), and publishes it. Loop thread only. */
 void metrics_refresh(struct metrics *m, struct dispatch *d, struct store *s,
                      int64_t now_ms);
 

@@ -15,7 +15,9 @@
  * Job counts by provider and state come from the store's kept counts
  * (store_counts: a few rows, whatever the queue's size), the oldest queued
  * job from one index seek per provider: a refresh costs the same with ten
- * million jobs queued as with ten.
+ * million jobs queued as with ten. Output counts group the outputs table
+ * by state (a scan of its state index, which grows with every stored
+ * file), so they are taken every OUTPUTS_COUNT_MS only.
  *
  * Rejected: rendering in the HTTP thread (it would need locks around the
  * lanes and a second database connection), and a pull of every number at
@@ -39,6 +41,9 @@
 #include "sluice/store.h"
 #include "sluice/xmalloc.h"
 
+/* Output counts are taken this often: downloads move on a scale of
+ * seconds, and the count scans an index as long as every output kept. */
+#define OUTPUTS_COUNT_MS 15000
 /* Commit latency buckets, in seconds: a group commit takes a fraction of a
  * millisecond on a quiet disk and hundreds when an fsync queues. */
 static const double commit_buckets[] = {
@@ -68,7 +73,9 @@ struct metrics {
     int64_t commit_counts[NBUCKETS + 1]; /* per bucket; last is +Inf */
     int64_t commits;
     double commit_sum;
-    bool counted; /* the last job count worked */
+    bool counted;       /* the last job count worked */
+    long outputs[3];    /* pending, stored, failed */
+    int64_t outputs_at; /* unix ms of the last output count, 0 never */
     struct buf out;
 };
 
@@ -338,6 +345,25 @@ render_jobs(struct metrics *m, struct buf *b)
 }
 
 static void
+render_outputs(struct metrics *m, struct buf *b, struct store *s, int64_t now)
+{
+    static const char *const names[] = {"pending", "stored", "failed"};
+
+    if (m->outputs_at == 0 || now - m->outputs_at >= OUTPUTS_COUNT_MS) {
+        if (store_outputs_counts(s, &m->outputs[0], &m->outputs[1],
+                                 &m->outputs[2]) < 0)
+            return; /* logged */
+        m->outputs_at = now;
+    }
+    put_family(b, "sluice_outputs", "gauge",
+               "Outputs of succeeded jobs by download state (counted every "
+               "15 s).");
+    for (int i = 0; i < 3; i++)
+        buf_appendf(b, "sluice_outputs{state=\"%s\"} %ld\n", names[i],
+                    m->outputs[i]);
+}
+
+static void
 render_requests(struct metrics *m, struct buf *b)
 {
     put_family(b, "sluice_requests_total", "counter",
@@ -463,6 +489,7 @@ metrics_refresh(struct metrics *m, struct dispatch *d, struct store *s,
     render_jobs(m, b);
     render_requests(m, b);
     render_lanes(b, lanes, n, s, now_ms);
+    render_outputs(m, b, s, now_ms);
     render_commits(m, b);
 
     char *page = buf_steal(b);

@@ -109,6 +109,15 @@ ctl_status(struct ctl *c, int argc, char **argv)
         ctl_print_objects(stdout, lanes, lane_cols,
                           sizeof(lane_cols) / sizeof(lane_cols[0]), false);
     }
+    json_t *out = json_object_get(st, "outputs");
+    json_int_t pending = json_integer_value(json_object_get(out, "pending"));
+    json_int_t stored = json_integer_value(json_object_get(out, "stored"));
+    json_int_t failed = json_integer_value(json_object_get(out, "failed"));
+    if (pending + stored + failed > 0)
+        printf("\noutputs: %" JSON_INTEGER_FORMAT " pending, "
+               "%" JSON_INTEGER_FORMAT " stored, %" JSON_INTEGER_FORMAT
+               " failed\n",
+               pending, stored, failed);
     json_decref(st);
     return 0;
 }

@@ -398,6 +398,11 @@ ctl_export_line(const json_t *row)
     }
     json_object_set_new(line, "response", response);
     json_object_set_new(line, "error", error);
+    /* Where the outputs were downloaded (outputs = download): local
+     * paths, beyond the OpenAI Batch keys, only when there are some. */
+    json_t *paths = json_object_get(row, "outputs");
+    if (json_array_size(paths) > 0)
+        json_object_set(line, "outputs", paths);
     return line;
 }
 

@@ -135,6 +135,9 @@ def test_scraped_while_a_batch_runs_and_valid_for_promtool():
         assert value(after, "sluice_lane_in_flight", provider="gen") == 0
         assert value(after, "sluice_oldest_queued_job_age_seconds",
                      provider="gen") == 0
+        # no provider downloads here: the gauges are there, at 0
+        assert value(after, "sluice_outputs", state="pending") == 0
+        assert value(after, "sluice_outputs", state="failed") == 0
         commits = value(after, "sluice_commit_duration_seconds_count")
         assert commits and commits >= 1, commits
         assert value(after, "sluice_commit_duration_seconds_bucket",

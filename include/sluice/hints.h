@@ -21,6 +21,11 @@ struct hints {
     long rl_remaining;     /* requests left in the window; -1 unknown */
     int64_t rl_reset_ms;   /* unix ms the window resets; 0 unknown */
     int64_t rl_window_ms;  /* window length (RateLimit-Policy w=); 0 unknown */
+    int64_t shut_until_ms; /* the provider says its window is shut until
+                              then (Firemoon resetAt), unix ms; 0 = no */
+    long tok_limit;        /* x-ratelimit-limit-tokens (per minute); -1 */
+    long tok_remaining;    /* x-ratelimit-remaining-tokens; -1 unknown */
+    int64_t tok_reset_ms;  /* x-ratelimit-reset-tokens, unix ms; 0 */
 };
 
 /* Reads retry-after-ms, Retry-After (delta seconds or HTTP-date, converted
@@ -30,6 +35,10 @@ struct hints {
 void hints_from_response(const struct http_response *r, int64_t now_ms,
                          struct hints *out);
 
+/* Parses a duration in OpenAI's reset format: "6m0s", "1.5s", "20ms",
+ * "1h2m3.5s" (units h, m, s, ms, each at most once, in that order) to ms,
+ * rounded up. Returns 0 or -EINVAL. */
+int hints_parse_duration(const char *s, int64_t *ms);
 /* Parses an HTTP-date (IMF-fixdate, RFC 850, asctime) to unix ms.
  * Returns 0 or -EINVAL. */
 int hints_parse_http_date(const char *s, int64_t *ms);

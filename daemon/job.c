@@ -3,10 +3,14 @@
  * the class defaults of CONTRACT.md's "retried" column.
  */
 #include <errno.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sluice/job.h"
+
+/* Bytes of request text per token: OpenAI's rule of thumb for English. */
+#define JOB_BYTES_PER_TOKEN 4
 
 static const char *const state_names[JOB_STATE_COUNT] = {
     "queued", "running", "waiting", "retrying",
@@ -100,4 +104,23 @@ job_free(struct job *j)
     free(j->remote_id);
     free(j->poll_url);
     free(j);
+}
+
+int64_t
+job_token_estimate(const char *body)
+{
+    static const char *const keys[] = {"max_tokens", "max_completion_tokens",
+                                       "max_output_tokens"};
+    int64_t n = 0;
+
+    if (body == NULL)
+        return 0;
+    json_t *root = json_loads(body, 0, NULL);
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]) && n == 0; i++) {
+        json_t *v = json_object_get(root, keys[i]);
+        if (json_is_integer(v) && json_integer_value(v) > 0)
+            n = (int64_t)json_integer_value(v);
+    }
+    json_decref(root);
+    return n + (int64_t)(strlen(body) / JOB_BYTES_PER_TOKEN);
 }

@@ -78,4 +78,10 @@ struct job {
 
 void job_free(struct job *j);
 
+/* The tokens a request body will cost a provider that counts tokens per
+ * minute, estimated before it is sent: max_tokens (or
+ * max_completion_tokens) plus the body's length / 4 (about four bytes of
+ * text per token). body may be NULL (0). */
+int64_t job_token_estimate(const char *body);
+
 #endif

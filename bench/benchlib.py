@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -150,6 +151,85 @@ class Fake:
         self.err.close()
 
 
+NGINX = os.environ.get("NGINX") or "/usr/sbin/nginx"
+
+# A small JSON body like a generation API's answer (a URL, not a payload).
+NGINX_BODY = ('{"id":"gen-bench","object":"image","created":1764547200,'
+              '"data":[{"url":"https://cdn.example.invalid/gen-bench.png"}]}')
+
+NGINX_CONF = """\
+worker_processes %(workers)s;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path %(dir)s/body;
+    proxy_temp_path %(dir)s/proxy;
+    fastcgi_temp_path %(dir)s/fastcgi;
+    uwsgi_temp_path %(dir)s/uwsgi;
+    scgi_temp_path %(dir)s/scgi;
+    server {
+        listen 127.0.0.1:%(port)d;
+        location / {
+            default_type application/json;
+            return 200 '%(body)s';
+        }
+    }
+}
+"""
+
+
+def free_port():
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Nginx:
+    """nginx with its own config in workdir/nginx on a free loopback port,
+    answering every request with 200 and NGINX_BODY; stop() ends it."""
+
+    def __init__(self, workdir, workers="auto"):
+        self.dir = os.path.join(workdir, "nginx")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF % {"dir": self.dir, "port": self.port,
+                                  "workers": workers, "body": NGINX_BODY})
+        self.err = open(os.path.join(self.dir, "stderr.log"), "wb")
+        self.proc = spawn([NGINX, "-p", self.dir, "-c", conf, "-e",
+                           os.path.join(self.dir, "error.log"), "-g",
+                           "daemon off;"], stdout=subprocess.DEVNULL,
+                          stderr=self.err, stdin=subprocess.DEVNULL)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise SystemExit("nginx exited %s: %s" % (
+                    self.proc.returncode, open(self.err.name).read()))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(ready, START_TIMEOUT, "nginx on port %d" % self.port)
+
+    def stop(self):
+        # SIGQUIT: graceful shutdown; the master waits for its workers.
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
+
+
 class Sluice:
     """One sluiced with its own config and database in workdir/name."""
 
@@ -189,9 +269,11 @@ class Sluice:
                              % (r.returncode, r.stderr.strip()))
         return time.monotonic() - t
 
-    def start(self, *args):
+    def start(self, *args, prefix=()):
+        """prefix: argv put before sluiced (perf record ... --)."""
         self.log = open(self.log_path, "wb")
-        self.proc = spawn([SLUICED, "-c", self.config] + list(args),
+        self.proc = spawn(list(prefix) + [SLUICED, "-c", self.config]
+                          + list(args),
                           env=self.env, stdout=self.log, stderr=self.log,
                           stdin=subprocess.DEVNULL)
         return self

@@ -35,6 +35,8 @@
 
 #include "sluice/config.h"
 #include "sluice/dialect.h"
+#include "sluice/http.h"
+#include "sluice/jsonptr.h"
 #include "sluice/log.h"
 #include "sluice/xmalloc.h"
 
@@ -51,6 +53,12 @@
  * APIs and FLORA's docs use. */
 #define CONFIG_DEFAULT_IDEM_HEADER "Idempotency-Key"
 #define CONFIG_MSG_MAX 512
+/* Downloads at once (DESIGN §13): a few streams saturate a link, and each
+ * holds a file open. */
+#define CONFIG_DEFAULT_OUTPUTS_CONCURRENCY 4
+/* One output file at most: generated videos run to hundreds of MiB; a
+ * larger body is a wrong URL or an attack on the disk. */
+#define CONFIG_DEFAULT_OUTPUTS_MAX_SIZE ((size_t)1 << 30)
 
 enum key_type {
     K_STRING,   /* any non-empty text */
@@ -67,6 +75,8 @@ enum key_type {
     K_AUTH,
     K_IDEM,
     K_HEADER, /* repeatable "Name: value" */
+    K_OUTPUTS, /* download | keep-urls */
+    K_POINTER, /* repeatable JSON pointer, "*" for array elements */
 };
 
 struct key {
@@ -84,6 +94,9 @@ static const struct key daemon_keys[] = {
     {"shutdown_grace", K_DURATION, D(shutdown_grace_ms), 0},
     {"lease", K_DURATION, D(lease_ms), 1000},
     {"log_level", K_LOG_LEVEL, D(log_level), 0},
+    {"outputs_dir", K_STRING, D(outputs_dir), 0},
+    {"outputs_concurrency", K_INT, D(outputs_concurrency), 1},
+    {"outputs_max_size", K_SIZE, D(outputs_max_size), 1},
 };
 
 /* The order of this table is the bit order of provider_state.seen. */
@@ -111,6 +124,8 @@ enum {
     PK_POLL_INTERVAL_MAX,
     PK_PROBE_INTERVAL,
     PK_MAX_RESPONSE,
+    PK_OUTPUTS,
+    PK_OUTPUT_POINTER,
 };
 
 static const struct key provider_keys[] = {
@@ -142,6 +157,8 @@ static const struct key provider_keys[] = {
     [PK_PROBE_INTERVAL] = {"probe_interval", K_DURATION, P(probe_interval_ms),
                            1},
     [PK_MAX_RESPONSE] = {"max_response", K_SIZE, P(max_response), 1},
+    [PK_OUTPUTS] = {"outputs", K_OUTPUTS, P(outputs_download), 0},
+    [PK_OUTPUT_POINTER] = {"output_pointer", K_POINTER, 0, 0},
 };
 
 #define NKEYS(t) (sizeof(t) / sizeof((t)[0]))
@@ -437,7 +454,13 @@ parse_header_line(const char *s)
         return NULL;
     for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
         ;
-    return xasprintf("%.*s: %s", (int)(colon - s), s, v);
+    char *line = xasprintf("%.*s: %s", (int)(colon - s), s, v);
+    /* Only what the daemon will send: visible ASCII and spaces. */
+    if (!http_header_ok(line)) {
+        free(line);
+        return NULL;
+    }
+    return line;
 }
 
 /* http(s)://host… without a trailing slash, or NULL. */
@@ -743,6 +766,28 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
         pc->headers[pc->nheaders++] = h;
         return true;
     }
+    case K_OUTPUTS:
+        if (strcmp(v, "download") == 0 || strcmp(v, "keep-urls") == 0) {
+            *(bool *)(void *)at = strcmp(v, "download") == 0;
+            return true;
+        }
+        parser_fail(p, p->lineno,
+                    "%s: bad value '%s' (use download or keep-urls)", k->name,
+                    v);
+        return false;
+    case K_POINTER:
+        if (!jsonptr_valid(v) || has_control(v)) {
+            parser_fail(p, p->lineno,
+                        "%s: bad JSON pointer '%s' (use /a/b, * for every "
+                        "array element, ~0 for ~ and ~1 for /)",
+                        k->name, v);
+            return false;
+        }
+        pc->output_pointers =
+            xrealloc(pc->output_pointers, (pc->noutput_pointers + 1) *
+                                              sizeof(*pc->output_pointers));
+        pc->output_pointers[pc->noutput_pointers++] = xstrdup(v);
+        return true;
     }
     parser_fail(p, p->lineno, "%s: empty or bad value", k->name);
     return false;
@@ -777,7 +822,8 @@ parser_handle(void *user, const char *section, const char *name,
     for (size_t i = 0; i < nkeys; i++) {
         if (strcmp(name, table[i].name) != 0)
             continue;
-        if ((*seen & (1u << i)) && table[i].type != K_HEADER) {
+        if ((*seen & (1u << i)) && table[i].type != K_HEADER &&
+            table[i].type != K_POINTER) {
             parser_fail(p, p->lineno, "%s: set twice in %s", name,
                         section_label(p));
             return 0;
@@ -869,7 +915,11 @@ finish_provider(struct parser *p, struct provider_config *pc,
                     "timeout: %lld ms is not below the daemon's lease "
                     "(%lld ms; raise lease in [daemon])",
                     (long long)pc->timeout_ms, (long long)p->c->lease_ms);
+        return;
     }
+    if (pc->outputs_download && p->c->outputs_dir == NULL)
+        parser_fail(p, ps->line,
+                    "outputs: download needs outputs_dir in [daemon]");
 }
 
 static void
@@ -879,6 +929,8 @@ config_defaults(struct config *c)
     c->shutdown_grace_ms = 30000;
     c->lease_ms = 600000;
     c->log_level = LOG_LEVEL_INFO;
+    c->outputs_concurrency = CONFIG_DEFAULT_OUTPUTS_CONCURRENCY;
+    c->outputs_max_size = CONFIG_DEFAULT_OUTPUTS_MAX_SIZE;
 }
 
 static char inline_comment_prefixes[] = ";#";
@@ -972,6 +1024,9 @@ provider_free(struct provider_config *pc)
     free(pc->headers);
     free(pc->idem_name);
     free(pc->request_id_header);
+    for (size_t i = 0; i < pc->noutput_pointers; i++)
+        free(pc->output_pointers[i]);
+    free(pc->output_pointers);
 }
 
 void
@@ -984,6 +1039,7 @@ config_free(struct config *c)
     free(c->providers);
     free(c->path);
     free(c->database);
+    free(c->outputs_dir);
     free(c);
 }
 
@@ -1098,9 +1154,15 @@ config_api_key(const struct provider_config *p, char *err, size_t errlen)
         free(key);
         return NULL;
     }
-    /* A line break inside would split the header it is sent in. */
-    if (has_control(key)) {
-        snprintf(err, errlen, "the key in %s contains control characters",
+    /* A line break inside would split the header it is sent in; the
+     * request builder sends visible ASCII only. */
+    bool ok = true;
+    for (const char *c = key; *c; c++)
+        ok = ok && (unsigned char)*c >= 0x20 && (unsigned char)*c <= 0x7e;
+    if (!ok) {
+        snprintf(err, errlen,
+                 "the key in %s contains control characters or non-ASCII "
+                 "bytes",
                  where);
         free(where);
         free_secret(key, strlen(key));

@@ -28,6 +28,7 @@
 #include "sluice/dialect.h"
 #include "sluice/hints.h"
 #include "sluice/http.h"
+#include "sluice/jsonptr.h"
 #include "sluice/xmalloc.h"
 
 /* At most this many per-field messages are kept: a validation error lists a
@@ -70,6 +71,49 @@ dialect_names(void)
 {
     return "flora, openai (flowapi), graphql (lamatic), flymyai, firemoon, "
            "problem, generic";
+}
+
+/* Collects the output URLs of one result (dialect_output_urls). */
+struct url_list {
+    char **v;
+    size_t n;
+};
+
+static void
+collect_url(const json_t *v, void *arg)
+{
+    struct url_list *l = arg;
+    const char *s = json_string_value(v);
+    size_t len = json_is_string(v) ? json_string_length(v) : 0;
+
+    if (s == NULL || l->n >= DIALECT_OUTPUTS_MAX ||
+        len >= DIALECT_OUTPUT_URL_MAX || strlen(s) != len ||
+        (strncasecmp(s, "http://", 7) != 0 &&
+         strncasecmp(s, "https://", 8) != 0))
+        return;
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->v[i], s) == 0)
+            return;
+    l->v[l->n++] = xstrdup(s);
+}
+
+size_t
+dialect_output_urls(const struct dialect *d, const char *result,
+                    char *const *extra, size_t nextra, char ***urls)
+{
+    struct url_list l = {xcalloc(DIALECT_OUTPUTS_MAX + 1, sizeof(char *)), 0};
+    json_t *root = result ? json_loads(result, JSON_DECODE_ANY, NULL) : NULL;
+
+    if (root != NULL) {
+        for (const char *const *p = d ? d->output_pointers : NULL; p && *p;
+             p++)
+            jsonptr_walk(root, *p, collect_url, &l);
+        for (size_t i = 0; i < nextra; i++)
+            jsonptr_walk(root, extra[i], collect_url, &l);
+        json_decref(root);
+    }
+    *urls = l.v;
+    return l.n;
 }
 
 enum err_class

@@ -5,7 +5,7 @@
  * (lane.c), claims that many due jobs of its provider in one statement
  * (store_claim), and sends each through http.c. When a response arrives,
  * the provider's dialect turns it into an outcome; the lane learns from it
- * (limit, pause, breaker), retry.c decides what happens to a failed job, and
+ * (limit, pause, breaker), job_next (job.c) decides where the job goes, and
  * the update is buffered for the next group commit (store_flush on a short
  * timer). Nothing is decided from memory alone: every state change is a row
  * update, and a job that was claimed but not recorded is reclaimed by its
@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include "sluice/clock.h"
@@ -38,10 +37,12 @@
 #include "sluice/dialect.h"
 #include "sluice/dispatch.h"
 #include "sluice/http.h"
+#include "sluice/jobspec.h"
 #include "sluice/lane.h"
 #include "sluice/log.h"
-#include "sluice/retry.h"
+#include "sluice/outputs.h"
 #include "sluice/store.h"
+#include "sluice/url.h"
 #include "sluice/xmalloc.h"
 
 /* Most jobs one claim statement takes: bounds the time a claim holds the
@@ -82,10 +83,11 @@ struct dlane {
     char **headers;              /* auth + extra headers, NULL-terminated */
     enum idem_kind idem;
     char *idem_name;
-    struct retry_policy policy;
+    struct job_policy policy;    /* retries, polls; base_url borrowed */
     int64_t timeout_ms, connect_timeout_ms;
-    int64_t poll_interval_ms, poll_interval_max_ms;
     size_t max_response;
+    bool outputs_download;       /* outputs = download */
+    char **output_pointers;      /* output_pointer values, NULL-terminated */
     struct lane *lane;
     int64_t next_check_ms;       /* no claimable job before this */
     int64_t recorded_due_ms;     /* earliest run_after among updates not
@@ -134,6 +136,9 @@ struct dispatch {
     void (*on_stopped)(void *);
     void *stopped_data;
     int closing;                 /* handles still closing */
+    struct outputs *outputs;     /* downloads, NULL without outputs_dir */
+    bool outputs_recorded;       /* buffered updates carry output URLs */
+    bool outputs_stopped;        /* outputs_stop has called back */
     struct buf status;
     long unfinished;             /* jobs not terminal, for STATUS= */
     int64_t unfinished_at;       /* when counted, 0 never */
@@ -206,15 +211,21 @@ dlane_apply(struct dlane *dl, const struct provider_config *pc)
     dl->headers = h;
     dl->idem = pc->idem;
     dl->idem_name = xstrdup(pc->idem_name);
-    dl->policy.max_attempts = pc->max_attempts;
-    dl->policy.max_deferrals = pc->max_deferrals;
-    dl->policy.base_ms = pc->backoff_base_ms;
-    dl->policy.cap_ms = pc->backoff_cap_ms;
+    dl->policy.retry.max_attempts = pc->max_attempts;
+    dl->policy.retry.max_deferrals = pc->max_deferrals;
+    dl->policy.retry.base_ms = pc->backoff_base_ms;
+    dl->policy.retry.cap_ms = pc->backoff_cap_ms;
+    dl->policy.poll_interval_ms = pc->poll_interval_ms;
+    dl->policy.poll_interval_max_ms = pc->poll_interval_max_ms;
+    dl->policy.base_url = dl->base_url;
     dl->timeout_ms = pc->timeout_ms;
     dl->connect_timeout_ms = pc->connect_timeout_ms;
-    dl->poll_interval_ms = pc->poll_interval_ms;
-    dl->poll_interval_max_ms = pc->poll_interval_max_ms;
     dl->max_response = pc->max_response;
+    dl->outputs_download = pc->outputs_download;
+    free_strv(dl->output_pointers);
+    dl->output_pointers = xcalloc(pc->noutput_pointers + 1, sizeof(char *));
+    for (size_t i = 0; i < pc->noutput_pointers; i++)
+        dl->output_pointers[i] = xstrdup(pc->output_pointers[i]);
     return 0;
 }
 
@@ -269,6 +280,7 @@ dlane_free(struct dlane *dl)
     free(dl->request_id_header);
     free(dl->idem_name);
     free_strv(dl->headers);
+    free_strv(dl->output_pointers);
     lane_free(dl->lane);
     free(dl);
 }
@@ -298,28 +310,7 @@ reconcile_waiting(struct dispatch *d)
     }
 }
 
-/* Whether url (absolute, or a path) is on base's scheme://host[:port]. */
-static bool
-same_origin(const char *base, const char *url)
-{
-    if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
-        return true; /* a path under base_url */
-    const char *b = strstr(base, "://"), *u = strstr(url, "://");
-    size_t blen = strcspn(b + 3, "/?#"), ulen = strcspn(u + 3, "/?#");
-    return (size_t)(b - base) == (size_t)(u - url) &&
-           strncasecmp(base, url, (size_t)(b - base)) == 0 && blen == ulen &&
-           strncasecmp(b + 3, u + 3, blen) == 0;
-}
-
 /* --- building a request ------------------------------------------------- */
-
-static char *
-join_url(const char *base, const char *path)
-{
-    if (strncmp(path, "http://", 7) == 0 || strncmp(path, "https://", 8) == 0)
-        return xstrdup(path);
-    return xasprintf("%s%s%s", base, path[0] == '/' ? "" : "/", path);
-}
 
 /* The body to send: the job's body, with the idempotency key as a
  * top-level field when the provider wants it there. */
@@ -395,6 +386,42 @@ req_free(struct req *r)
 }
 
 static void on_http_done(const struct http_response *resp, void *data);
+static void record_event(struct dispatch *d, struct req *r,
+                         const struct job_event *ev);
+
+/* A job that cannot be sent as it is stored fails at once, without a
+ * request and before the lane counts one: a URL off the lane's current
+ * origin (the credentials would go along), or a key that would not stay
+ * inside its header (DESIGN §4, §11). Nothing about it changes by waiting,
+ * so it is not retried. Frees r. */
+static void
+refuse_req(struct dispatch *d, struct req *r, enum err_class cls,
+           const char *code, const char *message)
+{
+    struct job_event ev = {
+        .kind = JOB_EVENT_REFUSED,
+        .now_ms = clock_now_ms(),
+        .cls = cls,
+        .code = code,
+        .message = message,
+    };
+    log_warnx("job %" PRId64 ": %s %s, failed without a request: %s",
+              r->job->id, r->dl->name, code, message);
+    record_event(d, r, &ev);
+    schedule_flush(d);
+    req_free(r);
+}
+
+/* Whether every header of r is one http_submit sends as it is. */
+static bool
+req_headers_ok(const struct req *r)
+{
+    for (char **h = r->headers; *h; h++) {
+        if (!http_header_ok(*h))
+            return false;
+    }
+    return true;
+}
 
 static void
 send_job(struct dispatch *d, struct dlane *dl, struct job *j)
@@ -404,14 +431,28 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
     r->dl = dl;
     r->job = j;
     r->is_poll = j->state == JOB_WAITING;
-    if (r->is_poll) {
-        r->url = join_url(dl->base_url, j->poll_url ? j->poll_url : "");
-        r->body = NULL;
-    } else {
-        r->url = join_url(dl->base_url, j->path);
-        r->body = request_body(dl, j);
+    int urc = url_resolve(dl->base_url,
+                          r->is_poll ? (j->poll_url ? j->poll_url : "")
+                                     : j->path,
+                          &r->url);
+    if (urc == -EXDEV) {
+        refuse_req(d, r, ERR_PROTOCOL, "foreign_url",
+                   "url is not on the provider's current origin: "
+                   "credentials are not sent there");
+        return;
     }
+    if (urc < 0) {
+        refuse_req(d, r, ERR_PROTOCOL, "bad_url",
+                   "url holds a byte outside visible ASCII");
+        return;
+    }
+    r->body = r->is_poll ? NULL : request_body(dl, j);
     r->headers = request_headers(dl, j, r->is_poll);
+    if (!req_headers_ok(r)) {
+        refuse_req(d, r, ERR_INVALID_REQUEST, "bad_header",
+                   "idempotency key holds a byte outside visible ASCII");
+        return;
+    }
     r->started_ms = clock_now_ms();
 
     struct http_request hr = {
@@ -426,7 +467,7 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
     };
     lane_on_send(dl->lane, r->started_ms,
                  lane_token_limit(dl->lane) > 0 && !r->is_poll
-                     ? job_token_estimate(r->body)
+                     ? jobspec_token_estimate(r->body)
                      : 0,
                  &r->ticket);
     req_link(d, r);
@@ -437,16 +478,9 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
                   dl->name, strerror(-rc));
         req_unlink(d, r);
         lane_on_abort(dl->lane, &r->ticket);
-        struct job_update u = {
-            .job_id = j->id,
-            .state = r->is_poll ? JOB_WAITING : JOB_QUEUED,
-            .run_after = r->started_ms + 1000,
-            .deferrals = j->deferrals,
-            .uncharge = !r->is_poll,
-        };
-        if (u.run_after < dl->recorded_due_ms)
-            dl->recorded_due_ms = u.run_after;
-        store_record(d->store, &u);
+        struct job_event ev = {.kind = JOB_EVENT_UNSENT,
+                               .now_ms = r->started_ms};
+        record_event(d, r, &ev);
         schedule_flush(d);
         req_free(r);
         return;
@@ -456,35 +490,6 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
 }
 
 /* --- outcomes -------------------------------------------------------------- */
-
-/* The next poll interval grows gently with the run's age: every minute of
- * running adds the base interval again, up to the maximum (DESIGN §7). */
-static int64_t
-poll_delay(const struct dlane *dl, const struct job *j, int64_t now)
-{
-    int64_t age = j->waiting_since ? now - j->waiting_since : 0;
-    int64_t delay = dl->poll_interval_ms * (1 + age / 60000);
-    return delay < dl->poll_interval_max_ms ? delay : dl->poll_interval_max_ms;
-}
-
-/* The key for a resubmission after a remote run definitively failed: the
- * same key would only replay the failed run (DESIGN §4). "<key>.N" where
- * N is the attempt it is for, so it never repeats within the job. */
-static char *
-derived_key(const struct job *j)
-{
-    const char *base = j->base_key ? j->base_key : j->idempotency_key;
-    return xasprintf("%s.%d", base, j->attempts + 1);
-}
-
-static void
-fill_failure(struct job_update *u, const struct outcome *o)
-{
-    u->cls = o->cls;
-    u->code = o->code[0] ? o->code : NULL;
-    u->message = o->message[0] ? o->message : NULL;
-    u->fields = o->fields;
-}
 
 /* One line per handled failure, in STYLE.md's shape:
  * "job 42: flora 429 rate_limit_exceeded req_ab12, deferred in 2100 ms
@@ -508,190 +513,107 @@ log_outcome(const struct req *r, const struct outcome *o, const char *what,
                  lane_change ? lane_change : "");
 }
 
+/* Hands job_next's decision to the lane (its count of waiting runs) and
+ * to the store (buffered for the next group commit). o is the answer, or
+ * NULL when there was none. */
+static void
+apply_decision(struct dispatch *d, struct req *r, const struct outcome *o,
+               const struct job_decision *dec, int64_t now)
+{
+    struct job *j = r->job;
+    struct job_update u = {
+        .job_id = j->id,
+        .state = dec->state,
+        .run_after = dec->run_after,
+        .deferrals = dec->deferrals,
+        .uncharge = dec->uncharge,
+        .has_attempt = dec->has_attempt,
+        .is_poll = r->is_poll,
+        .cls = dec->cls,
+        .code = dec->code,
+        .message = dec->message,
+        .remote_id = dec->remote_id,
+        .poll_url = dec->poll_url,
+    };
+    char *new_key = dec->derive_key ? job_derived_key(j) : NULL;
+    char **urls = NULL;
+
+    u.new_key = new_key;
+    if (o != NULL) {
+        u.started_at = r->started_ms;
+        u.finished_at = now;
+        u.http_status = o->http_status;
+        u.request_id = o->request_id[0] ? o->request_id : NULL;
+        u.retry_after_ms = o->hints.retry_at_ms > now
+                               ? o->hints.retry_at_ms - now : 0;
+        u.attempt = j->attempts;
+        u.key_sent = r->is_poll ? NULL : j->idempotency_key;
+        if (o->kind != OUTCOME_ACCEPTED)
+            u.result = o->result; /* a success's body, or partial data */
+        if (o->kind == OUTCOME_FAILURE)
+            u.fields = o->fields;
+        if (dec->state == JOB_SUCCEEDED && r->dl->outputs_download &&
+            d->outputs != NULL) {
+            u.noutput_urls = dialect_output_urls(
+                r->dl->dialect, o->result, r->dl->output_pointers,
+                strv_len(r->dl->output_pointers), &urls);
+            u.output_urls = (const char *const *)urls;
+            if (u.noutput_urls > 0)
+                d->outputs_recorded = true;
+        }
+        u.cost = o->cost;
+        u.has_cost = o->has_cost && o->kind == OUTCOME_SUCCESS;
+    }
+    if (dec->waiting != 0)
+        lane_on_waiting(r->dl->lane, dec->waiting);
+    /* The job becomes claimable only once this update is committed; the
+     * flush hands the time on to next_check_ms (see flush_now). */
+    if (!job_state_terminal(u.state) && u.run_after < r->dl->recorded_due_ms)
+        r->dl->recorded_due_ms = u.run_after;
+    store_record(d->store, &u);
+    free(new_key);
+    free_strv(urls);
+}
+
+/* An answer: job_next decides, the log says what it decided. */
 static void
 record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
                int64_t now, const char *lane_change)
 {
-    struct dlane *dl = r->dl;
-    struct job *j = r->job;
-    struct job_update u = {
-        .job_id = j->id,
-        .deferrals = j->deferrals,
-        .is_poll = r->is_poll,
-        .started_at = r->started_ms,
-        .finished_at = now,
-        .http_status = o->http_status,
-        .request_id = o->request_id[0] ? o->request_id : NULL,
-        .retry_after_ms = o->hints.retry_at_ms > now
-                              ? o->hints.retry_at_ms - now : 0,
-        .attempt = j->attempts,
-        .key_sent = r->is_poll ? NULL : j->idempotency_key,
-        /* every submission is an attempt row; polls only when they fail */
-        .has_attempt = !r->is_poll || o->kind == OUTCOME_FAILURE,
+    struct job_event ev = {
+        .kind = JOB_EVENT_ANSWER,
+        .outcome = o,
+        .lane_paused = lane_state(r->dl->lane) == LANE_PAUSED,
+        .now_ms = now,
+        .u = clock_random(),
     };
-    char *new_key = NULL;
+    struct job_decision dec = job_next(r->job, &ev, &r->dl->policy);
+    int64_t id = r->job->id;
 
-    switch (o->kind) {
-    case OUTCOME_SUCCESS:
-        u.state = JOB_SUCCEEDED;
-        u.result = o->result;
-        u.cost = o->cost;
-        u.has_cost = o->has_cost;
-        u.remote_id = o->remote_id;
-        if (r->is_poll)
-            lane_on_waiting(dl->lane, -1);
-        log_debug("job %" PRId64 ": %s succeeded", j->id, dl->name);
-        break;
-    case OUTCOME_ACCEPTED:
-        u.state = JOB_WAITING;
-        /* A poll keeps the run and URL the submission was given: a status
-         * answer need not repeat them (and a default would be a guess). */
-        u.remote_id = r->is_poll && j->remote_id ? j->remote_id
-                      : o->remote_id             ? o->remote_id
-                                                 : j->remote_id;
-        u.poll_url = r->is_poll && j->poll_url ? j->poll_url
-                     : o->poll_url             ? o->poll_url
-                                               : j->poll_url;
-        if (!r->is_poll) {
-            lane_on_waiting(dl->lane, +1);
-            u.run_after = now + dl->poll_interval_ms;
-            log_debug("job %" PRId64 ": %s run %s accepted", j->id,
-                      dl->name, u.remote_id ? u.remote_id : "?");
-        } else {
-            u.run_after = now + poll_delay(dl, j, now);
-        }
-        if (u.poll_url == NULL || !same_origin(dl->base_url, u.poll_url)) {
-            /* A run we cannot poll, or could poll only by sending the key
-             * to another host (DESIGN §11), is a protocol failure. */
-            u.state = JOB_FAILED;
-            u.cls = ERR_PROTOCOL;
-            u.code = u.poll_url ? "foreign_poll_url" : "no_poll_url";
-            u.message = u.poll_url
-                            ? "poll url is not on the provider's host: "
-                              "credentials are not sent there"
-                            : "run accepted without a run id or poll url";
-            if (!r->is_poll)
-                lane_on_waiting(dl->lane, -1);
-        }
-        break;
-    case OUTCOME_FAILURE: {
-        fill_failure(&u, o);
-        u.result = o->result; /* partial data, when any */
-        /* A run that definitively failed at the provider: the poll was
-         * answered and named the run's failure. An unreadable poll answer
-         * says nothing about the run, which may still be going. */
-        bool run_failed = r->is_poll && o->http_status >= 200 &&
-                          o->http_status < 300 && o->cls != ERR_PROTOCOL;
-        if (r->is_poll && !run_failed) {
-            /* The poll itself failed: the run goes on at the provider.
-             * Poll again later unless the answer is final. */
-            /* Failed polls are bounded like deferrals: a provider that
-             * keeps answering polls with garbage ends the job, it does
-             * not keep it waiting forever. */
-            u.deferrals = j->deferrals + 1;
-            if (u.deferrals > dl->policy.max_deferrals) {
-                u.state = JOB_FAILED;
-                lane_on_waiting(dl->lane, -1);
-                log_outcome(r, o, "failed", -1, lane_change);
-            } else if (outcome_retryable(o) || o->cls == ERR_AUTH ||
-                       o->cls == ERR_INSUFFICIENT_BALANCE ||
-                       o->cls == ERR_RATE_LIMITED) {
-                int64_t at = now + poll_delay(dl, j, now);
-                if (o->hints.retry_at_ms > at)
-                    at = o->hints.retry_at_ms;
-                u.state = JOB_WAITING;
-                u.run_after = at;
-                log_outcome(r, o, "poll again", at - now, lane_change);
-            } else {
-                u.state = JOB_FAILED;
-                lane_on_waiting(dl->lane, -1);
-                log_outcome(r, o, "failed", -1, lane_change);
-            }
-            break;
-        }
-        if (run_failed)
-            lane_on_waiting(dl->lane, -1);
-        /* A job line's own max_attempts beats the provider's default. */
-        struct retry_policy policy = dl->policy;
-        if (j->max_attempts > 0)
-            policy.max_attempts = j->max_attempts;
-        struct retry_decision dec = retry_decide(
-            &policy, o, j->attempts, j->deferrals, now, clock_random());
-        /* A 403 that the lane judged to be about the key itself (it paused
-         * the provider) is the key's fault, not the job's: hold the job
-         * like an auth failure instead of failing it. */
-        if (o->cls == ERR_PERMISSION && lane_state(dl->lane) == LANE_PAUSED)
-            dec.action = RETRY_HOLD;
-        switch (dec.action) {
-        case RETRY_GIVE_UP:
-            u.state = JOB_FAILED;
-            log_outcome(r, o, "failed", -1, lane_change);
-            break;
-        case RETRY_AGAIN:
-            u.state = JOB_RETRYING;
-            u.run_after = dec.run_after_ms;
-            if (run_failed) {
-                /* Definitive remote failure: the same key would only
-                 * replay it, so the next run gets a derived key. */
-                new_key = derived_key(j);
-                u.new_key = new_key;
-            }
-            log_outcome(r, o, "retry", dec.run_after_ms - now, lane_change);
-            break;
-        case RETRY_DEFER:
-            u.state = JOB_RETRYING;
-            u.run_after = dec.run_after_ms;
-            u.uncharge = true;
-            u.deferrals = j->deferrals + 1;
-            log_outcome(r, o, "deferred", dec.run_after_ms - now,
-                        lane_change);
-            break;
-        case RETRY_HOLD:
-            u.state = JOB_QUEUED;
-            u.run_after = now;
-            u.uncharge = true;
-            log_outcome(r, o, "held, provider paused", -1, lane_change);
-            break;
-        }
-        break;
-    }
-    }
-    /* The job becomes claimable only once this update is committed; the
-     * flush hands the time on to next_check_ms (see flush_now). */
-    if ((u.state == JOB_RETRYING || u.state == JOB_WAITING ||
-         u.state == JOB_QUEUED) &&
-        u.run_after < dl->recorded_due_ms)
-        dl->recorded_due_ms = u.run_after;
-    store_record(d->store, &u);
-    free(new_key);
+    if (dec.verb != NULL)
+        log_outcome(r, o, dec.verb,
+                    dec.state == JOB_RETRYING || dec.state == JOB_WAITING
+                        ? dec.run_after - now : -1,
+                    lane_change);
+    else if (dec.state == JOB_SUCCEEDED)
+        log_debug("job %" PRId64 ": %s succeeded", id, r->dl->name);
+    else if (dec.state == JOB_WAITING && !r->is_poll)
+        log_debug("job %" PRId64 ": %s run %s accepted", id, r->dl->name,
+                  dec.remote_id ? dec.remote_id : "?");
+    apply_decision(d, r, o, &dec, now);
 }
 
-/* A request ended without an answer that counts: shutdown, or an operator
- * cancel. The job goes back (or to cancelled) without charging. */
+/* No answer that counts: the request was refused or could not start, the
+ * daemon is shutting down, or an operator cancelled the job. */
 static void
-record_release(struct dispatch *d, struct req *r, int64_t now)
+record_event(struct dispatch *d, struct req *r, const struct job_event *ev)
 {
-    struct job *j = r->job;
-    struct job_update u = {
-        .job_id = j->id,
-        .deferrals = j->deferrals,
-        .run_after = now,
-    };
-    if (now < r->dl->recorded_due_ms)
-        r->dl->recorded_due_ms = now;
-    if (r->cancel_job) {
-        u.state = JOB_CANCELLED;
-        if (r->is_poll)
-            lane_on_waiting(r->dl->lane, -1);
-        log_info("job %" PRId64 ": %s cancelled in flight", j->id,
+    struct job_decision dec = job_next(r->job, ev, &r->dl->policy);
+
+    if (ev->kind == JOB_EVENT_CANCEL)
+        log_info("job %" PRId64 ": %s cancelled in flight", r->job->id,
                  r->dl->name);
-    } else if (r->is_poll) {
-        u.state = JOB_WAITING;
-    } else {
-        u.state = JOB_QUEUED;
-        u.uncharge = true;
-    }
-    store_record(d->store, &u);
+    apply_decision(d, r, NULL, &dec, ev->now_ms);
 }
 
 static void
@@ -704,7 +626,11 @@ on_http_done(const struct http_response *resp, void *data)
     req_unlink(d, r);
     if (resp->cancelled) {
         lane_on_abort(r->dl->lane, &r->ticket);
-        record_release(d, r, now);
+        struct job_event ev = {
+            .kind = r->cancel_job ? JOB_EVENT_CANCEL : JOB_EVENT_RELEASE,
+            .now_ms = now,
+        };
+        record_event(d, r, &ev);
     } else {
         struct outcome o;
         outcome_init(&o);
@@ -891,6 +817,10 @@ flush_now(struct dispatch *d)
     if (d->flush_busy_logged)
         log_info("store: delayed outcomes committed");
     d->flush_busy_logged = false;
+    if (d->outputs_recorded) {
+        d->outputs_recorded = false;
+        outputs_kick(d->outputs);
+    }
     int64_t wake = NEVER;
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         if (dl->recorded_due_ms < dl->next_check_ms)
@@ -1034,6 +964,8 @@ on_uv_version(uv_timer_t *t)
     for (struct dlane *dl = d->lanes; dl; dl = dl->next)
         dl->next_check_ms = 0;
     schedule_pump(d, 0);
+    if (d->outputs != NULL)
+        outputs_kick(d->outputs); /* sluicectl outputs --retry */
 }
 
 /* --- life cycle ----------------------------------------------------------- */
@@ -1106,6 +1038,48 @@ warn_unknown_provider(const char *provider, long n, void *data)
                   n, provider);
 }
 
+/* outputs_auth_fn: a provider's headers go with a download only to its
+ * own origin (DESIGN §13). */
+static const char *const *
+output_auth(const char *provider, const char *url, void *arg)
+{
+    struct dispatch *d = arg;
+    struct dlane *dl = provider ? find_lane(d, provider) : NULL;
+
+    if (dl == NULL || !url_same_origin(dl->base_url, url))
+        return NULL;
+    return (const char *const *)dl->headers;
+}
+
+static void
+outputs_params_of(const struct dispatch *d, const struct config *c,
+                  struct outputs_params *p)
+{
+    p->dir = c->outputs_dir;
+    p->concurrency = c->outputs_concurrency;
+    p->max_size = c->outputs_max_size;
+    p->lease_ms = c->lease_ms;
+    p->owner = d->owner;
+}
+
+/* Starts the downloads when the config names outputs_dir. */
+static int
+outputs_open(struct dispatch *d, const struct config *c)
+{
+    struct outputs_params p;
+
+    if (c->outputs_dir == NULL)
+        return 0;
+    outputs_params_of(d, c, &p);
+    d->outputs = outputs_new(d->loop, d->store, d->http, &p, output_auth, d);
+    if (outputs_start(d->outputs) < 0) {
+        outputs_free(d->outputs);
+        d->outputs = NULL;
+        return -EIO;
+    }
+    return 0;
+}
+
 struct dispatch *
 dispatch_new(uv_loop_t *loop, struct store *s, const struct config *c)
 {
@@ -1142,6 +1116,10 @@ dispatch_new(uv_loop_t *loop, struct store *s, const struct config *c)
     }
     write_provider_rows(d, clock_now_ms());
     store_unfinished_by_provider(s, warn_unknown_provider, d);
+    if (outputs_open(d, c) < 0) {
+        dispatch_free(d);
+        return NULL;
+    }
     return d;
 }
 
@@ -1198,6 +1176,17 @@ dispatch_reload(struct dispatch *d, const struct config *c)
             log_info("reload: %s removed; its %d requests in flight finish",
                      dl->name, lane_in_flight(dl->lane));
     d->lease_ms = c->lease_ms;
+    if (d->outputs != NULL && c->outputs_dir != NULL) {
+        struct outputs_params p;
+        outputs_params_of(d, c, &p);
+        outputs_configure(d->outputs, &p);
+    } else if (d->outputs == NULL && outputs_open(d, c) < 0) {
+        log_error("reload: outputs_dir %s unusable, downloads stay off",
+                  c->outputs_dir);
+    } else if (d->outputs != NULL) {
+        log_warnx("reload: outputs_dir removed; downloads go on until the "
+                  "next start");
+    }
     schedule_pump(d, 0);
     return 0;
 }
@@ -1212,7 +1201,8 @@ on_uv_closed(uv_handle_t *h)
 static void
 maybe_stopped(struct dispatch *d)
 {
-    if (!d->stopping || d->ninflight > 0 || d->on_stopped == NULL)
+    if (!d->stopping || d->ninflight > 0 || d->on_stopped == NULL ||
+        (d->outputs != NULL && !d->outputs_stopped))
         return;
     if (store_pending(d->store) > 0) {
         flush_now(d); /* retries itself while the database is locked */
@@ -1243,6 +1233,14 @@ on_uv_grace(uv_timer_t *t)
     maybe_stopped(d);
 }
 
+static void
+on_outputs_stopped(void *arg)
+{
+    struct dispatch *d = arg;
+    d->outputs_stopped = true;
+    maybe_stopped(d);
+}
+
 void
 dispatch_stop(struct dispatch *d, int64_t grace_ms,
               void (*on_stopped)(void *), void *data)
@@ -1257,6 +1255,10 @@ dispatch_stop(struct dispatch *d, int64_t grace_ms,
                  d->ninflight, grace_ms);
         uv_timer_start(&d->grace_timer, on_uv_grace, (uint64_t)grace_ms, 0);
     }
+    /* Downloads do not get the grace: a cut one is fetched again at the
+     * next start, nothing is lost but the bytes. */
+    if (d->outputs != NULL)
+        outputs_stop(d->outputs, on_outputs_stopped, d);
     maybe_stopped(d);
 }
 
@@ -1264,6 +1266,8 @@ bool
 dispatch_drained(struct dispatch *d)
 {
     if (d->ninflight > 0 || store_pending(d->store) > 0)
+        return false;
+    if (d->outputs != NULL && !outputs_idle(d->outputs))
         return false;
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         bool any = false;
@@ -1297,6 +1301,9 @@ dispatch_status(struct dispatch *d)
     buf_reset(&d->status);
     buf_appendf(&d->status, "%d in flight, %ld unfinished", d->ninflight,
                 d->unfinished);
+    if (outputs_active(d->outputs) > 0)
+        buf_appendf(&d->status, ", %d downloads",
+                    outputs_active(d->outputs));
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         if (dl->removed)
             continue;
@@ -1319,6 +1326,7 @@ dispatch_free(struct dispatch *d)
         return;
     while (d->inflight)
         http_cancel(d->inflight->xfer);
+    outputs_free(d->outputs);
     http_free(d->http);
     uv_timer_t *timers[] = {&d->pump_timer, &d->flush_timer, &d->house_timer,
                             &d->version_timer, &d->grace_timer};

@@ -76,6 +76,10 @@ struct http_xfer {
     http_done_cb cb;
     void *data;
     size_t max_response;
+    http_sink_fn sink;         /* a 2xx body goes here, see http.h */
+    void *sink_arg;
+    size_t sunk;               /* bytes given to sink */
+    int sink_err;              /* sink's negative errno, 0 */
     struct buf body;
     struct http_header *hdrs; /* response headers of the last response */
     size_t nhdrs, hcap;
@@ -168,10 +172,25 @@ on_curl_write(char *data, size_t size, size_t n, void *userdata)
 {
     struct http_xfer *x = userdata;
     size_t len = size * n;
+    long status = 0;
 
-    if (len > x->max_response - x->body.len) {
+    if (len > x->max_response - x->body.len - x->sunk) {
         x->too_large = true;
         return 0; /* anything but len: curl fails with CURLE_WRITE_ERROR */
+    }
+    if (x->sink != NULL) {
+        /* The body starts after the final response's headers: its status
+         * is known here. */
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && status < 300) {
+            int rc = x->sink(data, len, x->sink_arg);
+            if (rc < 0) {
+                x->sink_err = rc;
+                return 0;
+            }
+            x->sunk += len;
+            return len;
+        }
     }
     buf_append(&x->body, data, len);
     return len;
@@ -230,6 +249,9 @@ xfer_finish(struct http_xfer *x, CURLcode code, bool cancelled)
         if (r->too_large) {
             snprintf(r->error, sizeof(r->error), "response body over %zu bytes",
                      x->max_response);
+        } else if (x->sink_err != 0) {
+            snprintf(r->error, sizeof(r->error), "writing the body: %s",
+                     strerror(-x->sink_err));
         } else if (code != CURLE_OK && r->error[0] == '\0') {
             snprintf(r->error, sizeof(r->error), "%s",
                      curl_easy_strerror(code));
@@ -243,6 +265,7 @@ xfer_finish(struct http_xfer *x, CURLcode code, bool cancelled)
         buf_append(&x->body, "", 0);
     r->body = x->body.data;
     r->body_len = x->body.len;
+    r->sunk = x->sunk;
     if (r->curl_code != 0 && !cancelled)
         log_debug("http %s: %s", r->too_large ? "body cap" : "failure",
                   r->error);
@@ -449,6 +472,43 @@ has_header(const char *const *headers, const char *name)
     return false;
 }
 
+/* RFC 9110 tchar. */
+static bool
+is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+bool
+http_header_ok(const char *line)
+{
+    const char *p = line;
+
+    while (is_tchar((unsigned char)*p))
+        p++;
+    if (p == line || *p != ':')
+        return false;
+    /* Visible ASCII and spaces: no line break can end the header early,
+     * and no byte reaches the wire that a server might read otherwise. */
+    for (p++; *p; p++) {
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+            return false;
+    }
+    return true;
+}
+
+static bool
+url_ok(const char *url)
+{
+    for (; *url; url++) {
+        if ((unsigned char)*url < 0x21 || (unsigned char)*url > 0x7e)
+            return false;
+    }
+    return true;
+}
+
 static struct curl_slist *
 slist_add(struct curl_slist *list, const char *line)
 {
@@ -498,6 +558,14 @@ http_submit(struct http *h, const struct http_request *req, http_done_cb cb,
         return -EINVAL;
     if (h->dying)
         return -ESHUTDOWN;
+    /* The callers check what they build; this is the last line, so a bad
+     * byte from anywhere never reaches the wire. */
+    if (!url_ok(req->url))
+        return -EINVAL;
+    for (const char *const *p = req->headers; p && *p; p++) {
+        if (!http_header_ok(*p))
+            return -EINVAL;
+    }
     e = curl_easy_init();
     if (e == NULL) {
         log_error("http: curl_easy_init failed");
@@ -510,6 +578,8 @@ http_submit(struct http *h, const struct http_request *req, http_done_cb cb,
     x->data = data;
     x->max_response =
         req->max_response ? req->max_response : HTTP_DEFAULT_MAX_RESPONSE;
+    x->sink = req->sink;
+    x->sink_arg = req->sink_arg;
 
     for (const char *const *p = req->headers; p && *p; p++)
         x->headers = slist_add(x->headers, *p);

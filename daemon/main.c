@@ -175,7 +175,7 @@ check(const char *path)
             problems++;
         } else {
             printf("database %s: schema %d of %d\n", c->database,
-                   store_schema_version(s), store_schema_latest());
+                   store_schema_version(s), store_schema_latest(s));
             store_close(s);
         }
     } else {

@@ -98,6 +98,10 @@ firemoon_classify(const struct http_response *r, bool poll, int64_t now_ms,
         firemoon_error(r, o);
 }
 
+/* Generations answer {"images":[{url,width,height,content_type}]} or
+ * "videos" (seeds/README.md). */
+static const char *const firemoon_outputs[] = {"/images/*/url", "/videos/*/url", NULL};
+
 const struct dialect firemoon_dialect = {
     .name = "firemoon",
     .request_id_header = "x-request-id",
@@ -105,4 +109,5 @@ const struct dialect firemoon_dialect = {
     .idempotency = "header",
     .async = false,
     .classify = firemoon_classify,
+    .output_pointers = firemoon_outputs,
 };

@@ -1,5 +1,6 @@
 /*
- * store: the SQLite queue, and the only file with SQL text in it.
+ * sqlite: the SQLite backend of the store (backend.h), the embedded
+ * default: one file on one host.
  *
  * How it works. store_open applies the embedded sql/ files above PRAGMA
  * user_version (file N is migration N, each in its own transaction with the
@@ -28,10 +29,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "sluice/clock.h"
 #include "sluice/jobspec.h"
 #include "sluice/log.h"
-#include "sluice/store.h"
 #include "sluice/xmalloc.h"
 
 /* Generated from sql/ by cmake/embed_sql.cmake, in file-name order. */
@@ -101,14 +102,14 @@ extern const size_t sql_nfiles;
 #define CANCEL_SET                                                             \
     "UPDATE jobs SET state = 'cancelled', finished_at = ?1, "                  \
     "lease_until = NULL, lease_owner = NULL, updated_at = ?1 "                 \
-    "WHERE state IN ('queued', 'running', 'waiting', 'retrying') "
+    "WHERE state IN (" JOB_UNFINISHED_SQL ") "
 
 /* The oldest finished jobs purge takes in one transaction; attempts and
  * jobs are deleted by the same subquery in the same transaction, so they
  * see the same rows. Walks jobs_finished. */
 #define PURGE_PICK                                                             \
     "(SELECT id FROM jobs WHERE finished_at < :before "                        \
-    "  AND state IN ('succeeded', 'failed', 'cancelled') "                     \
+    "  AND state IN (" JOB_TERMINAL_SQL ") "                                   \
     "  AND (:states IS NULL OR instr(:states, ',' || state || ',') > 0) "      \
     "  ORDER BY finished_at, id LIMIT :limit)"
 
@@ -188,9 +189,11 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_RECLAIM_POLLS] =
         "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
         "WHERE state = 'waiting' AND lease_until <= ?1",
-    /* Leased rows only, through jobs_lease. */
+    /* Leased rows only, through jobs_lease; downloads hold leases too. */
     [ST_LEASE_OWNERS] =
-        "SELECT DISTINCT lease_owner FROM jobs "
+        "SELECT lease_owner FROM jobs "
+        "WHERE lease_until IS NOT NULL AND lease_owner IS NOT NULL "
+        "UNION SELECT lease_owner FROM outputs "
         "WHERE lease_until IS NOT NULL AND lease_owner IS NOT NULL "
         "ORDER BY lease_owner",
     [ST_RECLAIM_OWNER_RUNNING] =
@@ -225,17 +228,17 @@ static const char *const stmt_sql[ST_COUNT] = {
                     "    AND (lease_until IS NULL OR lease_until <= ?2))",
     [ST_UNFINISHED] =
         "SELECT COUNT(*) FROM jobs WHERE provider = ?1 "
-        "AND state IN ('queued', 'running', 'waiting', 'retrying')",
+        "AND state IN (" JOB_UNFINISHED_SQL ")",
     /* EXISTS stops at the first row: the drain check runs four times a
      * second and must not count a million-row queue each time. */
     [ST_HAS_UNFINISHED] =
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE provider = ?1 "
-        "AND state IN ('queued', 'running', 'waiting', 'retrying'))",
+        "AND state IN (" JOB_UNFINISHED_SQL "))",
     [ST_COUNT_WAITING] = "SELECT COUNT(*) FROM jobs "
                          "WHERE provider = ?1 AND state = 'waiting'",
     [ST_UNFINISHED_BY_PROVIDER] =
         "SELECT provider, COUNT(*) FROM jobs "
-        "WHERE state IN ('queued', 'running', 'waiting', 'retrying') "
+        "WHERE state IN (" JOB_UNFINISHED_SQL ") "
         "GROUP BY provider ORDER BY provider",
     [ST_DATA_VERSION] = "PRAGMA data_version",
     /* Right-hand sides see the old row: "state" is the state before. A job
@@ -265,7 +268,7 @@ static const char *const stmt_sql[ST_COUNT] = {
         "  ELSE waiting_since END, "
         "finished_at = CASE WHEN state = 'cancelled' "
         "  THEN COALESCE(finished_at, ?18) "
-        "  WHEN ?2 IN ('succeeded', 'failed', 'cancelled') THEN ?18 "
+        "  WHEN ?2 IN (" JOB_TERMINAL_SQL ") THEN ?18 "
         "  ELSE NULL END, "
         "lease_until = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "
         "  THEN lease_until ELSE NULL END, "
@@ -343,7 +346,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_EXPORT] =
         "SELECT id, custom_id, provider, batch, state, http_status, "
         "error_class, error_code, error_message, request_id, result, cost, "
-        "finished_at FROM jobs WHERE " SELECT_WHERE "ORDER BY id",
+        "finished_at, (SELECT json_group_array(path) FROM outputs "
+        "  WHERE outputs.job_id = jobs.id AND outputs.state = 'stored') "
+        "  AS outputs "
+        "FROM jobs WHERE " SELECT_WHERE "ORDER BY id",
     [ST_PURGE_ATTEMPTS] = "DELETE FROM attempts WHERE job_id IN " PURGE_PICK,
     [ST_PURGE_JOBS] = "DELETE FROM jobs WHERE id IN " PURGE_PICK,
     [ST_AUTO_VACUUM] = "PRAGMA auto_vacuum",
@@ -352,20 +358,83 @@ static const char *const stmt_sql[ST_COUNT] = {
         "SELECT * FROM batch_progress WHERE batch = ?1 ORDER BY provider",
 };
 
-/* A buffered job_update with its strings owned. */
-struct pending {
-    struct job_update u;
-    int64_t at; /* when it was recorded: updated_at / finished_at */
+/* The statements of the outputs table (DESIGN §13), prepared with the
+ * others. A download's lease is its claim: a row is fetched by one daemon
+ * at a time, and a lease that outlives its daemon is freed like a job's. */
+enum ostmt {
+    OS_INSERT,
+    OS_CLAIM,
+    OS_RECORD,
+    OS_NEXT_DUE,
+    OS_COUNTS,
+    OS_LIST,
+    OS_RETRY,
+    OS_RELEASE_EXPIRED,
+    OS_RELEASE_OWNER,
+    OS_COUNT
 };
 
-struct store {
+static const char *const ostmt_sql[OS_COUNT] = {
+    /* Only for a job that did succeed: an operator's cancel that raced
+     * the answer keeps the job cancelled, and its outputs unfetched. */
+    [OS_INSERT] =
+        "INSERT INTO outputs (job_id, url, run_after, created_at) "
+        "SELECT ?1, ?2, ?3, ?3 WHERE EXISTS (SELECT 1 FROM jobs "
+        "  WHERE id = ?1 AND state = 'succeeded') "
+        "ON CONFLICT (job_id, url) DO NOTHING",
+    [OS_CLAIM] =
+        "UPDATE outputs SET attempts = attempts + 1, lease_until = ?1, "
+        "lease_owner = ?2 "
+        "WHERE id IN (SELECT id FROM outputs WHERE state = 'pending' "
+        "  AND run_after <= ?3 AND (lease_until IS NULL OR lease_until <= ?3) "
+        "  ORDER BY run_after, id LIMIT ?4) "
+        "RETURNING id, job_id, url, attempts, "
+        "(SELECT provider FROM jobs WHERE jobs.id = outputs.job_id)",
+    [OS_RECORD] =
+        "UPDATE outputs SET state = ?2, path = ?3, sha256 = ?4, bytes = ?5, "
+        "content_type = ?6, error = ?7, "
+        "fetched_at = CASE WHEN ?2 = 'pending' THEN fetched_at ELSE ?8 END, "
+        "run_after = ?9, attempts = MAX(attempts - ?10, 0), "
+        "lease_until = NULL, lease_owner = NULL "
+        "WHERE id = ?1",
+    [OS_NEXT_DUE] =
+        "SELECT MIN(CASE WHEN lease_until > run_after THEN lease_until "
+        "  ELSE run_after END) FROM outputs WHERE state = 'pending'",
+    [OS_COUNTS] = "SELECT state, COUNT(*) FROM outputs GROUP BY state",
+    [OS_LIST] =
+        "SELECT o.id, o.job_id, j.custom_id, j.provider, j.batch, o.url, "
+        "o.state, o.path, o.sha256, o.bytes, o.content_type, o.error, "
+        "o.attempts, o.fetched_at FROM outputs o JOIN jobs j "
+        "ON j.id = o.job_id "
+        "WHERE (?1 IS NULL OR j.batch = ?1) AND (?2 IS NULL OR o.state = ?2) "
+        "ORDER BY o.job_id, o.id",
+    [OS_RETRY] =
+        "UPDATE outputs SET state = 'pending', attempts = 0, run_after = ?1, "
+        "fetched_at = NULL "
+        "WHERE state = 'failed' AND (?2 IS NULL OR job_id IN "
+        "  (SELECT id FROM jobs WHERE batch = ?2))",
+    [OS_RELEASE_EXPIRED] =
+        "UPDATE outputs SET lease_until = NULL, lease_owner = NULL "
+        "WHERE lease_until <= ?1",
+    [OS_RELEASE_OWNER] =
+        "UPDATE outputs SET lease_until = NULL, lease_owner = NULL "
+        "WHERE lease_until IS NOT NULL AND lease_owner = ?1",
+};
+
+struct sqlite_store {
+    struct store base; /* first: the dispatcher's view */
     sqlite3 *db;
     char *path;
     sqlite3_stmt *st[ST_COUNT];
+    sqlite3_stmt *ost[OS_COUNT];
     sqlite3_stmt *insert_many; /* STORE_INSERT_ROWS rows of INSERT_JOB */
-    struct pending *buf; /* store_record's group-commit buffer */
-    size_t nbuf, capbuf;
 };
+
+static struct sqlite_store *
+sq(struct store *base)
+{
+    return (struct sqlite_store *)base;
+}
 
 /* SQLite result codes as negative errno values. */
 static int
@@ -398,7 +467,7 @@ sqlite_errno(int rc)
 /* Logs a failed call (busy at debug level: callers retry it) and returns
  * the errno. */
 static int
-store_fail(struct store *s, int rc, const char *what)
+sqlite_fail(struct sqlite_store *s, int rc, const char *what)
 {
     int err = sqlite_errno(rc);
     if (err == -EBUSY)
@@ -410,9 +479,19 @@ store_fail(struct store *s, int rc, const char *what)
 
 /* A prepared statement, reset and unbound, ready for new bindings. */
 static sqlite3_stmt *
-stmt(struct store *s, enum stmt id)
+stmt(struct sqlite_store *s, enum stmt id)
 {
     sqlite3_stmt *st = s->st[id];
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return st;
+}
+
+/* The same for a statement of the outputs table. */
+static sqlite3_stmt *
+ostmt(struct sqlite_store *s, enum ostmt id)
+{
+    sqlite3_stmt *st = s->ost[id];
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return st;
@@ -446,33 +525,33 @@ column_strdup(sqlite3_stmt *st, int i)
 
 /* Runs a statement that returns no rows. */
 static int
-exec_stmt(struct store *s, enum stmt id, const char *what)
+exec_stmt(struct sqlite_store *s, enum stmt id, const char *what)
 {
     sqlite3_stmt *st = stmt(s, id);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
-    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, what);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, what);
 }
 
 /* --- open and migrate --------------------------------------------------- */
 
 static int
-read_user_version(struct store *s, int *v)
+read_user_version(struct sqlite_store *s, int *v)
 {
     sqlite3_stmt *st;
     int rc = sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL);
     if (rc != SQLITE_OK)
-        return store_fail(s, rc, "user_version");
+        return sqlite_fail(s, rc, "user_version");
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
         *v = sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
-    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "user_version");
+    return rc == SQLITE_ROW ? 0 : sqlite_fail(s, rc, "user_version");
 }
 
 /* Applies migration n (1-based) unless someone else did meanwhile. */
 static int
-migrate_one(struct store *s, int n)
+migrate_one(struct sqlite_store *s, int n)
 {
     const char *name = sql_files[n - 1].name;
     char *err = NULL, *bump;
@@ -480,7 +559,7 @@ migrate_one(struct store *s, int n)
 
     rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
-        return store_fail(s, rc, "migration: begin");
+        return sqlite_fail(s, rc, "migration: begin");
     if ((rc = read_user_version(s, &v)) < 0)
         goto fail;
     if (v >= n) {
@@ -509,7 +588,7 @@ fail:
 }
 
 static int
-migrate(struct store *s)
+migrate(struct sqlite_store *s)
 {
     int v, rc;
 
@@ -531,7 +610,7 @@ migrate(struct store *s)
 /* The multi-row INSERT of store_insert_jobs: row r binds ?(10r+1) to
  * ?(10r+10) in the order of ST_INSERT_JOB, now included. */
 static int
-prepare_insert_many(struct store *s)
+prepare_insert_many(struct sqlite_store *s)
 {
     struct buf b = {0};
     int rc;
@@ -549,21 +628,22 @@ prepare_insert_many(struct store *s)
     rc = sqlite3_prepare_v3(s->db, b.data, -1, SQLITE_PREPARE_PERSISTENT,
                             &s->insert_many, NULL);
     buf_free(&b);
-    return rc == SQLITE_OK ? 0 : store_fail(s, rc, "prepare bulk insert");
+    return rc == SQLITE_OK ? 0 : sqlite_fail(s, rc, "prepare bulk insert");
 }
 
-int
-store_open(const char *path, struct store **out)
+static void sqlite_close(struct store *base);
+
+static int
+sqlite_open(const char *path, struct store **out)
 {
-    struct store *s = xcalloc(1, sizeof(*s));
+    struct sqlite_store *s = xcalloc(1, sizeof(*s));
     char *pragmas;
     int rc;
 
     s->path = xstrdup(path);
-    rc = sqlite3_open_v2(path, &s->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                             SQLITE_OPEN_NOMUTEX,
-                         NULL);
+    rc = sqlite3_open_v2(
+        path, &s->db,
+        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         log_error("store: %s: open: %s", path,
                   s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
@@ -585,7 +665,7 @@ store_open(const char *path, struct store **out)
     rc = sqlite3_exec(s->db, pragmas, NULL, NULL, NULL);
     free(pragmas);
     if (rc != SQLITE_OK) {
-        rc = store_fail(s, rc, "pragmas");
+        rc = sqlite_fail(s, rc, "pragmas");
         goto fail;
     }
     if ((rc = migrate(s)) < 0)
@@ -594,90 +674,84 @@ store_open(const char *path, struct store **out)
         rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1,
                                 SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
         if (rc != SQLITE_OK) {
-            rc = store_fail(s, rc, stmt_sql[i]);
+            rc = sqlite_fail(s, rc, stmt_sql[i]);
+            goto fail;
+        }
+    }
+    for (int i = 0; i < OS_COUNT; i++) {
+        rc = sqlite3_prepare_v3(s->db, ostmt_sql[i], -1,
+                                SQLITE_PREPARE_PERSISTENT, &s->ost[i], NULL);
+        if (rc != SQLITE_OK) {
+            rc = sqlite_fail(s, rc, ostmt_sql[i]);
             goto fail;
         }
     }
     if ((rc = prepare_insert_many(s)) < 0)
         goto fail;
-    *out = s;
+    *out = &s->base;
     return 0;
 fail:
-    store_close(s);
+    sqlite_close(&s->base);
     return rc;
 }
 
-void
-store_set_busy_timeout(struct store *s, int ms)
+static void
+sqlite_set_busy_timeout(struct store *base, int ms)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_busy_timeout(s->db, ms);
 }
 
 static void
-pending_clear(struct pending *p)
+sqlite_close(struct store *base)
 {
-    struct job_update *u = &p->u;
-    free((char *)u->new_key);
-    free((char *)u->key_sent);
-    free((char *)u->code);
-    free((char *)u->message);
-    free((char *)u->request_id);
-    free((char *)u->fields);
-    free((char *)u->result);
-    free((char *)u->remote_id);
-    free((char *)u->poll_url);
-}
+    struct sqlite_store *s = sq(base);
 
-void
-store_close(struct store *s)
-{
-    if (s == NULL)
-        return;
-    if (s->nbuf > 0 && s->st[ST_COUNT - 1] != NULL && store_flush(s) < 0)
-        log_warnx("store: %s: %zu outcomes not written at close", s->path,
-                  s->nbuf);
-    for (size_t i = 0; i < s->nbuf; i++)
-        pending_clear(&s->buf[i]);
-    free(s->buf);
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
+    for (int i = 0; i < OS_COUNT; i++)
+        sqlite3_finalize(s->ost[i]);
     sqlite3_finalize(s->insert_many);
     sqlite3_close_v2(s->db);
     free(s->path);
     free(s);
 }
 
-int
-store_schema_version(struct store *s)
+static int
+sqlite_schema_version(struct store *base)
 {
+    struct sqlite_store *s = sq(base);
     int v = -1;
     read_user_version(s, &v);
     return v;
 }
 
-int
-store_schema_latest(void)
+static int
+sqlite_schema_latest(void)
 {
     return (int)sql_nfiles;
 }
 
 /* --- enqueue ------------------------------------------------------------ */
 
-int
-store_begin(struct store *s)
+static int
+sqlite_begin(struct store *base)
 {
+    struct sqlite_store *s = sq(base);
     return exec_stmt(s, ST_BEGIN, "begin");
 }
 
-int
-store_commit(struct store *s)
+static int
+sqlite_commit(struct store *base)
 {
+    struct sqlite_store *s = sq(base);
     return exec_stmt(s, ST_COMMIT, "commit");
 }
 
-void
-store_rollback(struct store *s)
+static void
+sqlite_rollback(struct store *base)
 {
+    struct sqlite_store *s = sq(base);
     if (!sqlite3_get_autocommit(s->db))
         exec_stmt(s, ST_ROLLBACK, "rollback");
 }
@@ -697,9 +771,10 @@ bind_jobspec(sqlite3_stmt *st, int at, const struct jobspec *j, int64_t now_ms)
     sqlite3_bind_int64(st, at + 10, now_ms);
 }
 
-int
-store_insert_job(struct store *s, const struct jobspec *j, int64_t now_ms)
+static int
+sqlite_insert_job(struct store *base, const struct jobspec *j, int64_t now_ms)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = stmt(s, ST_INSERT_JOB);
     int rc;
 
@@ -707,14 +782,15 @@ store_insert_job(struct store *s, const struct jobspec *j, int64_t now_ms)
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
-        return store_fail(s, rc, "insert job");
+        return sqlite_fail(s, rc, "insert job");
     return sqlite3_changes(s->db) == 1 ? 0 : 1;
 }
 
-int
-store_insert_jobs(struct store *s, const struct jobspec *jobs, size_t n,
-                  int64_t now_ms, size_t *inserted)
+static int
+sqlite_insert_jobs(struct store *base, const struct jobspec *jobs, size_t n,
+                   int64_t now_ms, size_t *inserted)
 {
+    struct sqlite_store *s = sq(base);
     size_t i = 0;
     int rc;
 
@@ -729,11 +805,11 @@ store_insert_jobs(struct store *s, const struct jobspec *jobs, size_t n,
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_DONE)
-            return store_fail(s, rc, "insert jobs");
+            return sqlite_fail(s, rc, "insert jobs");
         *inserted += (size_t)sqlite3_changes(s->db);
     }
     for (; i < n; i++) {
-        if ((rc = store_insert_job(s, &jobs[i], now_ms)) < 0)
+        if ((rc = sqlite_insert_job(&s->base, &jobs[i], now_ms)) < 0)
             return rc;
         *inserted += rc == 0;
     }
@@ -742,9 +818,10 @@ store_insert_jobs(struct store *s, const struct jobspec *jobs, size_t n,
 
 /* --- the daemon ----------------------------------------------------------- */
 
-int
-store_reclaim_expired(struct store *s, int64_t now_ms, long *n)
+static int
+sqlite_reclaim_expired(struct store *base, int64_t now_ms, long *n)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = stmt(s, ST_RECLAIM_RUNNING);
     int rc;
 
@@ -753,20 +830,27 @@ store_reclaim_expired(struct store *s, int64_t now_ms, long *n)
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
-        return store_fail(s, rc, "reclaim expired leases");
+        return sqlite_fail(s, rc, "reclaim expired leases");
     *n = sqlite3_changes(s->db);
     st = stmt(s, ST_RECLAIM_POLLS);
     sqlite3_bind_int64(st, 1, now_ms);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
-        return store_fail(s, rc, "free expired poll leases");
+        return sqlite_fail(s, rc, "free expired poll leases");
+    st = ostmt(s, OS_RELEASE_EXPIRED);
+    sqlite3_bind_int64(st, 1, now_ms);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "free expired download leases");
     return 0;
 }
 
-int
-store_lease_owners(struct store *s, char ***owners, size_t *n)
+static int
+sqlite_lease_owners(struct store *base, char ***owners, size_t *n)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = stmt(s, ST_LEASE_OWNERS);
     size_t cap = 4;
     char **v = xcalloc(cap, sizeof(*v));
@@ -788,15 +872,16 @@ store_lease_owners(struct store *s, char ***owners, size_t *n)
         free(v);
         *n = 0;
         *owners = NULL;
-        return store_fail(s, rc, "lease owners");
+        return sqlite_fail(s, rc, "lease owners");
     }
     *owners = v;
     return 0;
 }
 
-int
-store_reclaim_owner(struct store *s, const char *owner, long *n)
+static int
+sqlite_reclaim_owner(struct store *base, const char *owner, long *n)
 {
+    struct sqlite_store *s = sq(base);
     int64_t now = clock_now_ms();
     sqlite3_stmt *st = stmt(s, ST_RECLAIM_OWNER_RUNNING);
     int rc;
@@ -807,33 +892,21 @@ store_reclaim_owner(struct store *s, const char *owner, long *n)
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
-        return store_fail(s, rc, "reclaim leases of owner");
+        return sqlite_fail(s, rc, "reclaim leases of owner");
     *n = sqlite3_changes(s->db);
     st = stmt(s, ST_RECLAIM_OWNER_POLLS);
     bind_text(st, 2, owner);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
-        return store_fail(s, rc, "free poll leases of owner");
+        return sqlite_fail(s, rc, "free poll leases of owner");
+    st = ostmt(s, OS_RELEASE_OWNER);
+    bind_text(st, 1, owner);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "free download leases of owner");
     return 0;
-}
-
-/* A claimed row with what orders it (RETURNING gives no order). */
-struct claimed {
-    struct job *job;
-    int priority;
-    int64_t run_after;
-};
-
-static int
-claimed_cmp(const void *a, const void *b)
-{
-    const struct claimed *x = a, *y = b;
-    if (x->priority != y->priority)
-        return x->priority > y->priority ? -1 : 1;
-    if (x->run_after != y->run_after)
-        return x->run_after < y->run_after ? -1 : 1;
-    return (x->job->id > y->job->id) - (x->job->id < y->job->id);
 }
 
 static struct job *
@@ -865,12 +938,12 @@ claim_row(sqlite3_stmt *st)
 
 /* Runs one claim statement; appends up to max jobs to out + *nout. */
 static int
-claim_run(struct store *s, enum stmt id, const char *provider, int max,
-          int64_t now_ms, int64_t lease_ms, const char *owner,
-          struct job **out, int *nout)
+claim_run(struct sqlite_store *s, enum stmt id, const char *provider, int max,
+          int64_t now_ms, int64_t lease_ms, const char *owner, struct job **out,
+          int *nout)
 {
     sqlite3_stmt *st = stmt(s, id);
-    struct claimed *c = xcalloc((size_t)max, sizeof(*c));
+    struct backend_claimed *c = xcalloc((size_t)max, sizeof(*c));
     int n = 0, rc;
 
     sqlite3_bind_int64(st, 1, now_ms + lease_ms);
@@ -890,64 +963,29 @@ claim_run(struct store *s, enum stmt id, const char *provider, int max,
         for (int i = 0; i < n; i++)
             job_free(c[i].job);
         free(c);
-        return store_fail(s, rc, "claim");
+        return sqlite_fail(s, rc, "claim");
     }
-    qsort(c, (size_t)n, sizeof(*c), claimed_cmp);
+    backend_claimed_sort(c, n);
     for (int i = 0; i < n; i++)
         out[(*nout)++] = c[i].job;
     free(c);
     return 0;
 }
 
-int
-store_claim(struct store *s, const char *provider, int max, int64_t now_ms,
-            int64_t lease_ms, const char *owner, struct job **out, int *nout)
+static int
+sqlite_claim(struct store *base, enum store_claim_kind kind,
+             const char *provider, int max, int64_t now_ms, int64_t lease_ms,
+             const char *owner, struct job **out, int *nout)
 {
-    int rc;
-
-    *nout = 0;
-    if (max <= 0)
-        return 0;
-    /* Polls first: their runs already occupy the provider, and a finished
-     * run only becomes a result once it is polled. */
-    rc = claim_run(s, ST_CLAIM_WAITING, provider, max, now_ms, lease_ms,
-                   owner, out, nout);
-    if (rc == 0 && *nout < max)
-        rc = claim_run(s, ST_CLAIM, provider, max - *nout, now_ms, lease_ms,
-                       owner, out, nout);
-    if (rc < 0 && *nout > 0)
-        return 0; /* the polls are leased: hand them out */
-    return rc;
-}
-
-int
-store_claim_new(struct store *s, const char *provider, int max,
-                int64_t now_ms, int64_t lease_ms, const char *owner,
-                struct job **out, int *nout)
-{
-    *nout = 0;
-    if (max <= 0)
-        return 0;
-    return claim_run(s, ST_CLAIM, provider, max, now_ms, lease_ms, owner,
-                     out, nout);
-}
-
-int
-store_claim_polls(struct store *s, const char *provider, int max,
-                  int64_t now_ms, int64_t lease_ms, const char *owner,
-                  struct job **out, int *nout)
-{
-    *nout = 0;
-    if (max <= 0)
-        return 0;
-    return claim_run(s, ST_CLAIM_WAITING, provider, max, now_ms, lease_ms,
-                     owner, out, nout);
+    return claim_run(sq(base),
+                     kind == STORE_CLAIM_POLLS ? ST_CLAIM_WAITING : ST_CLAIM,
+                     provider, max, now_ms, lease_ms, owner, out, nout);
 }
 
 /* Runs a one-row, one-column query about provider (and now_ms when the
  * statement takes it as ?2) into *out. */
 static int
-provider_scalar(struct store *s, enum stmt id, const char *provider,
+provider_scalar(struct sqlite_store *s, enum stmt id, const char *provider,
                 const int64_t *now_ms, int64_t *out, const char *what)
 {
     sqlite3_stmt *st = stmt(s, id);
@@ -961,20 +999,22 @@ provider_scalar(struct store *s, enum stmt id, const char *provider,
     if (rc == SQLITE_ROW)
         *out = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
-    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, what);
+    return rc == SQLITE_ROW ? 0 : sqlite_fail(s, rc, what);
 }
 
-int
-store_next_due(struct store *s, const char *provider, int64_t now_ms,
-               int64_t *due_ms)
+static int
+sqlite_next_due(struct store *base, const char *provider, int64_t now_ms,
+                int64_t *due_ms)
 {
+    struct sqlite_store *s = sq(base);
     return provider_scalar(s, ST_NEXT_DUE, provider, &now_ms, due_ms,
                            "next due");
 }
 
-int
-store_pending_count(struct store *s, const char *provider, long *unfinished)
+static int
+sqlite_pending_count(struct store *base, const char *provider, long *unfinished)
 {
+    struct sqlite_store *s = sq(base);
     int64_t n;
     int rc = provider_scalar(s, ST_UNFINISHED, provider, NULL, &n,
                              "unfinished count");
@@ -982,12 +1022,13 @@ store_pending_count(struct store *s, const char *provider, long *unfinished)
     return rc;
 }
 
-int
-store_unfinished_by_provider(struct store *s,
-                             void (*cb)(const char *provider, long n,
-                                        void *data),
-                             void *data)
+static int
+sqlite_unfinished_by_provider(struct store *base,
+                              void (*cb)(const char *provider, long n,
+                                         void *data),
+                              void *data)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = stmt(s, ST_UNFINISHED_BY_PROVIDER);
     int rc;
 
@@ -996,12 +1037,13 @@ store_unfinished_by_provider(struct store *s,
         cb(name ? name : "", (long)sqlite3_column_int64(st, 1), data);
     }
     sqlite3_reset(st);
-    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "unfinished by provider");
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "unfinished by provider");
 }
 
-int
-store_count_waiting(struct store *s, const char *provider, long *n)
+static int
+sqlite_count_waiting(struct store *base, const char *provider, long *n)
 {
+    struct sqlite_store *s = sq(base);
     int64_t v;
     int rc = provider_scalar(s, ST_COUNT_WAITING, provider, NULL, &v,
                              "waiting count");
@@ -1009,9 +1051,10 @@ store_count_waiting(struct store *s, const char *provider, long *n)
     return rc;
 }
 
-int
-store_has_unfinished(struct store *s, const char *provider, bool *any)
+static int
+sqlite_has_unfinished(struct store *base, const char *provider, bool *any)
 {
+    struct sqlite_store *s = sq(base);
     int64_t n;
     int rc = provider_scalar(s, ST_HAS_UNFINISHED, provider, NULL, &n,
                              "unfinished check");
@@ -1019,45 +1062,16 @@ store_has_unfinished(struct store *s, const char *provider, bool *any)
     return rc;
 }
 
-int
-store_data_version(struct store *s, int64_t *v)
+static int
+sqlite_data_version(struct store *base, int64_t *v)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = stmt(s, ST_DATA_VERSION);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
         *v = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
-    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "data_version");
-}
-
-void
-store_record(struct store *s, const struct job_update *u)
-{
-    struct pending *p;
-
-    if (s->nbuf == s->capbuf) {
-        /* Doubling: a flush stalled behind a lock may buffer thousands. */
-        s->capbuf = s->capbuf ? 2 * s->capbuf : 64;
-        s->buf = xrealloc(s->buf, s->capbuf * sizeof(*s->buf));
-    }
-    p = &s->buf[s->nbuf++];
-    p->u = *u;
-    p->u.new_key = xstrdup(u->new_key);
-    p->u.key_sent = xstrdup(u->key_sent);
-    p->u.code = xstrdup(u->code);
-    p->u.message = xstrdup(u->message);
-    p->u.request_id = xstrdup(u->request_id);
-    p->u.fields = xstrdup(u->fields);
-    p->u.result = xstrdup(u->result);
-    p->u.remote_id = xstrdup(u->remote_id);
-    p->u.poll_url = xstrdup(u->poll_url);
-    p->at = u->finished_at ? u->finished_at : clock_now_ms();
-}
-
-size_t
-store_pending(const struct store *s)
-{
-    return s->nbuf;
+    return rc == SQLITE_ROW ? 0 : sqlite_fail(s, rc, "data_version");
 }
 
 /* Binds "" as NULL: the outcome's empty code or request id means none. */
@@ -1069,7 +1083,7 @@ bind_text_or_null(sqlite3_stmt *st, int i, const char *v)
 
 /* Writes one buffered update inside the flush transaction. */
 static int
-flush_one(struct store *s, const struct pending *p)
+flush_one(struct sqlite_store *s, const struct store_pending *p)
 {
     const struct job_update *u = &p->u;
     sqlite3_stmt *st = stmt(s, ST_UPDATE_JOB);
@@ -1101,10 +1115,22 @@ flush_one(struct store *s, const struct pending *p)
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
-        return store_fail(s, rc, "update job");
+        return sqlite_fail(s, rc, "update job");
     changed = sqlite3_changes(s->db);
-    if (!u->has_attempt || changed == 0)
-        return 0; /* a purged job: nothing to attach the attempt to */
+    if (changed == 0)
+        return 0; /* a purged job: nothing to attach the rest to */
+    for (size_t i = 0; i < u->noutput_urls; i++) {
+        st = ostmt(s, OS_INSERT);
+        sqlite3_bind_int64(st, 1, u->job_id);
+        bind_text(st, 2, u->output_urls[i]);
+        sqlite3_bind_int64(st, 3, p->at);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return sqlite_fail(s, rc, "insert output");
+    }
+    if (!u->has_attempt)
+        return 0;
 
     st = stmt(s, ST_INSERT_ATTEMPT);
     sqlite3_bind_int64(st, 1, u->job_id);
@@ -1123,38 +1149,35 @@ flush_one(struct store *s, const struct pending *p)
     sqlite3_bind_int(st, 12, u->is_poll);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
-    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "insert attempt");
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "insert attempt");
 }
 
-int
-store_flush(struct store *s)
+static int
+sqlite_flush(struct store *base)
 {
+    struct sqlite_store *s = sq(base);
     int rc;
 
-    if (s->nbuf == 0)
-        return 0;
     if ((rc = exec_stmt(s, ST_BEGIN, "flush: begin")) < 0)
         return rc;
-    for (size_t i = 0; i < s->nbuf; i++) {
-        if ((rc = flush_one(s, &s->buf[i])) < 0)
+    for (size_t i = 0; i < base->nbuf; i++) {
+        if ((rc = flush_one(s, &base->buf[i])) < 0)
             goto fail;
     }
     if ((rc = exec_stmt(s, ST_COMMIT, "flush: commit")) < 0)
         goto fail;
-    for (size_t i = 0; i < s->nbuf; i++)
-        pending_clear(&s->buf[i]);
-    s->nbuf = 0;
     return 0;
 fail:
     /* All or nothing: the buffer is kept and written by a later flush. */
-    store_rollback(s);
+    sqlite_rollback(&s->base);
     return rc;
 }
 
-int
-store_cancelled(struct store *s, const int64_t *ids, int n, int64_t *out,
-                int *nout)
+static int
+sqlite_cancelled(struct store *base, const int64_t *ids, int n, int64_t *out,
+                 int *nout)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = s->st[ST_JOB_STATE];
     int rc = SQLITE_DONE;
 
@@ -1174,13 +1197,14 @@ store_cancelled(struct store *s, const int64_t *ids, int n, int64_t *out,
     sqlite3_reset(st);
     return rc == SQLITE_ROW || rc == SQLITE_DONE
                ? 0
-               : store_fail(s, rc, "cancelled jobs");
+               : sqlite_fail(s, rc, "cancelled jobs");
 }
 
-int
-store_provider_put(struct store *s, const struct provider_row *p,
-                   int64_t now_ms)
+static int
+sqlite_provider_put(struct store *base, const struct provider_row *p,
+                    int64_t now_ms)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = stmt(s, ST_PROVIDER_PUT);
     int rc;
 
@@ -1197,13 +1221,14 @@ store_provider_put(struct store *s, const struct provider_row *p,
     sqlite3_bind_int64(st, 11, now_ms);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
-    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "provider row");
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "provider row");
 }
 
-int
-store_provider_get(struct store *s, const char *name, int *limit,
-                   int64_t *resume_requested_at)
+static int
+sqlite_provider_get(struct store *base, const char *name, int *limit,
+                    int64_t *resume_requested_at)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = stmt(s, ST_PROVIDER_GET);
     int rc;
 
@@ -1218,13 +1243,14 @@ store_provider_get(struct store *s, const char *name, int *limit,
     sqlite3_reset(st);
     return rc == SQLITE_ROW || rc == SQLITE_DONE
                ? 0
-               : store_fail(s, rc, "provider row");
+               : sqlite_fail(s, rc, "provider row");
 }
 
-int
-store_provider_request_resume(struct store *s, const char *name,
-                              int64_t now_ms)
+static int
+sqlite_provider_request_resume(struct store *base, const char *name,
+                               int64_t now_ms)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = stmt(s, ST_PROVIDER_RESUME);
     int rc;
 
@@ -1233,21 +1259,11 @@ store_provider_request_resume(struct store *s, const char *name,
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
-        return store_fail(s, rc, "resume request");
+        return sqlite_fail(s, rc, "resume request");
     return sqlite3_changes(s->db) == 1 ? 0 : -ENOENT;
 }
 
 /* --- operator queries ----------------------------------------------------- */
-
-/* JSON text columns come back as JSON values; anything unparsable (or not
- * JSON at all) stays a string. */
-static bool
-is_json_column(const char *name)
-{
-    return strcmp(name, "body") == 0 || strcmp(name, "result") == 0 ||
-           strcmp(name, "fields") == 0 ||
-           strcmp(name, "sample_request_ids") == 0;
-}
 
 /* The current row as an object keyed by column name. */
 static json_t *
@@ -1273,13 +1289,7 @@ row_json(sqlite3_stmt *st)
         default: {
             const char *t = (const char *)sqlite3_column_text(st, i);
             size_t len = (size_t)sqlite3_column_bytes(st, i);
-            v = NULL;
-            if (is_json_column(name))
-                v = json_loadb(t, len, JSON_DECODE_ANY, NULL);
-            if (v == NULL)
-                v = json_stringn(t, len);
-            if (v == NULL) /* not UTF-8: keep what is readable */
-                v = json_string("");
+            v = backend_text_json(name, t, len);
             break;
         }
         }
@@ -1290,64 +1300,40 @@ row_json(sqlite3_stmt *st)
 
 /* Steps st to the end, appending each row to arr. */
 static int
-rows_json(struct store *s, sqlite3_stmt *st, json_t *arr, const char *what)
+rows_json(struct sqlite_store *s, sqlite3_stmt *st, json_t *arr,
+          const char *what)
 {
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
         json_array_append_new(arr, row_json(st));
     sqlite3_reset(st);
-    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, what);
-}
-
-/* {"queued":0, … every state …, "total":0} */
-static json_t *
-state_counts_new(void)
-{
-    json_t *o = json_object();
-    for (int i = 0; i < JOB_STATE_COUNT; i++)
-        json_object_set_new(o, job_state_name((enum job_state)i),
-                            json_integer(0));
-    json_object_set_new(o, "total", json_integer(0));
-    return o;
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, what);
 }
 
 static int
-status_providers(struct store *s, json_t *providers, json_t *lanes)
+status_providers(struct sqlite_store *s, json_t *providers, json_t *lanes)
 {
     sqlite3_stmt *st = stmt(s, ST_STATE_COUNTS);
-    size_t i;
-    json_t *lane;
     int rc;
 
     /* Every provider the daemon knows, even with no jobs yet. */
-    json_array_foreach(lanes, i, lane)
-    {
-        const char *name = json_string_value(json_object_get(lane, "name"));
-        if (name && json_object_get(providers, name) == NULL)
-            json_object_set_new(providers, name, state_counts_new());
-    }
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *name = (const char *)sqlite3_column_text(st, 0);
-        const char *state = (const char *)sqlite3_column_text(st, 1);
-        json_int_t n = sqlite3_column_int64(st, 2);
-        json_t *counts = json_object_get(providers, name);
-        json_t *total;
-
-        if (counts == NULL) {
-            counts = state_counts_new();
-            json_object_set_new(providers, name, counts);
-        }
-        json_object_set_new(counts, state, json_integer(n));
-        total = json_object_get(counts, "total");
-        json_integer_set(total, json_integer_value(total) + n);
-    }
+    backend_status_lanes(providers, lanes);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        backend_status_count(providers,
+                             (const char *)sqlite3_column_text(st, 0),
+                             (const char *)sqlite3_column_text(st, 1),
+                             sqlite3_column_int64(st, 2));
     sqlite3_reset(st);
-    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "status counts");
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "status counts");
 }
 
-json_t *
-store_status_json(struct store *s)
+static int sqlite_outputs_counts(struct store *base, long *pending,
+                                 long *stored, long *failed);
+
+static json_t *
+sqlite_status_json(struct store *base)
 {
+    struct sqlite_store *s = sq(base);
     json_t *status = json_object();
     json_t *providers = json_object();
     json_t *batches = json_array();
@@ -1356,18 +1342,26 @@ store_status_json(struct store *s)
     json_object_set_new(status, "providers", providers);
     json_object_set_new(status, "batches", batches);
     json_object_set_new(status, "lanes", lanes);
+    long pending, stored, failed;
     if (rows_json(s, stmt(s, ST_LANES), lanes, "status lanes") < 0 ||
         status_providers(s, providers, lanes) < 0 ||
-        rows_json(s, stmt(s, ST_BATCHES), batches, "status batches") < 0) {
+        rows_json(s, stmt(s, ST_BATCHES), batches, "status batches") < 0 ||
+        sqlite_outputs_counts(base, &pending, &stored, &failed) < 0) {
         json_decref(status);
         return NULL;
     }
+    json_object_set_new(status, "outputs",
+                        json_pack("{s:I, s:I, s:I}", "pending",
+                                  (json_int_t)pending, "stored",
+                                  (json_int_t)stored, "failed",
+                                  (json_int_t)failed));
     return status;
 }
 
-json_t *
-store_jobs_json(struct store *s, const struct store_filter *f)
+static json_t *
+sqlite_jobs_json(struct store *base, const struct store_filter *f)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = stmt(s, ST_JOBS);
     json_t *arr = json_array();
 
@@ -1387,16 +1381,17 @@ store_jobs_json(struct store *s, const struct store_filter *f)
  * (a numeric custom_id is looked up as one when no id matches); 0 if
  * none. */
 static int
-resolve_one(struct store *s, const char *key, int64_t *id)
+sqlite_resolve_one(struct store *base, const char *key, int64_t *id)
 {
-    size_t len = strspn(key, "0123456789");
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st;
+    int64_t asid;
     int rc;
 
     *id = 0;
-    if (len > 0 && len < 19 && key[len] == '\0') {
+    if (backend_ref_is_id(key, &asid)) {
         st = stmt(s, ST_RESOLVE_ID);
-        sqlite3_bind_int64(st, 1, strtoll(key, NULL, 10));
+        sqlite3_bind_int64(st, 1, asid);
         rc = sqlite3_step(st);
         if (rc == SQLITE_ROW)
             *id = sqlite3_column_int64(st, 0);
@@ -1404,7 +1399,7 @@ resolve_one(struct store *s, const char *key, int64_t *id)
         if (rc == SQLITE_ROW)
             return 0;
         if (rc != SQLITE_DONE)
-            return store_fail(s, rc, "resolve job id");
+            return sqlite_fail(s, rc, "resolve job id");
     }
     st = stmt(s, ST_RESOLVE_CUSTOM_ID);
     bind_text(st, 1, key);
@@ -1414,19 +1409,19 @@ resolve_one(struct store *s, const char *key, int64_t *id)
     sqlite3_reset(st);
     return rc == SQLITE_ROW || rc == SQLITE_DONE
                ? 0
-               : store_fail(s, rc, "resolve custom_id");
+               : sqlite_fail(s, rc, "resolve custom_id");
 }
 
 /* Finds the job row by id or custom_id (as resolve_one); -ENOENT if none. */
 static int
-job_find(struct store *s, const char *key, json_t **out)
+job_find(struct sqlite_store *s, const char *key, json_t **out)
 {
     sqlite3_stmt *st;
     int64_t id;
     int rc;
 
     *out = NULL;
-    if ((rc = resolve_one(s, key, &id)) < 0)
+    if ((rc = sqlite_resolve_one(&s->base, key, &id)) < 0)
         return rc;
     if (id == 0)
         return -ENOENT;
@@ -1438,24 +1433,23 @@ job_find(struct store *s, const char *key, json_t **out)
     sqlite3_reset(st);
     if (rc == SQLITE_ROW)
         return 0;
-    return rc == SQLITE_DONE ? -ENOENT : store_fail(s, rc, "job");
+    return rc == SQLITE_DONE ? -ENOENT : sqlite_fail(s, rc, "job");
 }
 
-json_t *
-store_job_json(struct store *s, const char *id_or_custom_id)
+static json_t *
+sqlite_job_json(struct store *base, const char *id_or_custom_id)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st;
     json_t *job, *attempts;
 
     if (job_find(s, id_or_custom_id, &job) < 0)
         return NULL;
     st = stmt(s, ST_ATTEMPTS);
-    sqlite3_bind_int64(
-        st, 1, json_integer_value(json_object_get(job, "id")));
+    sqlite3_bind_int64(st, 1, json_integer_value(json_object_get(job, "id")));
     attempts = json_array();
     /* "attempts" becomes the rows; the column's count is kept apart. */
-    json_object_set(job, "attempt_count", json_object_get(job, "attempts"));
-    json_object_set_new(job, "attempts", attempts);
+    backend_job_set_attempts(job, attempts);
     if (rows_json(s, st, attempts, "attempts") < 0) {
         json_decref(job);
         return NULL;
@@ -1487,19 +1481,11 @@ static void
 select_bind(sqlite3_stmt *st, const struct store_select *sel,
             char states_text[128])
 {
-    size_t len = 0;
-
     states_text[0] = '\0';
     if (sel == NULL)
         return;
-    for (int i = 0; i < JOB_STATE_COUNT; i++) {
-        if (sel->states & (1u << i))
-            len += (size_t)snprintf(states_text + len, 128 - len, ",%s",
-                                    job_state_name((enum job_state)i));
-    }
-    if (len > 0)
-        strcat(states_text, ",");
-    bind_named_text(st, ":states", len > 0 ? states_text : NULL);
+    backend_states_text(sel->states, states_text);
+    bind_named_text(st, ":states", states_text[0] ? states_text : NULL);
     bind_named_text(st, ":provider", sel->provider);
     bind_named_text(st, ":batch", sel->batch);
     bind_named_text(st, ":class", sel->error_class);
@@ -1508,9 +1494,10 @@ select_bind(sqlite3_stmt *st, const struct store_select *sel,
     bind_named_int64(st, ":before", sel->finished_before);
 }
 
-json_t *
-store_failures_json(struct store *s, const struct store_select *sel)
+static json_t *
+sqlite_failures_json(struct store *base, const struct store_select *sel)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = stmt(s, ST_FAILURES);
     json_t *arr = json_array();
     char states[128];
@@ -1523,22 +1510,10 @@ store_failures_json(struct store *s, const struct store_select *sel)
     return arr;
 }
 
-
-int
-store_resolve(struct store *s, const char *const *refs, size_t n, int64_t *out)
-{
-    for (size_t i = 0; i < n; i++) {
-        int rc = resolve_one(s, refs[i], &out[i]);
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
-}
-
 /* Runs the by-id statement for each id, or the filtered one once; ?1 is
  * now in both, ?2 the id. */
 static int
-update_jobs(struct store *s, enum stmt by_id, enum stmt where,
+update_jobs(struct sqlite_store *s, enum stmt by_id, enum stmt where,
             const int64_t *ids, size_t n, const struct store_select *sel,
             int64_t now_ms, long *changed, const char *what)
 {
@@ -1554,7 +1529,7 @@ update_jobs(struct store *s, enum stmt by_id, enum stmt where,
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_DONE)
-            return store_fail(s, rc, what);
+            return sqlite_fail(s, rc, what);
         *changed = sqlite3_changes(s->db);
         return 0;
     }
@@ -1565,32 +1540,35 @@ update_jobs(struct store *s, enum stmt by_id, enum stmt where,
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_DONE)
-            return store_fail(s, rc, what);
+            return sqlite_fail(s, rc, what);
         *changed += sqlite3_changes(s->db);
     }
     return 0;
 }
 
-int
-store_retry(struct store *s, const int64_t *ids, size_t n,
-            const struct store_select *sel, int64_t now_ms, long *changed)
+static int
+sqlite_retry(struct store *base, const int64_t *ids, size_t n,
+             const struct store_select *sel, int64_t now_ms, long *changed)
 {
+    struct sqlite_store *s = sq(base);
     return update_jobs(s, ST_RETRY_ID, ST_RETRY_WHERE, ids, n, sel, now_ms,
                        changed, "retry");
 }
 
-int
-store_cancel(struct store *s, const int64_t *ids, size_t n,
-             const struct store_select *sel, int64_t now_ms, long *changed)
+static int
+sqlite_cancel(struct store *base, const int64_t *ids, size_t n,
+              const struct store_select *sel, int64_t now_ms, long *changed)
 {
+    struct sqlite_store *s = sq(base);
     return update_jobs(s, ST_CANCEL_ID, ST_CANCEL_WHERE, ids, n, sel, now_ms,
                        changed, "cancel");
 }
 
-int
-store_export(struct store *s, const struct store_select *sel, store_row_fn fn,
-             void *arg)
+static int
+sqlite_export(struct store *base, const struct store_select *sel,
+              store_row_fn fn, void *arg)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = stmt(s, ST_EXPORT);
     char states[128];
     int rc, stop = 0;
@@ -1606,30 +1584,30 @@ store_export(struct store *s, const struct store_select *sel, store_row_fn fn,
     sqlite3_reset(st);
     if (stop != 0)
         return stop;
-    return rc == SQLITE_DONE ? 0 : store_fail(s, rc, "export");
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "export");
 }
 
 /* The single integer a PRAGMA statement returns. */
 static int
-pragma_int(struct store *s, enum stmt id, int64_t *v)
+pragma_int(struct sqlite_store *s, enum stmt id, int64_t *v)
 {
     sqlite3_stmt *st = stmt(s, id);
     int rc = sqlite3_step(st);
     *v = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
     sqlite3_reset(st);
-    return rc == SQLITE_ROW ? 0 : store_fail(s, rc, "pragma");
+    return rc == SQLITE_ROW ? 0 : sqlite_fail(s, rc, "pragma");
 }
 
 /* One bounded purge step in its own transaction: *njobs deleted. */
 static int
-purge_step(struct store *s, const struct store_select *sel, long limit,
+purge_step(struct sqlite_store *s, const struct store_select *sel, long limit,
            long *njobs, long *nattempts)
 {
     static const enum stmt steps[2] = {ST_PURGE_ATTEMPTS, ST_PURGE_JOBS};
     char states[128];
     int rc;
 
-    if ((rc = store_begin(s)) < 0)
+    if ((rc = sqlite_begin(&s->base)) < 0)
         return rc;
     for (int k = 0; k < 2; k++) {
         sqlite3_stmt *st = stmt(s, steps[k]);
@@ -1639,8 +1617,8 @@ purge_step(struct store *s, const struct store_select *sel, long limit,
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_DONE) {
-            rc = store_fail(s, rc, "purge");
-            store_rollback(s);
+            rc = sqlite_fail(s, rc, "purge");
+            sqlite_rollback(&s->base);
             return rc;
         }
         if (k == 0)
@@ -1648,15 +1626,15 @@ purge_step(struct store *s, const struct store_select *sel, long limit,
         else
             *njobs = sqlite3_changes(s->db);
     }
-    if ((rc = store_commit(s)) < 0)
-        store_rollback(s);
+    if ((rc = sqlite_commit(&s->base)) < 0)
+        sqlite_rollback(&s->base);
     return rc;
 }
 
 /* Gives freed pages back: incremental_vacuum in steps when the file
  * allows it, then the WAL truncated. */
 static int
-purge_reclaim(struct store *s, long *freed)
+purge_reclaim(struct sqlite_store *s, long *freed)
 {
     int64_t mode = 0, before = 0, after = 0;
     int rc;
@@ -1673,7 +1651,7 @@ purge_reclaim(struct store *s, long *freed)
             int64_t now_left;
             rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
             if (rc != SQLITE_OK) {
-                rc = store_fail(s, rc, "incremental_vacuum");
+                rc = sqlite_fail(s, rc, "incremental_vacuum");
                 break;
             }
             if ((rc = pragma_int(s, ST_FREELIST, &now_left)) < 0)
@@ -1694,20 +1672,18 @@ purge_reclaim(struct store *s, long *freed)
     rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE,
                                    NULL, NULL);
     if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
-        return store_fail(s, rc, "wal_checkpoint");
+        return sqlite_fail(s, rc, "wal_checkpoint");
     return 0;
 }
 
-int
-store_purge(struct store *s, const struct store_select *sel, long batch_rows,
-            long *jobs, long *attempts, long *freed_pages)
+static int
+sqlite_purge(struct store *base, const struct store_select *sel,
+             long batch_rows, long *jobs, long *attempts, long *freed_pages)
 {
+    struct sqlite_store *s = sq(base);
     long nj, na;
     int rc;
 
-    *jobs = *attempts = *freed_pages = 0;
-    if (batch_rows <= 0 || sel == NULL || sel->finished_before <= 0)
-        return -EINVAL;
     do {
         nj = na = 0;
         if ((rc = purge_step(s, sel, batch_rows, &nj, &na)) < 0)
@@ -1718,9 +1694,10 @@ store_purge(struct store *s, const struct store_select *sel, long batch_rows,
     return purge_reclaim(s, freed_pages);
 }
 
-json_t *
-store_progress_json(struct store *s, const char *batch)
+static json_t *
+sqlite_progress_json(struct store *base, const char *batch)
 {
+    struct sqlite_store *s = sq(base);
     sqlite3_stmt *st = stmt(s, batch ? ST_PROGRESS_BATCH : ST_BATCHES);
     json_t *arr = json_array();
 
@@ -1733,9 +1710,10 @@ store_progress_json(struct store *s, const char *batch)
     return arr;
 }
 
-json_t *
-store_providers_json(struct store *s)
+static json_t *
+sqlite_providers_json(struct store *base)
 {
+    struct sqlite_store *s = sq(base);
     json_t *arr = json_array();
 
     if (rows_json(s, stmt(s, ST_LANES), arr, "providers") < 0) {
@@ -1744,3 +1722,178 @@ store_providers_json(struct store *s)
     }
     return arr;
 }
+
+/* --- outputs ------------------------------------------------------------- */
+
+static int
+sqlite_outputs_claim(struct store *base, int max, int64_t now_ms,
+                    int64_t lease_ms, const char *owner,
+                    struct output_claim *out, int *nout)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_CLAIM);
+    int rc, n = 0;
+
+    *nout = 0;
+    sqlite3_bind_int64(st, 1, now_ms + lease_ms);
+    bind_text(st, 2, owner);
+    sqlite3_bind_int64(st, 3, now_ms);
+    sqlite3_bind_int(st, 4, max);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < max) {
+        struct output_claim *c = &out[n++];
+        c->id = sqlite3_column_int64(st, 0);
+        c->job_id = sqlite3_column_int64(st, 1);
+        c->url = column_strdup(st, 2);
+        c->attempts = sqlite3_column_int(st, 3);
+        c->provider = column_strdup(st, 4);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        /* The UPDATE rolled back: nothing was claimed. */
+        for (int i = 0; i < n; i++)
+            output_claim_clear(&out[i]);
+        return sqlite_fail(s, rc, "claim outputs");
+    }
+    *nout = n;
+    return 0;
+}
+
+static int
+sqlite_output_record(struct store *base, const struct output_result *r,
+                    int64_t now_ms)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_RECORD);
+    int rc;
+
+    sqlite3_bind_int64(st, 1, r->id);
+    bind_text(st, 2, r->state);
+    bind_text(st, 3, r->path);
+    bind_text(st, 4, r->sha256);
+    if (r->path != NULL)
+        sqlite3_bind_int64(st, 5, r->bytes);
+    bind_text(st, 6, r->content_type);
+    bind_text(st, 7, r->error);
+    sqlite3_bind_int64(st, 8, now_ms);
+    sqlite3_bind_int64(st, 9, r->run_after);
+    sqlite3_bind_int(st, 10, r->uncharge);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "record output");
+}
+
+static int
+sqlite_outputs_next_due(struct store *base, int64_t *due_ms)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_NEXT_DUE);
+    int rc = sqlite3_step(st);
+
+    *due_ms = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : sqlite_fail(s, rc, "next output due");
+}
+
+static int
+sqlite_outputs_counts(struct store *base, long *pending, long *stored,
+                     long *failed)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_COUNTS);
+    int rc;
+
+    *pending = *stored = *failed = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *state = (const char *)sqlite3_column_text(st, 0);
+        long n = (long)sqlite3_column_int64(st, 1);
+        if (strcmp(state, "pending") == 0)
+            *pending = n;
+        else if (strcmp(state, "stored") == 0)
+            *stored = n;
+        else
+            *failed = n;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "output counts");
+}
+
+static json_t *
+sqlite_outputs_json(struct store *base, const char *batch, const char *state)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_LIST);
+    json_t *arr = json_array();
+
+    bind_text(st, 1, batch);
+    bind_text(st, 2, state);
+    if (rows_json(s, st, arr, "outputs") < 0) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+static int
+sqlite_outputs_retry(struct store *base, const char *batch, int64_t now_ms,
+                    long *changed)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_RETRY);
+    int rc;
+
+    *changed = 0;
+    sqlite3_bind_int64(st, 1, now_ms);
+    bind_text(st, 2, batch);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "retry outputs");
+    *changed = sqlite3_changes(s->db);
+    return 0;
+}
+
+const struct store_ops store_sqlite_ops = {
+    .name = "sqlite",
+    .open = sqlite_open,
+    .close = sqlite_close,
+    .schema_version = sqlite_schema_version,
+    .schema_latest = sqlite_schema_latest,
+    .set_busy_timeout = sqlite_set_busy_timeout,
+    .begin = sqlite_begin,
+    .commit = sqlite_commit,
+    .rollback = sqlite_rollback,
+    .insert_job = sqlite_insert_job,
+    .insert_jobs = sqlite_insert_jobs,
+    .reclaim_expired = sqlite_reclaim_expired,
+    .lease_owners = sqlite_lease_owners,
+    .reclaim_owner = sqlite_reclaim_owner,
+    .claim = sqlite_claim,
+    .next_due = sqlite_next_due,
+    .pending_count = sqlite_pending_count,
+    .unfinished_by_provider = sqlite_unfinished_by_provider,
+    .count_waiting = sqlite_count_waiting,
+    .has_unfinished = sqlite_has_unfinished,
+    .data_version = sqlite_data_version,
+    .flush = sqlite_flush,
+    .cancelled = sqlite_cancelled,
+    .provider_put = sqlite_provider_put,
+    .provider_get = sqlite_provider_get,
+    .provider_request_resume = sqlite_provider_request_resume,
+    .status_json = sqlite_status_json,
+    .jobs_json = sqlite_jobs_json,
+    .job_json = sqlite_job_json,
+    .failures_json = sqlite_failures_json,
+    .resolve_one = sqlite_resolve_one,
+    .retry = sqlite_retry,
+    .cancel = sqlite_cancel,
+    .export = sqlite_export,
+    .purge = sqlite_purge,
+    .progress_json = sqlite_progress_json,
+    .providers_json = sqlite_providers_json,
+    .outputs_claim = sqlite_outputs_claim,
+    .output_record = sqlite_output_record,
+    .outputs_next_due = sqlite_outputs_next_due,
+    .outputs_counts = sqlite_outputs_counts,
+    .outputs_json = sqlite_outputs_json,
+    .outputs_retry = sqlite_outputs_retry,
+};

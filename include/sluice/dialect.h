@@ -9,6 +9,7 @@
 #define SLUICE_DIALECT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "sluice/hints.h"
@@ -72,6 +73,10 @@ struct dialect {
      * classified by the caller with dialect_transport(). */
     void (*classify)(const struct http_response *r, bool poll,
                      int64_t now_ms, struct outcome *out);
+    /* Where a success result keeps its output URLs: JSON pointers with
+     * "*" for array elements (jsonptr.h), NULL-terminated; NULL when the
+     * provider's shape is not known (output_pointer covers it). */
+    const char *const *output_pointers;
 };
 
 /* The dialect of that name or alias ("flowapi" = "openai", "lamatic" =
@@ -87,6 +92,20 @@ const char *dialect_names(void);
 void dialect_classify(const struct dialect *d, const struct http_response *r,
                       bool poll, int64_t now_ms,
                       const char *request_id_header, struct outcome *out);
+
+/* Most output URLs taken from one result, and the longest kept: a result
+ * lists a handful of files; a hostile one could list millions. */
+#define DIALECT_OUTPUTS_MAX 256
+#define DIALECT_OUTPUT_URL_MAX 4096
+
+/* The output URLs of a success result (JSON text): the strings at d's
+ * output pointers, then at extra[0..nextra) (config output_pointer), in
+ * document order, each URL once. Only absolute http:// and https:// URLs
+ * count; anything else at a pointer is skipped. Returns the count and
+ * sets *urls to a new NULL-terminated array of new strings (free each,
+ * then the array); a result that is not JSON has none. d may be NULL. */
+size_t dialect_output_urls(const struct dialect *d, const char *result,
+                           char *const *extra, size_t nextra, char ***urls);
 
 /* Shared helpers for dialect modules. */
 /* The class a bare HTTP status implies (2xx → ERR_NONE). */

@@ -1,7 +1,9 @@
 /*
- * store: the SQLite queue. All SQL text of sluice lives in daemon/store/; the
- * schema, migrations and views live in sql/ and are embedded at build time.
- * One connection per struct store, used from one thread.
+ * store: the queue, behind one interface with a backend per database
+ * (daemon/store/: SQLite; backend.h says how to add a function). All SQL
+ * text of sluice lives in daemon/store/; the schema, migrations and views
+ * live in sql/ and are embedded at build time. One connection per struct
+ * store, used from one thread.
  */
 #ifndef SLUICE_STORE_H
 #define SLUICE_STORE_H
@@ -23,9 +25,10 @@ struct jobspec;
 int store_open(const char *path, struct store **out);
 /* Flushes what is buffered (best effort) and closes. NULL accepted. */
 void store_close(struct store *s);
-/* Schema version the database is at, and the one this build knows. */
+/* Schema version the database is at, and the one this build knows for
+ * the database's backend. */
 int store_schema_version(struct store *s);
-int store_schema_latest(void);
+int store_schema_latest(struct store *s);
 /* How long a statement waits for another connection's lock before it fails
  * with -EBUSY (default 5000 ms). The daemon sets a short one so its loop
  * never blocks long; a -EBUSY flush is simply retried later. */
@@ -136,6 +139,10 @@ struct job_update {
     bool has_cost;
     const char *remote_id, *poll_url; /* async run, kept on the job */
     bool is_poll;             /* the request was a poll of remote_id */
+    /* a success of a provider with outputs = download: its output URLs,
+     * each a pending outputs row once committed (DESIGN §13) */
+    const char *const *output_urls;
+    size_t noutput_urls;
 };
 
 /* Buffers an update for the next group commit. Never fails. At flush: a
@@ -271,5 +278,56 @@ json_t *store_progress_json(struct store *s, const char *batch);
 /* The providers table (the daemon's live view of each lane) as an array
  * of rows, by name; NULL on a database error. */
 json_t *store_providers_json(struct store *s);
+
+/* --- outputs (DESIGN §13) ------------------------------------------------ */
+
+/* One pending output a daemon has claimed for download. Strings owned. */
+struct output_claim {
+    int64_t id;      /* outputs.id */
+    int64_t job_id;
+    char *url;
+    char *provider;  /* the job's provider: whose credentials may go along */
+    int attempts;    /* fetches started, this one included */
+};
+void output_claim_clear(struct output_claim *c);
+
+/* Claims up to max pending outputs due at now_ms (run_after passed, no
+ * live lease) in one UPDATE … RETURNING: attempts + 1 and a lease until
+ * now + lease_ms for owner. Fills out[0..*nout). */
+int store_outputs_claim(struct store *s, int max, int64_t now_ms,
+                        int64_t lease_ms, const char *owner,
+                        struct output_claim *out, int *nout);
+
+/* What one download did to its row. Strings borrowed. */
+struct output_result {
+    int64_t id;
+    const char *state;        /* "pending" (try again), "stored", "failed" */
+    const char *path;         /* stored: the file */
+    const char *sha256;       /* stored: hex digest */
+    int64_t bytes;            /* stored: size */
+    const char *content_type; /* as sent, or NULL */
+    const char *error;        /* pending/failed: why, NULL when stored */
+    int64_t run_after;        /* pending: not before, unix ms */
+    bool uncharge;            /* the fetch did not count (shutdown) */
+};
+/* Writes it (autocommit) and frees the lease. -EBUSY when the database is
+ * locked: keep it and call again. */
+int store_output_record(struct store *s, const struct output_result *r,
+                        int64_t now_ms);
+/* Earliest time (unix ms) a pending output may be claimed (its run_after,
+ * or its lease's end), or 0 when none is pending. */
+int store_outputs_next_due(struct store *s, int64_t *due_ms);
+/* Rows per state. */
+int store_outputs_counts(struct store *s, long *pending, long *stored,
+                         long *failed);
+/* Rows of outputs joined with their job (custom_id, provider, batch),
+ * by job then row; batch and state (NULL any) narrow. NULL on a database
+ * error. */
+json_t *store_outputs_json(struct store *s, const char *batch,
+                           const char *state);
+/* Failed outputs (of batch, NULL any) back to pending, due at now_ms,
+ * attempts reset. *changed = rows. */
+int store_outputs_retry(struct store *s, const char *batch, int64_t now_ms,
+                        long *changed);
 
 #endif

@@ -870,6 +870,50 @@ test_submit_without_url_fails_and_never_calls_back(void **state)
     assert_int_equal(http_in_flight(f->http), 0);
 }
 
+/* A line break in a header value would end the header and let the rest be
+ * read as another header, or a second request with our credentials: the
+ * client refuses the request before anything is sent. */
+static void
+test_header_or_url_with_a_line_break_is_refused_unsent(void **state)
+{
+    struct fixture *f = *state;
+    struct result res = {0};
+    char *u = url("/hello");
+    char *bad_url = url("/hello\r\nX-Evil: 1");
+    const char *injected[] = {"Authorization: Bearer sk-secret",
+                              "Idempotency-Key: k\r\nX-Evil: 1", NULL};
+    const char *nonascii[] = {"Idempotency-Key: caf\xc3\xa9", NULL};
+    const char *noname[] = {": value", NULL};
+    const char *fine[] = {"Idempotency-Key: k-1", "X-Note: two words", NULL};
+    int before = atomic_load(&hello_hits);
+    struct http_request req = {.method = "GET", .url = u,
+                               .timeout_ms = WAIT_MS};
+
+    req.headers = injected;
+    assert_int_equal(http_submit(f->http, &req, on_done, &res, NULL), -EINVAL);
+    req.headers = nonascii;
+    assert_int_equal(http_submit(f->http, &req, on_done, &res, NULL), -EINVAL);
+    req.headers = noname;
+    assert_int_equal(http_submit(f->http, &req, on_done, &res, NULL), -EINVAL);
+    req.headers = fine;
+    req.url = bad_url;
+    assert_int_equal(http_submit(f->http, &req, on_done, &res, NULL), -EINVAL);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_int_equal(res.calls, 0);
+    assert_int_equal(http_in_flight(f->http), 0);
+    assert_int_equal(atomic_load(&hello_hits), before);
+
+    /* inner spaces are fine */
+    req.url = u;
+    submit(f, &req, &res, NULL);
+    run_until(f, called, &res);
+    assert_int_equal(res.status, 200);
+    assert_int_equal(atomic_load(&hello_hits), before + 1);
+    result_clear(&res);
+    free(u);
+    free(bad_url);
+}
+
 #define T(fn)                                                                  \
     cmocka_unit_test_setup_teardown(fn, fixture_setup, fixture_teardown)
 
@@ -893,6 +937,7 @@ main(void)
         T(test_free_with_transfers_in_flight_cancels_each_once),
         T(test_free_from_inside_a_callback_cancels_the_rest),
         T(test_submit_without_url_fails_and_never_calls_back),
+        T(test_header_or_url_with_a_line_break_is_refused_unsent),
     };
     return cmocka_run_group_tests(tests, server_start, server_stop);
 }

@@ -195,8 +195,8 @@ test_open_applies_migrations_and_sets_user_version(void **state)
 {
     (void)state;
     struct store *s = open_store(":memory:");
-    assert_true(store_schema_latest() >= 2);
-    assert_int_equal(store_schema_version(s), store_schema_latest());
+    assert_true(store_schema_latest(s) >= 2);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
     store_close(s);
 }
 
@@ -206,17 +206,18 @@ test_reopen_is_idempotent_and_keeps_rows(void **state)
     (void)state;
     struct tmpdb t;
     struct store *s;
+    int latest;
 
     tmpdb_make(&t);
     s = open_store(t.path);
     assert_int_equal(insert(s, "a", "k1", 0, T0), 0);
     store_close(s);
     s = open_store(t.path);
-    assert_int_equal(store_schema_version(s), store_schema_latest());
+    latest = store_schema_latest(s);
+    assert_int_equal(store_schema_version(s), latest);
     assert_int_equal(job_int(s, "k1", "id"), 1);
     store_close(s);
-    assert_int_equal(sql_int(t.path, "PRAGMA user_version"),
-                     store_schema_latest());
+    assert_int_equal(sql_int(t.path, "PRAGMA user_version"), latest);
     assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs"), 1);
     assert_int_equal(
         sql_int(t.path, "SELECT journal_mode = 'wal' FROM "
@@ -235,9 +236,9 @@ test_open_refuses_a_newer_schema(void **state)
 
     tmpdb_make(&t);
     s = open_store(t.path);
-    store_close(s);
     snprintf(sql, sizeof(sql), "PRAGMA user_version = %d",
-             store_schema_latest() + 1);
+             store_schema_latest(s) + 1);
+    store_close(s);
     sql_int(t.path, sql);
     s = NULL;
     assert_int_equal(store_open(t.path, &s), -EPROTO);
@@ -1577,13 +1578,146 @@ test_migration_3_upgrades_a_version_2_database(void **state)
                                      "WHERE name = 'jobs_finished'"),
                      0);
     s = open_store(t.path);
-    assert_int_equal(store_schema_version(s), 3);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
     store_close(s);
     assert_int_equal(sql_int(t.path, "SELECT count(*) FROM sqlite_schema "
                                      "WHERE name = 'jobs_finished'"),
                      1);
     assert_int_equal(sql_int(t.path, "SELECT remaining FROM batch_progress"),
                      1);
+    tmpdb_remove(&t);
+}
+
+/* Outputs (DESIGN section 13): a success's URLs become pending rows in the
+ * same commit (a cancelled job's do not), claims lease them, a record
+ * stores or reschedules them, a dead owner's lease is freed, --retry puts
+ * failed rows back, and export lists each job's stored paths. */
+static int
+collect_outputs_row(const json_t *row, void *arg)
+{
+    json_t *arr = arg;
+    json_array_append(arr, (json_t *)row);
+    return 0;
+}
+
+static void
+test_outputs_rows_from_success_to_stored_or_failed(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct job *out[2];
+    struct output_claim c[4];
+    const char *urls[] = {"https://x/1.png", "https://x/2.png",
+                          "https://x/1.png"};
+    int n = 0;
+    long pending, stored, failed, changed;
+    int64_t due;
+    char **owners;
+    size_t nowners;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    insert_n(s, "a", 2, T0);
+    assert_int_equal(claim(s, "a", 2, T0, "d1", out), 2);
+    free_jobs(out, 2);
+    /* job 2 is cancelled by an operator while its answer is in flight */
+    assert_int_equal(store_cancel(s, (int64_t[]){2}, 1, NULL, T0, &changed),
+                     0);
+    for (int64_t id = 1; id <= 2; id++) {
+        struct job_update u = {
+            .job_id = id, .state = JOB_SUCCEEDED, .finished_at = T0 + 10,
+            .http_status = 200, .result = "{}", .output_urls = urls,
+            .noutput_urls = 3,
+        };
+        store_record(s, &u);
+    }
+    assert_int_equal(store_flush(s), 0);
+    /* two rows (a repeated URL is one), none for the cancelled job */
+    assert_int_equal(store_outputs_counts(s, &pending, &stored, &failed), 0);
+    assert_int_equal(pending, 2);
+    assert_int_equal(stored + failed, 0);
+    assert_int_equal(store_outputs_next_due(s, &due), 0);
+    assert_int_equal(due, T0 + 10);
+
+    assert_int_equal(store_outputs_claim(s, 4, T0 + 20, LEASE_MS, "h:1", c,
+                                         &n),
+                     0);
+    assert_int_equal(n, 2);
+    assert_int_equal(c[0].job_id, 1);
+    assert_string_equal(c[0].provider, "a");
+    assert_int_equal(c[0].attempts, 1);
+    /* leased: not claimable again, due when the lease ends */
+    int again = -1;
+    struct output_claim c2[1];
+    assert_int_equal(store_outputs_claim(s, 1, T0 + 30, LEASE_MS, "h:2", c2,
+                                         &again),
+                     0);
+    assert_int_equal(again, 0);
+    assert_int_equal(store_outputs_next_due(s, &due), 0);
+    assert_int_equal(due, T0 + 20 + LEASE_MS);
+    assert_int_equal(store_lease_owners(s, &owners, &nowners), 0);
+    assert_int_equal(nowners, 1);
+    assert_string_equal(owners[0], "h:1");
+    free(owners[0]);
+    free(owners);
+
+    int64_t first = c[0].id, second = c[1].id;
+    struct output_result ok = {
+        .id = first, .state = "stored", .path = "/o/ab/ab", .sha256 = "ab",
+        .bytes = 42, .content_type = "image/png",
+    };
+    assert_int_equal(store_output_record(s, &ok, T0 + 40), 0);
+    struct output_result lost = {
+        .id = second, .state = "failed", .error = "HTTP 404",
+        .run_after = T0 + 40,
+    };
+    assert_int_equal(store_output_record(s, &lost, T0 + 40), 0);
+    for (int i = 0; i < n; i++)
+        output_claim_clear(&c[i]);
+    assert_int_equal(store_outputs_counts(s, &pending, &stored, &failed), 0);
+    assert_int_equal(pending, 0);
+    assert_int_equal(stored, 1);
+    assert_int_equal(failed, 1);
+    assert_int_equal(store_outputs_next_due(s, &due), 0);
+    assert_int_equal(due, 0);
+
+    json_t *rows = store_outputs_json(s, NULL, "failed");
+    assert_int_equal(json_array_size(rows), 1);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(rows, 0), "error")),
+        "HTTP 404");
+    json_decref(rows);
+
+    /* export: each job's stored paths */
+    json_t *exp = json_array();
+    struct store_select sel = {.states = 1u << JOB_SUCCEEDED};
+    assert_int_equal(store_export(s, &sel, collect_outputs_row, exp), 0);
+    assert_int_equal(json_array_size(exp), 1);
+    json_t *paths = json_object_get(json_array_get(exp, 0), "outputs");
+    assert_int_equal(json_array_size(paths), 1);
+    assert_string_equal(json_string_value(json_array_get(paths, 0)),
+                        "/o/ab/ab");
+    json_decref(exp);
+
+    /* --retry: the failed row is pending again, attempts reset */
+    assert_int_equal(store_outputs_retry(s, NULL, T0 + 50, &changed), 0);
+    assert_int_equal(changed, 1);
+    assert_int_equal(store_outputs_claim(s, 4, T0 + 50, LEASE_MS, "h:3", c,
+                                         &n),
+                     0);
+    assert_int_equal(n, 1);
+    assert_int_equal(c[0].attempts, 1);
+    /* a dead owner's download lease is freed at start */
+    long reclaimed;
+    assert_int_equal(store_reclaim_owner(s, "h:3", &reclaimed), 0);
+    output_claim_clear(&c[0]);
+    assert_int_equal(store_outputs_claim(s, 4, T0 + 60, LEASE_MS, "h:4", c,
+                                         &n),
+                     0);
+    assert_int_equal(n, 1);
+    output_claim_clear(&c[0]);
+    store_close(s);
     tmpdb_remove(&t);
 }
 
@@ -1643,6 +1777,7 @@ main(void)
             test_purge_deletes_in_bounded_batches_and_gives_space_back),
         cmocka_unit_test(test_progress_has_rate_and_eta_from_the_last_minute),
         cmocka_unit_test(test_migration_3_upgrades_a_version_2_database),
+        cmocka_unit_test(test_outputs_rows_from_success_to_stored_or_failed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,130 @@
+/*
+ * ctl/internal.h: what sluicectl's command files share and nothing else
+ * sees. Each file in daemon/ctl/ holds one family of commands (enqueue.c;
+ * inspect.c: status, jobs, show; triage.c: failures, retry, cancel,
+ * resume, export, purge; watch.c) and exports one function per command,
+ * listed here and registered in the command table of ctl/main.c. The
+ * helpers below do what every command repeats: options (common.c), the
+ * config and the database (common.c), tables and JSON output (format.c).
+ */
+#ifndef SLUICE_CTL_INTERNAL_H
+#define SLUICE_CTL_INTERNAL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "sluice/job.h"
+
+/* What one run of sluicectl works with; filled lazily by ctl_open. */
+struct ctl {
+    const char *config_flag; /* -c value, or NULL */
+    const char *db_flag;     /* --db value, or NULL */
+    const char *config_path; /* the path tried (flag, env or default) */
+    struct config *config;   /* NULL when the default file is absent */
+    struct store *store;     /* open database */
+};
+
+/* A command: argv[0] is its name, argv[1..argc) its options and operands.
+ * Returns the exit code (sysexits). */
+typedef int (*ctl_cmd_fn)(struct ctl *c, int argc, char **argv);
+
+struct ctl_cmd {
+    const char *name;
+    ctl_cmd_fn fn;
+    const char *usage; /* operands and options after the name */
+    const char *help;  /* one line for the command list */
+};
+
+/* The commands, one per row of the table in ctl/main.c. */
+int ctl_enqueue(struct ctl *c, int argc, char **argv);
+int ctl_status(struct ctl *c, int argc, char **argv);
+int ctl_jobs(struct ctl *c, int argc, char **argv);
+int ctl_show(struct ctl *c, int argc, char **argv);
+int ctl_failures(struct ctl *c, int argc, char **argv);
+int ctl_retry(struct ctl *c, int argc, char **argv);
+int ctl_cancel(struct ctl *c, int argc, char **argv);
+int ctl_resume(struct ctl *c, int argc, char **argv);
+int ctl_export(struct ctl *c, int argc, char **argv);
+int ctl_purge(struct ctl *c, int argc, char **argv);
+int ctl_watch(struct ctl *c, int argc, char **argv);
+
+/* The command called name, or NULL (ctl/main.c). */
+const struct ctl_cmd *ctl_find(const char *name);
+/* "usage: sluicectl … NAME USAGE" on f. */
+void ctl_cmd_usage(FILE *f, const struct ctl_cmd *cmd);
+
+/* --- options and the database (common.c) -------------------------------- */
+
+/* One option of a command: a value option sets *val, a flag sets *flag. */
+struct ctl_opt {
+    const char *name; /* "--state" */
+    const char **val; /* set to the argument; NULL for a flag */
+    bool *flag;       /* set true when present; for flags */
+};
+
+/* Parses the command's options (opts ends with a NULL name); operands
+ * move to argv[0..*npos). Returns -1 to go on, or the exit code to return
+ * (--help printed on stdout, a usage error on stderr). */
+int ctl_options(const char *cmd, int argc, char **argv,
+                const struct ctl_opt *opts, int *npos);
+/* Prints "sluicectl CMD: WHAT" and the usage on stderr; returns EX_USAGE. */
+int ctl_usage_error(const char *cmd, const char *what);
+/* Loads the config and opens the database. need_config: the command
+ * cannot work without the providers. create_db: a missing database file
+ * may be created. Returns 0 or the exit code, message printed. */
+int ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db);
+
+/* The usage error for an unknown job state (lists the valid ones). */
+int ctl_bad_state(const char *cmd, const char *state);
+/* The usage error for an unknown error class (lists the valid ones). */
+int ctl_bad_class(const char *cmd, const char *cls);
+/* A count option: a non-negative decimal. Returns 0 or -EINVAL. */
+int ctl_parse_count(const char *s, long *out);
+/* A duration option (30m, 2h, 7d) into *ms; 0 or EX_USAGE, printed. */
+int ctl_duration(const char *cmd, const char *opt, const char *arg,
+                 int64_t *ms);
+/* A state option that must be one of the states in allowed (bits of
+ * enum job_state); sets *bits to its bit. 0 or EX_USAGE, printed. */
+int ctl_state_in(const char *cmd, const char *name, unsigned allowed,
+                 unsigned *bits);
+
+/* --- output (format.c) --------------------------------------------------- */
+
+/* ISO-8601 UTC of unix ms, seconds precision; "-" for none. */
+void ctl_iso_time(int64_t ms, char out[32]);
+/* A new string for a table cell; key decides whether integers are times. */
+char *ctl_cell(const char *key, const json_t *v);
+/* "error_class" → "ERROR CLASS": a new string. */
+char *ctl_header_of(const char *key);
+
+/* A table of owned strings: row 0 is the header. */
+struct ctl_table {
+    size_t ncols;
+    size_t nrows;
+    size_t cap;
+    char **cells; /* nrows × ncols */
+};
+
+void ctl_table_init(struct ctl_table *t, size_t ncols);
+/* Appends a row; takes ownership of the ncols strings of row. */
+void ctl_table_add(struct ctl_table *t, char **row);
+/* Prints the table aligned (numbers right) on f, and frees it. */
+void ctl_table_print(struct ctl_table *t, FILE *f);
+
+/* A column of an object table: the key and its header. */
+struct ctl_col {
+    const char *key;
+    const char *head;
+};
+
+/* Prints an array of objects as a table: the cols that occur in some row,
+ * then (unless only_cols) every other key in the order first seen. */
+void ctl_print_objects(FILE *f, const json_t *rows, const struct ctl_col *cols,
+                       size_t ncols, bool only_cols);
+/* One JSON document on stdout. Returns 0, or 1 when the write failed. */
+int ctl_print_json(const json_t *v);
+
+#endif

@@ -1,0 +1,145 @@
+/*
+ * backend: the SQL-free helpers both store backends call (backend.h):
+ * claim order, job references, state filters, JSON of text columns and
+ * the shape of status. Each one exists so that sqlite.c and postgres.c
+ * give the same answer to the same question.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "sluice/job.h"
+
+static int
+claimed_cmp(const void *a, const void *b)
+{
+    const struct backend_claimed *x = a, *y = b;
+    if (x->priority != y->priority)
+        return x->priority > y->priority ? -1 : 1;
+    if (x->run_after != y->run_after)
+        return x->run_after < y->run_after ? -1 : 1;
+    return (x->job->id > y->job->id) - (x->job->id < y->job->id);
+}
+
+void
+backend_claimed_sort(struct backend_claimed *c, int n)
+{
+    if (n > 1)
+        qsort(c, (size_t)n, sizeof(*c), claimed_cmp);
+}
+
+void
+backend_pending_clear(struct store_pending *p)
+{
+    struct job_update *u = &p->u;
+    free((char *)u->new_key);
+    free((char *)u->key_sent);
+    free((char *)u->code);
+    free((char *)u->message);
+    free((char *)u->request_id);
+    free((char *)u->fields);
+    free((char *)u->result);
+    free((char *)u->remote_id);
+    free((char *)u->poll_url);
+    for (size_t i = 0; i < u->noutput_urls; i++)
+        free((char *)u->output_urls[i]);
+    free((void *)u->output_urls);
+}
+
+bool
+backend_ref_is_id(const char *ref, int64_t *id)
+{
+    size_t len = strspn(ref, "0123456789");
+
+    /* < 19 digits: always fits an int64 */
+    if (len == 0 || len >= 19 || ref[len] != '\0')
+        return false;
+    *id = strtoll(ref, NULL, 10);
+    return true;
+}
+
+void
+backend_states_text(unsigned states, char out[128])
+{
+    size_t len = 0;
+
+    out[0] = '\0';
+    for (int i = 0; i < JOB_STATE_COUNT; i++) {
+        if (states & (1u << i))
+            len += (size_t)snprintf(out + len, 128 - len, ",%s",
+                                    job_state_name((enum job_state)i));
+    }
+    if (len > 0)
+        strcat(out, ",");
+}
+
+bool
+backend_is_json_column(const char *name)
+{
+    return strcmp(name, "body") == 0 || strcmp(name, "result") == 0 ||
+           strcmp(name, "fields") == 0 || strcmp(name, "outputs") == 0 ||
+           strcmp(name, "sample_request_ids") == 0;
+}
+
+json_t *
+backend_text_json(const char *column, const char *text, size_t len)
+{
+    json_t *v = NULL;
+
+    if (backend_is_json_column(column))
+        v = json_loadb(text, len, JSON_DECODE_ANY, NULL);
+    if (v == NULL)
+        v = json_stringn(text, len);
+    if (v == NULL) /* not UTF-8: keep what is readable */
+        v = json_string("");
+    return v;
+}
+
+json_t *
+backend_state_counts_new(void)
+{
+    json_t *o = json_object();
+    for (int i = 0; i < JOB_STATE_COUNT; i++)
+        json_object_set_new(o, job_state_name((enum job_state)i),
+                            json_integer(0));
+    json_object_set_new(o, "total", json_integer(0));
+    return o;
+}
+
+void
+backend_status_lanes(json_t *providers, const json_t *lanes)
+{
+    size_t i;
+    json_t *lane;
+
+    json_array_foreach(lanes, i, lane)
+    {
+        const char *name = json_string_value(json_object_get(lane, "name"));
+        if (name && json_object_get(providers, name) == NULL)
+            json_object_set_new(providers, name, backend_state_counts_new());
+    }
+}
+
+void
+backend_status_count(json_t *providers, const char *name, const char *state,
+                     json_int_t n)
+{
+    json_t *counts = json_object_get(providers, name);
+    json_t *total;
+
+    if (counts == NULL) {
+        counts = backend_state_counts_new();
+        json_object_set_new(providers, name, counts);
+    }
+    json_object_set_new(counts, state, json_integer(n));
+    total = json_object_get(counts, "total");
+    json_integer_set(total, json_integer_value(total) + n);
+}
+
+void
+backend_job_set_attempts(json_t *job, json_t *attempts)
+{
+    json_object_set(job, "attempt_count", json_object_get(job, "attempts"));
+    json_object_set_new(job, "attempts", attempts);
+}

@@ -1,0 +1,184 @@
+/*
+ * backend: what a store backend implements, and the SQL-free pieces the
+ * backends share. Internal to daemon/store/: callers see only
+ * include/sluice/store.h and never know which backend they talk to.
+ *
+ * store.c is the dispatcher. store_open picks the backend from the
+ * database string (store_backend_for), the backend's open allocates its
+ * own struct with a struct store as its first member, and every store_*
+ * call forwards through s->ops. What needs no SQL lives once, in store.c
+ * (the group-commit buffer of store_record, the order of a combined
+ * claim) or in backend.c (helpers both backends call).
+ *
+ * Adding a store function:
+ *   1. declare it in include/sluice/store.h, with its comment (the
+ *      contract both backends keep);
+ *   2. add its operation to struct store_ops below, same name without the
+ *      store_ prefix, and forward it in store.c (one line);
+ *   3. implement it in every backend (sqlite.c; postgres.c as it lands) as
+ *      a static <backend>_<name> and list it in that backend's ops table
+ *      at the end of the file (a missing entry is a NULL call);
+ *   4. add a case to tests/unit/test_store.c.
+ * SQL-free logic both implementations need goes in backend.c.
+ */
+#ifndef SLUICE_STORE_BACKEND_H
+#define SLUICE_STORE_BACKEND_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sluice/store.h"
+
+/* A buffered job_update with its strings owned (store_record copies). */
+struct store_pending {
+    struct job_update u;
+    int64_t at; /* when it was recorded: updated_at / finished_at */
+};
+
+/* The part of every backend's store that store.c reads: a backend's
+ * struct begins with it. */
+struct store {
+    const struct store_ops *ops;
+    struct store_pending *buf; /* store_record's group-commit buffer */
+    size_t nbuf, capbuf;
+};
+
+/* Which claims store_claim_* asks the backend for. */
+enum store_claim_kind {
+    STORE_CLAIM_NEW,   /* queued and retrying jobs due: become running */
+    STORE_CLAIM_POLLS, /* waiting jobs due for a poll: leased, still waiting */
+};
+
+/*
+ * One backend. Each operation has the contract of the store_* function of
+ * the same name in store.h, except where noted. s is the backend's own
+ * store (cast from struct store).
+ */
+struct store_ops {
+    const char *name; /* "sqlite", "postgresql": for logs */
+    /* Opens database; on success *out->ops is this table. */
+    int (*open)(const char *database, struct store **out);
+    /* Frees everything; the buffer is already flushed or given up. */
+    void (*close)(struct store *s);
+    int (*schema_version)(struct store *s);
+    int (*schema_latest)(void);
+    void (*set_busy_timeout)(struct store *s, int ms);
+
+    int (*begin)(struct store *s);
+    int (*commit)(struct store *s);
+    void (*rollback)(struct store *s);
+    int (*insert_job)(struct store *s, const struct jobspec *j, int64_t now_ms);
+    int (*insert_jobs)(struct store *s, const struct jobspec *jobs, size_t n,
+                       int64_t now_ms, size_t *inserted);
+
+    int (*reclaim_expired)(struct store *s, int64_t now_ms, long *n);
+    int (*lease_owners)(struct store *s, char ***owners, size_t *n);
+    int (*reclaim_owner)(struct store *s, const char *owner, long *n);
+    /* Claims up to max jobs of one kind, appended to out + *nout, in
+     * priority, run_after, id order. */
+    int (*claim)(struct store *s, enum store_claim_kind kind,
+                 const char *provider, int max, int64_t now_ms,
+                 int64_t lease_ms, const char *owner, struct job **out,
+                 int *nout);
+    int (*next_due)(struct store *s, const char *provider, int64_t now_ms,
+                    int64_t *due_ms);
+    int (*pending_count)(struct store *s, const char *provider,
+                         long *unfinished);
+    int (*unfinished_by_provider)(struct store *s,
+                                  void (*cb)(const char *provider, long n,
+                                             void *data),
+                                  void *data);
+    int (*count_waiting)(struct store *s, const char *provider, long *n);
+    int (*has_unfinished)(struct store *s, const char *provider, bool *any);
+    int (*data_version)(struct store *s, int64_t *v);
+    /* Writes s->buf[0..s->nbuf) in one transaction, all or nothing; the
+     * caller empties the buffer after a 0. */
+    int (*flush)(struct store *s);
+    int (*cancelled)(struct store *s, const int64_t *ids, int n, int64_t *out,
+                     int *nout);
+    int (*provider_put)(struct store *s, const struct provider_row *p,
+                        int64_t now_ms);
+    int (*provider_get)(struct store *s, const char *name, int *limit,
+                        int64_t *resume_requested_at);
+    int (*provider_request_resume)(struct store *s, const char *name,
+                                   int64_t now_ms);
+
+    json_t *(*status_json)(struct store *s);
+    json_t *(*jobs_json)(struct store *s, const struct store_filter *f);
+    json_t *(*job_json)(struct store *s, const char *id_or_custom_id);
+    json_t *(*failures_json)(struct store *s, const struct store_select *sel);
+    /* One reference of store_resolve: *id = 0 when it names no job. */
+    int (*resolve_one)(struct store *s, const char *ref, int64_t *id);
+    int (*retry)(struct store *s, const int64_t *ids, size_t n,
+                 const struct store_select *sel, int64_t now_ms, long *changed);
+    int (*cancel)(struct store *s, const int64_t *ids, size_t n,
+                  const struct store_select *sel, int64_t now_ms,
+                  long *changed);
+    int (*export)(struct store *s, const struct store_select *sel,
+                  store_row_fn fn, void *arg);
+    int (*purge)(struct store *s, const struct store_select *sel,
+                 long batch_rows, long *jobs, long *attempts,
+                 long *freed_pages);
+    json_t *(*progress_json)(struct store *s, const char *batch);
+    json_t *(*providers_json)(struct store *s);
+
+    int (*outputs_claim)(struct store *s, int max, int64_t now_ms,
+                         int64_t lease_ms, const char *owner,
+                         struct output_claim *out, int *nout);
+    int (*output_record)(struct store *s, const struct output_result *r,
+                         int64_t now_ms);
+    int (*outputs_next_due)(struct store *s, int64_t *due_ms);
+    int (*outputs_counts)(struct store *s, long *pending, long *stored,
+                          long *failed);
+    json_t *(*outputs_json)(struct store *s, const char *batch,
+                            const char *state);
+    int (*outputs_retry)(struct store *s, const char *batch, int64_t now_ms,
+                         long *changed);
+};
+
+extern const struct store_ops store_sqlite_ops;
+
+/* --- shared by the backends (backend.c) ----------------------------------- */
+
+/* A claimed row with what orders it (RETURNING gives no order). */
+struct backend_claimed {
+    struct job *job;
+    int priority;
+    int64_t run_after;
+};
+/* Sorts c[0..n) by priority descending, then run_after, then id. */
+void backend_claimed_sort(struct backend_claimed *c, int n);
+
+/* Frees the strings a buffered update owns. */
+void backend_pending_clear(struct store_pending *p);
+
+/* The id a job reference names when it is all digits and fits: true and
+ * *id; false for anything else (then it can only be a custom_id). */
+bool backend_ref_is_id(const char *ref, int64_t *id);
+
+/* ",failed,cancelled," for states (bits 1u << enum job_state), the form
+ * a statement matches a state against; "" when states is 0. */
+void backend_states_text(unsigned states, char out[128]);
+
+/* Whether a column holds JSON text (body, result, fields, samples). */
+bool backend_is_json_column(const char *name);
+/* A text column as a new JSON value: parsed when the column holds JSON
+ * and the text parses, else a string ("" when not UTF-8). */
+json_t *backend_text_json(const char *column, const char *text, size_t len);
+
+/* status: {"queued":0, … every state …, "total":0} */
+json_t *backend_state_counts_new(void);
+/* Adds every provider of lanes (providers rows) to providers with zero
+ * counts, so a provider with no jobs is still listed. */
+void backend_status_lanes(json_t *providers, const json_t *lanes);
+/* Adds n jobs of provider name in state to providers. */
+void backend_status_count(json_t *providers, const char *name,
+                          const char *state, json_int_t n);
+
+/* show: the job's attempts column moves to "attempt_count" and
+ * "attempts" becomes the rows (attempts is stolen). */
+void backend_job_set_attempts(json_t *job, json_t *attempts);
+
+#endif

@@ -93,6 +93,8 @@ static const struct key daemon_keys[] = {
     {"database", K_STRING, D(database), 0},
     {"shutdown_grace", K_DURATION, D(shutdown_grace_ms), 0},
     {"lease", K_DURATION, D(lease_ms), 1000},
+    /* 3 s: a few heartbeats (one a second) must fit in it */
+    {"heartbeat_timeout", K_DURATION, D(heartbeat_timeout_ms), 3000},
     {"log_level", K_LOG_LEVEL, D(log_level), 0},
     {"outputs_dir", K_STRING, D(outputs_dir), 0},
     {"outputs_concurrency", K_INT, D(outputs_concurrency), 1},
@@ -928,6 +930,7 @@ config_defaults(struct config *c)
     c->database = NULL;
     c->shutdown_grace_ms = 30000;
     c->lease_ms = 600000;
+    c->heartbeat_timeout_ms = 30000;
     c->log_level = LOG_LEVEL_INFO;
     c->outputs_concurrency = CONFIG_DEFAULT_OUTPUTS_CONCURRENCY;
     c->outputs_max_size = CONFIG_DEFAULT_OUTPUTS_MAX_SIZE;

@@ -213,6 +213,8 @@ dialect_classify(const struct dialect *d, const struct http_response *r,
         classify_transport(r, out);
     else
         d->classify(r, poll, now_ms, out);
+    /* A dialect's body hint (Firemoon's resetAt) obeys the same cap. */
+    hints_cap(&out->hints, now_ms);
 
     if (out->request_id[0] != '\0')
         return;

@@ -39,6 +39,7 @@
 #include "sluice/http.h"
 #include "sluice/jobspec.h"
 #include "sluice/lane.h"
+#include "sluice/liveness.h"
 #include "sluice/log.h"
 #include "sluice/outputs.h"
 #include "sluice/store.h"
@@ -61,12 +62,13 @@
 #define FLUSH_BATCH 256
 /* A commit that met a lock is retried this often; nothing is dropped. */
 #define FLUSH_RETRY_MS 50
-/* The providers table and cancellation checks run once a second. */
-#define HOUSEKEEPING_MS 1000
+/* The providers table, cancellation checks, the heartbeat and the verdict
+ * on other daemons run once a second (the beat liveness.h expects). */
+#define HOUSEKEEPING_MS LIVENESS_BEAT_MS
 /* How often other processes' commits (enqueue, retry, cancel) are looked
  * for: PRAGMA data_version costs no I/O. */
 #define VERSION_POLL_MS 200
-/* Expired leases of other daemons are reclaimed this often. */
+/* Expired leases of unregistered owners are reclaimed this often. */
 #define RECLAIM_MS 30000
 /* The daemon's busy timeout: short, so an operator's lock delays the loop
  * by at most this much per statement; a busy flush is simply retried. */
@@ -104,6 +106,7 @@ struct req {
     struct http_xfer *xfer;
     bool is_poll;
     bool cancel_job;             /* operator cancelled: record cancelled */
+    char *owner;                 /* the lease owner it was claimed under */
     char *url;
     char *body;
     char **headers;              /* lane headers + per-request ones */
@@ -119,7 +122,7 @@ struct dispatch {
     struct dlane *lanes;
     struct req *inflight;
     int ninflight;
-    char owner[128];
+    struct liveness *live;       /* our owner token; borrowed */
     int64_t lease_ms;
     int64_t data_version;
     uv_timer_t pump_timer;
@@ -379,6 +382,7 @@ static void
 req_free(struct req *r)
 {
     job_free(r->job);
+    free(r->owner);
     free(r->url);
     free(r->body);
     free_strv(r->headers);
@@ -430,6 +434,7 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
     r->d = d;
     r->dl = dl;
     r->job = j;
+    r->owner = xstrdup(liveness_owner(d->live));
     r->is_poll = j->state == JOB_WAITING;
     int urc = url_resolve(dl->base_url,
                           r->is_poll ? (j->poll_url ? j->poll_url : "")
@@ -523,6 +528,7 @@ apply_decision(struct dispatch *d, struct req *r, const struct outcome *o,
     struct job *j = r->job;
     struct job_update u = {
         .job_id = j->id,
+        .owner = r->owner,
         .state = dec->state,
         .run_after = dec->run_after,
         .deferrals = dec->deferrals,
@@ -636,6 +642,11 @@ on_http_done(const struct http_response *resp, void *data)
         outcome_init(&o);
         dialect_classify(r->dl->dialect, resp, r->is_poll, now,
                          r->dl->request_id_header, &o);
+        if (o.hints.asked_ms > 0)
+            log_warnx("job %" PRId64 ": %s asked to wait %" PRId64
+                      " s, capped at %lld s",
+                      r->job->id, r->dl->name, (o.hints.asked_ms - now) / 1000,
+                      HINT_CAP_MS / 1000);
         int before = lane_limit(r->dl->lane);
         enum lane_state sbefore = lane_state(r->dl->lane);
         /* A poll that reports the run failed was itself answered well:
@@ -691,7 +702,7 @@ pump_polls(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     struct job *jobs[CLAIM_MAX];
     int got = 0;
     if (store_claim_polls(d->store, dl->name, CLAIM_MAX, now, d->lease_ms,
-                          d->owner, jobs, &got) < 0) {
+                          liveness_owner(d->live), jobs, &got) < 0) {
         if (now + FLUSH_RETRY_MS < *wake)
             *wake = now + FLUSH_RETRY_MS;
         return;
@@ -732,11 +743,12 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
         n = CLAIM_MAX;
     struct job *jobs[CLAIM_MAX];
     int got = 0;
+    const char *owner = liveness_owner(d->live);
     int rc = dl->dialect->async
                  ? store_claim(d->store, dl->name, n, now, d->lease_ms,
-                               d->owner, jobs, &got)
+                               owner, jobs, &got)
                  : store_claim_new(d->store, dl->name, n, now, d->lease_ms,
-                                   d->owner, jobs, &got);
+                                   owner, jobs, &got);
     if (rc < 0) {
         /* Locked by an operator or another daemon: try again shortly. */
         if (now + FLUSH_RETRY_MS < *wake)
@@ -927,11 +939,22 @@ check_cancels(struct dispatch *d)
     free(hit);
 }
 
+/* Jobs came back to the queue: every lane looks again. */
+static void
+recheck_lanes(struct dispatch *d)
+{
+    for (struct dlane *dl = d->lanes; dl; dl = dl->next)
+        dl->next_check_ms = 0;
+}
+
 static void
 on_uv_house(uv_timer_t *t)
 {
     struct dispatch *d = t->data;
     int64_t now = clock_now_ms();
+    long n = 0;
+    /* A stopping daemon still beats: its requests are still out. */
+    liveness_beat(d->live, now);
     write_provider_rows(d, now);
     if (d->stopping)
         return;
@@ -939,13 +962,13 @@ on_uv_house(uv_timer_t *t)
     check_cancels(d);
     if (store_pending(d->store) == 0)
         reconcile_waiting(d);
+    if (liveness_reap(d->live, now, clock_mono_ms(), &n) == 0 && n > 0)
+        recheck_lanes(d);
     if (now - d->last_reclaim >= RECLAIM_MS) {
-        long n = 0;
         d->last_reclaim = now;
         if (store_reclaim_expired(d->store, now, &n) == 0 && n > 0) {
             log_info("store: %ld expired leases reclaimed", n);
-            for (struct dlane *dl = d->lanes; dl; dl = dl->next)
-                dl->next_check_ms = 0;
+            recheck_lanes(d);
         }
     }
     schedule_pump(d, 0);
@@ -961,8 +984,7 @@ on_uv_version(uv_timer_t *t)
     d->data_version = v;
     d->unfinished_at = 0; /* new jobs: STATUS= counts again */
     /* Someone else committed (enqueue, retry, another daemon): look again. */
-    for (struct dlane *dl = d->lanes; dl; dl = dl->next)
-        dl->next_check_ms = 0;
+    recheck_lanes(d);
     schedule_pump(d, 0);
     if (d->outputs != NULL)
         outputs_kick(d->outputs); /* sluicectl outputs --retry */
@@ -970,60 +992,14 @@ on_uv_version(uv_timer_t *t)
 
 /* --- life cycle ----------------------------------------------------------- */
 
-static void
-owner_name(char *out, size_t len)
-{
-    char host[64] = "localhost";
-    gethostname(host, sizeof(host) - 1);
-    host[sizeof(host) - 1] = '\0';
-    snprintf(out, len, "%s:%ld", host, (long)getpid());
-}
-
-/* A lease owner of this host whose process is gone (or is us: a pid
- * reused after a crash). Owners of other hosts are left to expire. */
-static bool
-owner_dead(const char *owner)
-{
-    char me[128];
-    owner_name(me, sizeof(me));
-    const char *colon = strrchr(owner, ':');
-    const char *mycolon = strrchr(me, ':');
-    if (colon == NULL || (size_t)(colon - owner) != (size_t)(mycolon - me) ||
-        strncmp(owner, me, (size_t)(colon - owner)) != 0)
-        return false;
-    char *end;
-    long pid = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || pid <= 0)
-        return false;
-    if (pid == (long)getpid())
-        return true;
-    return kill((pid_t)pid, 0) < 0 && errno == ESRCH;
-}
-
 long
-dispatch_recover(struct store *s)
+dispatch_recover(struct store *s, struct liveness *live)
 {
-    long total = 0, n = 0;
-    char **owners = NULL;
-    size_t nowners = 0;
-
-    int rc = store_reclaim_expired(s, clock_now_ms(), &n);
-    if (rc < 0)
-        return rc;
-    total += n;
-    if (store_lease_owners(s, &owners, &nowners) == 0) {
-        for (size_t i = 0; i < nowners; i++) {
-            if (owner_dead(owners[i]) &&
-                store_reclaim_owner(s, owners[i], &n) == 0 && n > 0) {
-                log_info("store: %ld jobs of dead daemon %s reclaimed", n,
-                         owners[i]);
-                total += n;
-            }
-            free(owners[i]);
-        }
-        free(owners);
-    }
-    return total;
+    long expired = 0, reaped = 0;
+    int rc = store_reclaim_expired(s, clock_now_ms(), &expired);
+    if (rc == 0)
+        rc = liveness_reap(live, clock_now_ms(), clock_mono_ms(), &reaped);
+    return rc < 0 ? rc : expired + reaped;
 }
 
 /* Jobs whose provider the config does not name can never run: say so at
@@ -1059,7 +1035,7 @@ outputs_params_of(const struct dispatch *d, const struct config *c,
     p->concurrency = c->outputs_concurrency;
     p->max_size = c->outputs_max_size;
     p->lease_ms = c->lease_ms;
-    p->owner = d->owner;
+    p->owner = liveness_owner(d->live);
 }
 
 /* Starts the downloads when the config names outputs_dir. */
@@ -1081,7 +1057,8 @@ outputs_open(struct dispatch *d, const struct config *c)
 }
 
 struct dispatch *
-dispatch_new(uv_loop_t *loop, struct store *s, const struct config *c)
+dispatch_new(uv_loop_t *loop, struct store *s, struct liveness *live,
+             const struct config *c)
 {
     struct dispatch *d = xcalloc(1, sizeof(*d));
     struct dlane **tail = &d->lanes;
@@ -1090,7 +1067,7 @@ dispatch_new(uv_loop_t *loop, struct store *s, const struct config *c)
     d->store = s;
     d->lease_ms = c->lease_ms;
     d->pump_at = NEVER;
-    owner_name(d->owner, sizeof(d->owner));
+    d->live = live;
     store_set_busy_timeout(s, BUSY_TIMEOUT_MS);
     store_data_version(s, &d->data_version);
 

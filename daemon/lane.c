@@ -734,6 +734,7 @@ shut(struct lane *l, const struct outcome *o, int64_t at, int64_t now_ms,
     if (u >= 1.0)
         u = 1.0;
     int64_t until = cap_hint(at + (int64_t)(u * spread), now_ms, &capped);
+    capped = capped || o->hints.asked_ms > 0; /* cut when it was read */
     l->run = 0;
     l->run_hint = 0;
     if (until <= l->pause_until)

@@ -9,7 +9,8 @@
  *
  * A 429 carries `resetAt` (ISO-8601) in the body; it raises the retry hint
  * the headers gave (X-RateLimit-Reset, read by hints) and never lowers it,
- * since hints only ever restrict.
+ * since hints only ever restrict (and, like every hint, never past
+ * HINT_CAP_MS: dialect_classify caps it).
  */
 #include <stdlib.h>
 

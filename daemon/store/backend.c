@@ -33,6 +33,7 @@ void
 backend_pending_clear(struct store_pending *p)
 {
     struct job_update *u = &p->u;
+    free((char *)u->owner);
     free((char *)u->new_key);
     free((char *)u->key_sent);
     free((char *)u->code);

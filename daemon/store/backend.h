@@ -74,8 +74,13 @@ struct store_ops {
                        int64_t now_ms, size_t *inserted);
 
     int (*reclaim_expired)(struct store *s, int64_t now_ms, long *n);
-    int (*lease_owners)(struct store *s, char ***owners, size_t *n);
-    int (*reclaim_owner)(struct store *s, const char *owner, long *n);
+    int (*daemon_register)(struct store *s, const struct daemon_row *d);
+    int (*daemon_beat)(struct store *s, const char *owner, int64_t now_ms,
+                       bool *present);
+    /* The rows are freed by store_daemons_free (free() of each string). */
+    int (*daemons)(struct store *s, struct daemon_row **rows, size_t *n);
+    int (*daemon_reap)(struct store *s, const char *owner, int64_t seen,
+                       int64_t now_ms, long *n);
     /* Claims up to max jobs of one kind, appended to out + *nout, in
      * priority, run_after, id order. */
     int (*claim)(struct store *s, enum store_claim_kind kind,

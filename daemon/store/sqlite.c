@@ -79,6 +79,13 @@ extern const size_t sql_nfiles;
     "run_after = ?1, lease_until = NULL, lease_owner = NULL, "                 \
     "updated_at = ?1 "
 
+/* Lease expiry is for owners that are not registered in daemons (leases
+ * from before that table): a registered daemon's leases go only when it is
+ * judged dead, never because a wall clock says they expired. */
+#define UNREGISTERED_OWNER                                                     \
+    "AND (lease_owner IS NULL "                                                \
+    "  OR lease_owner NOT IN (SELECT owner FROM daemons))"
+
 /* The filter of struct store_select, by parameter name; select_bind
  * binds the ones a statement has. :states is ",failed,cancelled,". */
 #define SELECT_WHERE                                                           \
@@ -135,9 +142,13 @@ enum stmt {
     ST_INSERT_JOB,
     ST_RECLAIM_RUNNING,
     ST_RECLAIM_POLLS,
-    ST_LEASE_OWNERS,
     ST_RECLAIM_OWNER_RUNNING,
     ST_RECLAIM_OWNER_POLLS,
+    ST_DAEMON_REGISTER,
+    ST_DAEMON_BEAT,
+    ST_DAEMONS,
+    ST_DAEMON_HEARTBEAT,
+    ST_DAEMON_DELETE,
     ST_CLAIM_WAITING,
     ST_CLAIM,
     ST_NEXT_DUE,
@@ -184,18 +195,11 @@ static const char *const stmt_sql[ST_COUNT] = {
         "created_at, updated_at) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?10, ?10) "
         "ON CONFLICT (provider, idempotency_key) DO NOTHING",
-    [ST_RECLAIM_RUNNING] =
-        RECLAIM_RUNNING_SET "WHERE state = 'running' AND lease_until <= ?1",
+    [ST_RECLAIM_RUNNING] = RECLAIM_RUNNING_SET
+        "WHERE state = 'running' AND lease_until <= ?1 " UNREGISTERED_OWNER,
     [ST_RECLAIM_POLLS] =
         "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
-        "WHERE state = 'waiting' AND lease_until <= ?1",
-    /* Leased rows only, through jobs_lease; downloads hold leases too. */
-    [ST_LEASE_OWNERS] =
-        "SELECT lease_owner FROM jobs "
-        "WHERE lease_until IS NOT NULL AND lease_owner IS NOT NULL "
-        "UNION SELECT lease_owner FROM outputs "
-        "WHERE lease_until IS NOT NULL AND lease_owner IS NOT NULL "
-        "ORDER BY lease_owner",
+        "WHERE state = 'waiting' AND lease_until <= ?1 " UNREGISTERED_OWNER,
     [ST_RECLAIM_OWNER_RUNNING] =
         RECLAIM_RUNNING_SET "WHERE state = 'running' "
                             "AND lease_until IS NOT NULL AND lease_owner = ?2",
@@ -203,11 +207,23 @@ static const char *const stmt_sql[ST_COUNT] = {
         "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
         "WHERE state = 'waiting' AND lease_until IS NOT NULL "
         "AND lease_owner = ?2",
+    [ST_DAEMON_REGISTER] =
+        "INSERT INTO daemons (owner, host, pid, started_at, heartbeat_at) "
+        "VALUES (?1, ?2, ?3, ?4, ?4)",
+    /* + 1: a beat changes the row even when the wall clock went back. */
+    [ST_DAEMON_BEAT] = "UPDATE daemons SET heartbeat_at = "
+                       "MAX(?2, heartbeat_at + 1) WHERE owner = ?1",
+    [ST_DAEMONS] = "SELECT owner, host, pid, started_at, heartbeat_at "
+                   "FROM daemons ORDER BY owner",
+    [ST_DAEMON_HEARTBEAT] = "SELECT heartbeat_at FROM daemons WHERE owner = ?1",
+    /* ?2 like the lease statements that run beside it (daemon_reap) */
+    [ST_DAEMON_DELETE] = "DELETE FROM daemons WHERE owner = ?2",
     [ST_CLAIM_WAITING] =
         "UPDATE jobs SET lease_until = ?1, lease_owner = ?2, updated_at = ?3 "
         "WHERE id IN (SELECT id FROM jobs "
         "  WHERE provider = ?4 AND state = 'waiting' AND run_after <= ?3 "
-        "  AND (lease_until IS NULL OR lease_until <= ?3) "
+        "  AND (lease_until IS NULL OR (lease_until <= ?3 "
+        "    " UNREGISTERED_OWNER ")) "
         "  ORDER BY run_after, id LIMIT ?5) "
         "RETURNING " CLAIM_COLUMNS,
     [ST_CLAIM] = "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
@@ -225,7 +241,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                     "    WHERE provider = ?1 AND state = 'retrying' "
                     "  UNION ALL SELECT MIN(run_after) FROM jobs "
                     "    WHERE provider = ?1 AND state = 'waiting' "
-                    "    AND (lease_until IS NULL OR lease_until <= ?2))",
+                    "    AND (lease_until IS NULL OR (lease_until <= ?2 "
+                    "      " UNREGISTERED_OWNER ")))",
     [ST_UNFINISHED] =
         "SELECT COUNT(*) FROM jobs WHERE provider = ?1 "
         "AND state IN (" JOB_UNFINISHED_SQL ")",
@@ -275,12 +292,15 @@ static const char *const stmt_sql[ST_COUNT] = {
         "lease_owner = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "
         "  THEN lease_owner ELSE NULL END, "
         "updated_at = ?18 "
-        "WHERE id = ?1",
+        "WHERE id = ?1 AND (?19 IS NULL OR lease_owner = ?19 "
+        "  OR (state = 'cancelled' AND lease_owner IS NULL))",
+    /* Unless the job was purged: nothing to attach the attempt to. */
     [ST_INSERT_ATTEMPT] =
         "INSERT INTO attempts (job_id, attempt, idempotency_key, started_at, "
         "finished_at, http_status, error_class, error_code, error_message, "
         "request_id, retry_after_ms, is_poll) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 "
+        "WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)",
     [ST_JOB_STATE] = "SELECT state FROM jobs WHERE id = ?1",
     [ST_PROVIDER_PUT] =
         "INSERT INTO providers (name, state, reason, concurrency_limit, "
@@ -847,66 +867,140 @@ sqlite_reclaim_expired(struct store *base, int64_t now_ms, long *n)
     return 0;
 }
 
+/* --- daemons and their liveness ------------------------------------------ */
+
 static int
-sqlite_lease_owners(struct store *base, char ***owners, size_t *n)
+sqlite_daemon_register(struct store *base, const struct daemon_row *d)
 {
     struct sqlite_store *s = sq(base);
-    sqlite3_stmt *st = stmt(s, ST_LEASE_OWNERS);
-    size_t cap = 4;
-    char **v = xcalloc(cap, sizeof(*v));
-    int rc;
+    sqlite3_stmt *st = stmt(s, ST_DAEMON_REGISTER);
 
-    *n = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (*n + 1 == cap) {
-            cap *= 2;
-            v = xrealloc(v, cap * sizeof(*v));
-        }
-        v[(*n)++] = column_strdup(st, 0);
-    }
-    v[*n] = NULL;
+    bind_text(st, 1, d->owner);
+    bind_text(st, 2, d->host);
+    sqlite3_bind_int64(st, 3, d->pid);
+    sqlite3_bind_int64(st, 4, d->started_at);
+    int rc = sqlite3_step(st);
     sqlite3_reset(st);
-    if (rc != SQLITE_DONE) {
-        for (size_t i = 0; i < *n; i++)
-            free(v[i]);
-        free(v);
-        *n = 0;
-        *owners = NULL;
-        return sqlite_fail(s, rc, "lease owners");
-    }
-    *owners = v;
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "register daemon");
+}
+
+static int
+sqlite_daemon_beat(struct store *base, const char *owner, int64_t now_ms,
+                   bool *present)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = stmt(s, ST_DAEMON_BEAT);
+
+    *present = true;
+    bind_text(st, 1, owner);
+    sqlite3_bind_int64(st, 2, now_ms);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "heartbeat");
+    *present = sqlite3_changes(s->db) == 1;
     return 0;
 }
 
 static int
-sqlite_reclaim_owner(struct store *base, const char *owner, long *n)
+sqlite_daemons(struct store *base, struct daemon_row **rows, size_t *n)
 {
     struct sqlite_store *s = sq(base);
-    int64_t now = clock_now_ms();
-    sqlite3_stmt *st = stmt(s, ST_RECLAIM_OWNER_RUNNING);
+    sqlite3_stmt *st = stmt(s, ST_DAEMONS);
+    struct daemon_row *v = NULL;
+    size_t cap = 0;
     int rc;
 
     *n = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 4;
+            v = xrealloc(v, cap * sizeof(*v));
+        }
+        struct daemon_row *d = &v[(*n)++];
+        d->owner = column_strdup(st, 0);
+        d->host = column_strdup(st, 1);
+        d->pid = (long)sqlite3_column_int64(st, 2);
+        d->started_at = sqlite3_column_int64(st, 3);
+        d->heartbeat_at = sqlite3_column_int64(st, 4);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_daemons_free(v, *n);
+        *n = 0;
+        *rows = NULL;
+        return sqlite_fail(s, rc, "daemons");
+    }
+    *rows = v;
+    return 0;
+}
+
+/* Runs a statement about owner's row or leases: ?1 now, ?2 owner. */
+static int
+owner_stmt(struct sqlite_store *s, enum stmt id, const char *owner,
+           int64_t now, const char *what)
+{
+    sqlite3_stmt *st = stmt(s, id);
+
     sqlite3_bind_int64(st, 1, now);
     bind_text(st, 2, owner);
-    rc = sqlite3_step(st);
+    int rc = sqlite3_step(st);
     sqlite3_reset(st);
-    if (rc != SQLITE_DONE)
-        return sqlite_fail(s, rc, "reclaim leases of owner");
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, what);
+}
+
+static int
+sqlite_daemon_reap(struct store *base, const char *owner, int64_t seen,
+                   int64_t now_ms, long *n)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st;
+    int rc;
+
+    *n = 0;
+    if ((rc = exec_stmt(s, ST_BEGIN, "reap: begin")) < 0)
+        return rc;
+    if (seen != 0) {
+        /* The verdict was "no beat since seen": checked again under the
+         * write lock, so a beat that raced it wins. */
+        st = stmt(s, ST_DAEMON_HEARTBEAT);
+        bind_text(st, 1, owner);
+        rc = sqlite3_step(st);
+        int64_t hb = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            rc = sqlite_fail(s, rc, "reap: heartbeat");
+            goto fail;
+        }
+        if (rc == SQLITE_ROW && hb != seen) {
+            rc = -ESTALE;
+            goto fail;
+        }
+    }
+    if ((rc = owner_stmt(s, ST_DAEMON_DELETE, owner, now_ms,
+                         "reap: daemon row")) < 0 ||
+        (rc = owner_stmt(s, ST_RECLAIM_OWNER_RUNNING, owner, now_ms,
+                         "reap: running jobs")) < 0)
+        goto fail;
     *n = sqlite3_changes(s->db);
-    st = stmt(s, ST_RECLAIM_OWNER_POLLS);
-    bind_text(st, 2, owner);
-    rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE)
-        return sqlite_fail(s, rc, "free poll leases of owner");
+    if ((rc = owner_stmt(s, ST_RECLAIM_OWNER_POLLS, owner, now_ms,
+                         "reap: poll leases")) < 0)
+        goto fail;
     st = ostmt(s, OS_RELEASE_OWNER);
     bind_text(st, 1, owner);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
-    if (rc != SQLITE_DONE)
-        return sqlite_fail(s, rc, "free download leases of owner");
+    if (rc != SQLITE_DONE) {
+        rc = sqlite_fail(s, rc, "reap: download leases");
+        goto fail;
+    }
+    if ((rc = exec_stmt(s, ST_COMMIT, "reap: commit")) < 0)
+        goto fail;
     return 0;
+fail:
+    *n = 0;
+    sqlite_rollback(&s->base);
+    return rc;
 }
 
 static struct job *
@@ -1083,13 +1177,14 @@ bind_text_or_null(sqlite3_stmt *st, int i, const char *v)
 
 /* Writes one buffered update inside the flush transaction. */
 static int
-flush_one(struct sqlite_store *s, const struct store_pending *p)
+flush_one(struct sqlite_store *s, const struct store_pending *p,
+          size_t *dropped)
 {
     const struct job_update *u = &p->u;
     sqlite3_stmt *st = stmt(s, ST_UPDATE_JOB);
     bool failed = u->cls != ERR_NONE;
     int mode = failed ? 1 : u->state == JOB_SUCCEEDED ? 2 : 0;
-    int rc, changed;
+    int rc;
 
     sqlite3_bind_int64(st, 1, u->job_id);
     bind_text(st, 2, job_state_name(u->state));
@@ -1112,14 +1207,17 @@ flush_one(struct sqlite_store *s, const struct store_pending *p)
     bind_text(st, 16, u->remote_id);
     bind_text(st, 17, u->poll_url);
     sqlite3_bind_int64(st, 18, p->at);
+    bind_text(st, 19, u->owner);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return sqlite_fail(s, rc, "update job");
-    changed = sqlite3_changes(s->db);
-    if (changed == 0)
-        return 0; /* a purged job: nothing to attach the rest to */
-    for (size_t i = 0; i < u->noutput_urls; i++) {
+    /* 0: purged, or its lease went to another owner meanwhile: the
+     * outputs are the new holder's to record */
+    bool written = sqlite3_changes(s->db) > 0;
+    if (!written)
+        (*dropped)++;
+    for (size_t i = 0; written && i < u->noutput_urls; i++) {
         st = ostmt(s, OS_INSERT);
         sqlite3_bind_int64(st, 1, u->job_id);
         bind_text(st, 2, u->output_urls[i]);
@@ -1156,16 +1254,21 @@ static int
 sqlite_flush(struct store *base)
 {
     struct sqlite_store *s = sq(base);
+    size_t dropped = 0;
     int rc;
 
     if ((rc = exec_stmt(s, ST_BEGIN, "flush: begin")) < 0)
         return rc;
     for (size_t i = 0; i < base->nbuf; i++) {
-        if ((rc = flush_one(s, &base->buf[i])) < 0)
+        if ((rc = flush_one(s, &base->buf[i], &dropped)) < 0)
             goto fail;
     }
     if ((rc = exec_stmt(s, ST_COMMIT, "flush: commit")) < 0)
         goto fail;
+    if (dropped > 0)
+        log_info("store: %zu outcomes not written: job purged, or taken "
+                 "back from this daemon meanwhile",
+                 dropped);
     return 0;
 fail:
     /* All or nothing: the buffer is kept and written by a later flush. */
@@ -1865,8 +1968,10 @@ const struct store_ops store_sqlite_ops = {
     .insert_job = sqlite_insert_job,
     .insert_jobs = sqlite_insert_jobs,
     .reclaim_expired = sqlite_reclaim_expired,
-    .lease_owners = sqlite_lease_owners,
-    .reclaim_owner = sqlite_reclaim_owner,
+    .daemon_register = sqlite_daemon_register,
+    .daemon_beat = sqlite_daemon_beat,
+    .daemons = sqlite_daemons,
+    .daemon_reap = sqlite_daemon_reap,
     .claim = sqlite_claim,
     .next_due = sqlite_next_due,
     .pending_count = sqlite_pending_count,

@@ -114,16 +114,42 @@ store_reclaim_expired(struct store *s, int64_t now_ms, long *n)
     return s->ops->reclaim_expired(s, now_ms, n);
 }
 
+/* --- daemons and their liveness ------------------------------------------ */
+
 int
-store_lease_owners(struct store *s, char ***owners, size_t *n)
+store_daemon_register(struct store *s, const struct daemon_row *d)
 {
-    return s->ops->lease_owners(s, owners, n);
+    return s->ops->daemon_register(s, d);
 }
 
 int
-store_reclaim_owner(struct store *s, const char *owner, long *n)
+store_daemon_beat(struct store *s, const char *owner, int64_t now_ms,
+                  bool *present)
 {
-    return s->ops->reclaim_owner(s, owner, n);
+    return s->ops->daemon_beat(s, owner, now_ms, present);
+}
+
+int
+store_daemons(struct store *s, struct daemon_row **rows, size_t *n)
+{
+    return s->ops->daemons(s, rows, n);
+}
+
+void
+store_daemons_free(struct daemon_row *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(rows[i].owner);
+        free(rows[i].host);
+    }
+    free(rows);
+}
+
+int
+store_daemon_reap(struct store *s, const char *owner, int64_t seen,
+                  int64_t now_ms, long *n)
+{
+    return s->ops->daemon_reap(s, owner, seen, now_ms, n);
 }
 
 int
@@ -227,6 +253,7 @@ store_record(struct store *s, const struct job_update *u)
     }
     p = &s->buf[s->nbuf++];
     p->u = *u;
+    p->u.owner = xstrdup(u->owner);
     p->u.new_key = xstrdup(u->new_key);
     p->u.key_sent = xstrdup(u->key_sent);
     p->u.code = xstrdup(u->code);

@@ -63,6 +63,9 @@ struct config {
     char *database;          /* SQLite file */
     int64_t shutdown_grace_ms; /* default 30 s */
     int64_t lease_ms;        /* claim lease, default 10 min (> timeout) */
+    int64_t heartbeat_timeout_ms; /* another daemon whose heartbeat does not
+                                     change for this long is dead, default
+                                     30 s (liveness.h) */
     int log_level;           /* enum log_level */
     char *outputs_dir;       /* downloaded outputs, or NULL (none) */
     int outputs_concurrency; /* downloads at once, default 4 */

@@ -25,7 +25,7 @@ struct outputs_params {
     int concurrency;      /* downloads at once */
     size_t max_size;      /* one file's cap in bytes */
     int64_t lease_ms;     /* claim lease; a download times out before it */
-    const char *owner;    /* lease owner, "host:pid" */
+    const char *owner;    /* lease owner: the daemon's token (liveness.h) */
 };
 
 /* The headers to send with url, a download of provider's output: the

@@ -56,15 +56,44 @@ int store_insert_jobs(struct store *s, const struct jobspec *jobs, size_t n,
 /* Returns running jobs whose lease expired to queued (the attempt stays
  * charged: DESIGN §3) and frees expired poll leases. *n = jobs reclaimed.
  * A job with no attempt left fails instead (timeout / lease_expired), or it
- * would be claimed beyond max_attempts. */
+ * would be claimed beyond max_attempts. Only leases whose owner has no row
+ * in daemons expire (leases from before the daemons table, or rows edited
+ * by hand): a registered daemon's leases are taken back only when it is
+ * judged dead (store_daemon_reap), so no wall-clock jump reclaims them. */
 int store_reclaim_expired(struct store *s, int64_t now_ms, long *n);
 
-/* Distinct lease owners ("host:pid") of running jobs and poll leases;
- * *owners is a new NULL-terminated array of new strings (free each). */
-int store_lease_owners(struct store *s, char ***owners, size_t *n);
-/* Like store_reclaim_expired, but for every lease of owner whatever its
- * expiry: used at start for a daemon of this host that is known dead. */
-int store_reclaim_owner(struct store *s, const char *owner, long *n);
+/* --- daemons and their liveness (DESIGN §11, liveness.h) ----------------- */
+
+/* A row of the daemons table. */
+struct daemon_row {
+    char *owner;          /* random token: jobs.lease_owner of its leases */
+    char *host;           /* gethostname(), for operators */
+    long pid;             /* in the daemon's own PID namespace */
+    int64_t started_at;   /* unix ms */
+    int64_t heartbeat_at; /* unix ms by its clock; only ever increases */
+};
+
+/* Registers a daemon (its heartbeat_at starts at started_at). Strings are
+ * borrowed. -EEXIST when the owner token is taken. */
+int store_daemon_register(struct store *s, const struct daemon_row *d);
+/* The heartbeat: heartbeat_at = max(now_ms, heartbeat_at + 1), so every
+ * beat changes it whatever the wall clock does. *present = false when
+ * owner has no row any more (another daemon judged it dead and took its
+ * leases back). */
+int store_daemon_beat(struct store *s, const char *owner, int64_t now_ms,
+                      bool *present);
+/* Every row, by owner: *rows is a new array (store_daemons_free). */
+int store_daemons(struct store *s, struct daemon_row **rows, size_t *n);
+void store_daemons_free(struct daemon_row *rows, size_t n);
+/* Takes back what a dead daemon held, in one transaction: deletes its row,
+ * returns its running jobs to the queue (attempt charged, as on lease
+ * expiry; a job with no attempt left fails) and frees its poll leases.
+ * With seen != 0, only while its heartbeat_at still equals seen: a beat
+ * since the verdict proves it alive, and -ESTALE says nothing was done.
+ * seen = 0 is unconditional (its lock file proved it dead, or a daemon
+ * leaving cleanly). *n = jobs returned to the queue or failed. */
+int store_daemon_reap(struct store *s, const char *owner, int64_t seen,
+                      int64_t now_ms, long *n);
 
 /* Claims up to max due jobs of provider in one UPDATE … RETURNING:
  * queued/retrying with run_after <= now become running (attempts + 1), and
@@ -113,6 +142,12 @@ int store_data_version(struct store *s, int64_t *v);
  * borrowed; store_record copies them. */
 struct job_update {
     int64_t job_id;
+    const char *owner;        /* the lease owner the job was claimed under:
+                                 the update is written only while the job
+                                 is still leased to it (or was cancelled
+                                 meanwhile), so a late outcome never
+                                 overwrites a job taken back and claimed
+                                 again; NULL writes unconditionally */
     enum job_state state;     /* new state */
     int64_t run_after;        /* for retrying / waiting / queued, unix ms */
     int deferrals;            /* new deferral count */
@@ -150,7 +185,8 @@ struct job_update {
  * (http_status and request_id kept), other updates leave it; a job an
  * operator cancelled meanwhile stays cancelled (the outcome is still kept);
  * the lease is cleared unless the new state is running; an update for a
- * purged job is dropped. */
+ * purged job is dropped, and so is one whose owner no longer holds the
+ * job's lease (its attempt row is still written: the request went out). */
 void store_record(struct store *s, const struct job_update *u);
 /* Updates buffered and not yet committed. */
 size_t store_pending(const struct store *s);

@@ -661,56 +661,268 @@ test_derived_key_is_sent_but_identity_key_still_dedups(void **state)
     store_close(s);
 }
 
+/* --- daemons and lease guards ------------------------------------------- */
+
 static void
-test_lease_owners_and_reclaim_of_a_dead_owner(void **state)
+register_daemon(struct store *s, const char *owner, int64_t now)
+{
+    struct daemon_row d = {.owner = (char *)owner, .host = "h", .pid = 7,
+                           .started_at = now};
+    assert_int_equal(store_daemon_register(s, &d), 0);
+}
+
+static int64_t
+heartbeat_of(struct store *s, const char *owner)
+{
+    struct daemon_row *rows;
+    size_t n;
+    int64_t hb = -1;
+    assert_int_equal(store_daemons(s, &rows, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(rows[i].owner, owner) == 0)
+            hb = rows[i].heartbeat_at;
+    store_daemons_free(rows, n);
+    return hb;
+}
+
+static void
+test_daemon_rows_register_beat_and_list(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct daemon_row *rows;
+    size_t n;
+    bool present;
+
+    register_daemon(s, "tok-b", T0);
+    register_daemon(s, "tok-a", T0 + 5);
+    struct daemon_row dup = {.owner = "tok-a", .host = "h", .started_at = 1};
+    assert_int_equal(store_daemon_register(s, &dup), -EEXIST);
+    assert_int_equal(store_daemons(s, &rows, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(rows[0].owner, "tok-a");
+    assert_string_equal(rows[0].host, "h");
+    assert_int_equal(rows[0].pid, 7);
+    assert_int_equal(rows[0].started_at, T0 + 5);
+    assert_int_equal(rows[0].heartbeat_at, T0 + 5);
+    store_daemons_free(rows, n);
+
+    assert_int_equal(store_daemon_beat(s, "tok-a", T0 + 1000, &present), 0);
+    assert_true(present);
+    assert_int_equal(heartbeat_of(s, "tok-a"), T0 + 1000);
+    assert_int_equal(store_daemon_beat(s, "nobody", T0, &present), 0);
+    assert_false(present);
+    store_close(s);
+}
+
+/* A wall clock stepped back still moves the heartbeat: it is watched for
+ * change, never compared with anyone's clock. */
+static void
+test_heartbeat_changes_on_every_beat_even_when_the_clock_goes_back(
+    void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    bool present;
+
+    register_daemon(s, "tok", T0);
+    assert_int_equal(store_daemon_beat(s, "tok", T0 + 2000, &present), 0);
+    assert_int_equal(heartbeat_of(s, "tok"), T0 + 2000);
+    assert_int_equal(store_daemon_beat(s, "tok", T0 - 3600000, &present), 0);
+    assert_int_equal(heartbeat_of(s, "tok"), T0 + 2001);
+    assert_int_equal(store_daemon_beat(s, "tok", T0 - 3599000, &present), 0);
+    assert_int_equal(heartbeat_of(s, "tok"), T0 + 2002);
+    store_close(s);
+}
+
+static void
+test_reap_takes_back_a_dead_daemons_leases_and_row(void **state)
 {
     (void)state;
     struct store *s = open_store(":memory:");
     struct job *out[3];
     struct job_update u;
-    char **owners = NULL;
-    size_t n = 99;
     long got = -1;
 
     insert_n(s, "a", 3, T0);
-    assert_int_equal(store_lease_owners(s, &owners, &n), 0);
-    assert_int_equal(n, 0);
-    assert_null(owners[0]);
-    free(owners);
-
-    assert_int_equal(claim(s, "a", 2, T0, "host:1", out), 2);
+    register_daemon(s, "dead", T0);
+    register_daemon(s, "live", T0);
+    assert_int_equal(claim(s, "a", 2, T0, "dead", out), 2);
     free_jobs(out, 2);
-    /* job 2 becomes a waiting run, then its poll is leased by host:1 */
-    u = (struct job_update){.job_id = 2, .state = JOB_WAITING,
-                            .run_after = T0, .remote_id = "r",
-                            .finished_at = T0 + 10};
+    /* job 2 becomes a waiting run, then its poll is leased by "dead" */
+    u = (struct job_update){.job_id = 2, .owner = "dead",
+                            .state = JOB_WAITING, .run_after = T0,
+                            .remote_id = "r", .finished_at = T0 + 10};
     store_record(s, &u);
     assert_int_equal(store_flush(s), 0);
-    assert_int_equal(claim(s, "a", 1, T0 + 10, "host:1", out), 1);
+    assert_int_equal(claim(s, "a", 1, T0 + 10, "dead", out), 1);
     assert_int_equal(out[0]->id, 2);
     free_jobs(out, 1);
-    assert_int_equal(claim(s, "a", 1, T0 + 10, "host:2", out), 1);
+    assert_int_equal(claim(s, "a", 1, T0 + 10, "live", out), 1);
     assert_int_equal(out[0]->id, 3);
     free_jobs(out, 1);
 
-    assert_int_equal(store_lease_owners(s, &owners, &n), 0);
-    assert_int_equal(n, 2);
-    assert_string_equal(owners[0], "host:1");
-    assert_string_equal(owners[1], "host:2");
-    assert_null(owners[2]);
-    for (size_t i = 0; i < n; i++)
-        free(owners[i]);
-    free(owners);
-
     /* leases far from expiry, but their owner is dead */
-    assert_int_equal(store_reclaim_owner(s, "host:1", &got), 0);
+    assert_int_equal(store_daemon_reap(s, "dead", 0, T0 + 20, &got), 0);
     assert_int_equal(got, 1);
     assert_job_str(s, "1", "state", "queued");
     assert_int_equal(job_int(s, "1", "attempt_count"), 1);
+    assert_job_null(s, "1", "lease_owner");
     assert_job_str(s, "2", "state", "waiting");
     assert_job_null(s, "2", "lease_until");
     assert_job_str(s, "3", "state", "running");
-    assert_job_str(s, "3", "lease_owner", "host:2");
+    assert_job_str(s, "3", "lease_owner", "live");
+    assert_int_equal(heartbeat_of(s, "dead"), -1);
+    assert_int_equal(heartbeat_of(s, "live"), T0);
+    store_close(s);
+}
+
+/* The verdict "no beat since seen" is checked again under the write lock:
+ * a beat that raced it proves the daemon alive and nothing is taken. */
+static void
+test_reap_of_a_daemon_that_beat_since_the_verdict_does_nothing(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[1];
+    bool present;
+    long got = -1;
+
+    insert_n(s, "a", 1, T0);
+    register_daemon(s, "slow", T0);
+    assert_int_equal(claim(s, "a", 1, T0, "slow", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(store_daemon_beat(s, "slow", T0 + 1000, &present), 0);
+    assert_int_equal(store_daemon_reap(s, "slow", T0, T0 + 40000, &got),
+                     -ESTALE);
+    assert_int_equal(got, 0);
+    assert_job_str(s, "1", "state", "running");
+    assert_job_str(s, "1", "lease_owner", "slow");
+    assert_int_equal(heartbeat_of(s, "slow"), T0 + 1000);
+    /* the heartbeat it saw is still the last one: taken */
+    assert_int_equal(
+        store_daemon_reap(s, "slow", T0 + 1000, T0 + 80000, &got), 0);
+    assert_int_equal(got, 1);
+    assert_job_str(s, "1", "state", "queued");
+    store_close(s);
+}
+
+/* Lease expiry is only for owners with no daemons row: a live daemon's
+ * leases survive any wall clock, however far it jumps. */
+static void
+test_a_registered_owners_leases_never_expire_by_the_wall_clock(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[1];
+    long n = -1;
+    int64_t year = INT64_C(365) * 24 * 3600 * 1000;
+
+    insert_n(s, "a", 2, T0);
+    register_daemon(s, "live", T0);
+    assert_int_equal(claim(s, "a", 1, T0, "live", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(claim(s, "a", 1, T0, "old-host:42", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(store_reclaim_expired(s, T0 + year, &n), 0);
+    assert_int_equal(n, 1);
+    assert_job_str(s, "1", "state", "running");
+    assert_job_str(s, "1", "lease_owner", "live");
+    assert_job_str(s, "2", "state", "queued");
+    store_close(s);
+}
+
+/* An outcome is written only while its job is still leased to the owner
+ * it was claimed under: after a reclaim and a new claim by another daemon,
+ * the first daemon's late answer changes nothing of the job (its attempt
+ * row is kept: the request went out). */
+static void
+test_late_outcome_after_reclaim_is_not_written(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[2];
+    struct job_update u;
+    json_t *j;
+    long got;
+
+    insert_n(s, "a", 2, T0);
+    register_daemon(s, "old", T0);
+    register_daemon(s, "new", T0);
+    assert_int_equal(claim(s, "a", 2, T0, "old", out), 2);
+    free_jobs(out, 2);
+    assert_int_equal(store_daemon_reap(s, "old", 0, T0 + 10, &got), 0);
+    assert_int_equal(got, 2);
+    /* job 1 is claimed again by "new"; job 2 stays queued */
+    assert_int_equal(claim(s, "a", 1, T0 + 20, "new", out), 1);
+    assert_int_equal(out[0]->id, 1);
+    free_jobs(out, 1);
+
+    u = (struct job_update){.job_id = 1, .owner = "old",
+                            .state = JOB_SUCCEEDED, .has_attempt = true,
+                            .attempt = 1, .key_sent = "a-0",
+                            .started_at = T0, .finished_at = T0 + 30,
+                            .http_status = 200, .result = "{\"late\":1}"};
+    store_record(s, &u);
+    u.job_id = 2;
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_job_str(s, "1", "state", "running");
+    assert_job_str(s, "1", "lease_owner", "new");
+    assert_job_null(s, "1", "result");
+    assert_job_str(s, "2", "state", "queued");
+    assert_job_null(s, "2", "result");
+    j = job(s, "1");
+    assert_int_equal(json_array_size(json_object_get(j, "attempts")), 1);
+    json_decref(j);
+
+    /* the new owner's outcome is written */
+    u = (struct job_update){.job_id = 1, .owner = "new",
+                            .state = JOB_SUCCEEDED, .has_attempt = true,
+                            .attempt = 2, .key_sent = "a-0",
+                            .started_at = T0 + 20, .finished_at = T0 + 40,
+                            .http_status = 200, .result = "{\"new\":1}"};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_job_str(s, "1", "state", "succeeded");
+    assert_job_null(s, "1", "lease_owner");
+    j = job(s, "1");
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_object_get(j, "result"), "new")),
+                     1);
+    assert_int_equal(json_array_size(json_object_get(j, "attempts")), 2);
+    json_decref(j);
+    store_close(s);
+}
+
+/* An operator's cancel clears the lease, yet the holder's answer is still
+ * kept on the cancelled job (the job stays cancelled). */
+static void
+test_outcome_of_a_job_cancelled_in_flight_is_kept(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[1];
+    struct job_update u;
+    int64_t id = 1;
+    long changed;
+
+    insert_n(s, "a", 1, T0);
+    register_daemon(s, "d", T0);
+    assert_int_equal(claim(s, "a", 1, T0, "d", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(store_cancel(s, &id, 1, NULL, T0 + 5, &changed), 0);
+    assert_int_equal(changed, 1);
+    assert_job_null(s, "1", "lease_owner");
+    u = (struct job_update){.job_id = 1, .owner = "d",
+                            .state = JOB_SUCCEEDED, .has_attempt = true,
+                            .attempt = 1, .started_at = T0,
+                            .finished_at = T0 + 9, .http_status = 200,
+                            .result = "{\"ok\":1}"};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_job_str(s, "1", "state", "cancelled");
+    assert_int_equal(job_int(s, "1", "http_status"), 200);
     store_close(s);
 }
 
@@ -1547,7 +1759,8 @@ test_progress_has_rate_and_eta_from_the_last_minute(void **state)
 }
 
 /* A database at version 2 (as in the field) gets migration 3: the
- * finished-at index and the new batch_progress columns, rows kept. */
+ * finished-at index and the new batch_progress columns, rows kept; and
+ * the later ones. */
 static void
 test_migration_3_upgrades_a_version_2_database(void **state)
 {
@@ -1585,6 +1798,8 @@ test_migration_3_upgrades_a_version_2_database(void **state)
                      1);
     assert_int_equal(sql_int(t.path, "SELECT remaining FROM batch_progress"),
                      1);
+    /* and migration 5: the daemons table, empty */
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM daemons"), 0);
     tmpdb_remove(&t);
 }
 
@@ -1613,8 +1828,6 @@ test_outputs_rows_from_success_to_stored_or_failed(void **state)
     int n = 0;
     long pending, stored, failed, changed;
     int64_t due;
-    char **owners;
-    size_t nowners;
 
     tmpdb_make(&t);
     s = open_store(t.path);
@@ -1656,11 +1869,6 @@ test_outputs_rows_from_success_to_stored_or_failed(void **state)
     assert_int_equal(again, 0);
     assert_int_equal(store_outputs_next_due(s, &due), 0);
     assert_int_equal(due, T0 + 20 + LEASE_MS);
-    assert_int_equal(store_lease_owners(s, &owners, &nowners), 0);
-    assert_int_equal(nowners, 1);
-    assert_string_equal(owners[0], "h:1");
-    free(owners[0]);
-    free(owners);
 
     int64_t first = c[0].id, second = c[1].id;
     struct output_result ok = {
@@ -1703,14 +1911,15 @@ test_outputs_rows_from_success_to_stored_or_failed(void **state)
     /* --retry: the failed row is pending again, attempts reset */
     assert_int_equal(store_outputs_retry(s, NULL, T0 + 50, &changed), 0);
     assert_int_equal(changed, 1);
-    assert_int_equal(store_outputs_claim(s, 4, T0 + 50, LEASE_MS, "h:3", c,
+    register_daemon(s, "d3", T0 + 50);
+    assert_int_equal(store_outputs_claim(s, 4, T0 + 50, LEASE_MS, "d3", c,
                                          &n),
                      0);
     assert_int_equal(n, 1);
     assert_int_equal(c[0].attempts, 1);
-    /* a dead owner's download lease is freed at start */
+    /* a dead daemon's download lease is freed with its jobs */
     long reclaimed;
-    assert_int_equal(store_reclaim_owner(s, "h:3", &reclaimed), 0);
+    assert_int_equal(store_daemon_reap(s, "d3", 0, T0 + 55, &reclaimed), 0);
     output_claim_clear(&c[0]);
     assert_int_equal(store_outputs_claim(s, 4, T0 + 60, LEASE_MS, "h:4", c,
                                          &n),
@@ -1746,7 +1955,16 @@ main(void)
         cmocka_unit_test(test_record_copies_every_string),
         cmocka_unit_test(
             test_derived_key_is_sent_but_identity_key_still_dedups),
-        cmocka_unit_test(test_lease_owners_and_reclaim_of_a_dead_owner),
+        cmocka_unit_test(test_daemon_rows_register_beat_and_list),
+        cmocka_unit_test(
+            test_heartbeat_changes_on_every_beat_even_when_the_clock_goes_back),
+        cmocka_unit_test(test_reap_takes_back_a_dead_daemons_leases_and_row),
+        cmocka_unit_test(
+            test_reap_of_a_daemon_that_beat_since_the_verdict_does_nothing),
+        cmocka_unit_test(
+            test_a_registered_owners_leases_never_expire_by_the_wall_clock),
+        cmocka_unit_test(test_late_outcome_after_reclaim_is_not_written),
+        cmocka_unit_test(test_outcome_of_a_job_cancelled_in_flight_is_kept),
         cmocka_unit_test(
             test_uncharge_refunds_the_attempt_and_deferrals_are_stored),
         cmocka_unit_test(test_waiting_job_poll_claim_keeps_state_and_attempts),

@@ -1262,8 +1262,8 @@ const char *
 dispatch_status(struct dispatch *d)
 {
     int64_t now = clock_now_ms();
-    /* Counting a large queue costs ~100 ms per million jobs on the loop
-     * thread: recount at most every STATUS_COUNT_MS. */
+    /* The count reads the kept counts (a few rows); it is still asked at
+     * most every STATUS_COUNT_MS, since STATUS= need not be fresher. */
     if (d->unfinished_at == 0 || now - d->unfinished_at >= STATUS_COUNT_MS) {
         long total = 0;
         for (struct dlane *dl = d->lanes; dl; dl = dl->next) {

@@ -97,6 +97,7 @@ struct store_ops {
                                   void *data);
     int (*count_waiting)(struct store *s, const char *provider, long *n);
     int (*has_unfinished)(struct store *s, const char *provider, bool *any);
+    int (*counts)(struct store *s, store_count_fn cb, void *arg);
     int (*data_version)(struct store *s, int64_t *v);
     /* Writes s->buf[0..s->nbuf) in one transaction, all or nothing; the
      * caller empties the buffer after a 0. */

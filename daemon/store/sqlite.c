@@ -156,6 +156,7 @@ enum stmt {
     ST_HAS_UNFINISHED,
     ST_COUNT_WAITING,
     ST_UNFINISHED_BY_PROVIDER,
+    ST_COUNTS,
     ST_DATA_VERSION,
     ST_UPDATE_JOB,
     ST_INSERT_ATTEMPT,
@@ -243,20 +244,24 @@ static const char *const stmt_sql[ST_COUNT] = {
                     "    WHERE provider = ?1 AND state = 'waiting' "
                     "    AND (lease_until IS NULL OR (lease_until <= ?2 "
                     "      " UNREGISTERED_OWNER ")))",
+    /* The kept counts (sql/006_counts.sql): a few rows, not the queue. */
     [ST_UNFINISHED] =
-        "SELECT COUNT(*) FROM jobs WHERE provider = ?1 "
+        "SELECT coalesce(sum(n), 0) FROM job_counts WHERE provider = ?1 "
         "AND state IN (" JOB_UNFINISHED_SQL ")",
     /* EXISTS stops at the first row: the drain check runs four times a
-     * second and must not count a million-row queue each time. */
+     * second. */
     [ST_HAS_UNFINISHED] =
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE provider = ?1 "
         "AND state IN (" JOB_UNFINISHED_SQL "))",
-    [ST_COUNT_WAITING] = "SELECT COUNT(*) FROM jobs "
+    [ST_COUNT_WAITING] = "SELECT coalesce(sum(n), 0) FROM job_counts "
                          "WHERE provider = ?1 AND state = 'waiting'",
     [ST_UNFINISHED_BY_PROVIDER] =
-        "SELECT provider, COUNT(*) FROM jobs "
+        "SELECT provider, sum(n) FROM job_counts "
         "WHERE state IN (" JOB_UNFINISHED_SQL ") "
-        "GROUP BY provider ORDER BY provider",
+        "GROUP BY provider HAVING sum(n) > 0 ORDER BY provider",
+    [ST_COUNTS] = "SELECT provider, nullif(batch, ''), state, n "
+                  "FROM job_counts WHERE n > 0 "
+                  "ORDER BY provider, batch, state",
     [ST_DATA_VERSION] = "PRAGMA data_version",
     /* Right-hand sides see the old row: "state" is the state before. A job
      * an operator cancelled meanwhile stays cancelled, but what the
@@ -319,7 +324,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_PROVIDER_RESUME] =
         "UPDATE providers SET resume_requested_at = ?2 WHERE name = ?1",
     [ST_STATE_COUNTS] =
-        "SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state",
+        "SELECT provider, state, sum(n) FROM job_counts "
+        "GROUP BY provider, state HAVING sum(n) > 0",
     [ST_BATCHES] = "SELECT * FROM batch_progress ORDER BY batch, provider",
     [ST_LANES] = "SELECT * FROM providers ORDER BY name",
     [ST_JOBS] =
@@ -1157,6 +1163,32 @@ sqlite_has_unfinished(struct store *base, const char *provider, bool *any)
 }
 
 static int
+sqlite_counts(struct store *base, store_count_fn cb, void *arg)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = stmt(s, ST_COUNTS);
+    int rc, stop = 0;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *provider = (const char *)sqlite3_column_text(st, 0);
+        const char *batch = (const char *)sqlite3_column_text(st, 1);
+        const char *state = (const char *)sqlite3_column_text(st, 2);
+        enum job_state js;
+        /* a state this build does not know (a newer schema) is skipped */
+        if (state == NULL || job_state_parse(state, &js) < 0)
+            continue;
+        stop = cb(provider ? provider : "", batch, js,
+                  (long)sqlite3_column_int64(st, 3), arg);
+        if (stop != 0)
+            break;
+    }
+    sqlite3_reset(st);
+    if (stop != 0)
+        return stop;
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "job counts");
+}
+
+static int
 sqlite_data_version(struct store *base, int64_t *v)
 {
     struct sqlite_store *s = sq(base);
@@ -1978,6 +2010,7 @@ const struct store_ops store_sqlite_ops = {
     .unfinished_by_provider = sqlite_unfinished_by_provider,
     .count_waiting = sqlite_count_waiting,
     .has_unfinished = sqlite_has_unfinished,
+    .counts = sqlite_counts,
     .data_version = sqlite_data_version,
     .flush = sqlite_flush,
     .cancelled = sqlite_cancelled,

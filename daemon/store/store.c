@@ -232,6 +232,12 @@ store_has_unfinished(struct store *s, const char *provider, bool *any)
 }
 
 int
+store_counts(struct store *s, store_count_fn cb, void *arg)
+{
+    return s->ops->counts(s, cb, arg);
+}
+
+int
 store_data_version(struct store *s, int64_t *v)
 {
     return s->ops->data_version(s, v);

@@ -120,12 +120,13 @@ int store_claim_polls(struct store *s, const char *provider, int max,
 int store_next_due(struct store *s, const char *provider, int64_t now_ms,
                    int64_t *due_ms);
 
-/* Counts of claimable-now and not-yet-terminal jobs of provider. */
+/* Jobs of provider not yet terminal (from the kept counts: cheap at any
+ * size). */
 int store_pending_count(struct store *s, const char *provider,
                         long *unfinished);
 
 /* Calls cb once per provider that has jobs not yet terminal, with their
- * count (a full scan: for start-up, not for the loop). */
+ * count. */
 int store_unfinished_by_provider(struct store *s,
                                  void (*cb)(const char *provider, long n,
                                             void *data),
@@ -134,6 +135,16 @@ int store_unfinished_by_provider(struct store *s,
 int store_count_waiting(struct store *s, const char *provider, long *n);
 /* Whether provider has any job not yet terminal (cheap at any size). */
 int store_has_unfinished(struct store *s, const char *provider, bool *any);
+
+/* The kept job counts, maintained in the same transaction as every change
+ * that moves a job (never a count over the queue, so the cost does not
+ * grow with it): cb runs once per provider, batch (NULL for jobs without
+ * one) and state with n > 0, ordered by provider, batch and state; the
+ * strings are borrowed for the call. A non-zero return from cb stops the
+ * walk and is returned. */
+typedef int (*store_count_fn)(const char *provider, const char *batch,
+                              enum job_state state, long n, void *arg);
+int store_counts(struct store *s, store_count_fn cb, void *arg);
 
 /* PRAGMA data_version: changes when another connection commits. */
 int store_data_version(struct store *s, int64_t *v);

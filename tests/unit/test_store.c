@@ -1758,6 +1758,13 @@ test_progress_has_rate_and_eta_from_the_last_minute(void **state)
     store_close(s);
 }
 
+/* The embedded sql/ files (cmake/embed_sql.cmake), to build old versions. */
+struct sql_file {
+    const char *name;
+    const char *text;
+};
+extern const struct sql_file sql_files[];
+
 /* A database at version 2 (as in the field) gets migration 3: the
  * finished-at index and the new batch_progress columns, rows kept; and
  * the later ones. */
@@ -1765,10 +1772,6 @@ static void
 test_migration_3_upgrades_a_version_2_database(void **state)
 {
     (void)state;
-    extern const struct sql_file {
-        const char *name;
-        const char *text;
-    } sql_files[];
     struct tmpdb t;
     struct store *s;
     sqlite3 *db;
@@ -1930,6 +1933,162 @@ test_outputs_rows_from_success_to_stored_or_failed(void **state)
     tmpdb_remove(&t);
 }
 
+/* store_counts as "provider/batch/state=n;…" */
+static int
+counts_line(const char *provider, const char *batch, enum job_state state,
+            long n, void *arg)
+{
+    char *out = arg;
+    size_t len = strlen(out);
+    snprintf(out + len, 1024 - len, "%s/%s/%s=%ld;", provider,
+             batch ? batch : "-", job_state_name(state), n);
+    return 0;
+}
+
+/* The same line counted over the jobs table, as the truth to match. */
+static void
+counted_line(const char *path, char out[1024])
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+
+    out[0] = '\0';
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db,
+                           "SELECT provider, coalesce(batch, '-'), state, "
+                           "count(*) FROM jobs GROUP BY provider, "
+                           "coalesce(batch, ''), state ORDER BY provider, "
+                           "coalesce(batch, ''), state",
+                           -1, &st, NULL),
+        SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        size_t len = strlen(out);
+        snprintf(out + len, 1024 - len, "%s/%s/%s=%lld;",
+                 sqlite3_column_text(st, 0), sqlite3_column_text(st, 1),
+                 sqlite3_column_text(st, 2),
+                 (long long)sqlite3_column_int64(st, 3));
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+static void
+assert_counts_kept(struct store *s, const char *path)
+{
+    char kept[1024] = "", counted[1024];
+    assert_int_equal(store_counts(s, counts_line, kept), 0);
+    counted_line(path, counted);
+    assert_string_equal(kept, counted);
+}
+
+/* The kept counts follow every path that moves a job: enqueue (one row
+ * and many), claim, outcomes, reclaim, retry, cancel and purge. */
+static void
+test_counts_are_kept_through_every_change(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct job *out[8];
+    struct jobspec many[3];
+    size_t inserted = 0;
+    long n = 0, jobs, attempts, pages;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    insert_n(s, "a", 6, T0);
+    insert_n(s, "b", 1, T0);
+    for (int i = 0; i < 3; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "n-%d", i);
+        many[i] = (struct jobspec){.provider = "a", .batch = "nightly",
+                                   .method = "POST", .path = "/v1/run",
+                                   .idempotency_key = strdup(key),
+                                   .max_attempts = 3};
+    }
+    assert_int_equal(store_insert_jobs(s, many, 3, T0, &inserted), 0);
+    assert_int_equal(store_insert_jobs(s, many, 3, T0, &inserted), 0);
+    assert_int_equal(inserted, 0); /* duplicates move nothing */
+    for (int i = 0; i < 3; i++)
+        free(many[i].idempotency_key);
+    assert_counts_kept(s, t.path);
+
+    assert_int_equal(claim(s, "a", 8, T0, "d1", out), 8);
+    free_jobs(out, 8);
+    assert_counts_kept(s, t.path);
+    struct job_update u = failure(1, 1, T0 + 10);
+    store_record(s, &u);
+    u = failure(2, 1, T0 + 10);
+    u.state = JOB_FAILED;
+    store_record(s, &u);
+    u = (struct job_update){.job_id = 3, .state = JOB_SUCCEEDED,
+                            .finished_at = T0 + 20};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_counts_kept(s, t.path);
+
+    assert_int_equal(store_reclaim_expired(s, T0 + LEASE_MS + 1, &n), 0);
+    assert_true(n > 0);
+    assert_counts_kept(s, t.path);
+    int64_t ids[2] = {2, 4};
+    assert_int_equal(store_retry(s, ids, 1, NULL, T0 + 30, &n), 0);
+    assert_int_equal(store_cancel(s, ids + 1, 1, NULL, T0 + 30, &n), 0);
+    assert_counts_kept(s, t.path);
+    struct store_select sel = {.finished_before = T0 + 1000};
+    assert_int_equal(store_purge(s, &sel, 1, &jobs, &attempts, &pages), 0);
+    assert_int_equal(jobs, 2);
+    assert_counts_kept(s, t.path);
+    assert_int_equal(store_pending_count(s, "a", &n), 0);
+    assert_int_equal(n, 7);
+    store_close(s);
+    tmpdb_remove(&t);
+}
+
+/* A database at version 5 gets migration 6: counts of the jobs already
+ * there, and batch_progress read from them. */
+static void
+test_migration_6_counts_the_jobs_already_there(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    sqlite3 *db;
+
+    tmpdb_make(&t);
+    assert_int_equal(sqlite3_open(t.path, &db), SQLITE_OK);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(
+            sqlite3_exec(db, sql_files[i].text, NULL, NULL, NULL),
+            SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "PRAGMA user_version = 5; INSERT INTO jobs (provider, "
+                     "batch, path, idempotency_key, state, created_at, "
+                     "updated_at, finished_at) VALUES "
+                     "('a', 'x', '/', 'k1', 'queued', 1, 1, NULL), "
+                     "('a', 'x', '/', 'k2', 'succeeded', 1, 1, 5), "
+                     "('a', NULL, '/', 'k3', 'failed', 1, 1, 7)",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    s = open_store(t.path);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
+    assert_counts_kept(s, t.path);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "SELECT total * 100 + done * 10 + "
+                                     "remaining FROM batch_progress "
+                                     "WHERE batch = 'x'"),
+                     211);
+    assert_int_equal(sql_int(t.path, "SELECT last_finished_at FROM "
+                                     "batch_progress WHERE batch = 'x'"),
+                     5);
+    assert_int_equal(sql_int(t.path, "SELECT first_created_at FROM "
+                                     "batch_progress WHERE batch IS NULL"),
+                     1);
+    tmpdb_remove(&t);
+}
+
 int
 main(void)
 {
@@ -1995,6 +2154,8 @@ main(void)
             test_purge_deletes_in_bounded_batches_and_gives_space_back),
         cmocka_unit_test(test_progress_has_rate_and_eta_from_the_last_minute),
         cmocka_unit_test(test_migration_3_upgrades_a_version_2_database),
+        cmocka_unit_test(test_counts_are_kept_through_every_change),
+        cmocka_unit_test(test_migration_6_counts_the_jobs_already_there),
         cmocka_unit_test(test_outputs_rows_from_success_to_stored_or_failed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -25,6 +25,7 @@
  */
 #include <errno.h>
 #include <ini.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -189,6 +190,14 @@ struct parser {
     char label[CONFIG_MSG_MAX]; /* section_label's answer */
     int failed;                 /* line of the first error, 0 if none */
 };
+
+/* A seen mask holds one bit per key of its table. */
+_Static_assert(NKEYS(daemon_keys) <=
+                   sizeof(((struct parser *)0)->daemon_seen) * CHAR_BIT,
+               "parser.daemon_seen has a bit per daemon key");
+_Static_assert(NKEYS(provider_keys) <=
+                   sizeof(((struct provider_state *)0)->seen) * CHAR_BIT,
+               "provider_state.seen has a bit per provider key");
 
 static void parser_fail(struct parser *p, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -27,8 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sluice/dialect.h"
 #include "sluice/job.h"
+#include "sluice/outcome.h"
 #include "sluice/url.h"
 #include "sluice/xmalloc.h"
 

@@ -70,9 +70,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "sluice/dialect.h"
 #include "sluice/hints.h"
 #include "sluice/lane.h"
+#include "sluice/outcome.h"
 #include "sluice/xmalloc.h"
 
 /* Burst: a tenth of a second of the rate, at least one request. With the

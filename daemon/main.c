@@ -214,6 +214,7 @@ main(int argc, char **argv)
     struct daemon dm = {0};
     const char *flag = NULL;
     bool do_check = false;
+    int rc;
     char err[512];
     int ch;
 
@@ -266,7 +267,14 @@ main(int argc, char **argv)
                  reclaimed);
 
     dm.loop = xmalloc(sizeof(*dm.loop));
-    uv_loop_init(dm.loop);
+    if ((rc = uv_loop_init(dm.loop)) < 0) {
+        log_error("loop: %s", uv_strerror(rc));
+        free(dm.loop);
+        liveness_leave(dm.live, clock_now_ms());
+        store_close(dm.store);
+        config_free(dm.config);
+        return 1;
+    }
     dm.dispatch = dispatch_new(dm.loop, dm.store, dm.live, dm.config);
     if (dm.dispatch == NULL) {
         liveness_leave(dm.live, clock_now_ms());
@@ -277,10 +285,14 @@ main(int argc, char **argv)
 
     uv_signal_t *sigs[] = {&dm.sigterm, &dm.sigint, &dm.sighup};
     int signums[] = {SIGTERM, SIGINT, SIGHUP};
+    /* Without its handlers sluiced could not stop gracefully; nothing has
+     * been claimed yet, so ending the start here loses nothing (and the
+     * lock file goes with the process). */
     for (int i = 0; i < 3; i++) {
-        uv_signal_init(dm.loop, sigs[i]);
+        if ((rc = uv_signal_init(dm.loop, sigs[i])) < 0 ||
+            (rc = uv_signal_start(sigs[i], on_uv_signal, signums[i])) < 0)
+            fatalx("signal %s: %s", strsignal(signums[i]), uv_strerror(rc));
         sigs[i]->data = &dm;
-        uv_signal_start(sigs[i], on_uv_signal, signums[i]);
     }
     dm.notify = getenv("NOTIFY_SOCKET") != NULL;
     uv_timer_init(dm.loop, &dm.tick);

@@ -705,10 +705,61 @@ test_free_accepts_null(void **state)
     config_free(NULL);
 }
 
+/* Outputs (DESIGN section 13): download needs outputs_dir; pointers may
+ * repeat and are checked; the daemon keys have their defaults. */
+static void
+test_outputs_keys(void **state)
+{
+    (void)state;
+    struct config *c = load_ok(
+        "[provider \"l\"]\n"
+        "dialect = lamatic\n"
+        "base_url = https://api.lamatic.ai\n"
+        "api_key_env = K\n"
+        "outputs = download\n"
+        "output_pointer = /data/files/*/url\n"
+        "output_pointer = /data/cover\n"
+        "[daemon]\n"
+        "outputs_dir = /var/lib/sluice/outputs\n");
+    assert_string_equal(c->outputs_dir, "/var/lib/sluice/outputs");
+    assert_int_equal(c->outputs_concurrency, 4);
+    assert_true(c->outputs_max_size == (size_t)1 << 30);
+    assert_true(c->providers[0].outputs_download);
+    assert_int_equal(c->providers[0].noutput_pointers, 2);
+    assert_string_equal(c->providers[0].output_pointers[1], "/data/cover");
+    config_free(c);
+
+    c = load_ok("[daemon]\noutputs_concurrency = 2\noutputs_max_size = 5M\n"
+                "[provider \"f\"]\nbase_url = http://f\nauth = none\n"
+                "outputs = keep-urls\n");
+    assert_int_equal(c->outputs_concurrency, 2);
+    assert_true(c->outputs_max_size == (size_t)5 << 20);
+    assert_false(c->providers[0].outputs_download);
+    assert_null(c->outputs_dir);
+    config_free(c);
+
+    assert_load_error("[provider \"f\"]\nbase_url = http://f\nauth = none\n"
+                      "outputs = download\n",
+                      "sluice.conf:1: outputs: download needs outputs_dir in "
+                      "[daemon]");
+    assert_load_error("[provider \"f\"]\nbase_url = http://f\nauth = none\n"
+                      "outputs = fetch\n",
+                      "sluice.conf:4: outputs: bad value 'fetch' (use "
+                      "download or keep-urls)");
+    assert_load_error("[provider \"f\"]\nbase_url = http://f\nauth = none\n"
+                      "output_pointer = data/url\n",
+                      "sluice.conf:4: output_pointer: bad JSON pointer "
+                      "'data/url' (use /a/b, * for every array element, ~0 "
+                      "for ~ and ~1 for /)");
+    assert_load_error("[daemon]\noutputs_concurrency = 0\n",
+                      "sluice.conf:2: outputs_concurrency: must be at least 1");
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_outputs_keys),
         cmocka_unit_test(test_full_file_sets_every_key),
         cmocka_unit_test(test_minimal_provider_gets_documented_defaults),
         cmocka_unit_test(test_no_provider_is_valid_for_a_database_alone),

@@ -12,8 +12,8 @@
 
 #include <cmocka.h>
 
-#include "sluice/dialect.h"
 #include "sluice/job.h"
+#include "sluice/outcome.h"
 
 #define NOW 1700000000000LL
 

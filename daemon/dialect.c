@@ -29,6 +29,7 @@
 #include "sluice/hints.h"
 #include "sluice/http.h"
 #include "sluice/jsonptr.h"
+#include "sluice/log.h"
 #include "sluice/xmalloc.h"
 
 /* At most this many per-field messages are kept: a validation error lists a
@@ -50,27 +51,47 @@ static const struct {
     {"lamatic", &graphql_dialect},
 };
 
+#define NDIALECTS (sizeof(dialects) / sizeof(dialects[0]))
+#define NALIASES (sizeof(aliases) / sizeof(aliases[0]))
+
 const struct dialect *
 dialect_find(const char *name)
 {
     if (name == NULL)
         return NULL;
-    for (size_t i = 0; i < sizeof(dialects) / sizeof(dialects[0]); i++) {
+    for (size_t i = 0; i < NDIALECTS; i++) {
         if (strcmp(name, dialects[i]->name) == 0)
             return dialects[i];
     }
-    for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++) {
+    for (size_t i = 0; i < NALIASES; i++) {
         if (strcmp(name, aliases[i].alias) == 0)
             return aliases[i].d;
     }
     return NULL;
 }
 
+/* "flora, openai (flowapi), …": built once from the tables above, so a new
+ * dialect or alias is listed without another edit. */
 const char *
 dialect_names(void)
 {
-    return "flora, openai (flowapi), graphql (lamatic), flymyai, firemoon, "
-           "problem, generic";
+    static char names[256];
+    size_t n = 0;
+
+    if (names[0] != '\0')
+        return names;
+    for (size_t i = 0; i < NDIALECTS; i++) {
+        n += (size_t)snprintf(names + n, sizeof(names) - n, "%s%s",
+                              i ? ", " : "", dialects[i]->name);
+        for (size_t k = 0; k < NALIASES; k++)
+            if (aliases[k].d == dialects[i])
+                n += (size_t)snprintf(names + n, sizeof(names) - n, " (%s)",
+                                      aliases[k].alias);
+        if (n >= sizeof(names))
+            fatalx("dialect_names: more names than %zu bytes",
+                   sizeof(names));
+    }
+    return names;
 }
 
 /* Collects the output URLs of one result (dialect_output_urls). */

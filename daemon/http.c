@@ -577,11 +577,10 @@ http_submit(struct http *h, const struct http_request *req, http_done_cb cb,
         if (!http_header_ok(*p))
             return -EINVAL;
     }
-    e = curl_easy_init();
-    if (e == NULL) {
-        log_error("http: curl_easy_init failed");
-        return -ENOMEM;
-    }
+    /* curl_easy_init fails only when it cannot allocate: fatal, like
+     * every allocation. */
+    if ((e = curl_easy_init()) == NULL)
+        fatalx("http: curl_easy_init: out of memory");
     x = xcalloc(1, sizeof(*x));
     x->h = h;
     x->easy = e;

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sluice/dialect.h"
+#include "sluice/outcome.h"
 
 void
 outcome_init(struct outcome *o)
@@ -19,6 +19,8 @@ outcome_init(struct outcome *o)
     o->verdict = VERDICT_DEFAULT;
     o->hints.rl_limit = -1;
     o->hints.rl_remaining = -1;
+    o->hints.tok_limit = -1;
+    o->hints.tok_remaining = -1;
 }
 
 void

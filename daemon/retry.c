@@ -18,9 +18,9 @@
  * jitter were rejected: full jitter spreads a burst of failures the most
  * and finishes the work soonest in that article's simulation.
  */
-#include "sluice/retry.h"
-#include "sluice/dialect.h"
 #include "sluice/hints.h"
+#include "sluice/outcome.h"
+#include "sluice/retry.h"
 
 /* A garbage-answering provider keeps answering garbage: protocol errors
  * get a few tries in all, not the full max_attempts. */

@@ -26,15 +26,12 @@
 #include "sluice/job.h"
 #include "sluice/store.h"
 
-/* Returned by ctl_parse_opts for --help: print usage on stdout, exit 0. */
-#define CTL_HELP (-1)
-
 /* --- options ------------------------------------------------------------ */
 
 /*
  * Parses argv[1..argc) (argv[0] is the command) against opts. Operands are
- * moved to argv[0..*npos) in order. Returns 0, CTL_HELP, or EX_USAGE with
- * the problem printed on stderr.
+ * moved to argv[0..*npos) in order. Returns 0, or EX_USAGE with the problem
+ * printed on stderr. --help prints the usage and exits (ctl_help_exit).
  */
 static int
 ctl_parse_opts(const char *cmd, int argc, char **argv,
@@ -54,7 +51,7 @@ ctl_parse_opts(const char *cmd, int argc, char **argv,
             continue;
         }
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0)
-            return CTL_HELP;
+            ctl_help_exit(ctl_find(cmd));
         const char *eq = strchr(arg, '=');
         size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
         const struct ctl_opt *o = NULL;
@@ -91,20 +88,13 @@ ctl_parse_opts(const char *cmd, int argc, char **argv,
     return 0;
 }
 
-/* Runs ctl_parse_opts and turns its verdict into the command's exit code:
- * returns -1 to go on, or the code to exit with (usage printed). */
 int
-ctl_options(const char *cmd, int argc, char **argv, const struct ctl_opt *opts,
-            int *npos)
+ctl_parse_args(const char *cmd, int argc, char **argv,
+               const struct ctl_opt *opts, int *npos)
 {
     int rc = ctl_parse_opts(cmd, argc, argv, opts, npos);
-    if (rc == 0)
-        return -1;
-    if (rc == CTL_HELP) {
-        ctl_cmd_usage(stdout, ctl_find(cmd));
-        return 0;
-    }
-    ctl_cmd_usage(stderr, ctl_find(cmd));
+    if (rc != 0)
+        ctl_cmd_usage(stderr, ctl_find(cmd));
     return rc;
 }
 
@@ -119,13 +109,15 @@ ctl_usage_error(const char *cmd, const char *what)
 /* --- config and database ------------------------------------------------- */
 
 /*
- * Loads the config and opens the database. need_config: the command cannot
+ * Loads the config and finds the database. need_config: the command cannot
  * work without the providers (enqueue). create_db: a missing database file
  * may be created (enqueue); the read-only commands report it instead of
- * leaving an empty file behind. Returns 0 or the exit code, message printed.
+ * leaving an empty file behind. Returns 0 and *db (borrowed from c), or the
+ * exit code, message printed.
  */
-int
-ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db)
+static int
+ctl_locate(struct ctl *c, const char *cmd, bool need_config, bool create_db,
+           const char **db_out)
 {
     char err[512];
     bool chosen = c->config_flag || getenv("SLUICE_CONFIG");
@@ -167,9 +159,60 @@ ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db)
                 strerror(errno));
         return EX_NOINPUT;
     }
+    *db_out = db;
+    return 0;
+}
+
+/*
+ * Loads the config and opens the database to change it (migrating it
+ * first when this build is newer). Arguments as ctl_locate.
+ */
+int
+ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db)
+{
+    const char *db;
+    int rc;
+
+    if ((rc = ctl_locate(c, cmd, need_config, create_db, &db)) != 0)
+        return rc;
     if (store_open(db, &c->store) < 0) {
         c->store = NULL;
         fprintf(stderr, "sluicectl: %s: cannot open database %s\n", cmd, db);
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * Opens the database for a command that only reads it: read-only, never
+ * migrated (a newer sluicectl must not upgrade the database under the
+ * daemon that runs on it). Pending migrations are reported, not applied.
+ * Returns 0 or the exit code, message printed.
+ */
+int
+ctl_open_readonly(struct ctl *c, const char *cmd)
+{
+    const char *db;
+    int rc;
+
+    if ((rc = ctl_locate(c, cmd, false, false, &db)) != 0)
+        return rc;
+    if (store_open_readonly(db, &c->store) < 0) {
+        c->store = NULL;
+        fprintf(stderr, "sluicectl: %s: cannot open database %s\n", cmd, db);
+        return 1;
+    }
+    int v = store_schema_version(c->store);
+    int latest = store_schema_latest(c->store);
+    if (v < latest) {
+        fprintf(stderr,
+                "sluicectl: %s: database %s is at schema %d, this build "
+                "reads %d: %d migration%s pending, applied when sluiced "
+                "starts (or by a command that writes: enqueue, retry, "
+                "cancel, resume, purge)\n",
+                cmd, db, v, latest, latest - v, latest - v == 1 ? "" : "s");
+        store_close(c->store);
+        c->store = NULL;
         return 1;
     }
     return 0;
@@ -187,15 +230,17 @@ ctl_bad_state(const char *cmd, const char *state)
     return EX_USAGE;
 }
 
-/* A count option: a non-negative decimal. Returns 0 or -EINVAL. */
 int
-ctl_parse_count(const char *s, long *out)
+ctl_count(const char *cmd, const char *opt, const char *arg, long *out)
 {
     char *end;
     errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < 0)
-        return -EINVAL;
+    long v = strtol(arg, &end, 10);
+    if (errno || end == arg || *end || v < 0) {
+        char what[64];
+        snprintf(what, sizeof(what), "%s: not a count", opt);
+        return ctl_usage_error(cmd, what);
+    }
     *out = v;
     return 0;
 }

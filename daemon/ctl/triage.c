@@ -115,13 +115,13 @@ ctl_failures(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("failures", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("failures", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos > 0)
         return ctl_usage_error("failures", "takes no operand");
     if (since && (rc = ctl_duration("failures", "--since", since, &ms)) != 0)
         return rc;
-    if ((rc = ctl_open(c, "failures", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "failures")) != 0)
         return rc;
     if (since)
         sel.finished_since = clock_now_ms() - ms;
@@ -229,7 +229,7 @@ ctl_retry(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("retry", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("retry", argc, argv, opts, &npos)) != 0)
         return rc;
     bool filters = state || cls || sel.error_code || sel.batch || sel.provider;
     if (npos > 0 && filters)
@@ -263,7 +263,7 @@ ctl_cancel(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("cancel", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("cancel", argc, argv, opts, &npos)) != 0)
         return rc;
     bool filters = state || sel.batch || sel.provider;
     if (npos > 0 && filters)
@@ -290,7 +290,7 @@ ctl_resume(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("resume", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("resume", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos != 1)
         return ctl_usage_error("resume", "needs exactly one PROVIDER");
@@ -398,6 +398,11 @@ ctl_export_line(const json_t *row)
     }
     json_object_set_new(line, "response", response);
     json_object_set_new(line, "error", error);
+    /* Where the outputs were downloaded (outputs = download): local
+     * paths, beyond the OpenAI Batch keys, only when there are some. */
+    json_t *paths = json_object_get(row, "outputs");
+    if (json_array_size(paths) > 0)
+        json_object_set(line, "outputs", paths);
     return line;
 }
 
@@ -430,7 +435,7 @@ ctl_export(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("export", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("export", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos > 1)
         return ctl_usage_error("export", "at most one FILE");
@@ -440,7 +445,7 @@ ctl_export(struct ctl *c, int argc, char **argv)
         return rc;
     if (!state)
         sel.states = (1u << JOB_SUCCEEDED) | (1u << JOB_FAILED);
-    if ((rc = ctl_open(c, "export", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "export")) != 0)
         return rc;
 
     const char *path = npos == 1 && strcmp(argv[0], "-") != 0 ? argv[0] : NULL;
@@ -493,7 +498,7 @@ ctl_purge(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("purge", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("purge", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos > 0)
         return ctl_usage_error("purge", "takes no operand");

@@ -939,6 +939,10 @@ test_dialect_find_knows_names_and_aliases(void **state)
     }
     assert_ptr_equal(dialect_find("flowapi"), dialect_find("openai"));
     assert_ptr_equal(dialect_find("lamatic"), dialect_find("graphql"));
+    /* Built from the registry: every dialect, its aliases beside it. */
+    assert_string_equal(dialect_names(),
+                        "flora, openai (flowapi), graphql (lamatic), "
+                        "flymyai, firemoon, problem, generic");
     assert_null(dialect_find("Flora"));
     assert_null(dialect_find(NULL));
 }

@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "sluice/dialect.h"
+#include "sluice/outcome.h"
 #include "sluice/retry.h"
 
 #define NOW 1700000000000LL

@@ -21,7 +21,9 @@
  * come first cannot keep all the slots to itself. A daemon's slots are
  * the requests it has out (set at every take, at every housekeeping tick,
  * and given back when a claim finds fewer jobs); a dead daemon's slots go
- * with its row when it is judged dead (liveness.h).
+ * with its row when it is judged dead (liveness.h). Polls of waiting runs
+ * take no permit: their runs already hold slots, and a status GET is not
+ * what a provider's limit counts.
  */
 #ifndef SLUICE_PERMIT_H
 #define SLUICE_PERMIT_H

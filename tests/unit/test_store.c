@@ -1124,6 +1124,90 @@ test_oldest_queued_is_the_earliest_due_queued_job(void **state)
     store_close(s);
 }
 
+static int
+insert_in(struct store *s, const char *batch, const char *key, int priority)
+{
+    struct jobspec j = {
+        .provider = "a",
+        .batch = (char *)batch,
+        .custom_id = (char *)key,
+        .method = "POST",
+        .path = "/v1/run",
+        .idempotency_key = (char *)key,
+        .priority = priority,
+        .max_attempts = 3,
+    };
+    return store_insert_job(s, &j, T0);
+}
+
+static void
+on_budget(const char *batch, double budget, void *data)
+{
+    char *out = data;
+    snprintf(out + strlen(out), 64, "%s=%.2f;", batch, budget);
+}
+
+static void
+test_claim_except_holds_batches_and_spend_sums_costs(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    const char *held[] = {"capped"};
+    struct job *out[8];
+    char budgets[256] = "";
+    double spent = -1;
+    long costed = -1;
+    int n = -1;
+
+    /* the held batch has the highest priority: still never claimed */
+    assert_int_equal(insert_in(s, "capped", "c1", 9), 0);
+    assert_int_equal(insert_in(s, "capped", "c2", 9), 0);
+    assert_int_equal(insert_in(s, "free", "f1", 0), 0);
+    assert_int_equal(insert_in(s, NULL, "n1", 0), 0);
+    assert_int_equal(store_claim_except(s, "a", 8, T0, LEASE_MS, "d1", held,
+                                        1, out, &n),
+                     0);
+    assert_int_equal(n, 2);
+    for (int i = 0; i < n; i++) {
+        assert_true(out[i]->batch == NULL ||
+                    strcmp(out[i]->batch, "free") == 0);
+        struct job_update u = {.job_id = out[i]->id,
+                               .state = JOB_SUCCEEDED,
+                               .finished_at = T0 + 1,
+                               .cost = 0.25,
+                               .has_cost = true};
+        store_record(s, &u);
+    }
+    free_jobs(out, n);
+    assert_int_equal(store_flush(s), 0);
+
+    assert_int_equal(store_spend(s, "a", NULL, &spent, &costed), 0);
+    assert_true(spent > 0.4999 && spent < 0.5001);
+    assert_int_equal(costed, 2);
+    assert_int_equal(store_spend(s, NULL, "free", &spent, &costed), 0);
+    assert_true(spent > 0.2499 && spent < 0.2501);
+    assert_int_equal(costed, 1);
+    assert_int_equal(store_spend(s, NULL, "capped", &spent, &costed), 0);
+    assert_true(spent == 0 && costed == 0);
+
+    assert_int_equal(store_batch_budget_set(s, "capped", 1.5, T0), 0);
+    assert_int_equal(store_batch_budget_set(s, "free", 2, T0), 0);
+    assert_int_equal(store_batch_budget_set(s, "free", 0, T0), 0); /* lifted */
+    assert_int_equal(store_batch_budgets(s, on_budget, budgets), 0);
+    assert_string_equal(budgets, "capped=1.50;");
+    assert_int_equal(store_batch_pause(s, "capped", true, T0 + 5), 0);
+    json_t *rows = store_spend_json(s, "capped");
+    assert_non_null(rows);
+    assert_int_equal(json_array_size(rows), 1);
+    json_t *r = json_array_get(rows, 0);
+    assert_string_equal(json_string_value(json_object_get(r, "batch_state")),
+                        "paused");
+    assert_string_equal(json_string_value(json_object_get(r, "batch_reason")),
+                        "budget");
+    json_decref(rows);
+    store_close(s);
+}
+
 /* --- providers ---------------------------------------------------------- */
 
 static void
@@ -2178,6 +2262,8 @@ main(void)
             test_purge_deletes_in_bounded_batches_and_gives_space_back),
         cmocka_unit_test(test_progress_has_rate_and_eta_from_the_last_minute),
         cmocka_unit_test(test_oldest_queued_is_the_earliest_due_queued_job),
+        cmocka_unit_test(
+            test_claim_except_holds_batches_and_spend_sums_costs),
         cmocka_unit_test(test_migration_3_upgrades_a_version_2_database),
         cmocka_unit_test(test_counts_are_kept_through_every_change),
         cmocka_unit_test(test_migration_6_counts_the_jobs_already_there),

@@ -79,7 +79,7 @@ ctl_status(struct ctl *c, int argc, char **argv)
         return rc;
     if (npos > 0)
         return ctl_usage_error("status", "takes no operand");
-    if ((rc = ctl_open(c, "status", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "status")) != 0)
         return rc;
     json_t *st = store_status_json(c->store);
     json_t *spend = st ? ctl_spend(c, NULL) : NULL;
@@ -163,7 +163,7 @@ ctl_jobs(struct ctl *c, int argc, char **argv)
     if (limit_arg &&
         (rc = ctl_count("jobs", "--limit", limit_arg, &limit)) != 0)
         return rc;
-    if ((rc = ctl_open(c, "jobs", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "jobs")) != 0)
         return rc;
 
     flt.state = state;
@@ -228,14 +228,20 @@ ctl_show_json_field(const char *head, const json_t *v)
         parsed = json_loads(json_string_value(v), JSON_DECODE_ANY, NULL);
     printf("\n%s:\n", head);
     if (json_is_string(v) && !parsed) {
-        printf("  %s\n", json_string_value(v));
+        char *safe = ctl_safe(xstrdup(json_string_value(v)));
+        printf("  %s\n", safe);
+        free(safe);
         return;
     }
     text = json_dumps(parsed ? parsed : v, JSON_INDENT(2) | JSON_ENCODE_ANY);
     if (text) {
         for (char *p = text, *nl; p && *p; p = nl ? nl + 1 : NULL) {
             nl = strchr(p, '\n');
-            printf("  %.*s\n", (int)(nl ? nl - p : (long)strlen(p)), p);
+            /* JSON escapes C0 controls but passes U+0080-U+009F */
+            char *line = ctl_safe(
+                xstrndup(p, nl ? (size_t)(nl - p) : strlen(p)));
+            printf("  %s\n", line);
+            free(line);
         }
     }
     free(text);
@@ -254,7 +260,7 @@ ctl_show_fields(const json_t *job, const char *const *keys, size_t nkeys)
         json_t *v = json_object_get(job, keys[i]);
         if (!v)
             continue;
-        char *cell = ctl_cell(keys[i], v);
+        char *cell = ctl_safe(ctl_cell(keys[i], v));
         printf("%s:%*s %s\n", keys[i], (int)(w - strlen(keys[i])), "", cell);
         free(cell);
     }
@@ -317,7 +323,7 @@ ctl_show(struct ctl *c, int argc, char **argv)
         return rc;
     if (npos != 1)
         return ctl_usage_error("show", "needs exactly one ID or CUSTOM_ID");
-    if ((rc = ctl_open(c, "show", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "show")) != 0)
         return rc;
     json_t *job = store_job_json(c->store, argv[0]);
     if (!job) {

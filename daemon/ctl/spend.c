@@ -158,7 +158,7 @@ spend_table(const json_t *list, const char *key, const char *head)
     {
         const char *state = json_string_value(json_object_get(e, "state"));
         const char *reason = json_string_value(json_object_get(e, "reason"));
-        row[0] = xstrdup(json_string_value(json_object_get(e, key)));
+        row[0] = ctl_safe(xstrdup(json_string_value(json_object_get(e, key))));
         row[1] = spend_cell(json_object_get(e, "spent"));
         row[2] = spend_cell(json_object_get(e, "spent_last_hour"));
         row[3] = spend_cell(json_object_get(e, "budget"));

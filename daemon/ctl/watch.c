@@ -16,6 +16,7 @@
 #include "internal.h"
 #include "sluice/clock.h"
 #include "sluice/store.h"
+#include "sluice/xmalloc.h"
 
 /* --- watch ---------------------------------------------------------------- */
 
@@ -63,7 +64,9 @@ static void
 ctl_watch_batch(FILE *f, const json_t *b, bool tty, const char *stamp,
                 const json_t *spend)
 {
-    const char *batch = json_string_value(json_object_get(b, "batch"));
+    const char *bv = json_string_value(json_object_get(b, "batch"));
+    char *safe = bv ? ctl_safe(xstrdup(bv)) : NULL;
+    const char *batch = safe;
     const char *prov = json_string_value(json_object_get(b, "provider"));
     json_int_t total = ctl_int(b, "total"), done = ctl_int(b, "done");
     double rate = json_number_value(json_object_get(b, "rate_per_s"));
@@ -92,8 +95,9 @@ ctl_watch_batch(FILE *f, const json_t *b, bool tty, const char *stamp,
             ctl_int(b, "succeeded"), ctl_int(b, "failed"),
             ctl_int(b, "cancelled"),
             ctl_int(b, "running") + ctl_int(b, "waiting"), rate, eta);
-    ctl_spend_note(f, spend, "batches", "batch", batch);
+    ctl_spend_note(f, spend, "batches", "batch", bv);
     fputc('\n', f);
+    free(safe);
 }
 
 static void
@@ -185,7 +189,7 @@ ctl_watch(struct ctl *c, int argc, char **argv)
         return rc;
     if (npos > 0)
         return ctl_usage_error("watch", "takes no operand");
-    if ((rc = ctl_open(c, "watch", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "watch")) != 0)
         return rc;
     bool tty = !once && isatty(STDOUT_FILENO) == 1;
 

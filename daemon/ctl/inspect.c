@@ -82,10 +82,13 @@ ctl_status(struct ctl *c, int argc, char **argv)
     if ((rc = ctl_open_readonly(c, "status")) != 0)
         return rc;
     json_t *st = store_status_json(c->store);
-    if (!st) {
+    json_t *spend = st ? ctl_spend(c, NULL) : NULL;
+    if (!st || !spend) {
+        json_decref(st);
         fprintf(stderr, "sluicectl status: cannot read the database\n");
         return 1;
     }
+    json_object_set_new(st, "spend", spend);
     if (json) {
         rc = ctl_print_json(st);
         json_decref(st);
@@ -118,6 +121,7 @@ ctl_status(struct ctl *c, int argc, char **argv)
                "%" JSON_INTEGER_FORMAT " stored, %" JSON_INTEGER_FORMAT
                " failed\n",
                pending, stored, failed);
+    ctl_spend_print(spend);
     json_decref(st);
     return 0;
 }
@@ -224,14 +228,20 @@ ctl_show_json_field(const char *head, const json_t *v)
         parsed = json_loads(json_string_value(v), JSON_DECODE_ANY, NULL);
     printf("\n%s:\n", head);
     if (json_is_string(v) && !parsed) {
-        printf("  %s\n", json_string_value(v));
+        char *safe = ctl_safe(xstrdup(json_string_value(v)));
+        printf("  %s\n", safe);
+        free(safe);
         return;
     }
     text = json_dumps(parsed ? parsed : v, JSON_INDENT(2) | JSON_ENCODE_ANY);
     if (text) {
         for (char *p = text, *nl; p && *p; p = nl ? nl + 1 : NULL) {
             nl = strchr(p, '\n');
-            printf("  %.*s\n", (int)(nl ? nl - p : (long)strlen(p)), p);
+            /* JSON escapes C0 controls but passes U+0080-U+009F */
+            char *line = ctl_safe(
+                xstrndup(p, nl ? (size_t)(nl - p) : strlen(p)));
+            printf("  %s\n", line);
+            free(line);
         }
     }
     free(text);
@@ -250,7 +260,7 @@ ctl_show_fields(const json_t *job, const char *const *keys, size_t nkeys)
         json_t *v = json_object_get(job, keys[i]);
         if (!v)
             continue;
-        char *cell = ctl_cell(keys[i], v);
+        char *cell = ctl_safe(ctl_cell(keys[i], v));
         printf("%s:%*s %s\n", keys[i], (int)(w - strlen(keys[i])), "", cell);
         free(cell);
     }

@@ -1036,6 +1036,13 @@ on_uv_version(uv_timer_t *t)
     schedule_pump(d, 0);
 }
 
+/* The store pushed a wakeup (PostgreSQL NOTIFY): look at once. */
+static void
+on_store_wakeup(void *arg)
+{
+    on_uv_version(&((struct dispatch *)arg)->version_timer);
+}
+
 /* --- life cycle ----------------------------------------------------------- */
 
 static void
@@ -1154,6 +1161,9 @@ dispatch_start(struct dispatch *d)
                    HOUSEKEEPING_MS);
     uv_timer_start(&d->version_timer, on_uv_version, VERSION_POLL_MS,
                    VERSION_POLL_MS);
+    /* Where the store can push (PostgreSQL), an idle daemon wakes at
+     * once; the poll above stays as the floor. */
+    store_watch(d->store, d->loop, on_store_wakeup, d);
     schedule_pump(d, 0);
 }
 
@@ -1252,6 +1262,7 @@ dispatch_stop(struct dispatch *d, int64_t grace_ms,
     d->stopped_data = data;
     uv_timer_stop(&d->pump_timer);
     uv_timer_stop(&d->version_timer);
+    store_watch(d->store, NULL, NULL, NULL); /* or the loop stays up */
     if (d->ninflight > 0) {
         log_info("stopping: %d requests in flight, grace %" PRId64 " ms",
                  d->ninflight, grace_ms);
@@ -1320,6 +1331,7 @@ dispatch_free(struct dispatch *d)
     while (d->inflight)
         http_cancel(d->inflight->xfer);
     http_free(d->http);
+    store_watch(d->store, NULL, NULL, NULL);
     uv_timer_t *timers[] = {&d->pump_timer, &d->flush_timer, &d->house_timer,
                             &d->version_timer, &d->grace_timer};
     for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++) {

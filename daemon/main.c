@@ -168,13 +168,14 @@ check(const char *path)
                c->providers[i].dialect, c->providers[i].base_url);
     }
     struct stat st;
-    if (stat(c->database, &st) == 0) {
+    char *dbname = store_display_name(c->database);
+    if (!store_is_file(c->database) || stat(c->database, &st) == 0) {
         struct store *s = NULL;
         if (store_open(c->database, &s) < 0) {
-            fprintf(stderr, "database %s: cannot open\n", c->database);
+            fprintf(stderr, "database %s: cannot open\n", dbname);
             problems++;
         } else {
-            printf("database %s: schema %d of %d\n", c->database,
+            printf("database %s: schema %d of %d\n", dbname,
                    store_schema_version(s), store_schema_latest(s));
             store_close(s);
         }
@@ -192,6 +193,7 @@ check(const char *path)
         }
         free(dir);
     }
+    free(dbname);
     config_free(c);
     return problems ? EXIT_CONFIG : 0;
 }
@@ -281,9 +283,11 @@ main(int argc, char **argv)
                        (uint64_t)dm.watchdog_ms);
 
     dispatch_start(dm.dispatch);
+    char *dbname = store_display_name(dm.config->database);
     log_info("started: %zu providers, database %s%s",
-             dm.config->nproviders, dm.config->database,
+             dm.config->nproviders, dbname,
              dm.drain ? ", draining" : "");
+    free(dbname);
     notify_ready(dispatch_status(dm.dispatch));
 
     uv_run(dm.loop, UV_RUN_DEFAULT);

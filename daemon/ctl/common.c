@@ -162,14 +162,18 @@ ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db)
                 cmd, c->config_path);
         return EX_CONFIG;
     }
-    if (!create_db && strcmp(db, ":memory:") != 0 && access(db, F_OK) < 0) {
+    if (!create_db && store_is_file(db) && strcmp(db, ":memory:") != 0 &&
+        access(db, F_OK) < 0) {
         fprintf(stderr, "sluicectl: %s: database %s: %s\n", cmd, db,
                 strerror(errno));
         return EX_NOINPUT;
     }
     if (store_open(db, &c->store) < 0) {
+        char *name = store_display_name(db); /* no password on a tty */
         c->store = NULL;
-        fprintf(stderr, "sluicectl: %s: cannot open database %s\n", cmd, db);
+        fprintf(stderr, "sluicectl: %s: cannot open database %s\n", cmd,
+                name);
+        free(name);
         return 1;
     }
     return 0;

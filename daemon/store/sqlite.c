@@ -961,6 +961,15 @@ sqlite_has_unfinished(struct store *base, const char *provider, bool *any)
     return rc;
 }
 
+/* No push from SQLite: the dispatcher polls sqlite_data_version. */
+static int
+sqlite_watch(struct store *base, struct uv_loop_s *loop,
+             void (*cb)(void *arg), void *arg)
+{
+    (void)base, (void)loop, (void)cb, (void)arg;
+    return -ENOTSUP;
+}
+
 static int
 sqlite_data_version(struct store *base, int64_t *v)
 {
@@ -1622,6 +1631,7 @@ const struct store_ops store_sqlite_ops = {
     .count_waiting = sqlite_count_waiting,
     .has_unfinished = sqlite_has_unfinished,
     .data_version = sqlite_data_version,
+    .watch = sqlite_watch,
     .flush = sqlite_flush,
     .cancelled = sqlite_cancelled,
     .provider_put = sqlite_provider_put,

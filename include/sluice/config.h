@@ -55,7 +55,7 @@ struct provider_config {
 
 struct config {
     char *path;              /* file it came from, or NULL for defaults */
-    char *database;          /* SQLite file */
+    char *database;          /* SQLite file or PostgreSQL conninfo */
     int64_t shutdown_grace_ms; /* default 30 s */
     int64_t lease_ms;        /* claim lease, default 10 min (> timeout) */
     int log_level;           /* enum log_level */

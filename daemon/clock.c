@@ -1,7 +1,8 @@
 /*
- * clock: wall time in unix ms and the jitter source. The PRNG is
- * xoshiro256** seeded from getrandom(): jitter needs speed and spread, not
- * secrecy; keys use clock_random_bytes, which reads getrandom directly.
+ * clock: wall time in unix ms, monotonic time and the jitter source. The
+ * PRNG is xoshiro256** seeded from getrandom(): jitter needs speed and
+ * spread, not secrecy; keys and owner tokens use clock_random_bytes, which
+ * reads getrandom directly.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -16,6 +17,14 @@ clock_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t
+clock_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 

@@ -25,6 +25,7 @@
  */
 #include <errno.h>
 #include <ini.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -35,6 +36,8 @@
 
 #include "sluice/config.h"
 #include "sluice/dialect.h"
+#include "sluice/http.h"
+#include "sluice/jsonptr.h"
 #include "sluice/log.h"
 #include "sluice/xmalloc.h"
 
@@ -51,6 +54,12 @@
  * APIs and FLORA's docs use. */
 #define CONFIG_DEFAULT_IDEM_HEADER "Idempotency-Key"
 #define CONFIG_MSG_MAX 512
+/* Downloads at once (DESIGN §13): a few streams saturate a link, and each
+ * holds a file open. */
+#define CONFIG_DEFAULT_OUTPUTS_CONCURRENCY 4
+/* One output file at most: generated videos run to hundreds of MiB; a
+ * larger body is a wrong URL or an attack on the disk. */
+#define CONFIG_DEFAULT_OUTPUTS_MAX_SIZE ((size_t)1 << 30)
 
 enum key_type {
     K_STRING,   /* any non-empty text */
@@ -67,6 +76,8 @@ enum key_type {
     K_AUTH,
     K_IDEM,
     K_HEADER, /* repeatable "Name: value" */
+    K_OUTPUTS, /* download | keep-urls */
+    K_POINTER, /* repeatable JSON pointer, "*" for array elements */
 };
 
 struct key {
@@ -83,7 +94,12 @@ static const struct key daemon_keys[] = {
     {"database", K_STRING, D(database), 0},
     {"shutdown_grace", K_DURATION, D(shutdown_grace_ms), 0},
     {"lease", K_DURATION, D(lease_ms), 1000},
+    /* 3 s: a few heartbeats (one a second) must fit in it */
+    {"heartbeat_timeout", K_DURATION, D(heartbeat_timeout_ms), 3000},
     {"log_level", K_LOG_LEVEL, D(log_level), 0},
+    {"outputs_dir", K_STRING, D(outputs_dir), 0},
+    {"outputs_concurrency", K_INT, D(outputs_concurrency), 1},
+    {"outputs_max_size", K_SIZE, D(outputs_max_size), 1},
 };
 
 /* The order of this table is the bit order of provider_state.seen. */
@@ -110,6 +126,8 @@ enum {
     PK_POLL_INTERVAL_MAX,
     PK_PROBE_INTERVAL,
     PK_MAX_RESPONSE,
+    PK_OUTPUTS,
+    PK_OUTPUT_POINTER,
 };
 
 static const struct key provider_keys[] = {
@@ -140,6 +158,8 @@ static const struct key provider_keys[] = {
     [PK_PROBE_INTERVAL] = {"probe_interval", K_DURATION, P(probe_interval_ms),
                            1},
     [PK_MAX_RESPONSE] = {"max_response", K_SIZE, P(max_response), 1},
+    [PK_OUTPUTS] = {"outputs", K_OUTPUTS, P(outputs_download), 0},
+    [PK_OUTPUT_POINTER] = {"output_pointer", K_POINTER, 0, 0},
 };
 
 #define NKEYS(t) (sizeof(t) / sizeof((t)[0]))
@@ -168,6 +188,14 @@ struct parser {
     char label[CONFIG_MSG_MAX]; /* section_label's answer */
     int failed;                 /* line of the first error, 0 if none */
 };
+
+/* A seen mask holds one bit per key of its table. */
+_Static_assert(NKEYS(daemon_keys) <=
+                   sizeof(((struct parser *)0)->daemon_seen) * CHAR_BIT,
+               "parser.daemon_seen has a bit per daemon key");
+_Static_assert(NKEYS(provider_keys) <=
+                   sizeof(((struct provider_state *)0)->seen) * CHAR_BIT,
+               "provider_state.seen has a bit per provider key");
 
 static void parser_fail(struct parser *p, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -435,7 +463,13 @@ parse_header_line(const char *s)
         return NULL;
     for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
         ;
-    return xasprintf("%.*s: %s", (int)(colon - s), s, v);
+    char *line = xasprintf("%.*s: %s", (int)(colon - s), s, v);
+    /* Only what the daemon will send: visible ASCII and spaces. */
+    if (!http_header_ok(line)) {
+        free(line);
+        return NULL;
+    }
+    return line;
 }
 
 /* http(s)://host… without a trailing slash, or NULL. */
@@ -741,6 +775,28 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
         pc->headers[pc->nheaders++] = h;
         return true;
     }
+    case K_OUTPUTS:
+        if (strcmp(v, "download") == 0 || strcmp(v, "keep-urls") == 0) {
+            *(bool *)(void *)at = strcmp(v, "download") == 0;
+            return true;
+        }
+        parser_fail(p, p->lineno,
+                    "%s: bad value '%s' (use download or keep-urls)", k->name,
+                    v);
+        return false;
+    case K_POINTER:
+        if (!jsonptr_valid(v) || has_control(v)) {
+            parser_fail(p, p->lineno,
+                        "%s: bad JSON pointer '%s' (use /a/b, * for every "
+                        "array element, ~0 for ~ and ~1 for /)",
+                        k->name, v);
+            return false;
+        }
+        pc->output_pointers =
+            xrealloc(pc->output_pointers, (pc->noutput_pointers + 1) *
+                                              sizeof(*pc->output_pointers));
+        pc->output_pointers[pc->noutput_pointers++] = xstrdup(v);
+        return true;
     }
     parser_fail(p, p->lineno, "%s: empty or bad value", k->name);
     return false;
@@ -775,7 +831,8 @@ parser_handle(void *user, const char *section, const char *name,
     for (size_t i = 0; i < nkeys; i++) {
         if (strcmp(name, table[i].name) != 0)
             continue;
-        if ((*seen & (1u << i)) && table[i].type != K_HEADER) {
+        if ((*seen & (1u << i)) && table[i].type != K_HEADER &&
+            table[i].type != K_POINTER) {
             parser_fail(p, p->lineno, "%s: set twice in %s", name,
                         section_label(p));
             return 0;
@@ -867,7 +924,11 @@ finish_provider(struct parser *p, struct provider_config *pc,
                     "timeout: %lld ms is not below the daemon's lease "
                     "(%lld ms; raise lease in [daemon])",
                     (long long)pc->timeout_ms, (long long)p->c->lease_ms);
+        return;
     }
+    if (pc->outputs_download && p->c->outputs_dir == NULL)
+        parser_fail(p, ps->line,
+                    "outputs: download needs outputs_dir in [daemon]");
 }
 
 static void
@@ -876,7 +937,10 @@ config_defaults(struct config *c)
     c->database = NULL;
     c->shutdown_grace_ms = 30000;
     c->lease_ms = 600000;
+    c->heartbeat_timeout_ms = 30000;
     c->log_level = LOG_LEVEL_INFO;
+    c->outputs_concurrency = CONFIG_DEFAULT_OUTPUTS_CONCURRENCY;
+    c->outputs_max_size = CONFIG_DEFAULT_OUTPUTS_MAX_SIZE;
 }
 
 static char inline_comment_prefixes[] = ";#";
@@ -970,6 +1034,9 @@ provider_free(struct provider_config *pc)
     free(pc->headers);
     free(pc->idem_name);
     free(pc->request_id_header);
+    for (size_t i = 0; i < pc->noutput_pointers; i++)
+        free(pc->output_pointers[i]);
+    free(pc->output_pointers);
 }
 
 void
@@ -982,6 +1049,7 @@ config_free(struct config *c)
     free(c->providers);
     free(c->path);
     free(c->database);
+    free(c->outputs_dir);
     free(c);
 }
 
@@ -1096,9 +1164,15 @@ config_api_key(const struct provider_config *p, char *err, size_t errlen)
         free(key);
         return NULL;
     }
-    /* A line break inside would split the header it is sent in. */
-    if (has_control(key)) {
-        snprintf(err, errlen, "the key in %s contains control characters",
+    /* A line break inside would split the header it is sent in; the
+     * request builder sends visible ASCII only. */
+    bool ok = true;
+    for (const char *c = key; *c; c++)
+        ok = ok && (unsigned char)*c >= 0x20 && (unsigned char)*c <= 0x7e;
+    if (!ok) {
+        snprintf(err, errlen,
+                 "the key in %s contains control characters or non-ASCII "
+                 "bytes",
                  where);
         free(where);
         free_secret(key, strlen(key));

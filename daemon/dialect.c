@@ -28,6 +28,8 @@
 #include "sluice/dialect.h"
 #include "sluice/hints.h"
 #include "sluice/http.h"
+#include "sluice/jsonptr.h"
+#include "sluice/log.h"
 #include "sluice/xmalloc.h"
 
 /* At most this many per-field messages are kept: a validation error lists a
@@ -49,27 +51,90 @@ static const struct {
     {"lamatic", &graphql_dialect},
 };
 
+#define NDIALECTS (sizeof(dialects) / sizeof(dialects[0]))
+#define NALIASES (sizeof(aliases) / sizeof(aliases[0]))
+
 const struct dialect *
 dialect_find(const char *name)
 {
     if (name == NULL)
         return NULL;
-    for (size_t i = 0; i < sizeof(dialects) / sizeof(dialects[0]); i++) {
+    for (size_t i = 0; i < NDIALECTS; i++) {
         if (strcmp(name, dialects[i]->name) == 0)
             return dialects[i];
     }
-    for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++) {
+    for (size_t i = 0; i < NALIASES; i++) {
         if (strcmp(name, aliases[i].alias) == 0)
             return aliases[i].d;
     }
     return NULL;
 }
 
+/* "flora, openai (flowapi), …": built once from the tables above, so a new
+ * dialect or alias is listed without another edit. */
 const char *
 dialect_names(void)
 {
-    return "flora, openai (flowapi), graphql (lamatic), flymyai, firemoon, "
-           "problem, generic";
+    static char names[256];
+    size_t n = 0;
+
+    if (names[0] != '\0')
+        return names;
+    for (size_t i = 0; i < NDIALECTS; i++) {
+        n += (size_t)snprintf(names + n, sizeof(names) - n, "%s%s",
+                              i ? ", " : "", dialects[i]->name);
+        for (size_t k = 0; k < NALIASES; k++)
+            if (aliases[k].d == dialects[i])
+                n += (size_t)snprintf(names + n, sizeof(names) - n, " (%s)",
+                                      aliases[k].alias);
+        if (n >= sizeof(names))
+            fatalx("dialect_names: more names than %zu bytes",
+                   sizeof(names));
+    }
+    return names;
+}
+
+/* Collects the output URLs of one result (dialect_output_urls). */
+struct url_list {
+    char **v;
+    size_t n;
+};
+
+static void
+collect_url(const json_t *v, void *arg)
+{
+    struct url_list *l = arg;
+    const char *s = json_string_value(v);
+    size_t len = json_is_string(v) ? json_string_length(v) : 0;
+
+    if (s == NULL || l->n >= DIALECT_OUTPUTS_MAX ||
+        len >= DIALECT_OUTPUT_URL_MAX || strlen(s) != len ||
+        (strncasecmp(s, "http://", 7) != 0 &&
+         strncasecmp(s, "https://", 8) != 0))
+        return;
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->v[i], s) == 0)
+            return;
+    l->v[l->n++] = xstrdup(s);
+}
+
+size_t
+dialect_output_urls(const struct dialect *d, const char *result,
+                    char *const *extra, size_t nextra, char ***urls)
+{
+    struct url_list l = {xcalloc(DIALECT_OUTPUTS_MAX + 1, sizeof(char *)), 0};
+    json_t *root = result ? json_loads(result, JSON_DECODE_ANY, NULL) : NULL;
+
+    if (root != NULL) {
+        for (const char *const *p = d ? d->output_pointers : NULL; p && *p;
+             p++)
+            jsonptr_walk(root, *p, collect_url, &l);
+        for (size_t i = 0; i < nextra; i++)
+            jsonptr_walk(root, extra[i], collect_url, &l);
+        json_decref(root);
+    }
+    *urls = l.v;
+    return l.n;
 }
 
 enum err_class
@@ -169,6 +234,8 @@ dialect_classify(const struct dialect *d, const struct http_response *r,
         classify_transport(r, out);
     else
         d->classify(r, poll, now_ms, out);
+    /* A dialect's body hint (Firemoon's resetAt) obeys the same cap. */
+    hints_cap(&out->hints, now_ms);
 
     if (out->request_id[0] != '\0')
         return;

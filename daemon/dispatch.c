@@ -5,7 +5,7 @@
  * (lane.c), claims that many due jobs of its provider in one statement
  * (store_claim), and sends each through http.c. When a response arrives,
  * the provider's dialect turns it into an outcome; the lane learns from it
- * (limit, pause, breaker), retry.c decides what happens to a failed job, and
+ * (limit, pause, breaker), job_next (job.c) decides where the job goes, and
  * the update is buffered for the next group commit (store_flush on a short
  * timer). Nothing is decided from memory alone: every state change is a row
  * update, and a job that was claimed but not recorded is reclaimed by its
@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include "sluice/clock.h"
@@ -39,9 +38,11 @@
 #include "sluice/dispatch.h"
 #include "sluice/http.h"
 #include "sluice/lane.h"
+#include "sluice/liveness.h"
 #include "sluice/log.h"
-#include "sluice/retry.h"
+#include "sluice/outputs.h"
 #include "sluice/store.h"
+#include "sluice/url.h"
 #include "sluice/xmalloc.h"
 
 /* Most jobs one claim statement takes: bounds the time a claim holds the
@@ -57,12 +58,13 @@
 #define FLUSH_BATCH 256
 /* A commit that met a lock is retried this often; nothing is dropped. */
 #define FLUSH_RETRY_MS 50
-/* The providers table and cancellation checks run once a second. */
-#define HOUSEKEEPING_MS 1000
+/* The providers table, cancellation checks, the heartbeat and the verdict
+ * on other daemons run once a second (the beat liveness.h expects). */
+#define HOUSEKEEPING_MS LIVENESS_BEAT_MS
 /* How often other processes' commits (enqueue, retry, cancel) are looked
  * for: PRAGMA data_version costs no I/O. */
 #define VERSION_POLL_MS 200
-/* Expired leases of other daemons are reclaimed this often. */
+/* Expired leases of unregistered owners are reclaimed this often. */
 #define RECLAIM_MS 30000
 /* The daemon's busy timeout: short, so an operator's lock delays the loop
  * by at most this much per statement; a busy flush is simply retried. */
@@ -79,10 +81,11 @@ struct dlane {
     char **headers;              /* auth + extra headers, NULL-terminated */
     enum idem_kind idem;
     char *idem_name;
-    struct retry_policy policy;
+    struct job_policy policy;    /* retries, polls; base_url borrowed */
     int64_t timeout_ms, connect_timeout_ms;
-    int64_t poll_interval_ms, poll_interval_max_ms;
     size_t max_response;
+    bool outputs_download;       /* outputs = download */
+    char **output_pointers;      /* output_pointer values, NULL-terminated */
     struct lane *lane;
     int64_t next_check_ms;       /* no claimable job before this */
     int64_t recorded_due_ms;     /* earliest run_after among updates not
@@ -101,6 +104,7 @@ struct req {
     struct http_xfer *xfer;
     bool is_poll;
     bool cancel_job;             /* operator cancelled: record cancelled */
+    char *owner;                 /* the lease owner it was claimed under */
     char *url;
     char *body;
     char **headers;              /* lane headers + per-request ones */
@@ -115,7 +119,7 @@ struct dispatch {
     struct dlane *lanes;
     struct req *inflight;
     int ninflight;
-    char owner[128];
+    struct liveness *live;       /* our owner token; borrowed */
     int64_t lease_ms;
     int64_t data_version;
     uv_timer_t pump_timer;
@@ -132,6 +136,9 @@ struct dispatch {
     void (*on_stopped)(void *);
     void *stopped_data;
     int closing;                 /* handles still closing */
+    struct outputs *outputs;     /* downloads, NULL without outputs_dir */
+    bool outputs_recorded;       /* buffered updates carry output URLs */
+    bool outputs_stopped;        /* outputs_stop has called back */
     struct buf status;
     long unfinished;             /* jobs not terminal, for STATUS= */
     int64_t unfinished_at;       /* when counted, 0 never */
@@ -204,15 +211,21 @@ dlane_apply(struct dlane *dl, const struct provider_config *pc)
     dl->headers = h;
     dl->idem = pc->idem;
     dl->idem_name = xstrdup(pc->idem_name);
-    dl->policy.max_attempts = pc->max_attempts;
-    dl->policy.max_deferrals = pc->max_deferrals;
-    dl->policy.base_ms = pc->backoff_base_ms;
-    dl->policy.cap_ms = pc->backoff_cap_ms;
+    dl->policy.retry.max_attempts = pc->max_attempts;
+    dl->policy.retry.max_deferrals = pc->max_deferrals;
+    dl->policy.retry.base_ms = pc->backoff_base_ms;
+    dl->policy.retry.cap_ms = pc->backoff_cap_ms;
+    dl->policy.poll_interval_ms = pc->poll_interval_ms;
+    dl->policy.poll_interval_max_ms = pc->poll_interval_max_ms;
+    dl->policy.base_url = dl->base_url;
     dl->timeout_ms = pc->timeout_ms;
     dl->connect_timeout_ms = pc->connect_timeout_ms;
-    dl->poll_interval_ms = pc->poll_interval_ms;
-    dl->poll_interval_max_ms = pc->poll_interval_max_ms;
     dl->max_response = pc->max_response;
+    dl->outputs_download = pc->outputs_download;
+    free_strv(dl->output_pointers);
+    dl->output_pointers = xcalloc(pc->noutput_pointers + 1, sizeof(char *));
+    for (size_t i = 0; i < pc->noutput_pointers; i++)
+        dl->output_pointers[i] = xstrdup(pc->output_pointers[i]);
     return 0;
 }
 
@@ -261,6 +274,7 @@ dlane_free(struct dlane *dl)
     free(dl->request_id_header);
     free(dl->idem_name);
     free_strv(dl->headers);
+    free_strv(dl->output_pointers);
     lane_free(dl->lane);
     free(dl);
 }
@@ -300,28 +314,7 @@ reconcile_waiting(struct dispatch *d)
     }
 }
 
-/* Whether url (absolute, or a path) is on base's scheme://host[:port]. */
-static bool
-same_origin(const char *base, const char *url)
-{
-    if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
-        return true; /* a path under base_url */
-    const char *b = strstr(base, "://"), *u = strstr(url, "://");
-    size_t blen = strcspn(b + 3, "/?#"), ulen = strcspn(u + 3, "/?#");
-    return (size_t)(b - base) == (size_t)(u - url) &&
-           strncasecmp(base, url, (size_t)(b - base)) == 0 && blen == ulen &&
-           strncasecmp(b + 3, u + 3, blen) == 0;
-}
-
 /* --- building a request ------------------------------------------------- */
-
-static char *
-join_url(const char *base, const char *path)
-{
-    if (strncmp(path, "http://", 7) == 0 || strncmp(path, "https://", 8) == 0)
-        return xstrdup(path);
-    return xasprintf("%s%s%s", base, path[0] == '/' ? "" : "/", path);
-}
 
 /* The body to send: the job's body, with the idempotency key as a
  * top-level field when the provider wants it there. */
@@ -392,6 +385,7 @@ static void
 req_free(struct req *r)
 {
     job_free(r->job);
+    free(r->owner);
     free(r->url);
     free(r->body);
     free_strv(r->headers);
@@ -399,6 +393,42 @@ req_free(struct req *r)
 }
 
 static void on_http_done(const struct http_response *resp, void *data);
+static void record_event(struct dispatch *d, struct req *r,
+                         const struct job_event *ev);
+
+/* A job that cannot be sent as it is stored fails at once, without a
+ * request and before the lane counts one: a URL off the lane's current
+ * origin (the credentials would go along), or a key that would not stay
+ * inside its header (DESIGN §4, §11). Nothing about it changes by waiting,
+ * so it is not retried. Frees r. */
+static void
+refuse_req(struct dispatch *d, struct req *r, enum err_class cls,
+           const char *code, const char *message)
+{
+    struct job_event ev = {
+        .kind = JOB_EVENT_REFUSED,
+        .now_ms = clock_now_ms(),
+        .cls = cls,
+        .code = code,
+        .message = message,
+    };
+    log_warnx("job %" PRId64 ": %s %s, failed without a request: %s",
+              r->job->id, r->dl->name, code, message);
+    record_event(d, r, &ev);
+    schedule_flush(d);
+    req_free(r);
+}
+
+/* Whether every header of r is one http_submit sends as it is. */
+static bool
+req_headers_ok(const struct req *r)
+{
+    for (char **h = r->headers; *h; h++) {
+        if (!http_header_ok(*h))
+            return false;
+    }
+    return true;
+}
 
 static void
 send_job(struct dispatch *d, struct dlane *dl, struct job *j)
@@ -407,15 +437,30 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
     r->d = d;
     r->dl = dl;
     r->job = j;
+    r->owner = xstrdup(liveness_owner(d->live));
     r->is_poll = j->state == JOB_WAITING;
-    if (r->is_poll) {
-        r->url = join_url(dl->base_url, j->poll_url ? j->poll_url : "");
-        r->body = NULL;
-    } else {
-        r->url = join_url(dl->base_url, j->path);
-        r->body = request_body(dl, j);
+    int urc = url_resolve(dl->base_url,
+                          r->is_poll ? (j->poll_url ? j->poll_url : "")
+                                     : j->path,
+                          &r->url);
+    if (urc == -EXDEV) {
+        refuse_req(d, r, ERR_PROTOCOL, "foreign_url",
+                   "url is not on the provider's current origin: "
+                   "credentials are not sent there");
+        return;
     }
+    if (urc < 0) {
+        refuse_req(d, r, ERR_PROTOCOL, "bad_url",
+                   "url holds a byte outside visible ASCII");
+        return;
+    }
+    r->body = r->is_poll ? NULL : request_body(dl, j);
     r->headers = request_headers(dl, j, r->is_poll);
+    if (!req_headers_ok(r)) {
+        refuse_req(d, r, ERR_INVALID_REQUEST, "bad_header",
+                   "idempotency key holds a byte outside visible ASCII");
+        return;
+    }
     r->started_ms = clock_now_ms();
 
     struct http_request hr = {
@@ -437,16 +482,9 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
                   dl->name, strerror(-rc));
         req_unlink(d, r);
         lane_on_abort(dl->lane);
-        struct job_update u = {
-            .job_id = j->id,
-            .state = r->is_poll ? JOB_WAITING : JOB_QUEUED,
-            .run_after = r->started_ms + 1000,
-            .deferrals = j->deferrals,
-            .uncharge = !r->is_poll,
-        };
-        if (u.run_after < dl->recorded_due_ms)
-            dl->recorded_due_ms = u.run_after;
-        store_record(d->store, &u);
+        struct job_event ev = {.kind = JOB_EVENT_UNSENT,
+                               .now_ms = r->started_ms};
+        record_event(d, r, &ev);
         schedule_flush(d);
         req_free(r);
         return;
@@ -456,35 +494,6 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
 }
 
 /* --- outcomes -------------------------------------------------------------- */
-
-/* The next poll interval grows gently with the run's age: every minute of
- * running adds the base interval again, up to the maximum (DESIGN §7). */
-static int64_t
-poll_delay(const struct dlane *dl, const struct job *j, int64_t now)
-{
-    int64_t age = j->waiting_since ? now - j->waiting_since : 0;
-    int64_t delay = dl->poll_interval_ms * (1 + age / 60000);
-    return delay < dl->poll_interval_max_ms ? delay : dl->poll_interval_max_ms;
-}
-
-/* The key for a resubmission after a remote run definitively failed: the
- * same key would only replay the failed run (DESIGN §4). "<key>.N" where
- * N is the attempt it is for, so it never repeats within the job. */
-static char *
-derived_key(const struct job *j)
-{
-    const char *base = j->base_key ? j->base_key : j->idempotency_key;
-    return xasprintf("%s.%d", base, j->attempts + 1);
-}
-
-static void
-fill_failure(struct job_update *u, const struct outcome *o)
-{
-    u->cls = o->cls;
-    u->code = o->code[0] ? o->code : NULL;
-    u->message = o->message[0] ? o->message : NULL;
-    u->fields = o->fields;
-}
 
 /* One line per handled failure, in STYLE.md's shape:
  * "job 42: flora 429 rate_limit_exceeded req_ab12, deferred in 2100 ms
@@ -508,190 +517,107 @@ log_outcome(const struct req *r, const struct outcome *o, const char *what,
                  lane_change ? lane_change : "");
 }
 
+/* Hands job_next's decision to the lane (its count of waiting runs) and
+ * to the store (buffered for the next group commit). o is the answer, or
+ * NULL when there was none. */
+static void
+apply_decision(struct dispatch *d, struct req *r, const struct outcome *o,
+               const struct job_decision *dec, int64_t now)
+{
+    struct job *j = r->job;
+    struct job_update u = {
+        .job_id = j->id,
+        .owner = r->owner,
+        .state = dec->state,
+        .run_after = dec->run_after,
+        .deferrals = dec->deferrals,
+        .uncharge = dec->uncharge,
+        .has_attempt = dec->has_attempt,
+        .is_poll = r->is_poll,
+        .cls = dec->cls,
+        .code = dec->code,
+        .message = dec->message,
+        .remote_id = dec->remote_id,
+        .poll_url = dec->poll_url,
+    };
+    char *new_key = dec->derive_key ? job_derived_key(j) : NULL;
+    char **urls = NULL;
+
+    u.new_key = new_key;
+    if (o != NULL) {
+        u.started_at = r->started_ms;
+        u.finished_at = now;
+        u.http_status = o->http_status;
+        u.request_id = o->request_id[0] ? o->request_id : NULL;
+        u.retry_after_ms = o->hints.retry_at_ms > now
+                               ? o->hints.retry_at_ms - now : 0;
+        u.attempt = j->attempts;
+        u.key_sent = r->is_poll ? NULL : j->idempotency_key;
+        if (o->kind != OUTCOME_ACCEPTED)
+            u.result = o->result; /* a success's body, or partial data */
+        if (o->kind == OUTCOME_FAILURE)
+            u.fields = o->fields;
+        if (dec->state == JOB_SUCCEEDED && r->dl->outputs_download &&
+            d->outputs != NULL) {
+            u.noutput_urls = dialect_output_urls(
+                r->dl->dialect, o->result, r->dl->output_pointers,
+                strv_len(r->dl->output_pointers), &urls);
+            u.output_urls = (const char *const *)urls;
+            if (u.noutput_urls > 0)
+                d->outputs_recorded = true;
+        }
+        u.cost = o->cost;
+        u.has_cost = o->has_cost && o->kind == OUTCOME_SUCCESS;
+    }
+    lane_waiting(r->dl, dec->waiting);
+    /* The job becomes claimable only once this update is committed; the
+     * flush hands the time on to next_check_ms (see flush_now). */
+    if (!job_state_terminal(u.state) && u.run_after < r->dl->recorded_due_ms)
+        r->dl->recorded_due_ms = u.run_after;
+    store_record(d->store, &u);
+    free(new_key);
+    free_strv(urls);
+}
+
+/* An answer: job_next decides, the log says what it decided. */
 static void
 record_outcome(struct dispatch *d, struct req *r, const struct outcome *o,
                int64_t now, const char *lane_change)
 {
-    struct dlane *dl = r->dl;
-    struct job *j = r->job;
-    struct job_update u = {
-        .job_id = j->id,
-        .deferrals = j->deferrals,
-        .is_poll = r->is_poll,
-        .started_at = r->started_ms,
-        .finished_at = now,
-        .http_status = o->http_status,
-        .request_id = o->request_id[0] ? o->request_id : NULL,
-        .retry_after_ms = o->hints.retry_at_ms > now
-                              ? o->hints.retry_at_ms - now : 0,
-        .attempt = j->attempts,
-        .key_sent = r->is_poll ? NULL : j->idempotency_key,
-        /* every submission is an attempt row; polls only when they fail */
-        .has_attempt = !r->is_poll || o->kind == OUTCOME_FAILURE,
+    struct job_event ev = {
+        .kind = JOB_EVENT_ANSWER,
+        .outcome = o,
+        .lane_paused = lane_state(r->dl->lane) == LANE_PAUSED,
+        .now_ms = now,
+        .u = clock_random(),
     };
-    char *new_key = NULL;
+    struct job_decision dec = job_next(r->job, &ev, &r->dl->policy);
+    int64_t id = r->job->id;
 
-    switch (o->kind) {
-    case OUTCOME_SUCCESS:
-        u.state = JOB_SUCCEEDED;
-        u.result = o->result;
-        u.cost = o->cost;
-        u.has_cost = o->has_cost;
-        u.remote_id = o->remote_id;
-        if (r->is_poll)
-            lane_waiting(dl, -1);
-        log_debug("job %" PRId64 ": %s succeeded", j->id, dl->name);
-        break;
-    case OUTCOME_ACCEPTED:
-        u.state = JOB_WAITING;
-        /* A poll keeps the run and URL the submission was given: a status
-         * answer need not repeat them (and a default would be a guess). */
-        u.remote_id = r->is_poll && j->remote_id ? j->remote_id
-                      : o->remote_id             ? o->remote_id
-                                                 : j->remote_id;
-        u.poll_url = r->is_poll && j->poll_url ? j->poll_url
-                     : o->poll_url             ? o->poll_url
-                                               : j->poll_url;
-        if (!r->is_poll) {
-            lane_waiting(dl, +1);
-            u.run_after = now + dl->poll_interval_ms;
-            log_debug("job %" PRId64 ": %s run %s accepted", j->id,
-                      dl->name, u.remote_id ? u.remote_id : "?");
-        } else {
-            u.run_after = now + poll_delay(dl, j, now);
-        }
-        if (u.poll_url == NULL || !same_origin(dl->base_url, u.poll_url)) {
-            /* A run we cannot poll, or could poll only by sending the key
-             * to another host (DESIGN §11), is a protocol failure. */
-            u.state = JOB_FAILED;
-            u.cls = ERR_PROTOCOL;
-            u.code = u.poll_url ? "foreign_poll_url" : "no_poll_url";
-            u.message = u.poll_url
-                            ? "poll url is not on the provider's host: "
-                              "credentials are not sent there"
-                            : "run accepted without a run id or poll url";
-            if (!r->is_poll)
-                lane_waiting(dl, -1);
-        }
-        break;
-    case OUTCOME_FAILURE: {
-        fill_failure(&u, o);
-        u.result = o->result; /* partial data, when any */
-        /* A run that definitively failed at the provider: the poll was
-         * answered and named the run's failure. An unreadable poll answer
-         * says nothing about the run, which may still be going. */
-        bool run_failed = r->is_poll && o->http_status >= 200 &&
-                          o->http_status < 300 && o->cls != ERR_PROTOCOL;
-        if (r->is_poll && !run_failed) {
-            /* The poll itself failed: the run goes on at the provider.
-             * Poll again later unless the answer is final. */
-            /* Failed polls are bounded like deferrals: a provider that
-             * keeps answering polls with garbage ends the job, it does
-             * not keep it waiting forever. */
-            u.deferrals = j->deferrals + 1;
-            if (u.deferrals > dl->policy.max_deferrals) {
-                u.state = JOB_FAILED;
-                lane_waiting(dl, -1);
-                log_outcome(r, o, "failed", -1, lane_change);
-            } else if (outcome_retryable(o) || o->cls == ERR_AUTH ||
-                       o->cls == ERR_INSUFFICIENT_BALANCE ||
-                       o->cls == ERR_RATE_LIMITED) {
-                int64_t at = now + poll_delay(dl, j, now);
-                if (o->hints.retry_at_ms > at)
-                    at = o->hints.retry_at_ms;
-                u.state = JOB_WAITING;
-                u.run_after = at;
-                log_outcome(r, o, "poll again", at - now, lane_change);
-            } else {
-                u.state = JOB_FAILED;
-                lane_waiting(dl, -1);
-                log_outcome(r, o, "failed", -1, lane_change);
-            }
-            break;
-        }
-        if (run_failed)
-            lane_waiting(dl, -1);
-        /* A job line's own max_attempts beats the provider's default. */
-        struct retry_policy policy = dl->policy;
-        if (j->max_attempts > 0)
-            policy.max_attempts = j->max_attempts;
-        struct retry_decision dec = retry_decide(
-            &policy, o, j->attempts, j->deferrals, now, clock_random());
-        /* A 403 that the lane judged to be about the key itself (it paused
-         * the provider) is the key's fault, not the job's: hold the job
-         * like an auth failure instead of failing it. */
-        if (o->cls == ERR_PERMISSION && lane_state(dl->lane) == LANE_PAUSED)
-            dec.action = RETRY_HOLD;
-        switch (dec.action) {
-        case RETRY_GIVE_UP:
-            u.state = JOB_FAILED;
-            log_outcome(r, o, "failed", -1, lane_change);
-            break;
-        case RETRY_AGAIN:
-            u.state = JOB_RETRYING;
-            u.run_after = dec.run_after_ms;
-            if (run_failed) {
-                /* Definitive remote failure: the same key would only
-                 * replay it, so the next run gets a derived key. */
-                new_key = derived_key(j);
-                u.new_key = new_key;
-            }
-            log_outcome(r, o, "retry", dec.run_after_ms - now, lane_change);
-            break;
-        case RETRY_DEFER:
-            u.state = JOB_RETRYING;
-            u.run_after = dec.run_after_ms;
-            u.uncharge = true;
-            u.deferrals = j->deferrals + 1;
-            log_outcome(r, o, "deferred", dec.run_after_ms - now,
-                        lane_change);
-            break;
-        case RETRY_HOLD:
-            u.state = JOB_QUEUED;
-            u.run_after = now;
-            u.uncharge = true;
-            log_outcome(r, o, "held, provider paused", -1, lane_change);
-            break;
-        }
-        break;
-    }
-    }
-    /* The job becomes claimable only once this update is committed; the
-     * flush hands the time on to next_check_ms (see flush_now). */
-    if ((u.state == JOB_RETRYING || u.state == JOB_WAITING ||
-         u.state == JOB_QUEUED) &&
-        u.run_after < dl->recorded_due_ms)
-        dl->recorded_due_ms = u.run_after;
-    store_record(d->store, &u);
-    free(new_key);
+    if (dec.verb != NULL)
+        log_outcome(r, o, dec.verb,
+                    dec.state == JOB_RETRYING || dec.state == JOB_WAITING
+                        ? dec.run_after - now : -1,
+                    lane_change);
+    else if (dec.state == JOB_SUCCEEDED)
+        log_debug("job %" PRId64 ": %s succeeded", id, r->dl->name);
+    else if (dec.state == JOB_WAITING && !r->is_poll)
+        log_debug("job %" PRId64 ": %s run %s accepted", id, r->dl->name,
+                  dec.remote_id ? dec.remote_id : "?");
+    apply_decision(d, r, o, &dec, now);
 }
 
-/* A request ended without an answer that counts: shutdown, or an operator
- * cancel. The job goes back (or to cancelled) without charging. */
+/* No answer that counts: the request was refused or could not start, the
+ * daemon is shutting down, or an operator cancelled the job. */
 static void
-record_release(struct dispatch *d, struct req *r, int64_t now)
+record_event(struct dispatch *d, struct req *r, const struct job_event *ev)
 {
-    struct job *j = r->job;
-    struct job_update u = {
-        .job_id = j->id,
-        .deferrals = j->deferrals,
-        .run_after = now,
-    };
-    if (now < r->dl->recorded_due_ms)
-        r->dl->recorded_due_ms = now;
-    if (r->cancel_job) {
-        u.state = JOB_CANCELLED;
-        if (r->is_poll)
-            lane_waiting(r->dl, -1);
-        log_info("job %" PRId64 ": %s cancelled in flight", j->id,
+    struct job_decision dec = job_next(r->job, ev, &r->dl->policy);
+
+    if (ev->kind == JOB_EVENT_CANCEL)
+        log_info("job %" PRId64 ": %s cancelled in flight", r->job->id,
                  r->dl->name);
-    } else if (r->is_poll) {
-        u.state = JOB_WAITING;
-    } else {
-        u.state = JOB_QUEUED;
-        u.uncharge = true;
-    }
-    store_record(d->store, &u);
+    apply_decision(d, r, NULL, &dec, ev->now_ms);
 }
 
 static void
@@ -704,12 +630,21 @@ on_http_done(const struct http_response *resp, void *data)
     req_unlink(d, r);
     if (resp->cancelled) {
         lane_on_abort(r->dl->lane);
-        record_release(d, r, now);
+        struct job_event ev = {
+            .kind = r->cancel_job ? JOB_EVENT_CANCEL : JOB_EVENT_RELEASE,
+            .now_ms = now,
+        };
+        record_event(d, r, &ev);
     } else {
         struct outcome o;
         outcome_init(&o);
         dialect_classify(r->dl->dialect, resp, r->is_poll, now,
                          r->dl->request_id_header, &o);
+        if (o.hints.asked_ms > 0)
+            log_warnx("job %" PRId64 ": %s asked to wait %" PRId64
+                      " s, capped at %lld s",
+                      r->job->id, r->dl->name, (o.hints.asked_ms - now) / 1000,
+                      HINT_CAP_MS / 1000);
         int before = lane_limit(r->dl->lane);
         enum lane_state sbefore = lane_state(r->dl->lane);
         /* A poll that reports the run failed was itself answered well:
@@ -767,7 +702,7 @@ pump_polls(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     struct job *jobs[CLAIM_MAX];
     int got = 0;
     if (store_claim_polls(d->store, dl->name, CLAIM_MAX, now, d->lease_ms,
-                          d->owner, jobs, &got) < 0) {
+                          liveness_owner(d->live), jobs, &got) < 0) {
         if (now + FLUSH_RETRY_MS < *wake)
             *wake = now + FLUSH_RETRY_MS;
         return;
@@ -806,11 +741,12 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
         n = CLAIM_MAX;
     struct job *jobs[CLAIM_MAX];
     int got = 0;
+    const char *owner = liveness_owner(d->live);
     int rc = dl->dialect->async
                  ? store_claim(d->store, dl->name, n, now, d->lease_ms,
-                               d->owner, jobs, &got)
+                               owner, jobs, &got)
                  : store_claim_new(d->store, dl->name, n, now, d->lease_ms,
-                                   d->owner, jobs, &got);
+                                   owner, jobs, &got);
     if (rc < 0) {
         /* Locked by an operator or another daemon: try again shortly. */
         if (now + FLUSH_RETRY_MS < *wake)
@@ -891,6 +827,10 @@ flush_now(struct dispatch *d)
     if (d->flush_busy_logged)
         log_info("store: delayed outcomes committed");
     d->flush_busy_logged = false;
+    if (d->outputs_recorded) {
+        d->outputs_recorded = false;
+        outputs_kick(d->outputs);
+    }
     int64_t wake = NEVER;
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         if (dl->recorded_due_ms < dl->next_check_ms)
@@ -997,11 +937,22 @@ check_cancels(struct dispatch *d)
     free(hit);
 }
 
+/* Jobs came back to the queue: every lane looks again. */
+static void
+recheck_lanes(struct dispatch *d)
+{
+    for (struct dlane *dl = d->lanes; dl; dl = dl->next)
+        dl->next_check_ms = 0;
+}
+
 static void
 on_uv_house(uv_timer_t *t)
 {
     struct dispatch *d = t->data;
     int64_t now = clock_now_ms();
+    long n = 0;
+    /* A stopping daemon still beats: its requests are still out. */
+    liveness_beat(d->live, now);
     write_provider_rows(d, now);
     if (d->stopping)
         return;
@@ -1009,13 +960,13 @@ on_uv_house(uv_timer_t *t)
     check_cancels(d);
     if (store_pending(d->store) == 0)
         reconcile_waiting(d);
+    if (liveness_reap(d->live, now, clock_mono_ms(), &n) == 0 && n > 0)
+        recheck_lanes(d);
     if (now - d->last_reclaim >= RECLAIM_MS) {
-        long n = 0;
         d->last_reclaim = now;
         if (store_reclaim_expired(d->store, now, &n) == 0 && n > 0) {
             log_info("store: %ld expired leases reclaimed", n);
-            for (struct dlane *dl = d->lanes; dl; dl = dl->next)
-                dl->next_check_ms = 0;
+            recheck_lanes(d);
         }
     }
     schedule_pump(d, 0);
@@ -1031,9 +982,10 @@ on_uv_version(uv_timer_t *t)
     d->data_version = v;
     d->unfinished_at = 0; /* new jobs: STATUS= counts again */
     /* Someone else committed (enqueue, retry, another daemon): look again. */
-    for (struct dlane *dl = d->lanes; dl; dl = dl->next)
-        dl->next_check_ms = 0;
+    recheck_lanes(d);
     schedule_pump(d, 0);
+    if (d->outputs != NULL)
+        outputs_kick(d->outputs); /* sluicectl outputs --retry */
 }
 
 /* The store pushed a wakeup (PostgreSQL NOTIFY): look at once. */
@@ -1045,60 +997,14 @@ on_store_wakeup(void *arg)
 
 /* --- life cycle ----------------------------------------------------------- */
 
-static void
-owner_name(char *out, size_t len)
-{
-    char host[64] = "localhost";
-    gethostname(host, sizeof(host) - 1);
-    host[sizeof(host) - 1] = '\0';
-    snprintf(out, len, "%s:%ld", host, (long)getpid());
-}
-
-/* A lease owner of this host whose process is gone (or is us: a pid
- * reused after a crash). Owners of other hosts are left to expire. */
-static bool
-owner_dead(const char *owner)
-{
-    char me[128];
-    owner_name(me, sizeof(me));
-    const char *colon = strrchr(owner, ':');
-    const char *mycolon = strrchr(me, ':');
-    if (colon == NULL || (size_t)(colon - owner) != (size_t)(mycolon - me) ||
-        strncmp(owner, me, (size_t)(colon - owner)) != 0)
-        return false;
-    char *end;
-    long pid = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || pid <= 0)
-        return false;
-    if (pid == (long)getpid())
-        return true;
-    return kill((pid_t)pid, 0) < 0 && errno == ESRCH;
-}
-
 long
-dispatch_recover(struct store *s)
+dispatch_recover(struct store *s, struct liveness *live)
 {
-    long total = 0, n = 0;
-    char **owners = NULL;
-    size_t nowners = 0;
-
-    int rc = store_reclaim_expired(s, clock_now_ms(), &n);
-    if (rc < 0)
-        return rc;
-    total += n;
-    if (store_lease_owners(s, &owners, &nowners) == 0) {
-        for (size_t i = 0; i < nowners; i++) {
-            if (owner_dead(owners[i]) &&
-                store_reclaim_owner(s, owners[i], &n) == 0 && n > 0) {
-                log_info("store: %ld jobs of dead daemon %s reclaimed", n,
-                         owners[i]);
-                total += n;
-            }
-            free(owners[i]);
-        }
-        free(owners);
-    }
-    return total;
+    long expired = 0, reaped = 0;
+    int rc = store_reclaim_expired(s, clock_now_ms(), &expired);
+    if (rc == 0)
+        rc = liveness_reap(live, clock_now_ms(), clock_mono_ms(), &reaped);
+    return rc < 0 ? rc : expired + reaped;
 }
 
 /* Jobs whose provider the config does not name can never run: say so at
@@ -1113,8 +1019,51 @@ warn_unknown_provider(const char *provider, long n, void *data)
                   n, provider);
 }
 
+/* outputs_auth_fn: a provider's headers go with a download only to its
+ * own origin (DESIGN §13). */
+static const char *const *
+output_auth(const char *provider, const char *url, void *arg)
+{
+    struct dispatch *d = arg;
+    struct dlane *dl = provider ? find_lane(d, provider) : NULL;
+
+    if (dl == NULL || !url_same_origin(dl->base_url, url))
+        return NULL;
+    return (const char *const *)dl->headers;
+}
+
+static void
+outputs_params_of(const struct dispatch *d, const struct config *c,
+                  struct outputs_params *p)
+{
+    p->dir = c->outputs_dir;
+    p->concurrency = c->outputs_concurrency;
+    p->max_size = c->outputs_max_size;
+    p->lease_ms = c->lease_ms;
+    p->owner = liveness_owner(d->live);
+}
+
+/* Starts the downloads when the config names outputs_dir. */
+static int
+outputs_open(struct dispatch *d, const struct config *c)
+{
+    struct outputs_params p;
+
+    if (c->outputs_dir == NULL)
+        return 0;
+    outputs_params_of(d, c, &p);
+    d->outputs = outputs_new(d->loop, d->store, d->http, &p, output_auth, d);
+    if (outputs_start(d->outputs) < 0) {
+        outputs_free(d->outputs);
+        d->outputs = NULL;
+        return -EIO;
+    }
+    return 0;
+}
+
 struct dispatch *
-dispatch_new(uv_loop_t *loop, struct store *s, const struct config *c)
+dispatch_new(uv_loop_t *loop, struct store *s, struct liveness *live,
+             const struct config *c)
 {
     struct dispatch *d = xcalloc(1, sizeof(*d));
     struct dlane **tail = &d->lanes;
@@ -1123,7 +1072,7 @@ dispatch_new(uv_loop_t *loop, struct store *s, const struct config *c)
     d->store = s;
     d->lease_ms = c->lease_ms;
     d->pump_at = NEVER;
-    owner_name(d->owner, sizeof(d->owner));
+    d->live = live;
     store_set_busy_timeout(s, BUSY_TIMEOUT_MS);
     store_data_version(s, &d->data_version);
 
@@ -1149,6 +1098,10 @@ dispatch_new(uv_loop_t *loop, struct store *s, const struct config *c)
     }
     write_provider_rows(d, clock_now_ms());
     store_unfinished_by_provider(s, warn_unknown_provider, d);
+    if (outputs_open(d, c) < 0) {
+        dispatch_free(d);
+        return NULL;
+    }
     return d;
 }
 
@@ -1208,6 +1161,17 @@ dispatch_reload(struct dispatch *d, const struct config *c)
             log_info("reload: %s removed; its %d requests in flight finish",
                      dl->name, lane_in_flight(dl->lane));
     d->lease_ms = c->lease_ms;
+    if (d->outputs != NULL && c->outputs_dir != NULL) {
+        struct outputs_params p;
+        outputs_params_of(d, c, &p);
+        outputs_configure(d->outputs, &p);
+    } else if (d->outputs == NULL && outputs_open(d, c) < 0) {
+        log_error("reload: outputs_dir %s unusable, downloads stay off",
+                  c->outputs_dir);
+    } else if (d->outputs != NULL) {
+        log_warnx("reload: outputs_dir removed; downloads go on until the "
+                  "next start");
+    }
     schedule_pump(d, 0);
     return 0;
 }
@@ -1222,7 +1186,8 @@ on_uv_closed(uv_handle_t *h)
 static void
 maybe_stopped(struct dispatch *d)
 {
-    if (!d->stopping || d->ninflight > 0 || d->on_stopped == NULL)
+    if (!d->stopping || d->ninflight > 0 || d->on_stopped == NULL ||
+        (d->outputs != NULL && !d->outputs_stopped))
         return;
     if (store_pending(d->store) > 0) {
         flush_now(d); /* retries itself while the database is locked */
@@ -1253,6 +1218,14 @@ on_uv_grace(uv_timer_t *t)
     maybe_stopped(d);
 }
 
+static void
+on_outputs_stopped(void *arg)
+{
+    struct dispatch *d = arg;
+    d->outputs_stopped = true;
+    maybe_stopped(d);
+}
+
 void
 dispatch_stop(struct dispatch *d, int64_t grace_ms,
               void (*on_stopped)(void *), void *data)
@@ -1268,6 +1241,10 @@ dispatch_stop(struct dispatch *d, int64_t grace_ms,
                  d->ninflight, grace_ms);
         uv_timer_start(&d->grace_timer, on_uv_grace, (uint64_t)grace_ms, 0);
     }
+    /* Downloads do not get the grace: a cut one is fetched again at the
+     * next start, nothing is lost but the bytes. */
+    if (d->outputs != NULL)
+        outputs_stop(d->outputs, on_outputs_stopped, d);
     maybe_stopped(d);
 }
 
@@ -1275,6 +1252,8 @@ bool
 dispatch_drained(struct dispatch *d)
 {
     if (d->ninflight > 0 || store_pending(d->store) > 0)
+        return false;
+    if (d->outputs != NULL && !outputs_idle(d->outputs))
         return false;
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         bool any = false;
@@ -1292,8 +1271,8 @@ const char *
 dispatch_status(struct dispatch *d)
 {
     int64_t now = clock_now_ms();
-    /* Counting a large queue costs ~100 ms per million jobs on the loop
-     * thread: recount at most every STATUS_COUNT_MS. */
+    /* The count reads the kept counts (a few rows); it is still asked at
+     * most every STATUS_COUNT_MS, since STATUS= need not be fresher. */
     if (d->unfinished_at == 0 || now - d->unfinished_at >= STATUS_COUNT_MS) {
         long total = 0;
         for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
@@ -1308,6 +1287,9 @@ dispatch_status(struct dispatch *d)
     buf_reset(&d->status);
     buf_appendf(&d->status, "%d in flight, %ld unfinished", d->ninflight,
                 d->unfinished);
+    if (outputs_active(d->outputs) > 0)
+        buf_appendf(&d->status, ", %d downloads",
+                    outputs_active(d->outputs));
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         if (dl->removed)
             continue;
@@ -1330,6 +1312,7 @@ dispatch_free(struct dispatch *d)
         return;
     while (d->inflight)
         http_cancel(d->inflight->xfer);
+    outputs_free(d->outputs);
     http_free(d->http);
     store_watch(d->store, NULL, NULL, NULL);
     uv_timer_t *timers[] = {&d->pump_timer, &d->flush_timer, &d->house_timer,

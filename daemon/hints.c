@@ -17,7 +17,9 @@
  * punishes; "remaining 0" with a reset is such a hint too. Absolute times
  * from the provider (HTTP-dates, epoch resets) are taken relative to the
  * response's own Date header, so a skew between our clock and the
- * provider's does not move the hint.
+ * provider's does not move the hint. Nothing is taken further ahead than
+ * HINT_CAP_MS (a day): a Retry-After of 31 years or a reset in year 5138
+ * would otherwise park a job or a lane for good.
  *
  * Garbage is ignored, never fatal: a wrong hint is worse than none, and
  * without one the retry policy falls back to backoff. sscanf and strptime
@@ -602,6 +604,23 @@ read_legacy(struct reading *rd, const struct http_response *r,
 }
 
 void
+hints_cap(struct hints *h, int64_t now_ms)
+{
+    int64_t cap = now_ms + HINT_CAP_MS;
+
+    if (h->retry_at_ms > cap || h->rl_reset_ms > cap) {
+        if (h->retry_at_ms > h->asked_ms)
+            h->asked_ms = h->retry_at_ms;
+        if (h->rl_reset_ms > h->asked_ms)
+            h->asked_ms = h->rl_reset_ms;
+    }
+    if (h->retry_at_ms > cap)
+        h->retry_at_ms = cap;
+    if (h->rl_reset_ms > cap)
+        h->rl_reset_ms = cap;
+}
+
+void
 hints_from_response(const struct http_response *r, int64_t now_ms,
                     struct hints *out)
 {
@@ -641,4 +660,5 @@ hints_from_response(const struct http_response *r, int64_t now_ms,
     }
     read_legacy(&rd, r, "RateLimit-");
     read_legacy(&rd, r, "X-RateLimit-");
+    hints_cap(out, now_ms);
 }

@@ -76,9 +76,14 @@ struct http_xfer {
     http_done_cb cb;
     void *data;
     size_t max_response;
+    http_sink_fn sink;         /* a 2xx body goes here, see http.h */
+    void *sink_arg;
+    size_t sunk;               /* bytes given to sink */
+    int sink_err;              /* sink's negative errno, 0 */
     struct buf body;
     struct http_header *hdrs; /* response headers of the last response */
     size_t nhdrs, hcap;
+    size_t vlen, vcap;        /* length and allocation of the last value */
     bool too_large;
     bool done;                 /* callback running or ran */
     struct http_response resp; /* resp.error is curl's error buffer */
@@ -136,15 +141,23 @@ on_curl_header(char *line, size_t size, size_t n, void *userdata)
         end--;
     if (end == line)
         return len;
-    /* obs-fold: a continuation line extends the previous value. */
+    /* obs-fold: a continuation line extends the previous value, in place
+     * with a doubling allocation: rebuilding the value per line made a
+     * response of 70,000 folded lines cost seconds of the loop. */
     if ((line[0] == ' ' || line[0] == '\t') && x->nhdrs > 0) {
         const char *p = line;
         while (p < end && is_space(*p))
             p++;
         struct http_header *last = &x->hdrs[x->nhdrs - 1];
-        char *v = xasprintf("%s %.*s", last->value, (int)(end - p), p);
-        free(last->value);
-        last->value = v;
+        size_t add = (size_t)(end - p);
+        if (x->vlen + 1 + add + 1 > x->vcap) {
+            x->vcap = 2 * (x->vlen + 1 + add + 1);
+            last->value = xrealloc(last->value, x->vcap);
+        }
+        last->value[x->vlen++] = ' ';
+        memcpy(last->value + x->vlen, p, add);
+        x->vlen += add;
+        last->value[x->vlen] = '\0';
         return len;
     }
     colon = memchr(line, ':', (size_t)(end - line));
@@ -159,6 +172,8 @@ on_curl_header(char *line, size_t size, size_t n, void *userdata)
     }
     x->hdrs[x->nhdrs].name = xstrndup(line, (size_t)(colon - line));
     x->hdrs[x->nhdrs].value = xstrndup(v, (size_t)(end - v));
+    x->vlen = strlen(x->hdrs[x->nhdrs].value); /* a NUL would end it */
+    x->vcap = x->vlen + 1;
     x->nhdrs++;
     return len;
 }
@@ -168,10 +183,25 @@ on_curl_write(char *data, size_t size, size_t n, void *userdata)
 {
     struct http_xfer *x = userdata;
     size_t len = size * n;
+    long status = 0;
 
-    if (len > x->max_response - x->body.len) {
+    if (len > x->max_response - x->body.len - x->sunk) {
         x->too_large = true;
         return 0; /* anything but len: curl fails with CURLE_WRITE_ERROR */
+    }
+    if (x->sink != NULL) {
+        /* The body starts after the final response's headers: its status
+         * is known here. */
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && status < 300) {
+            int rc = x->sink(data, len, x->sink_arg);
+            if (rc < 0) {
+                x->sink_err = rc;
+                return 0;
+            }
+            x->sunk += len;
+            return len;
+        }
     }
     buf_append(&x->body, data, len);
     return len;
@@ -230,6 +260,9 @@ xfer_finish(struct http_xfer *x, CURLcode code, bool cancelled)
         if (r->too_large) {
             snprintf(r->error, sizeof(r->error), "response body over %zu bytes",
                      x->max_response);
+        } else if (x->sink_err != 0) {
+            snprintf(r->error, sizeof(r->error), "writing the body: %s",
+                     strerror(-x->sink_err));
         } else if (code != CURLE_OK && r->error[0] == '\0') {
             snprintf(r->error, sizeof(r->error), "%s",
                      curl_easy_strerror(code));
@@ -243,6 +276,7 @@ xfer_finish(struct http_xfer *x, CURLcode code, bool cancelled)
         buf_append(&x->body, "", 0);
     r->body = x->body.data;
     r->body_len = x->body.len;
+    r->sunk = x->sunk;
     if (r->curl_code != 0 && !cancelled)
         log_debug("http %s: %s", r->too_large ? "body cap" : "failure",
                   r->error);
@@ -449,6 +483,43 @@ has_header(const char *const *headers, const char *name)
     return false;
 }
 
+/* RFC 9110 tchar. */
+static bool
+is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+bool
+http_header_ok(const char *line)
+{
+    const char *p = line;
+
+    while (is_tchar((unsigned char)*p))
+        p++;
+    if (p == line || *p != ':')
+        return false;
+    /* Visible ASCII and spaces: no line break can end the header early,
+     * and no byte reaches the wire that a server might read otherwise. */
+    for (p++; *p; p++) {
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+            return false;
+    }
+    return true;
+}
+
+static bool
+url_ok(const char *url)
+{
+    for (; *url; url++) {
+        if ((unsigned char)*url < 0x21 || (unsigned char)*url > 0x7e)
+            return false;
+    }
+    return true;
+}
+
 static struct curl_slist *
 slist_add(struct curl_slist *list, const char *line)
 {
@@ -498,11 +569,18 @@ http_submit(struct http *h, const struct http_request *req, http_done_cb cb,
         return -EINVAL;
     if (h->dying)
         return -ESHUTDOWN;
-    e = curl_easy_init();
-    if (e == NULL) {
-        log_error("http: curl_easy_init failed");
-        return -ENOMEM;
+    /* The callers check what they build; this is the last line, so a bad
+     * byte from anywhere never reaches the wire. */
+    if (!url_ok(req->url))
+        return -EINVAL;
+    for (const char *const *p = req->headers; p && *p; p++) {
+        if (!http_header_ok(*p))
+            return -EINVAL;
     }
+    /* curl_easy_init fails only when it cannot allocate: fatal, like
+     * every allocation. */
+    if ((e = curl_easy_init()) == NULL)
+        fatalx("http: curl_easy_init: out of memory");
     x = xcalloc(1, sizeof(*x));
     x->h = h;
     x->easy = e;
@@ -510,6 +588,8 @@ http_submit(struct http *h, const struct http_request *req, http_done_cb cb,
     x->data = data;
     x->max_response =
         req->max_response ? req->max_response : HTTP_DEFAULT_MAX_RESPONSE;
+    x->sink = req->sink;
+    x->sink_arg = req->sink_arg;
 
     for (const char *const *p = req->headers; p && *p; p++)
         x->headers = slist_add(x->headers, *p);

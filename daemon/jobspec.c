@@ -26,6 +26,7 @@
 #include "sluice/clock.h"
 #include "sluice/config.h"
 #include "sluice/jobspec.h"
+#include "sluice/url.h"
 #include "sluice/log.h"
 #include "sluice/xmalloc.h"
 
@@ -74,72 +75,29 @@ find_provider(const struct config *c, const char *name)
     return NULL;
 }
 
-/* Length of "scheme://host[:port]" at the start of an http(s) URL, or 0
- * when url is not one. */
-static size_t
-origin_len(const char *url)
-{
-    size_t n, host;
-
-    if (strncasecmp(url, "http://", 7) == 0)
-        n = 7;
-    else if (strncasecmp(url, "https://", 8) == 0)
-        n = 8;
-    else
-        return 0;
-    host = strcspn(url + n, "/?#");
-    return host ? n + host : 0;
-}
-
-/* True when s holds a space or a control byte (never valid in a URL). */
-static bool
-has_bad_byte(const char *s)
-{
-    for (; *s; s++) {
-        if ((unsigned char)*s <= 0x20 || *s == 0x7f)
-            return true;
-    }
-    return false;
-}
-
-/* The path to store for url: itself when it starts with "/", the part under
- * base_url for a URL on the provider's origin, else the full URL. */
+/* The path to store for url (url.h says which). */
 static int
 parse_url(const char *url, const struct provider_config *p, char **out,
           char *err, size_t errlen)
 {
-    size_t ul, bl, bp;
-    const char *rest, *base_path;
-
     if (*url == '\0')
         return fail(err, errlen, "url: must not be empty");
-    if (has_bad_byte(url))
-        return fail(err, errlen,
-                    "url: contains a space or a control character");
-    if (url[0] == '/') {
-        *out = xstrdup(url);
+    switch (url_job_path(p->base_url, url, out)) {
+    case 0:
         return 0;
-    }
-    ul = origin_len(url);
-    if (ul == 0)
+    case -EILSEQ:
+        return fail(err, errlen,
+                    "url: contains a space, a control character or a "
+                    "non-ASCII byte (percent-encode it)");
+    case -EXDEV:
+        return fail(err, errlen,
+                    "url: %.*s is not provider %s's host (base_url %s)",
+                    (int)url_origin_len(url), url, p->name, p->base_url);
+    default:
         return fail(err, errlen,
                     "url: must be a path starting with \"/\" or an "
                     "http(s) URL");
-    bl = origin_len(p->base_url);
-    if (ul != bl || strncasecmp(url, p->base_url, bl) != 0)
-        return fail(err, errlen,
-                    "url: %.*s is not provider %s's host (base_url %s)",
-                    (int)ul, url, p->name, p->base_url);
-    rest = url + ul;
-    base_path = p->base_url + bl;
-    bp = strlen(base_path);
-    while (bp > 0 && base_path[bp - 1] == '/')
-        bp--;
-    if (strncmp(rest, base_path, bp) == 0 && rest[bp] == '/')
-        *out = xstrdup(rest + bp);
-    else
-        *out = xstrdup(url);
-    return 0;
+    }
 }
 
 static int
@@ -275,9 +233,19 @@ parse_custom_id(json_t *v, char **out, char *err, size_t errlen)
     if (json_string_length(v) > CUSTOM_ID_MAX)
         return fail(err, errlen, "custom_id: longer than %d bytes",
                     CUSTOM_ID_MAX);
-    if (strlen(json_string_value(v)) != json_string_length(v))
-        return fail(err, errlen, "custom_id: contains a NUL character");
-    *out = xstrdup(json_string_value(v));
+    /* The custom_id is the idempotency key, sent in a header: a line
+     * break would end the header and start the attacker's own (DESIGN §4).
+     * Visible ASCII only, so every key fits every header. */
+    const char *id = json_string_value(v);
+    for (size_t i = 0; i < json_string_length(v); i++) {
+        unsigned char c = (unsigned char)id[i];
+        if (c < 0x21 || c > 0x7e)
+            return fail(err, errlen,
+                        "custom_id: byte %zu is 0x%02x: only visible ASCII "
+                        "(0x21-0x7e) may be sent as an idempotency key",
+                        i + 1, c);
+    }
+    *out = xstrdup(id);
     return 0;
 }
 

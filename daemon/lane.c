@@ -36,8 +36,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "sluice/dialect.h"
 #include "sluice/lane.h"
+#include "sluice/outcome.h"
 #include "sluice/xmalloc.h"
 
 /* ×0.9: run just under the provider's rate, so that its window boundaries,

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,19 +56,19 @@ log_level_parse(const char *s, enum log_level *out)
     return -EINVAL;
 }
 
-static void vlog(enum log_level level, const char *errstr, const char *fmt,
-                 va_list ap) __attribute__((format(printf, 3, 0)));
+static void vlog_line(enum log_level level, const char *errstr,
+                      const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 static void
-vlog(enum log_level level, const char *errstr, const char *fmt, va_list ap)
+vlog_line(enum log_level level, const char *errstr, const char *fmt,
+          va_list ap)
 {
     static const char *tag[8] = {"", "", "", "error: ", "warn: ", "",
                                  "", "debug: "};
     char line[2048];
     int n;
 
-    if (level > threshold)
-        return;
     n = vsnprintf(line, sizeof(line), fmt, ap);
     if (n < 0)
         return;
@@ -92,30 +93,79 @@ vlog(enum log_level level, const char *errstr, const char *fmt, va_list ap)
                 tag[level], line);
 }
 
-#define LOG_FN(fn, level, with_errno)                                        \
-    void fn(const char *fmt, ...)                                            \
-    {                                                                        \
-        int saved = errno;                                                   \
-        va_list ap;                                                          \
-        va_start(ap, fmt);                                                   \
-        vlog(level, with_errno ? strerror(saved) : NULL, fmt, ap);           \
-        va_end(ap);                                                          \
-        errno = saved;                                                       \
-    }
+static void vlog(enum log_level level, bool with_errno, const char *fmt,
+                 va_list ap) __attribute__((format(printf, 3, 0)));
 
-LOG_FN(log_warn, LOG_LEVEL_WARN, 1)
-LOG_FN(log_warnx, LOG_LEVEL_WARN, 0)
-LOG_FN(log_error, LOG_LEVEL_ERR, 0)
-LOG_FN(log_info, LOG_LEVEL_INFO, 0)
-LOG_FN(log_debug, LOG_LEVEL_DEBUG, 0)
+/* One line at level, with ": strerror(errno)" when with_errno. errno is
+ * left as the caller had it: a log call between a failing call and the
+ * check of its errno must not change the answer. */
+static void
+vlog(enum log_level level, bool with_errno, const char *fmt, va_list ap)
+{
+    int saved = errno;
+
+    if (level <= threshold)
+        vlog_line(level, with_errno ? strerror(saved) : NULL, fmt, ap);
+    errno = saved;
+}
+
+void
+log_warn(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vlog(LOG_LEVEL_WARN, true, fmt, ap);
+    va_end(ap);
+}
+
+void
+log_warnx(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vlog(LOG_LEVEL_WARN, false, fmt, ap);
+    va_end(ap);
+}
+
+void
+log_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vlog(LOG_LEVEL_ERR, false, fmt, ap);
+    va_end(ap);
+}
+
+void
+log_info(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vlog(LOG_LEVEL_INFO, false, fmt, ap);
+    va_end(ap);
+}
+
+void
+log_debug(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vlog(LOG_LEVEL_DEBUG, false, fmt, ap);
+    va_end(ap);
+}
 
 void
 fatal(const char *fmt, ...)
 {
-    int saved = errno;
     va_list ap;
+
     va_start(ap, fmt);
-    vlog(LOG_LEVEL_ERR, strerror(saved), fmt, ap);
+    vlog(LOG_LEVEL_ERR, true, fmt, ap);
     va_end(ap);
     exit(1);
 }
@@ -124,8 +174,9 @@ void
 fatalx(const char *fmt, ...)
 {
     va_list ap;
+
     va_start(ap, fmt);
-    vlog(LOG_LEVEL_ERR, NULL, fmt, ap);
+    vlog(LOG_LEVEL_ERR, false, fmt, ap);
     va_end(ap);
     exit(1);
 }

@@ -3,9 +3,11 @@
  * nothing else. The work is in dispatch.c.
  *
  * Start-up order matters to systemd: the config is parsed completely, the
- * database opened and migrated, expired leases reclaimed, and only then is
- * READY=1 sent (waiting runs resume by themselves: they are claimable when
- * their poll falls due).
+ * database opened and migrated, this daemon registered (liveness.h), the
+ * jobs of dead daemons reclaimed, and only then is READY=1 sent (waiting
+ * runs resume by themselves: they are claimable when their poll falls
+ * due). At exit the daemon leaves the daemons table after its last
+ * outcome is written.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -21,6 +23,7 @@
 #include "sluice/clock.h"
 #include "sluice/config.h"
 #include "sluice/dispatch.h"
+#include "sluice/liveness.h"
 #include "sluice/log.h"
 #include "sluice/notify.h"
 #include "sluice/store.h"
@@ -38,6 +41,7 @@ struct daemon {
     const char *config_path;
     struct config *config;
     struct store *store;
+    struct liveness *live;
     struct dispatch *dispatch;
     bool drain;
     bool stopping;
@@ -212,6 +216,7 @@ main(int argc, char **argv)
     struct daemon dm = {0};
     const char *flag = NULL;
     bool do_check = false;
+    int rc;
     char err[512];
     int ch;
 
@@ -251,15 +256,30 @@ main(int argc, char **argv)
         config_free(dm.config);
         return 1;
     }
-    long reclaimed = dispatch_recover(dm.store);
+    if (liveness_join(dm.store, dm.config->database,
+                      dm.config->heartbeat_timeout_ms, clock_now_ms(),
+                      &dm.live) < 0) {
+        store_close(dm.store);
+        config_free(dm.config);
+        return 1;
+    }
+    long reclaimed = dispatch_recover(dm.store, dm.live);
     if (reclaimed > 0)
         log_info("store: %ld jobs returned to the queue at start",
                  reclaimed);
 
     dm.loop = xmalloc(sizeof(*dm.loop));
-    uv_loop_init(dm.loop);
-    dm.dispatch = dispatch_new(dm.loop, dm.store, dm.config);
+    if ((rc = uv_loop_init(dm.loop)) < 0) {
+        log_error("loop: %s", uv_strerror(rc));
+        free(dm.loop);
+        liveness_leave(dm.live, clock_now_ms());
+        store_close(dm.store);
+        config_free(dm.config);
+        return 1;
+    }
+    dm.dispatch = dispatch_new(dm.loop, dm.store, dm.live, dm.config);
     if (dm.dispatch == NULL) {
+        liveness_leave(dm.live, clock_now_ms());
         store_close(dm.store);
         config_free(dm.config);
         return EXIT_CONFIG;
@@ -267,10 +287,14 @@ main(int argc, char **argv)
 
     uv_signal_t *sigs[] = {&dm.sigterm, &dm.sigint, &dm.sighup};
     int signums[] = {SIGTERM, SIGINT, SIGHUP};
+    /* Without its handlers sluiced could not stop gracefully; nothing has
+     * been claimed yet, so ending the start here loses nothing (and the
+     * lock file goes with the process). */
     for (int i = 0; i < 3; i++) {
-        uv_signal_init(dm.loop, sigs[i]);
+        if ((rc = uv_signal_init(dm.loop, sigs[i])) < 0 ||
+            (rc = uv_signal_start(sigs[i], on_uv_signal, signums[i])) < 0)
+            fatalx("signal %s: %s", strsignal(signums[i]), uv_strerror(rc));
         sigs[i]->data = &dm;
-        uv_signal_start(sigs[i], on_uv_signal, signums[i]);
     }
     dm.notify = getenv("NOTIFY_SOCKET") != NULL;
     uv_timer_init(dm.loop, &dm.tick);
@@ -297,6 +321,9 @@ main(int argc, char **argv)
     if (uv_loop_close(dm.loop) != 0)
         log_warnx("loop: handles left open at exit");
     free(dm.loop);
+    /* After the last outcome is written: what is left leased goes back. */
+    store_flush(dm.store);
+    liveness_leave(dm.live, clock_now_ms());
     store_close(dm.store);
     config_free(dm.config);
     return dm.exit_code;

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sluice/dialect.h"
+#include "sluice/outcome.h"
 
 void
 outcome_init(struct outcome *o)

@@ -11,14 +11,16 @@
  *            limit must not discard work;
  *   AGAIN    retryable failures, charged against max_attempts;
  *   GIVE_UP  everything else.
- * A provider's hint is a floor: a retry is never scheduled before it.
+ * A provider's hint is a floor: a retry is never scheduled before it, nor
+ * more than HINT_CAP_MS ahead because of it.
  * Backoff is "full jitter" (AWS Architecture Blog, "Exponential Backoff
  * and Jitter"): random(0, min(cap, base × 2^n)). Equal or decorrelated
  * jitter were rejected: full jitter spreads a burst of failures the most
  * and finishes the work soonest in that article's simulation.
  */
+#include "sluice/hints.h"
+#include "sluice/outcome.h"
 #include "sluice/retry.h"
-#include "sluice/dialect.h"
 
 /* A garbage-answering provider keeps answering garbage: protocol errors
  * get a few tries in all, not the full max_attempts. */
@@ -76,6 +78,11 @@ retry_decide(const struct retry_policy *p, const struct outcome *o,
 {
     int64_t hint = o->hints.retry_at_ms;
     bool throttled;
+
+    /* The dialects cap hints already; an outcome built any other way
+     * still never sends a job further ahead than a day. */
+    if (hint > after(now_ms, HINT_CAP_MS))
+        hint = after(now_ms, HINT_CAP_MS);
 
     if (o->cls == ERR_AUTH)
         return decide(RETRY_HOLD, now_ms, "provider paused: auth");

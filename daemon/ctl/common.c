@@ -26,15 +26,12 @@
 #include "sluice/job.h"
 #include "sluice/store.h"
 
-/* Returned by ctl_parse_opts for --help: print usage on stdout, exit 0. */
-#define CTL_HELP (-1)
-
 /* --- options ------------------------------------------------------------ */
 
 /*
  * Parses argv[1..argc) (argv[0] is the command) against opts. Operands are
- * moved to argv[0..*npos) in order. Returns 0, CTL_HELP, or EX_USAGE with
- * the problem printed on stderr.
+ * moved to argv[0..*npos) in order. Returns 0, or EX_USAGE with the problem
+ * printed on stderr. --help prints the usage and exits (ctl_help_exit).
  */
 static int
 ctl_parse_opts(const char *cmd, int argc, char **argv,
@@ -54,7 +51,7 @@ ctl_parse_opts(const char *cmd, int argc, char **argv,
             continue;
         }
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0)
-            return CTL_HELP;
+            ctl_help_exit(ctl_find(cmd));
         const char *eq = strchr(arg, '=');
         size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
         const struct ctl_opt *o = NULL;
@@ -91,20 +88,13 @@ ctl_parse_opts(const char *cmd, int argc, char **argv,
     return 0;
 }
 
-/* Runs ctl_parse_opts and turns its verdict into the command's exit code:
- * returns -1 to go on, or the code to exit with (usage printed). */
 int
-ctl_options(const char *cmd, int argc, char **argv, const struct ctl_opt *opts,
-            int *npos)
+ctl_parse_args(const char *cmd, int argc, char **argv,
+               const struct ctl_opt *opts, int *npos)
 {
     int rc = ctl_parse_opts(cmd, argc, argv, opts, npos);
-    if (rc == 0)
-        return -1;
-    if (rc == CTL_HELP) {
-        ctl_cmd_usage(stdout, ctl_find(cmd));
-        return 0;
-    }
-    ctl_cmd_usage(stderr, ctl_find(cmd));
+    if (rc != 0)
+        ctl_cmd_usage(stderr, ctl_find(cmd));
     return rc;
 }
 
@@ -191,15 +181,17 @@ ctl_bad_state(const char *cmd, const char *state)
     return EX_USAGE;
 }
 
-/* A count option: a non-negative decimal. Returns 0 or -EINVAL. */
 int
-ctl_parse_count(const char *s, long *out)
+ctl_count(const char *cmd, const char *opt, const char *arg, long *out)
 {
     char *end;
     errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < 0)
-        return -EINVAL;
+    long v = strtol(arg, &end, 10);
+    if (errno || end == arg || *end || v < 0) {
+        char what[64];
+        snprintf(what, sizeof(what), "%s: not a count", opt);
+        return ctl_usage_error(cmd, what);
+    }
     *out = v;
     return 0;
 }

@@ -410,7 +410,7 @@ ctl_enqueue(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("enqueue", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("enqueue", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos == 0)
         return ctl_usage_error("enqueue", "no FILE given (- for stdin)");

@@ -75,7 +75,7 @@ ctl_status(struct ctl *c, int argc, char **argv)
         {"updated_at", "UPDATED"},
     };
 
-    if ((rc = ctl_options("status", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("status", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos > 0)
         return ctl_usage_error("status", "takes no operand");
@@ -140,15 +140,16 @@ ctl_jobs(struct ctl *c, int argc, char **argv)
         {"updated_at", "UPDATED"},
     };
 
-    if ((rc = ctl_options("jobs", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("jobs", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos > 0)
         return ctl_usage_error("jobs", "takes no operand");
     if (state && job_state_parse(state, &st) < 0)
         return ctl_bad_state("jobs", state);
     limit = json ? 0 : CTL_JOBS_DEFAULT_LIMIT;
-    if (limit_arg && ctl_parse_count(limit_arg, &limit) < 0)
-        return ctl_usage_error("jobs", "--limit: not a count");
+    if (limit_arg &&
+        (rc = ctl_count("jobs", "--limit", limit_arg, &limit)) != 0)
+        return rc;
     if ((rc = ctl_open(c, "jobs", false, false)) != 0)
         return rc;
 
@@ -299,7 +300,7 @@ ctl_show(struct ctl *c, int argc, char **argv)
         "error_message", "request_id",
     };
 
-    if ((rc = ctl_options("show", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("show", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos != 1)
         return ctl_usage_error("show", "needs exactly one ID or CUSTOM_ID");

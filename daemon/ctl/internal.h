@@ -6,6 +6,10 @@
  * listed here and registered in the command table of ctl/main.c. The
  * helpers below do what every command repeats: options (common.c), the
  * config and the database (common.c), tables and JSON output (format.c).
+ *
+ * One return convention throughout: a command returns its exit code
+ * (sysexits), and a helper returns 0 to go on or the exit code to return
+ * with, its message already printed.
  */
 #ifndef SLUICE_CTL_INTERNAL_H
 #define SLUICE_CTL_INTERNAL_H
@@ -55,6 +59,10 @@ int ctl_watch(struct ctl *c, int argc, char **argv);
 const struct ctl_cmd *ctl_find(const char *name);
 /* "usage: sluicectl … NAME USAGE" on f. */
 void ctl_cmd_usage(FILE *f, const struct ctl_cmd *cmd);
+/* --help: prints cmd's usage (the whole tool's when NULL) on stdout and
+ * exits 0. Options are parsed before anything is opened, so there is
+ * nothing to close. */
+void ctl_help_exit(const struct ctl_cmd *cmd) __attribute__((noreturn));
 
 /* --- options and the database (common.c) -------------------------------- */
 
@@ -66,10 +74,10 @@ struct ctl_opt {
 };
 
 /* Parses the command's options (opts ends with a NULL name); operands
- * move to argv[0..*npos). Returns -1 to go on, or the exit code to return
- * (--help printed on stdout, a usage error on stderr). */
-int ctl_options(const char *cmd, int argc, char **argv,
-                const struct ctl_opt *opts, int *npos);
+ * move to argv[0..*npos). Returns 0, or EX_USAGE with the problem and the
+ * usage printed on stderr; --help prints the usage and exits. */
+int ctl_parse_args(const char *cmd, int argc, char **argv,
+                   const struct ctl_opt *opts, int *npos);
 /* Prints "sluicectl CMD: WHAT" and the usage on stderr; returns EX_USAGE. */
 int ctl_usage_error(const char *cmd, const char *what);
 /* Loads the config and opens the database. need_config: the command
@@ -81,8 +89,9 @@ int ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db);
 int ctl_bad_state(const char *cmd, const char *state);
 /* The usage error for an unknown error class (lists the valid ones). */
 int ctl_bad_class(const char *cmd, const char *cls);
-/* A count option: a non-negative decimal. Returns 0 or -EINVAL. */
-int ctl_parse_count(const char *s, long *out);
+/* A count option: a non-negative decimal into *out; 0 or EX_USAGE,
+ * printed. */
+int ctl_count(const char *cmd, const char *opt, const char *arg, long *out);
 /* A duration option (30m, 2h, 7d) into *ms; 0 or EX_USAGE, printed. */
 int ctl_duration(const char *cmd, const char *opt, const char *arg,
                  int64_t *ms);
@@ -90,12 +99,6 @@ int ctl_duration(const char *cmd, const char *opt, const char *arg,
  * enum job_state); sets *bits to its bit. 0 or EX_USAGE, printed. */
 int ctl_state_in(const char *cmd, const char *name, unsigned allowed,
                  unsigned *bits);
-
-#define CTL_TERMINAL                                                           \
-    ((1u << JOB_SUCCEEDED) | (1u << JOB_FAILED) | (1u << JOB_CANCELLED))
-#define CTL_UNFINISHED                                                         \
-    ((1u << JOB_QUEUED) | (1u << JOB_RUNNING) | (1u << JOB_WAITING) |          \
-     (1u << JOB_RETRYING))
 
 /* --- output (format.c) --------------------------------------------------- */
 

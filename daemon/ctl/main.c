@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sysexits.h>
 
@@ -90,6 +91,16 @@ ctl_usage(FILE *f)
                "78 bad config, 1 other\n");
 }
 
+void
+ctl_help_exit(const struct ctl_cmd *cmd)
+{
+    if (cmd != NULL)
+        ctl_cmd_usage(stdout, cmd);
+    else
+        ctl_usage(stdout);
+    exit(fflush(stdout) == 0 ? 0 : 1);
+}
+
 static int
 ctl_help(struct ctl *c, int argc, char **argv)
 {
@@ -110,19 +121,18 @@ ctl_help(struct ctl *c, int argc, char **argv)
     return 0;
 }
 
-/* Global options, before the command. Returns the index of the command in
- * argv, 0 after --help (printed), or -1 on a usage error (printed). */
+/* Global options, before the command. Returns 0 with *at the index of
+ * the command in argv, or EX_USAGE (printed); --help prints the usage and
+ * exits. */
 static int
-ctl_global_opts(struct ctl *c, int argc, char **argv)
+ctl_global_opts(struct ctl *c, int argc, char **argv, int *at)
 {
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         const char *arg = argv[i];
         const char **slot = NULL;
-        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
-            ctl_usage(stdout);
-            return 0;
-        }
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0)
+            ctl_help_exit(NULL);
         if (strcmp(arg, "-c") == 0 || strcmp(arg, "--config") == 0)
             slot = &c->config_flag;
         else if (strcmp(arg, "--db") == 0)
@@ -135,40 +145,39 @@ ctl_global_opts(struct ctl *c, int argc, char **argv)
             c->config_flag = arg + 2;
         else {
             fprintf(stderr, "sluicectl: unknown option '%s'\n", arg);
-            return -1;
+            ctl_usage(stderr);
+            return EX_USAGE;
         }
         if (slot) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "sluicectl: %s needs a value\n", arg);
-                return -1;
+                ctl_usage(stderr);
+                return EX_USAGE;
             }
             *slot = argv[++i];
         }
     }
     if (i >= argc) {
         fprintf(stderr, "sluicectl: no command\n");
-        return -1;
+        ctl_usage(stderr);
+        return EX_USAGE;
     }
-    return i;
+    *at = i;
+    return 0;
 }
 
 int
 main(int argc, char **argv)
 {
     struct ctl c = {0};
-    int rc;
+    int rc, at;
 
     /* The store and config log their failures with the reason; a tool
      * shows warnings and errors only. */
     log_init(LOG_LEVEL_WARN);
 
-    int at = ctl_global_opts(&c, argc, argv);
-    if (at == 0)
-        return 0;
-    if (at < 0) {
-        ctl_usage(stderr);
-        return EX_USAGE;
-    }
+    if ((rc = ctl_global_opts(&c, argc, argv, &at)) != 0)
+        return rc;
     const struct ctl_cmd *cmd = ctl_find(argv[at]);
     if (!cmd) {
         fprintf(stderr, "sluicectl: unknown command '%s'\n", argv[at]);

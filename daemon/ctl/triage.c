@@ -115,7 +115,7 @@ ctl_failures(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("failures", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("failures", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos > 0)
         return ctl_usage_error("failures", "takes no operand");
@@ -229,7 +229,7 @@ ctl_retry(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("retry", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("retry", argc, argv, opts, &npos)) != 0)
         return rc;
     bool filters = state || cls || sel.error_code || sel.batch || sel.provider;
     if (npos > 0 && filters)
@@ -263,7 +263,7 @@ ctl_cancel(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("cancel", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("cancel", argc, argv, opts, &npos)) != 0)
         return rc;
     bool filters = state || sel.batch || sel.provider;
     if (npos > 0 && filters)
@@ -272,8 +272,8 @@ ctl_cancel(struct ctl *c, int argc, char **argv)
      * must say which. */
     if (npos == 0 && !sel.batch && !sel.provider)
         return ctl_usage_error("cancel", "needs IDs, --batch or --provider");
-    if (state &&
-        (rc = ctl_state_in("cancel", state, CTL_UNFINISHED, &sel.states)) != 0)
+    if (state && (rc = ctl_state_in("cancel", state, JOB_UNFINISHED_MASK,
+                                    &sel.states)) != 0)
         return rc;
     return ctl_change(c, "cancel", argv, npos, &sel, json, store_cancel);
 }
@@ -290,7 +290,7 @@ ctl_resume(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("resume", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("resume", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos != 1)
         return ctl_usage_error("resume", "needs exactly one PROVIDER");
@@ -430,7 +430,7 @@ ctl_export(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("export", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("export", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos > 1)
         return ctl_usage_error("export", "at most one FILE");
@@ -493,7 +493,7 @@ ctl_purge(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("purge", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("purge", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos > 0)
         return ctl_usage_error("purge", "takes no operand");
@@ -501,8 +501,8 @@ ctl_purge(struct ctl *c, int argc, char **argv)
         return ctl_usage_error("purge", "--older-than DURATION is required");
     if ((rc = ctl_duration("purge", "--older-than", older, &ms)) != 0)
         return rc;
-    if (state &&
-        (rc = ctl_state_in("purge", state, CTL_TERMINAL, &sel.states)) != 0)
+    if (state && (rc = ctl_state_in("purge", state, JOB_TERMINAL_MASK,
+                                    &sel.states)) != 0)
         return rc;
     if ((rc = ctl_open(c, "purge", false, false)) != 0)
         return rc;

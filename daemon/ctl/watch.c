@@ -166,7 +166,7 @@ ctl_watch(struct ctl *c, int argc, char **argv)
         {NULL, NULL, NULL},
     };
 
-    if ((rc = ctl_options("watch", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("watch", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos > 0)
         return ctl_usage_error("watch", "takes no operand");

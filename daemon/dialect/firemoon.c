@@ -9,7 +9,8 @@
  *
  * A 429 carries `resetAt` (ISO-8601) in the body; it raises the retry hint
  * the headers gave (X-RateLimit-Reset, read by hints) and never lowers it,
- * since hints only ever restrict.
+ * since hints only ever restrict (and, like every hint, never past
+ * HINT_CAP_MS: dialect_classify caps it).
  */
 #include <stdlib.h>
 
@@ -96,6 +97,10 @@ firemoon_classify(const struct http_response *r, bool poll, int64_t now_ms,
         firemoon_error(r, o);
 }
 
+/* Generations answer {"images":[{url,width,height,content_type}]} or
+ * "videos" (seeds/README.md). */
+static const char *const firemoon_outputs[] = {"/images/*/url", "/videos/*/url", NULL};
+
 const struct dialect firemoon_dialect = {
     .name = "firemoon",
     .request_id_header = "x-request-id",
@@ -103,4 +108,5 @@ const struct dialect firemoon_dialect = {
     .idempotency = "header",
     .async = false,
     .classify = firemoon_classify,
+    .output_pointers = firemoon_outputs,
 };

@@ -215,6 +215,9 @@ flora_classify(const struct http_response *r, bool poll, int64_t now_ms,
         flora_error(r, o);
 }
 
+/* A completed run lists outputs:[{output_id,type,url}] (seeds/README.md). */
+static const char *const flora_outputs[] = {"/outputs/*/url", NULL};
+
 const struct dialect flora_dialect = {
     .name = "flora",
     .request_id_header = "request-id",
@@ -222,4 +225,5 @@ const struct dialect flora_dialect = {
     .idempotency = "body:idempotency_key",
     .async = true,
     .classify = flora_classify,
+    .output_pointers = flora_outputs,
 };

@@ -83,6 +83,9 @@ flymyai_classify(const struct http_response *r, bool poll, int64_t now_ms,
         flymyai_error(r, o);
 }
 
+/* Generations answer images:[{url,…}]. */
+static const char *const flymyai_outputs[] = {"/images/*/url", NULL};
+
 const struct dialect flymyai_dialect = {
     .name = "flymyai",
     .request_id_header = "x-request-id",
@@ -90,4 +93,5 @@ const struct dialect flymyai_dialect = {
     .idempotency = "header",
     .async = false,
     .classify = flymyai_classify,
+    .output_pointers = flymyai_outputs,
 };

@@ -81,6 +81,10 @@ openai_classify(const struct http_response *r, bool poll, int64_t now_ms,
         openai_error(r, o);
 }
 
+/* OpenAI-style image endpoints answer data:[{url}] (chat answers carry
+ * no files). */
+static const char *const openai_outputs[] = {"/data/*/url", NULL};
+
 const struct dialect openai_dialect = {
     .name = "openai",
     .request_id_header = "x-request-id",
@@ -88,4 +92,5 @@ const struct dialect openai_dialect = {
     .idempotency = "header",
     .async = false,
     .classify = openai_classify,
+    .output_pointers = openai_outputs,
 };

@@ -33,6 +33,7 @@ void
 backend_pending_clear(struct store_pending *p)
 {
     struct job_update *u = &p->u;
+    free((char *)u->owner);
     free((char *)u->new_key);
     free((char *)u->key_sent);
     free((char *)u->code);
@@ -42,6 +43,9 @@ backend_pending_clear(struct store_pending *p)
     free((char *)u->result);
     free((char *)u->remote_id);
     free((char *)u->poll_url);
+    for (size_t i = 0; i < u->noutput_urls; i++)
+        free((char *)u->output_urls[i]);
+    free((void *)u->output_urls);
 }
 
 bool
@@ -75,7 +79,7 @@ bool
 backend_is_json_column(const char *name)
 {
     return strcmp(name, "body") == 0 || strcmp(name, "result") == 0 ||
-           strcmp(name, "fields") == 0 ||
+           strcmp(name, "fields") == 0 || strcmp(name, "outputs") == 0 ||
            strcmp(name, "sample_request_ids") == 0;
 }
 

@@ -76,8 +76,13 @@ struct store_ops {
                        int64_t now_ms, size_t *inserted);
 
     int (*reclaim_expired)(struct store *s, int64_t now_ms, long *n);
-    int (*lease_owners)(struct store *s, char ***owners, size_t *n);
-    int (*reclaim_owner)(struct store *s, const char *owner, long *n);
+    int (*daemon_register)(struct store *s, const struct daemon_row *d);
+    int (*daemon_beat)(struct store *s, const char *owner, int64_t now_ms,
+                       bool *present);
+    /* The rows are freed by store_daemons_free (free() of each string). */
+    int (*daemons)(struct store *s, struct daemon_row **rows, size_t *n);
+    int (*daemon_reap)(struct store *s, const char *owner, int64_t seen,
+                       int64_t now_ms, long *n);
     /* Claims up to max jobs of one kind, appended to out + *nout, in
      * priority, run_after, id order. */
     int (*claim)(struct store *s, enum store_claim_kind kind,
@@ -94,6 +99,7 @@ struct store_ops {
                                   void *data);
     int (*count_waiting)(struct store *s, const char *provider, long *n);
     int (*has_unfinished)(struct store *s, const char *provider, bool *any);
+    int (*counts)(struct store *s, store_count_fn cb, void *arg);
     int (*data_version)(struct store *s, int64_t *v);
     int (*watch)(struct store *s, struct uv_loop_s *loop, void (*cb)(void *arg),
                  void *arg);
@@ -127,6 +133,19 @@ struct store_ops {
                  long *freed_pages);
     json_t *(*progress_json)(struct store *s, const char *batch);
     json_t *(*providers_json)(struct store *s);
+
+    int (*outputs_claim)(struct store *s, int max, int64_t now_ms,
+                         int64_t lease_ms, const char *owner,
+                         struct output_claim *out, int *nout);
+    int (*output_record)(struct store *s, const struct output_result *r,
+                         int64_t now_ms);
+    int (*outputs_next_due)(struct store *s, int64_t *due_ms);
+    int (*outputs_counts)(struct store *s, long *pending, long *stored,
+                          long *failed);
+    json_t *(*outputs_json)(struct store *s, const char *batch,
+                            const char *state);
+    int (*outputs_retry)(struct store *s, const char *batch, int64_t now_ms,
+                         long *changed);
 };
 
 extern const struct store_ops store_sqlite_ops;

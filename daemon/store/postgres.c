@@ -99,6 +99,13 @@ extern const size_t pg_sql_nfiles;
     "run_after = $1::bigint, lease_until = NULL, lease_owner = NULL, "         \
     "updated_at = $1::bigint "
 
+/* Lease expiry is for owners not registered in daemons, as on SQLite: a
+ * registered daemon's leases go only when it is judged dead
+ * (store_daemon_reap). */
+#define UNREGISTERED_OWNER                                                     \
+    "AND (lease_owner IS NULL "                                                \
+    "  OR lease_owner NOT IN (SELECT owner FROM daemons))"
+
 /* struct store_select as seven parameters from $a: states (",a,b,"),
  * provider, batch, class, code, since, before. */
 #define SELECT_WHERE(a, b, c, d, e, f, g)                                      \
@@ -121,13 +128,13 @@ extern const size_t pg_sql_nfiles;
 #define CANCEL_SET                                                             \
     "UPDATE jobs SET state = 'cancelled', finished_at = $1::bigint, "          \
     "lease_until = NULL, lease_owner = NULL, updated_at = $1::bigint "         \
-    "WHERE state IN ('queued', 'running', 'waiting', 'retrying') "
+    "WHERE state IN (" JOB_UNFINISHED_SQL ") "
 
 /* $1 states, $2 before, $3 limit: the oldest finished jobs one purge
  * transaction takes. */
 #define PURGE_PICK                                                             \
     "(SELECT id FROM jobs WHERE finished_at < $2::bigint "                     \
-    "  AND state IN ('succeeded', 'failed', 'cancelled') "                     \
+    "  AND state IN (" JOB_TERMINAL_SQL ") "                                   \
     "  AND ($1::text IS NULL OR "                                              \
     "    position(',' || state || ',' IN $1::text) > 0) "                      \
     "  ORDER BY finished_at, id LIMIT $3::bigint)"
@@ -139,9 +146,14 @@ enum pst {
     P_NOTIFY,
     P_RECLAIM_RUNNING,
     P_RECLAIM_POLLS,
-    P_LEASE_OWNERS,
     P_RECLAIM_OWNER_RUNNING,
     P_RECLAIM_OWNER_POLLS,
+    P_DAEMON_REGISTER,
+    P_DAEMON_BEAT,
+    P_DAEMONS,
+    P_DAEMON_HEARTBEAT,
+    P_DAEMON_DELETE,
+    P_COUNTS,
     P_CLAIM_WAITING,
     P_CLAIM,
     P_NEXT_DUE,
@@ -173,6 +185,14 @@ enum pst {
     P_PURGE_JOBS,
     P_PROGRESS_BATCH,
     P_SCHEMA_VERSION,
+    P_OUT_CLAIM,
+    P_OUT_RECORD,
+    P_OUT_NEXT_DUE,
+    P_OUT_COUNTS,
+    P_OUT_LIST,
+    P_OUT_RETRY,
+    P_OUT_RELEASE_EXPIRED,
+    P_OUT_RELEASE_OWNER,
     P_COUNT
 };
 
@@ -195,14 +215,11 @@ static const char *const pst_sql[P_COUNT] = {
         "ON CONFLICT (provider, idempotency_key) DO NOTHING",
     [P_NOTIFY] = "SELECT pg_notify('" PG_CHANNEL "', $1::text)",
     [P_RECLAIM_RUNNING] = RECLAIM_RUNNING_SET
-    "WHERE state = 'running' AND lease_until <= $1::bigint",
+    "WHERE state = 'running' AND lease_until <= $1::bigint " UNREGISTERED_OWNER,
     [P_RECLAIM_POLLS] =
         "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
-        "WHERE state = 'waiting' AND lease_until <= $1::bigint",
-    [P_LEASE_OWNERS] =
-        "SELECT DISTINCT lease_owner FROM jobs "
-        "WHERE lease_until IS NOT NULL AND lease_owner IS NOT NULL "
-        "ORDER BY lease_owner",
+        "WHERE state = 'waiting' AND lease_until <= "
+        "$1::bigint " UNREGISTERED_OWNER,
     [P_RECLAIM_OWNER_RUNNING] =
         RECLAIM_RUNNING_SET "WHERE state = 'running' "
                             "AND lease_until IS NOT NULL "
@@ -210,14 +227,30 @@ static const char *const pst_sql[P_COUNT] = {
     [P_RECLAIM_OWNER_POLLS] =
         "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
         "WHERE state = 'waiting' AND lease_until IS NOT NULL "
-        "AND lease_owner = $1::text",
+        "AND lease_owner = $2::text AND $1::bigint IS NOT NULL",
+    [P_DAEMON_REGISTER] =
+        "INSERT INTO daemons (owner, host, pid, started_at, heartbeat_at) "
+        "VALUES ($1::text, $2::text, $3::bigint, $4::bigint, $4::bigint)",
+    /* + 1: a beat changes the row even when the wall clock went back. */
+    [P_DAEMON_BEAT] = "UPDATE daemons SET heartbeat_at = "
+                      "GREATEST($2::bigint, heartbeat_at + 1) "
+                      "WHERE owner = $1::text",
+    [P_DAEMONS] = "SELECT owner, host, pid, started_at, heartbeat_at "
+                  "FROM daemons ORDER BY owner",
+    /* FOR UPDATE: a beat waits for the verdict's transaction, or the
+     * verdict sees the beat. */
+    [P_DAEMON_HEARTBEAT] = "SELECT heartbeat_at FROM daemons "
+                           "WHERE owner = $1::text FOR UPDATE",
+    [P_DAEMON_DELETE] = "DELETE FROM daemons WHERE owner = $2::text "
+                        "AND $1::bigint IS NOT NULL",
     [P_CLAIM_WAITING] =
         "UPDATE jobs SET lease_until = $1::bigint, lease_owner = $2::text, "
         "updated_at = $3::bigint "
         "WHERE id IN (SELECT id FROM jobs "
         "  WHERE provider = $4::text AND state = 'waiting' "
         "  AND run_after <= $3::bigint "
-        "  AND (lease_until IS NULL OR lease_until <= $3::bigint) "
+        "  AND (lease_until IS NULL OR (lease_until <= $3::bigint "
+        "    " UNREGISTERED_OWNER ")) "
         "  ORDER BY run_after, id LIMIT $5::int FOR UPDATE SKIP LOCKED) "
         "RETURNING " CLAIM_COLUMNS,
     [P_CLAIM] =
@@ -238,22 +271,30 @@ static const char *const pst_sql[P_COUNT] = {
                    "  (SELECT MIN(run_after) FROM jobs "
                    "    WHERE provider = $1::text AND state = 'waiting' "
                    "    AND (lease_until IS NULL "
-                   "      OR lease_until <= $2::bigint)))",
+                   "      OR (lease_until <= $2::bigint "
+                   "        " UNREGISTERED_OWNER "))))",
+    /* The kept counts: a few rows, not the queue. */
     [P_UNFINISHED] =
-        "SELECT COUNT(*) FROM jobs WHERE provider = $1::text "
-        "AND state IN ('queued', 'running', 'waiting', 'retrying')",
+        "SELECT coalesce(sum(n), 0) FROM job_counts "
+        "WHERE provider = $1::text AND state IN (" JOB_UNFINISHED_SQL ")",
     [P_HAS_UNFINISHED] =
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE provider = $1::text "
-        "AND state IN ('queued', 'running', 'waiting', 'retrying'))::int",
-    [P_COUNT_WAITING] = "SELECT COUNT(*) FROM jobs "
+        "AND state IN (" JOB_UNFINISHED_SQL "))::int",
+    [P_COUNT_WAITING] = "SELECT coalesce(sum(n), 0) FROM job_counts "
                         "WHERE provider = $1::text AND state = 'waiting'",
     [P_UNFINISHED_BY_PROVIDER] =
-        "SELECT provider, COUNT(*) FROM jobs "
-        "WHERE state IN ('queued', 'running', 'waiting', 'retrying') "
-        "GROUP BY provider ORDER BY provider",
-    /* As ST_UPDATE_JOB of sqlite.c: right-hand sides see the old row. */
+        "SELECT provider, sum(n) FROM job_counts "
+        "WHERE state IN (" JOB_UNFINISHED_SQL ") "
+        "GROUP BY provider HAVING sum(n) > 0 ORDER BY provider",
+    [P_COUNTS] = "SELECT provider, nullif(batch, ''), state, n "
+                 "FROM job_counts WHERE n > 0 "
+                 "ORDER BY provider, batch, state",
+    /* As ST_UPDATE_JOB of sqlite.c (right-hand sides see the old row;
+     * written only while $19 holds the lease), and the outputs of a
+     * success ($20, a text[]) in the same statement: they exist only
+     * when the update did. Returns whether it did. */
     [P_UPDATE_JOB] =
-        "UPDATE jobs SET "
+        "WITH u AS (UPDATE jobs SET "
         "state = CASE WHEN state = 'cancelled' THEN state "
         "  ELSE $2::text END, "
         "run_after = $3::bigint, "
@@ -288,7 +329,15 @@ static const char *const pst_sql[P_COUNT] = {
         "lease_owner = CASE WHEN state <> 'cancelled' "
         "  AND $2::text = 'running' THEN lease_owner ELSE NULL END, "
         "updated_at = $18::bigint "
-        "WHERE id = $1::bigint",
+        "WHERE id = $1::bigint AND ($19::text IS NULL "
+        "  OR lease_owner = $19::text "
+        "  OR (state = 'cancelled' AND lease_owner IS NULL)) "
+        "RETURNING id, state), "
+        "o AS (INSERT INTO outputs (job_id, url, run_after, created_at) "
+        "  SELECT u.id, url, $18::bigint, $18::bigint "
+        "  FROM u, unnest($20::text[]) AS url WHERE u.state = 'succeeded' "
+        "  ON CONFLICT (job_id, url) DO NOTHING) "
+        "SELECT count(*) AS written FROM u",
     /* Nothing to attach the attempt to when the job was purged. */
     [P_INSERT_ATTEMPT] =
         "INSERT INTO attempts (job_id, attempt, idempotency_key, started_at, "
@@ -317,8 +366,8 @@ static const char *const pst_sql[P_COUNT] = {
         "FROM providers WHERE name = $1::text",
     [P_PROVIDER_RESUME] = "UPDATE providers SET resume_requested_at = "
                           "$2::bigint WHERE name = $1::text",
-    [P_STATE_COUNTS] =
-        "SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state",
+    [P_STATE_COUNTS] = "SELECT provider, state, sum(n) FROM job_counts "
+                       "GROUP BY provider, state HAVING sum(n) > 0",
     [P_BATCHES] = "SELECT * FROM batch_progress ORDER BY batch, provider",
     [P_LANES] = "SELECT * FROM providers ORDER BY name",
     [P_JOBS] =
@@ -364,13 +413,57 @@ static const char *const pst_sql[P_COUNT] = {
     [P_EXPORT] =
         "SELECT id, custom_id, provider, batch, state, http_status, "
         "error_class, error_code, error_message, request_id, result, cost, "
-        "finished_at FROM jobs WHERE " SELECT_WHERE(1, 2, 3, 4, 5, 6,
-                                                    7) "ORDER BY id",
+        "finished_at, (SELECT coalesce(json_agg(path ORDER BY id), '[]') "
+        "  FROM outputs WHERE outputs.job_id = jobs.id "
+        "  AND outputs.state = 'stored')::text AS outputs "
+        "FROM jobs WHERE " SELECT_WHERE(1, 2, 3, 4, 5, 6, 7) "ORDER BY id",
     [P_PURGE_ATTEMPTS] = "DELETE FROM attempts WHERE job_id IN " PURGE_PICK,
     [P_PURGE_JOBS] = "DELETE FROM jobs WHERE id IN " PURGE_PICK,
     [P_PROGRESS_BATCH] = "SELECT * FROM batch_progress WHERE batch = $1::text "
                          "ORDER BY provider",
     [P_SCHEMA_VERSION] = "SELECT version FROM sluice_schema",
+    /* The outputs table (DESIGN §13), as sqlite.c's OS_* statements; a
+     * download's lease is its claim. */
+    [P_OUT_CLAIM] =
+        "UPDATE outputs SET attempts = attempts + 1, "
+        "lease_until = $1::bigint, lease_owner = $2::text "
+        "WHERE id IN (SELECT id FROM outputs WHERE state = 'pending' "
+        "  AND run_after <= $3::bigint "
+        "  AND (lease_until IS NULL OR lease_until <= $3::bigint) "
+        "  ORDER BY run_after, id LIMIT $4::int FOR UPDATE SKIP LOCKED) "
+        "RETURNING id, job_id, url, attempts, "
+        "(SELECT provider FROM jobs WHERE jobs.id = outputs.job_id)",
+    [P_OUT_RECORD] =
+        "UPDATE outputs SET state = $2::text, path = $3::text, "
+        "sha256 = $4::text, bytes = $5::bigint, content_type = $6::text, "
+        "error = $7::text, fetched_at = CASE WHEN $2::text = 'pending' "
+        "  THEN fetched_at ELSE $8::bigint END, "
+        "run_after = $9::bigint, "
+        "attempts = GREATEST(attempts - $10::int, 0), "
+        "lease_until = NULL, lease_owner = NULL WHERE id = $1::bigint",
+    [P_OUT_NEXT_DUE] =
+        "SELECT MIN(CASE WHEN lease_until > run_after THEN lease_until "
+        "  ELSE run_after END) FROM outputs WHERE state = 'pending'",
+    [P_OUT_COUNTS] = "SELECT state, COUNT(*) FROM outputs GROUP BY state",
+    [P_OUT_LIST] =
+        "SELECT o.id, o.job_id, j.custom_id, j.provider, j.batch, o.url, "
+        "o.state, o.path, o.sha256, o.bytes, o.content_type, o.error, "
+        "o.attempts, o.fetched_at FROM outputs o JOIN jobs j "
+        "ON j.id = o.job_id "
+        "WHERE ($1::text IS NULL OR j.batch = $1::text) "
+        "AND ($2::text IS NULL OR o.state = $2::text) "
+        "ORDER BY o.job_id, o.id",
+    [P_OUT_RETRY] = "UPDATE outputs SET state = 'pending', attempts = 0, "
+                    "run_after = $1::bigint, fetched_at = NULL "
+                    "WHERE state = 'failed' AND ($2::text IS NULL OR job_id IN "
+                    "  (SELECT id FROM jobs WHERE batch = $2::text))",
+    [P_OUT_RELEASE_EXPIRED] =
+        "UPDATE outputs SET lease_until = NULL, lease_owner = NULL "
+        "WHERE lease_until <= $1::bigint",
+    [P_OUT_RELEASE_OWNER] =
+        "UPDATE outputs SET lease_until = NULL, lease_owner = NULL "
+        "WHERE lease_until IS NOT NULL AND lease_owner = $2::text "
+        "AND $1::bigint IS NOT NULL",
 };
 
 struct pg_store {
@@ -1133,62 +1226,6 @@ pg_insert_jobs(struct store *base, const struct jobspec *jobs, size_t n,
 
 /* --- the daemon ---------------------------------------------------------- */
 
-static int
-pg_reclaim_expired(struct store *base, int64_t now_ms, long *n)
-{
-    struct pg_store *s = pq(base);
-    struct params p = {0};
-    int rc;
-
-    *n = 0;
-    p_int(&p, now_ms);
-    if ((rc = pg_run_changes(s, P_RECLAIM_RUNNING, &p, "reclaim expired leases",
-                             n)) < 0)
-        return rc;
-    return pg_run_changes(s, P_RECLAIM_POLLS, &p, "free expired poll leases",
-                          NULL);
-}
-
-static int
-pg_lease_owners(struct store *base, char ***owners, size_t *n)
-{
-    struct pg_store *s = pq(base);
-    int err, rows;
-    PGresult *r = pg_run(s, P_LEASE_OWNERS, NULL, "lease owners", &err);
-    char **v;
-
-    *n = 0;
-    *owners = NULL;
-    if (r == NULL)
-        return err;
-    rows = PQntuples(r);
-    v = xcalloc((size_t)rows + 1, sizeof(*v));
-    for (int i = 0; i < rows; i++)
-        v[i] = xstrdup(PQgetvalue(r, i, 0));
-    PQclear(r);
-    *owners = v;
-    *n = (size_t)rows;
-    return 0;
-}
-
-static int
-pg_reclaim_owner(struct store *base, const char *owner, long *n)
-{
-    struct pg_store *s = pq(base);
-    struct params p = {0}, q = {0};
-    int rc;
-
-    *n = 0;
-    p_int(&p, clock_now_ms());
-    p_text(&p, owner);
-    if ((rc = pg_run_changes(s, P_RECLAIM_OWNER_RUNNING, &p,
-                             "reclaim leases of owner", n)) < 0)
-        return rc;
-    p_text(&q, owner);
-    return pg_run_changes(s, P_RECLAIM_OWNER_POLLS, &q,
-                          "free poll leases of owner", NULL);
-}
-
 static char *
 value_strdup(const PGresult *r, int row, int col)
 {
@@ -1201,6 +1238,129 @@ value_int(const PGresult *r, int row, int col)
     return PQgetisnull(r, row, col)
                ? 0
                : strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+static int
+pg_reclaim_expired(struct store *base, int64_t now_ms, long *n)
+{
+    struct pg_store *s = pq(base);
+    struct params p = {0};
+    int rc;
+
+    *n = 0;
+    p_int(&p, now_ms);
+    if ((rc = pg_run_changes(s, P_RECLAIM_RUNNING, &p, "reclaim expired leases",
+                             n)) < 0 ||
+        (rc = pg_run_changes(s, P_RECLAIM_POLLS, &p, "free expired poll leases",
+                             NULL)) < 0)
+        return rc;
+    return pg_run_changes(s, P_OUT_RELEASE_EXPIRED, &p,
+                          "free expired download leases", NULL);
+}
+
+/* --- daemons and their liveness ------------------------------------------ */
+
+static int
+pg_daemon_register(struct store *base, const struct daemon_row *d)
+{
+    struct params p = {0};
+
+    p_text(&p, d->owner);
+    p_text(&p, d->host);
+    p_int(&p, d->pid);
+    p_int(&p, d->started_at);
+    return pg_run_changes(pq(base), P_DAEMON_REGISTER, &p, "register daemon",
+                          NULL);
+}
+
+static int
+pg_daemon_beat(struct store *base, const char *owner, int64_t now_ms,
+               bool *present)
+{
+    struct params p = {0};
+    long n = 0;
+    int rc;
+
+    *present = true;
+    p_text(&p, owner);
+    p_int(&p, now_ms);
+    if ((rc = pg_run_changes(pq(base), P_DAEMON_BEAT, &p, "heartbeat", &n)) < 0)
+        return rc;
+    *present = n == 1;
+    return 0;
+}
+
+static int
+pg_daemons(struct store *base, struct daemon_row **rows, size_t *n)
+{
+    int err;
+    PGresult *r = pg_run(pq(base), P_DAEMONS, NULL, "daemons", &err);
+    struct daemon_row *v;
+
+    *rows = NULL;
+    *n = 0;
+    if (r == NULL)
+        return err;
+    v = xcalloc((size_t)PQntuples(r) + 1, sizeof(*v));
+    for (int i = 0; i < PQntuples(r); i++) {
+        v[i].owner = value_strdup(r, i, 0);
+        v[i].host = value_strdup(r, i, 1);
+        v[i].pid = (long)value_int(r, i, 2);
+        v[i].started_at = value_int(r, i, 3);
+        v[i].heartbeat_at = value_int(r, i, 4);
+    }
+    *n = (size_t)PQntuples(r);
+    *rows = v;
+    PQclear(r);
+    return 0;
+}
+
+static int
+pg_daemon_reap(struct store *base, const char *owner, int64_t seen,
+               int64_t now_ms, long *n)
+{
+    struct pg_store *s = pq(base);
+    struct params p = {0};
+    int rc;
+
+    *n = 0;
+    p_int(&p, now_ms);
+    p_text(&p, owner);
+    if ((rc = pg_begin(base)) < 0)
+        return rc;
+    if (seen != 0) {
+        /* The verdict was "no beat since seen": checked again with the
+         * row locked, so a beat that raced it wins. */
+        struct params q = {0};
+        int err;
+        PGresult *r;
+
+        p_text(&q, owner);
+        if ((r = pg_run(s, P_DAEMON_HEARTBEAT, &q, "reap: heartbeat", &err)) ==
+            NULL) {
+            rc = err;
+            goto fail;
+        }
+        rc = PQntuples(r) > 0 && value_int(r, 0, 0) != seen ? -ESTALE : 0;
+        PQclear(r);
+        if (rc < 0)
+            goto fail;
+    }
+    if ((rc = pg_run_changes(s, P_DAEMON_DELETE, &p, "reap: daemon row",
+                             NULL)) < 0 ||
+        (rc = pg_run_changes(s, P_RECLAIM_OWNER_RUNNING, &p,
+                             "reap: running jobs", n)) < 0 ||
+        (rc = pg_run_changes(s, P_RECLAIM_OWNER_POLLS, &p, "reap: poll leases",
+                             NULL)) < 0 ||
+        (rc = pg_run_changes(s, P_OUT_RELEASE_OWNER, &p,
+                             "reap: download leases", NULL)) < 0 ||
+        (rc = pg_commit(base)) < 0)
+        goto fail;
+    return 0;
+fail:
+    *n = 0;
+    pg_rollback(base);
+    return rc;
 }
 
 static struct job *
@@ -1334,6 +1494,27 @@ pg_unfinished_by_provider(struct store *base,
 }
 
 static int
+pg_counts(struct store *base, store_count_fn cb, void *arg)
+{
+    int err, stop = 0;
+    PGresult *r = pg_run(pq(base), P_COUNTS, NULL, "job counts", &err);
+
+    if (r == NULL)
+        return err;
+    for (int i = 0; i < PQntuples(r) && stop == 0; i++) {
+        enum job_state js;
+        /* a state this build does not know (a newer schema) is skipped */
+        if (job_state_parse(PQgetvalue(r, i, 2), &js) < 0)
+            continue;
+        stop = cb(PQgetvalue(r, i, 0),
+                  PQgetisnull(r, i, 1) ? NULL : PQgetvalue(r, i, 1), js,
+                  (long)value_int(r, i, 3), arg);
+    }
+    PQclear(r);
+    return stop;
+}
+
+static int
 pg_data_version(struct store *base, int64_t *v)
 {
     struct pg_store *s = pq(base);
@@ -1341,6 +1522,24 @@ pg_data_version(struct store *base, int64_t *v)
     pg_drain_notifies(s);
     *v = s->notified;
     return 0;
+}
+
+/* urls[0..n) as a PostgreSQL text[] literal: {"a","b"}, with " and \
+ * escaped. */
+static void
+text_array(struct buf *b, const char *const *urls, size_t n)
+{
+    buf_append(b, "{", 1);
+    for (size_t i = 0; i < n; i++) {
+        buf_append(b, i ? ",\"" : "\"", i ? 2 : 1);
+        for (const char *c = urls[i]; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                buf_append(b, "\\", 1);
+            buf_append(b, c, 1);
+        }
+        buf_append(b, "\"", 1);
+    }
+    buf_append(b, "}", 1);
 }
 
 /* Queues the statements of one buffered update on the pipeline. */
@@ -1352,6 +1551,8 @@ flush_send(struct pg_store *s, const struct store_pending *sp, int *nsent)
     int mode = failed ? 1 : u->state == JOB_SUCCEEDED ? 2 : 0;
     char name[16];
     struct params p = {0};
+    struct buf urls = {0};
+    bool sent;
 
     p_int(&p, u->job_id);
     p_text(&p, job_state_name(u->state));
@@ -1374,8 +1575,14 @@ flush_send(struct pg_store *s, const struct store_pending *sp, int *nsent)
     p_text(&p, u->remote_id);
     p_text(&p, u->poll_url);
     p_int(&p, sp->at);
+    p_text(&p, u->owner);
+    if (u->noutput_urls > 0)
+        text_array(&urls, u->output_urls, u->noutput_urls);
+    p_text(&p, urls.data);
     snprintf(name, sizeof(name), "p%d", (int)P_UPDATE_JOB);
-    if (!PQsendQueryPrepared(s->conn, name, p.n, p.v, NULL, NULL, 0))
+    sent = PQsendQueryPrepared(s->conn, name, p.n, p.v, NULL, NULL, 0);
+    buf_free(&urls);
+    if (!sent)
         return false;
     (*nsent)++;
     if (!u->has_attempt)
@@ -1402,9 +1609,10 @@ flush_send(struct pg_store *s, const struct store_pending *sp, int *nsent)
 }
 
 /* Reads the results of nsent statements and the sync; the first failure's
- * errno, or 0. */
+ * errno, or 0. *dropped counts the updates that wrote nothing (the job
+ * purged, or its lease another owner's). */
 static int
-flush_collect(struct pg_store *s, int nsent)
+flush_collect(struct pg_store *s, int nsent, size_t *dropped)
 {
     int rc = 0;
 
@@ -1415,6 +1623,9 @@ flush_collect(struct pg_store *s, int nsent)
             ExecStatusType st = PQresultStatus(r);
             if (st == PGRES_PIPELINE_SYNC)
                 sync = true;
+            else if (st == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+                     strcmp(PQgetvalue(r, 0, 0), "0") == 0)
+                (*dropped)++;
             else if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK &&
                      st != PGRES_PIPELINE_ABORTED && rc == 0)
                 rc = pg_fail(s, r, "flush");
@@ -1437,7 +1648,7 @@ static int
 pg_flush(struct store *base)
 {
     struct pg_store *s = pq(base);
-    size_t i = 0;
+    size_t i = 0, dropped = 0;
     int rc;
 
     if ((rc = pg_ready(s)) < 0)
@@ -1460,7 +1671,7 @@ pg_flush(struct store *base)
             rc = pg_fail(s, NULL, "flush: sync");
             break;
         }
-        rc = flush_collect(s, nsent);
+        rc = flush_collect(s, nsent, &dropped);
         if (rc == 0 && i < end)
             rc = pg_fail(s, NULL, "flush: send");
     }
@@ -1470,6 +1681,10 @@ pg_flush(struct store *base)
         goto fail;
     if ((rc = pg_exec(s, "COMMIT", "flush: commit")) < 0)
         goto fail;
+    if (dropped > 0)
+        log_info("store: %zu outcomes not written: job purged, or taken "
+                 "back from this daemon meanwhile",
+                 dropped);
     return 0;
 fail:
     /* All or nothing: the buffer is kept and written by a later flush. */
@@ -1642,6 +1857,9 @@ array_json(struct pg_store *s, enum pst id, const struct params *p,
     return arr;
 }
 
+static int pg_outputs_counts(struct store *base, long *pending, long *stored,
+                             long *failed);
+
 static json_t *
 pg_status_json(struct store *base)
 {
@@ -1650,6 +1868,7 @@ pg_status_json(struct store *base)
     json_t *providers = json_object();
     json_t *batches = json_array();
     json_t *lanes = json_array();
+    long pending, stored, failed;
     PGresult *r;
     int err;
 
@@ -1665,8 +1884,13 @@ pg_status_json(struct store *base)
         backend_status_count(providers, PQgetvalue(r, i, 0),
                              PQgetvalue(r, i, 1), value_int(r, i, 2));
     PQclear(r);
-    if (rows_json(s, P_BATCHES, NULL, batches, "status batches") < 0)
+    if (rows_json(s, P_BATCHES, NULL, batches, "status batches") < 0 ||
+        pg_outputs_counts(base, &pending, &stored, &failed) < 0)
         goto fail;
+    json_object_set_new(
+        status, "outputs",
+        json_pack("{s:I, s:I, s:I}", "pending", (json_int_t)pending, "stored",
+                  (json_int_t)stored, "failed", (json_int_t)failed));
     return status;
 fail:
     json_decref(status);
@@ -1874,6 +2098,109 @@ pg_providers_json(struct store *base)
     return array_json(pq(base), P_LANES, NULL, "providers");
 }
 
+/* --- outputs (DESIGN §13) ------------------------------------------------ */
+
+static int
+pg_outputs_claim(struct store *base, int max, int64_t now_ms, int64_t lease_ms,
+                 const char *owner, struct output_claim *out, int *nout)
+{
+    struct params p = {0};
+    PGresult *r;
+    int err;
+
+    *nout = 0;
+    p_int(&p, now_ms + lease_ms);
+    p_text(&p, owner);
+    p_int(&p, now_ms);
+    p_int(&p, max);
+    if ((r = pg_run(pq(base), P_OUT_CLAIM, &p, "claim outputs", &err)) == NULL)
+        return err; /* one statement: nothing was claimed */
+    for (int i = 0; i < PQntuples(r) && *nout < max; i++) {
+        struct output_claim *c = &out[(*nout)++];
+        c->id = value_int(r, i, 0);
+        c->job_id = value_int(r, i, 1);
+        c->url = value_strdup(r, i, 2);
+        c->attempts = (int)value_int(r, i, 3);
+        c->provider = value_strdup(r, i, 4);
+    }
+    PQclear(r);
+    return 0;
+}
+
+static int
+pg_output_record(struct store *base, const struct output_result *o,
+                 int64_t now_ms)
+{
+    struct params p = {0};
+
+    p_int(&p, o->id);
+    p_text(&p, o->state);
+    p_text(&p, o->path);
+    p_text(&p, o->sha256);
+    if (o->path != NULL)
+        p_int(&p, o->bytes);
+    else
+        p_text(&p, NULL);
+    p_text(&p, o->content_type);
+    p_text(&p, o->error);
+    p_int(&p, now_ms);
+    p_int(&p, o->run_after);
+    p_int(&p, o->uncharge);
+    return pg_run_changes(pq(base), P_OUT_RECORD, &p, "record output", NULL);
+}
+
+static int
+pg_outputs_next_due(struct store *base, int64_t *due_ms)
+{
+    return pg_run_int(pq(base), P_OUT_NEXT_DUE, NULL, "next output due",
+                      due_ms);
+}
+
+static int
+pg_outputs_counts(struct store *base, long *pending, long *stored, long *failed)
+{
+    int err;
+    PGresult *r = pg_run(pq(base), P_OUT_COUNTS, NULL, "output counts", &err);
+
+    *pending = *stored = *failed = 0;
+    if (r == NULL)
+        return err;
+    for (int i = 0; i < PQntuples(r); i++) {
+        const char *state = PQgetvalue(r, i, 0);
+        long n = (long)value_int(r, i, 1);
+        if (strcmp(state, "pending") == 0)
+            *pending = n;
+        else if (strcmp(state, "stored") == 0)
+            *stored = n;
+        else
+            *failed = n;
+    }
+    PQclear(r);
+    return 0;
+}
+
+static json_t *
+pg_outputs_json(struct store *base, const char *batch, const char *state)
+{
+    struct params p = {0};
+
+    p_text(&p, batch);
+    p_text(&p, state);
+    return array_json(pq(base), P_OUT_LIST, &p, "outputs");
+}
+
+static int
+pg_outputs_retry(struct store *base, const char *batch, int64_t now_ms,
+                 long *changed)
+{
+    struct params p = {0};
+
+    *changed = 0;
+    p_int(&p, now_ms);
+    p_text(&p, batch);
+    return pg_run_changes(pq(base), P_OUT_RETRY, &p, "retry outputs", changed);
+}
+
 bool
 store_postgres_names(const char *database)
 {
@@ -1917,14 +2244,17 @@ const struct store_ops store_postgres_ops = {
     .insert_job = pg_insert_job,
     .insert_jobs = pg_insert_jobs,
     .reclaim_expired = pg_reclaim_expired,
-    .lease_owners = pg_lease_owners,
-    .reclaim_owner = pg_reclaim_owner,
+    .daemon_register = pg_daemon_register,
+    .daemon_beat = pg_daemon_beat,
+    .daemons = pg_daemons,
+    .daemon_reap = pg_daemon_reap,
     .claim = pg_claim,
     .next_due = pg_next_due,
     .pending_count = pg_pending_count,
     .unfinished_by_provider = pg_unfinished_by_provider,
     .count_waiting = pg_count_waiting,
     .has_unfinished = pg_has_unfinished,
+    .counts = pg_counts,
     .data_version = pg_data_version,
     .watch = pg_watch,
     .flush = pg_flush,
@@ -1943,4 +2273,10 @@ const struct store_ops store_postgres_ops = {
     .purge = pg_purge,
     .progress_json = pg_progress_json,
     .providers_json = pg_providers_json,
+    .outputs_claim = pg_outputs_claim,
+    .output_record = pg_output_record,
+    .outputs_next_due = pg_outputs_next_due,
+    .outputs_counts = pg_outputs_counts,
+    .outputs_json = pg_outputs_json,
+    .outputs_retry = pg_outputs_retry,
 };

@@ -79,6 +79,13 @@ extern const size_t sql_nfiles;
     "run_after = ?1, lease_until = NULL, lease_owner = NULL, "                 \
     "updated_at = ?1 "
 
+/* Lease expiry is for owners that are not registered in daemons (leases
+ * from before that table): a registered daemon's leases go only when it is
+ * judged dead, never because a wall clock says they expired. */
+#define UNREGISTERED_OWNER                                                     \
+    "AND (lease_owner IS NULL "                                                \
+    "  OR lease_owner NOT IN (SELECT owner FROM daemons))"
+
 /* The filter of struct store_select, by parameter name; select_bind
  * binds the ones a statement has. :states is ",failed,cancelled,". */
 #define SELECT_WHERE                                                           \
@@ -102,14 +109,14 @@ extern const size_t sql_nfiles;
 #define CANCEL_SET                                                             \
     "UPDATE jobs SET state = 'cancelled', finished_at = ?1, "                  \
     "lease_until = NULL, lease_owner = NULL, updated_at = ?1 "                 \
-    "WHERE state IN ('queued', 'running', 'waiting', 'retrying') "
+    "WHERE state IN (" JOB_UNFINISHED_SQL ") "
 
 /* The oldest finished jobs purge takes in one transaction; attempts and
  * jobs are deleted by the same subquery in the same transaction, so they
  * see the same rows. Walks jobs_finished. */
 #define PURGE_PICK                                                             \
     "(SELECT id FROM jobs WHERE finished_at < :before "                        \
-    "  AND state IN ('succeeded', 'failed', 'cancelled') "                     \
+    "  AND state IN (" JOB_TERMINAL_SQL ") "                                   \
     "  AND (:states IS NULL OR instr(:states, ',' || state || ',') > 0) "      \
     "  ORDER BY finished_at, id LIMIT :limit)"
 
@@ -135,9 +142,13 @@ enum stmt {
     ST_INSERT_JOB,
     ST_RECLAIM_RUNNING,
     ST_RECLAIM_POLLS,
-    ST_LEASE_OWNERS,
     ST_RECLAIM_OWNER_RUNNING,
     ST_RECLAIM_OWNER_POLLS,
+    ST_DAEMON_REGISTER,
+    ST_DAEMON_BEAT,
+    ST_DAEMONS,
+    ST_DAEMON_HEARTBEAT,
+    ST_DAEMON_DELETE,
     ST_CLAIM_WAITING,
     ST_CLAIM,
     ST_NEXT_DUE,
@@ -145,6 +156,7 @@ enum stmt {
     ST_HAS_UNFINISHED,
     ST_COUNT_WAITING,
     ST_UNFINISHED_BY_PROVIDER,
+    ST_COUNTS,
     ST_DATA_VERSION,
     ST_UPDATE_JOB,
     ST_INSERT_ATTEMPT,
@@ -184,16 +196,11 @@ static const char *const stmt_sql[ST_COUNT] = {
         "created_at, updated_at) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?10, ?10) "
         "ON CONFLICT (provider, idempotency_key) DO NOTHING",
-    [ST_RECLAIM_RUNNING] =
-        RECLAIM_RUNNING_SET "WHERE state = 'running' AND lease_until <= ?1",
+    [ST_RECLAIM_RUNNING] = RECLAIM_RUNNING_SET
+        "WHERE state = 'running' AND lease_until <= ?1 " UNREGISTERED_OWNER,
     [ST_RECLAIM_POLLS] =
         "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
-        "WHERE state = 'waiting' AND lease_until <= ?1",
-    /* Leased rows only, through jobs_lease. */
-    [ST_LEASE_OWNERS] =
-        "SELECT DISTINCT lease_owner FROM jobs "
-        "WHERE lease_until IS NOT NULL AND lease_owner IS NOT NULL "
-        "ORDER BY lease_owner",
+        "WHERE state = 'waiting' AND lease_until <= ?1 " UNREGISTERED_OWNER,
     [ST_RECLAIM_OWNER_RUNNING] =
         RECLAIM_RUNNING_SET "WHERE state = 'running' "
                             "AND lease_until IS NOT NULL AND lease_owner = ?2",
@@ -201,11 +208,23 @@ static const char *const stmt_sql[ST_COUNT] = {
         "UPDATE jobs SET lease_until = NULL, lease_owner = NULL "
         "WHERE state = 'waiting' AND lease_until IS NOT NULL "
         "AND lease_owner = ?2",
+    [ST_DAEMON_REGISTER] =
+        "INSERT INTO daemons (owner, host, pid, started_at, heartbeat_at) "
+        "VALUES (?1, ?2, ?3, ?4, ?4)",
+    /* + 1: a beat changes the row even when the wall clock went back. */
+    [ST_DAEMON_BEAT] = "UPDATE daemons SET heartbeat_at = "
+                       "MAX(?2, heartbeat_at + 1) WHERE owner = ?1",
+    [ST_DAEMONS] = "SELECT owner, host, pid, started_at, heartbeat_at "
+                   "FROM daemons ORDER BY owner",
+    [ST_DAEMON_HEARTBEAT] = "SELECT heartbeat_at FROM daemons WHERE owner = ?1",
+    /* ?2 like the lease statements that run beside it (daemon_reap) */
+    [ST_DAEMON_DELETE] = "DELETE FROM daemons WHERE owner = ?2",
     [ST_CLAIM_WAITING] =
         "UPDATE jobs SET lease_until = ?1, lease_owner = ?2, updated_at = ?3 "
         "WHERE id IN (SELECT id FROM jobs "
         "  WHERE provider = ?4 AND state = 'waiting' AND run_after <= ?3 "
-        "  AND (lease_until IS NULL OR lease_until <= ?3) "
+        "  AND (lease_until IS NULL OR (lease_until <= ?3 "
+        "    " UNREGISTERED_OWNER ")) "
         "  ORDER BY run_after, id LIMIT ?5) "
         "RETURNING " CLAIM_COLUMNS,
     [ST_CLAIM] = "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
@@ -223,21 +242,26 @@ static const char *const stmt_sql[ST_COUNT] = {
                     "    WHERE provider = ?1 AND state = 'retrying' "
                     "  UNION ALL SELECT MIN(run_after) FROM jobs "
                     "    WHERE provider = ?1 AND state = 'waiting' "
-                    "    AND (lease_until IS NULL OR lease_until <= ?2))",
+                    "    AND (lease_until IS NULL OR (lease_until <= ?2 "
+                    "      " UNREGISTERED_OWNER ")))",
+    /* The kept counts (sql/006_counts.sql): a few rows, not the queue. */
     [ST_UNFINISHED] =
-        "SELECT COUNT(*) FROM jobs WHERE provider = ?1 "
-        "AND state IN ('queued', 'running', 'waiting', 'retrying')",
+        "SELECT coalesce(sum(n), 0) FROM job_counts WHERE provider = ?1 "
+        "AND state IN (" JOB_UNFINISHED_SQL ")",
     /* EXISTS stops at the first row: the drain check runs four times a
-     * second and must not count a million-row queue each time. */
+     * second. */
     [ST_HAS_UNFINISHED] =
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE provider = ?1 "
-        "AND state IN ('queued', 'running', 'waiting', 'retrying'))",
-    [ST_COUNT_WAITING] = "SELECT COUNT(*) FROM jobs "
+        "AND state IN (" JOB_UNFINISHED_SQL "))",
+    [ST_COUNT_WAITING] = "SELECT coalesce(sum(n), 0) FROM job_counts "
                          "WHERE provider = ?1 AND state = 'waiting'",
     [ST_UNFINISHED_BY_PROVIDER] =
-        "SELECT provider, COUNT(*) FROM jobs "
-        "WHERE state IN ('queued', 'running', 'waiting', 'retrying') "
-        "GROUP BY provider ORDER BY provider",
+        "SELECT provider, sum(n) FROM job_counts "
+        "WHERE state IN (" JOB_UNFINISHED_SQL ") "
+        "GROUP BY provider HAVING sum(n) > 0 ORDER BY provider",
+    [ST_COUNTS] = "SELECT provider, nullif(batch, ''), state, n "
+                  "FROM job_counts WHERE n > 0 "
+                  "ORDER BY provider, batch, state",
     [ST_DATA_VERSION] = "PRAGMA data_version",
     /* Right-hand sides see the old row: "state" is the state before. A job
      * an operator cancelled meanwhile stays cancelled, but what the
@@ -266,19 +290,22 @@ static const char *const stmt_sql[ST_COUNT] = {
         "  ELSE waiting_since END, "
         "finished_at = CASE WHEN state = 'cancelled' "
         "  THEN COALESCE(finished_at, ?18) "
-        "  WHEN ?2 IN ('succeeded', 'failed', 'cancelled') THEN ?18 "
+        "  WHEN ?2 IN (" JOB_TERMINAL_SQL ") THEN ?18 "
         "  ELSE NULL END, "
         "lease_until = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "
         "  THEN lease_until ELSE NULL END, "
         "lease_owner = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "
         "  THEN lease_owner ELSE NULL END, "
         "updated_at = ?18 "
-        "WHERE id = ?1",
+        "WHERE id = ?1 AND (?19 IS NULL OR lease_owner = ?19 "
+        "  OR (state = 'cancelled' AND lease_owner IS NULL))",
+    /* Unless the job was purged: nothing to attach the attempt to. */
     [ST_INSERT_ATTEMPT] =
         "INSERT INTO attempts (job_id, attempt, idempotency_key, started_at, "
         "finished_at, http_status, error_class, error_code, error_message, "
         "request_id, retry_after_ms, is_poll) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 "
+        "WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)",
     [ST_JOB_STATE] = "SELECT state FROM jobs WHERE id = ?1",
     [ST_PROVIDER_PUT] =
         "INSERT INTO providers (name, state, reason, concurrency_limit, "
@@ -297,7 +324,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_PROVIDER_RESUME] =
         "UPDATE providers SET resume_requested_at = ?2 WHERE name = ?1",
     [ST_STATE_COUNTS] =
-        "SELECT provider, state, COUNT(*) FROM jobs GROUP BY provider, state",
+        "SELECT provider, state, sum(n) FROM job_counts "
+        "GROUP BY provider, state HAVING sum(n) > 0",
     [ST_BATCHES] = "SELECT * FROM batch_progress ORDER BY batch, provider",
     [ST_LANES] = "SELECT * FROM providers ORDER BY name",
     [ST_JOBS] =
@@ -344,7 +372,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_EXPORT] =
         "SELECT id, custom_id, provider, batch, state, http_status, "
         "error_class, error_code, error_message, request_id, result, cost, "
-        "finished_at FROM jobs WHERE " SELECT_WHERE "ORDER BY id",
+        "finished_at, (SELECT json_group_array(path) FROM outputs "
+        "  WHERE outputs.job_id = jobs.id AND outputs.state = 'stored') "
+        "  AS outputs "
+        "FROM jobs WHERE " SELECT_WHERE "ORDER BY id",
     [ST_PURGE_ATTEMPTS] = "DELETE FROM attempts WHERE job_id IN " PURGE_PICK,
     [ST_PURGE_JOBS] = "DELETE FROM jobs WHERE id IN " PURGE_PICK,
     [ST_AUTO_VACUUM] = "PRAGMA auto_vacuum",
@@ -353,11 +384,75 @@ static const char *const stmt_sql[ST_COUNT] = {
         "SELECT * FROM batch_progress WHERE batch = ?1 ORDER BY provider",
 };
 
+/* The statements of the outputs table (DESIGN §13), prepared with the
+ * others. A download's lease is its claim: a row is fetched by one daemon
+ * at a time, and a lease that outlives its daemon is freed like a job's. */
+enum ostmt {
+    OS_INSERT,
+    OS_CLAIM,
+    OS_RECORD,
+    OS_NEXT_DUE,
+    OS_COUNTS,
+    OS_LIST,
+    OS_RETRY,
+    OS_RELEASE_EXPIRED,
+    OS_RELEASE_OWNER,
+    OS_COUNT
+};
+
+static const char *const ostmt_sql[OS_COUNT] = {
+    /* Only for a job that did succeed: an operator's cancel that raced
+     * the answer keeps the job cancelled, and its outputs unfetched. */
+    [OS_INSERT] =
+        "INSERT INTO outputs (job_id, url, run_after, created_at) "
+        "SELECT ?1, ?2, ?3, ?3 WHERE EXISTS (SELECT 1 FROM jobs "
+        "  WHERE id = ?1 AND state = 'succeeded') "
+        "ON CONFLICT (job_id, url) DO NOTHING",
+    [OS_CLAIM] =
+        "UPDATE outputs SET attempts = attempts + 1, lease_until = ?1, "
+        "lease_owner = ?2 "
+        "WHERE id IN (SELECT id FROM outputs WHERE state = 'pending' "
+        "  AND run_after <= ?3 AND (lease_until IS NULL OR lease_until <= ?3) "
+        "  ORDER BY run_after, id LIMIT ?4) "
+        "RETURNING id, job_id, url, attempts, "
+        "(SELECT provider FROM jobs WHERE jobs.id = outputs.job_id)",
+    [OS_RECORD] =
+        "UPDATE outputs SET state = ?2, path = ?3, sha256 = ?4, bytes = ?5, "
+        "content_type = ?6, error = ?7, "
+        "fetched_at = CASE WHEN ?2 = 'pending' THEN fetched_at ELSE ?8 END, "
+        "run_after = ?9, attempts = MAX(attempts - ?10, 0), "
+        "lease_until = NULL, lease_owner = NULL "
+        "WHERE id = ?1",
+    [OS_NEXT_DUE] =
+        "SELECT MIN(CASE WHEN lease_until > run_after THEN lease_until "
+        "  ELSE run_after END) FROM outputs WHERE state = 'pending'",
+    [OS_COUNTS] = "SELECT state, COUNT(*) FROM outputs GROUP BY state",
+    [OS_LIST] =
+        "SELECT o.id, o.job_id, j.custom_id, j.provider, j.batch, o.url, "
+        "o.state, o.path, o.sha256, o.bytes, o.content_type, o.error, "
+        "o.attempts, o.fetched_at FROM outputs o JOIN jobs j "
+        "ON j.id = o.job_id "
+        "WHERE (?1 IS NULL OR j.batch = ?1) AND (?2 IS NULL OR o.state = ?2) "
+        "ORDER BY o.job_id, o.id",
+    [OS_RETRY] =
+        "UPDATE outputs SET state = 'pending', attempts = 0, run_after = ?1, "
+        "fetched_at = NULL "
+        "WHERE state = 'failed' AND (?2 IS NULL OR job_id IN "
+        "  (SELECT id FROM jobs WHERE batch = ?2))",
+    [OS_RELEASE_EXPIRED] =
+        "UPDATE outputs SET lease_until = NULL, lease_owner = NULL "
+        "WHERE lease_until <= ?1",
+    [OS_RELEASE_OWNER] =
+        "UPDATE outputs SET lease_until = NULL, lease_owner = NULL "
+        "WHERE lease_until IS NOT NULL AND lease_owner = ?1",
+};
+
 struct sqlite_store {
     struct store base; /* first: the dispatcher's view */
     sqlite3 *db;
     char *path;
     sqlite3_stmt *st[ST_COUNT];
+    sqlite3_stmt *ost[OS_COUNT];
     sqlite3_stmt *insert_many; /* STORE_INSERT_ROWS rows of INSERT_JOB */
 };
 
@@ -413,6 +508,16 @@ static sqlite3_stmt *
 stmt(struct sqlite_store *s, enum stmt id)
 {
     sqlite3_stmt *st = s->st[id];
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return st;
+}
+
+/* The same for a statement of the outputs table. */
+static sqlite3_stmt *
+ostmt(struct sqlite_store *s, enum ostmt id)
+{
+    sqlite3_stmt *st = s->ost[id];
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return st;
@@ -599,6 +704,14 @@ sqlite_open(const char *path, struct store **out)
             goto fail;
         }
     }
+    for (int i = 0; i < OS_COUNT; i++) {
+        rc = sqlite3_prepare_v3(s->db, ostmt_sql[i], -1,
+                                SQLITE_PREPARE_PERSISTENT, &s->ost[i], NULL);
+        if (rc != SQLITE_OK) {
+            rc = sqlite_fail(s, rc, ostmt_sql[i]);
+            goto fail;
+        }
+    }
     if ((rc = prepare_insert_many(s)) < 0)
         goto fail;
     *out = &s->base;
@@ -622,6 +735,8 @@ sqlite_close(struct store *base)
 
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
+    for (int i = 0; i < OS_COUNT; i++)
+        sqlite3_finalize(s->ost[i]);
     sqlite3_finalize(s->insert_many);
     sqlite3_close_v2(s->db);
     free(s->path);
@@ -749,63 +864,149 @@ sqlite_reclaim_expired(struct store *base, int64_t now_ms, long *n)
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return sqlite_fail(s, rc, "free expired poll leases");
+    st = ostmt(s, OS_RELEASE_EXPIRED);
+    sqlite3_bind_int64(st, 1, now_ms);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "free expired download leases");
+    return 0;
+}
+
+/* --- daemons and their liveness ------------------------------------------ */
+
+static int
+sqlite_daemon_register(struct store *base, const struct daemon_row *d)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = stmt(s, ST_DAEMON_REGISTER);
+
+    bind_text(st, 1, d->owner);
+    bind_text(st, 2, d->host);
+    sqlite3_bind_int64(st, 3, d->pid);
+    sqlite3_bind_int64(st, 4, d->started_at);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "register daemon");
+}
+
+static int
+sqlite_daemon_beat(struct store *base, const char *owner, int64_t now_ms,
+                   bool *present)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = stmt(s, ST_DAEMON_BEAT);
+
+    *present = true;
+    bind_text(st, 1, owner);
+    sqlite3_bind_int64(st, 2, now_ms);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "heartbeat");
+    *present = sqlite3_changes(s->db) == 1;
     return 0;
 }
 
 static int
-sqlite_lease_owners(struct store *base, char ***owners, size_t *n)
+sqlite_daemons(struct store *base, struct daemon_row **rows, size_t *n)
 {
     struct sqlite_store *s = sq(base);
-    sqlite3_stmt *st = stmt(s, ST_LEASE_OWNERS);
-    size_t cap = 4;
-    char **v = xcalloc(cap, sizeof(*v));
+    sqlite3_stmt *st = stmt(s, ST_DAEMONS);
+    struct daemon_row *v = NULL;
+    size_t cap = 0;
     int rc;
 
     *n = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (*n + 1 == cap) {
-            cap *= 2;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 4;
             v = xrealloc(v, cap * sizeof(*v));
         }
-        v[(*n)++] = column_strdup(st, 0);
+        struct daemon_row *d = &v[(*n)++];
+        d->owner = column_strdup(st, 0);
+        d->host = column_strdup(st, 1);
+        d->pid = (long)sqlite3_column_int64(st, 2);
+        d->started_at = sqlite3_column_int64(st, 3);
+        d->heartbeat_at = sqlite3_column_int64(st, 4);
     }
-    v[*n] = NULL;
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
-        for (size_t i = 0; i < *n; i++)
-            free(v[i]);
-        free(v);
+        store_daemons_free(v, *n);
         *n = 0;
-        *owners = NULL;
-        return sqlite_fail(s, rc, "lease owners");
+        *rows = NULL;
+        return sqlite_fail(s, rc, "daemons");
     }
-    *owners = v;
+    *rows = v;
     return 0;
 }
 
+/* Runs a statement about owner's row or leases: ?1 now, ?2 owner. */
 static int
-sqlite_reclaim_owner(struct store *base, const char *owner, long *n)
+owner_stmt(struct sqlite_store *s, enum stmt id, const char *owner,
+           int64_t now, const char *what)
+{
+    sqlite3_stmt *st = stmt(s, id);
+
+    sqlite3_bind_int64(st, 1, now);
+    bind_text(st, 2, owner);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, what);
+}
+
+static int
+sqlite_daemon_reap(struct store *base, const char *owner, int64_t seen,
+                   int64_t now_ms, long *n)
 {
     struct sqlite_store *s = sq(base);
-    int64_t now = clock_now_ms();
-    sqlite3_stmt *st = stmt(s, ST_RECLAIM_OWNER_RUNNING);
+    sqlite3_stmt *st;
     int rc;
 
     *n = 0;
-    sqlite3_bind_int64(st, 1, now);
-    bind_text(st, 2, owner);
-    rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE)
-        return sqlite_fail(s, rc, "reclaim leases of owner");
+    if ((rc = exec_stmt(s, ST_BEGIN, "reap: begin")) < 0)
+        return rc;
+    if (seen != 0) {
+        /* The verdict was "no beat since seen": checked again under the
+         * write lock, so a beat that raced it wins. */
+        st = stmt(s, ST_DAEMON_HEARTBEAT);
+        bind_text(st, 1, owner);
+        rc = sqlite3_step(st);
+        int64_t hb = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            rc = sqlite_fail(s, rc, "reap: heartbeat");
+            goto fail;
+        }
+        if (rc == SQLITE_ROW && hb != seen) {
+            rc = -ESTALE;
+            goto fail;
+        }
+    }
+    if ((rc = owner_stmt(s, ST_DAEMON_DELETE, owner, now_ms,
+                         "reap: daemon row")) < 0 ||
+        (rc = owner_stmt(s, ST_RECLAIM_OWNER_RUNNING, owner, now_ms,
+                         "reap: running jobs")) < 0)
+        goto fail;
     *n = sqlite3_changes(s->db);
-    st = stmt(s, ST_RECLAIM_OWNER_POLLS);
-    bind_text(st, 2, owner);
+    if ((rc = owner_stmt(s, ST_RECLAIM_OWNER_POLLS, owner, now_ms,
+                         "reap: poll leases")) < 0)
+        goto fail;
+    st = ostmt(s, OS_RELEASE_OWNER);
+    bind_text(st, 1, owner);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
-    if (rc != SQLITE_DONE)
-        return sqlite_fail(s, rc, "free poll leases of owner");
+    if (rc != SQLITE_DONE) {
+        rc = sqlite_fail(s, rc, "reap: download leases");
+        goto fail;
+    }
+    if ((rc = exec_stmt(s, ST_COMMIT, "reap: commit")) < 0)
+        goto fail;
     return 0;
+fail:
+    *n = 0;
+    sqlite_rollback(&s->base);
+    return rc;
 }
 
 static struct job *
@@ -971,6 +1172,32 @@ sqlite_watch(struct store *base, struct uv_loop_s *loop,
 }
 
 static int
+sqlite_counts(struct store *base, store_count_fn cb, void *arg)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = stmt(s, ST_COUNTS);
+    int rc, stop = 0;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *provider = (const char *)sqlite3_column_text(st, 0);
+        const char *batch = (const char *)sqlite3_column_text(st, 1);
+        const char *state = (const char *)sqlite3_column_text(st, 2);
+        enum job_state js;
+        /* a state this build does not know (a newer schema) is skipped */
+        if (state == NULL || job_state_parse(state, &js) < 0)
+            continue;
+        stop = cb(provider ? provider : "", batch, js,
+                  (long)sqlite3_column_int64(st, 3), arg);
+        if (stop != 0)
+            break;
+    }
+    sqlite3_reset(st);
+    if (stop != 0)
+        return stop;
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "job counts");
+}
+
+static int
 sqlite_data_version(struct store *base, int64_t *v)
 {
     struct sqlite_store *s = sq(base);
@@ -991,13 +1218,14 @@ bind_text_or_null(sqlite3_stmt *st, int i, const char *v)
 
 /* Writes one buffered update inside the flush transaction. */
 static int
-flush_one(struct sqlite_store *s, const struct store_pending *p)
+flush_one(struct sqlite_store *s, const struct store_pending *p,
+          size_t *dropped)
 {
     const struct job_update *u = &p->u;
     sqlite3_stmt *st = stmt(s, ST_UPDATE_JOB);
     bool failed = u->cls != ERR_NONE;
     int mode = failed ? 1 : u->state == JOB_SUCCEEDED ? 2 : 0;
-    int rc, changed;
+    int rc;
 
     sqlite3_bind_int64(st, 1, u->job_id);
     bind_text(st, 2, job_state_name(u->state));
@@ -1020,13 +1248,28 @@ flush_one(struct sqlite_store *s, const struct store_pending *p)
     bind_text(st, 16, u->remote_id);
     bind_text(st, 17, u->poll_url);
     sqlite3_bind_int64(st, 18, p->at);
+    bind_text(st, 19, u->owner);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return sqlite_fail(s, rc, "update job");
-    changed = sqlite3_changes(s->db);
-    if (!u->has_attempt || changed == 0)
-        return 0; /* a purged job: nothing to attach the attempt to */
+    /* 0: purged, or its lease went to another owner meanwhile: the
+     * outputs are the new holder's to record */
+    bool written = sqlite3_changes(s->db) > 0;
+    if (!written)
+        (*dropped)++;
+    for (size_t i = 0; written && i < u->noutput_urls; i++) {
+        st = ostmt(s, OS_INSERT);
+        sqlite3_bind_int64(st, 1, u->job_id);
+        bind_text(st, 2, u->output_urls[i]);
+        sqlite3_bind_int64(st, 3, p->at);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return sqlite_fail(s, rc, "insert output");
+    }
+    if (!u->has_attempt)
+        return 0;
 
     st = stmt(s, ST_INSERT_ATTEMPT);
     sqlite3_bind_int64(st, 1, u->job_id);
@@ -1052,16 +1295,21 @@ static int
 sqlite_flush(struct store *base)
 {
     struct sqlite_store *s = sq(base);
+    size_t dropped = 0;
     int rc;
 
     if ((rc = exec_stmt(s, ST_BEGIN, "flush: begin")) < 0)
         return rc;
     for (size_t i = 0; i < base->nbuf; i++) {
-        if ((rc = flush_one(s, &base->buf[i])) < 0)
+        if ((rc = flush_one(s, &base->buf[i], &dropped)) < 0)
             goto fail;
     }
     if ((rc = exec_stmt(s, ST_COMMIT, "flush: commit")) < 0)
         goto fail;
+    if (dropped > 0)
+        log_info("store: %zu outcomes not written: job purged, or taken "
+                 "back from this daemon meanwhile",
+                 dropped);
     return 0;
 fail:
     /* All or nothing: the buffer is kept and written by a later flush. */
@@ -1223,6 +1471,9 @@ status_providers(struct sqlite_store *s, json_t *providers, json_t *lanes)
     return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "status counts");
 }
 
+static int sqlite_outputs_counts(struct store *base, long *pending,
+                                 long *stored, long *failed);
+
 static json_t *
 sqlite_status_json(struct store *base)
 {
@@ -1235,12 +1486,19 @@ sqlite_status_json(struct store *base)
     json_object_set_new(status, "providers", providers);
     json_object_set_new(status, "batches", batches);
     json_object_set_new(status, "lanes", lanes);
+    long pending, stored, failed;
     if (rows_json(s, stmt(s, ST_LANES), lanes, "status lanes") < 0 ||
         status_providers(s, providers, lanes) < 0 ||
-        rows_json(s, stmt(s, ST_BATCHES), batches, "status batches") < 0) {
+        rows_json(s, stmt(s, ST_BATCHES), batches, "status batches") < 0 ||
+        sqlite_outputs_counts(base, &pending, &stored, &failed) < 0) {
         json_decref(status);
         return NULL;
     }
+    json_object_set_new(status, "outputs",
+                        json_pack("{s:I, s:I, s:I}", "pending",
+                                  (json_int_t)pending, "stored",
+                                  (json_int_t)stored, "failed",
+                                  (json_int_t)failed));
     return status;
 }
 
@@ -1609,6 +1867,135 @@ sqlite_providers_json(struct store *base)
     return arr;
 }
 
+/* --- outputs ------------------------------------------------------------- */
+
+static int
+sqlite_outputs_claim(struct store *base, int max, int64_t now_ms,
+                    int64_t lease_ms, const char *owner,
+                    struct output_claim *out, int *nout)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_CLAIM);
+    int rc, n = 0;
+
+    *nout = 0;
+    sqlite3_bind_int64(st, 1, now_ms + lease_ms);
+    bind_text(st, 2, owner);
+    sqlite3_bind_int64(st, 3, now_ms);
+    sqlite3_bind_int(st, 4, max);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < max) {
+        struct output_claim *c = &out[n++];
+        c->id = sqlite3_column_int64(st, 0);
+        c->job_id = sqlite3_column_int64(st, 1);
+        c->url = column_strdup(st, 2);
+        c->attempts = sqlite3_column_int(st, 3);
+        c->provider = column_strdup(st, 4);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        /* The UPDATE rolled back: nothing was claimed. */
+        for (int i = 0; i < n; i++)
+            output_claim_clear(&out[i]);
+        return sqlite_fail(s, rc, "claim outputs");
+    }
+    *nout = n;
+    return 0;
+}
+
+static int
+sqlite_output_record(struct store *base, const struct output_result *r,
+                    int64_t now_ms)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_RECORD);
+    int rc;
+
+    sqlite3_bind_int64(st, 1, r->id);
+    bind_text(st, 2, r->state);
+    bind_text(st, 3, r->path);
+    bind_text(st, 4, r->sha256);
+    if (r->path != NULL)
+        sqlite3_bind_int64(st, 5, r->bytes);
+    bind_text(st, 6, r->content_type);
+    bind_text(st, 7, r->error);
+    sqlite3_bind_int64(st, 8, now_ms);
+    sqlite3_bind_int64(st, 9, r->run_after);
+    sqlite3_bind_int(st, 10, r->uncharge);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "record output");
+}
+
+static int
+sqlite_outputs_next_due(struct store *base, int64_t *due_ms)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_NEXT_DUE);
+    int rc = sqlite3_step(st);
+
+    *due_ms = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : sqlite_fail(s, rc, "next output due");
+}
+
+static int
+sqlite_outputs_counts(struct store *base, long *pending, long *stored,
+                     long *failed)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_COUNTS);
+    int rc;
+
+    *pending = *stored = *failed = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *state = (const char *)sqlite3_column_text(st, 0);
+        long n = (long)sqlite3_column_int64(st, 1);
+        if (strcmp(state, "pending") == 0)
+            *pending = n;
+        else if (strcmp(state, "stored") == 0)
+            *stored = n;
+        else
+            *failed = n;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "output counts");
+}
+
+static json_t *
+sqlite_outputs_json(struct store *base, const char *batch, const char *state)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_LIST);
+    json_t *arr = json_array();
+
+    bind_text(st, 1, batch);
+    bind_text(st, 2, state);
+    if (rows_json(s, st, arr, "outputs") < 0) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+static int
+sqlite_outputs_retry(struct store *base, const char *batch, int64_t now_ms,
+                    long *changed)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = ostmt(s, OS_RETRY);
+    int rc;
+
+    *changed = 0;
+    sqlite3_bind_int64(st, 1, now_ms);
+    bind_text(st, 2, batch);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "retry outputs");
+    *changed = sqlite3_changes(s->db);
+    return 0;
+}
+
 const struct store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = sqlite_open,
@@ -1622,14 +2009,17 @@ const struct store_ops store_sqlite_ops = {
     .insert_job = sqlite_insert_job,
     .insert_jobs = sqlite_insert_jobs,
     .reclaim_expired = sqlite_reclaim_expired,
-    .lease_owners = sqlite_lease_owners,
-    .reclaim_owner = sqlite_reclaim_owner,
+    .daemon_register = sqlite_daemon_register,
+    .daemon_beat = sqlite_daemon_beat,
+    .daemons = sqlite_daemons,
+    .daemon_reap = sqlite_daemon_reap,
     .claim = sqlite_claim,
     .next_due = sqlite_next_due,
     .pending_count = sqlite_pending_count,
     .unfinished_by_provider = sqlite_unfinished_by_provider,
     .count_waiting = sqlite_count_waiting,
     .has_unfinished = sqlite_has_unfinished,
+    .counts = sqlite_counts,
     .data_version = sqlite_data_version,
     .watch = sqlite_watch,
     .flush = sqlite_flush,
@@ -1648,4 +2038,10 @@ const struct store_ops store_sqlite_ops = {
     .purge = sqlite_purge,
     .progress_json = sqlite_progress_json,
     .providers_json = sqlite_providers_json,
+    .outputs_claim = sqlite_outputs_claim,
+    .output_record = sqlite_output_record,
+    .outputs_next_due = sqlite_outputs_next_due,
+    .outputs_counts = sqlite_outputs_counts,
+    .outputs_json = sqlite_outputs_json,
+    .outputs_retry = sqlite_outputs_retry,
 };

@@ -9,8 +9,10 @@
  * file on one host and a PostgreSQL server on another); dispatch calling
  * the backends directly (it would learn which one it talks to).
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <uv.h>
 
 #include "backend.h"
@@ -128,16 +130,42 @@ store_reclaim_expired(struct store *s, int64_t now_ms, long *n)
     return s->ops->reclaim_expired(s, now_ms, n);
 }
 
+/* --- daemons and their liveness ------------------------------------------ */
+
 int
-store_lease_owners(struct store *s, char ***owners, size_t *n)
+store_daemon_register(struct store *s, const struct daemon_row *d)
 {
-    return s->ops->lease_owners(s, owners, n);
+    return s->ops->daemon_register(s, d);
 }
 
 int
-store_reclaim_owner(struct store *s, const char *owner, long *n)
+store_daemon_beat(struct store *s, const char *owner, int64_t now_ms,
+                  bool *present)
 {
-    return s->ops->reclaim_owner(s, owner, n);
+    return s->ops->daemon_beat(s, owner, now_ms, present);
+}
+
+int
+store_daemons(struct store *s, struct daemon_row **rows, size_t *n)
+{
+    return s->ops->daemons(s, rows, n);
+}
+
+void
+store_daemons_free(struct daemon_row *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(rows[i].owner);
+        free(rows[i].host);
+    }
+    free(rows);
+}
+
+int
+store_daemon_reap(struct store *s, const char *owner, int64_t seen,
+                  int64_t now_ms, long *n)
+{
+    return s->ops->daemon_reap(s, owner, seen, now_ms, n);
 }
 
 int
@@ -220,6 +248,12 @@ store_has_unfinished(struct store *s, const char *provider, bool *any)
 }
 
 int
+store_counts(struct store *s, store_count_fn cb, void *arg)
+{
+    return s->ops->counts(s, cb, arg);
+}
+
+int
 store_data_version(struct store *s, int64_t *v)
 {
     return s->ops->data_version(s, v);
@@ -236,6 +270,10 @@ store_record(struct store *s, const struct job_update *u)
 {
     struct store_pending *p;
 
+    /* The daemon records moves of jobs it claimed: running (a submission)
+     * or waiting (a poll). */
+    assert(job_transition_allowed(u->is_poll ? JOB_WAITING : JOB_RUNNING,
+                                  u->state));
     if (s->nbuf == s->capbuf) {
         /* Doubling: a flush stalled behind a lock may buffer thousands. */
         s->capbuf = s->capbuf ? 2 * s->capbuf : 64;
@@ -243,6 +281,7 @@ store_record(struct store *s, const struct job_update *u)
     }
     p = &s->buf[s->nbuf++];
     p->u = *u;
+    p->u.owner = xstrdup(u->owner);
     p->u.new_key = xstrdup(u->new_key);
     p->u.key_sent = xstrdup(u->key_sent);
     p->u.code = xstrdup(u->code);
@@ -252,6 +291,13 @@ store_record(struct store *s, const struct job_update *u)
     p->u.result = xstrdup(u->result);
     p->u.remote_id = xstrdup(u->remote_id);
     p->u.poll_url = xstrdup(u->poll_url);
+    p->u.output_urls = NULL;
+    if (u->noutput_urls > 0) {
+        const char **urls = xcalloc(u->noutput_urls, sizeof(char *));
+        for (size_t i = 0; i < u->noutput_urls; i++)
+            urls[i] = xstrdup(u->output_urls[i]);
+        p->u.output_urls = urls;
+    }
     p->at = u->finished_at ? u->finished_at : clock_now_ms();
 }
 
@@ -382,4 +428,55 @@ json_t *
 store_providers_json(struct store *s)
 {
     return s->ops->providers_json(s);
+}
+
+void
+output_claim_clear(struct output_claim *c)
+{
+    if (c == NULL)
+        return;
+    free(c->url);
+    free(c->provider);
+    memset(c, 0, sizeof(*c));
+}
+
+int
+store_outputs_claim(struct store *s, int max, int64_t now_ms,
+                    int64_t lease_ms, const char *owner,
+                    struct output_claim *out, int *nout)
+{
+    return s->ops->outputs_claim(s, max, now_ms, lease_ms, owner, out, nout);
+}
+
+int
+store_output_record(struct store *s, const struct output_result *r,
+                    int64_t now_ms)
+{
+    return s->ops->output_record(s, r, now_ms);
+}
+
+int
+store_outputs_next_due(struct store *s, int64_t *due_ms)
+{
+    return s->ops->outputs_next_due(s, due_ms);
+}
+
+int
+store_outputs_counts(struct store *s, long *pending, long *stored,
+                     long *failed)
+{
+    return s->ops->outputs_counts(s, pending, stored, failed);
+}
+
+json_t *
+store_outputs_json(struct store *s, const char *batch, const char *state)
+{
+    return s->ops->outputs_json(s, batch, state);
+}
+
+int
+store_outputs_retry(struct store *s, const char *batch, int64_t now_ms,
+                    long *changed)
+{
+    return s->ops->outputs_retry(s, batch, now_ms, changed);
 }

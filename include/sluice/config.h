@@ -51,6 +51,10 @@ struct provider_config {
     int64_t poll_interval_max_ms; /* default 15 s */
     int64_t probe_interval_ms;    /* paused-provider probe, default 5 min */
     size_t max_response;     /* response body cap, default 8 MiB */
+    bool outputs_download;   /* outputs = download (default keep-urls) */
+    char **output_pointers;  /* output_pointer values: JSON pointers to
+                                output URLs beyond the dialect's own */
+    size_t noutput_pointers;
 };
 
 struct config {
@@ -58,7 +62,13 @@ struct config {
     char *database;          /* SQLite file or PostgreSQL conninfo */
     int64_t shutdown_grace_ms; /* default 30 s */
     int64_t lease_ms;        /* claim lease, default 10 min (> timeout) */
+    int64_t heartbeat_timeout_ms; /* another daemon whose heartbeat does not
+                                     change for this long is dead, default
+                                     30 s (liveness.h) */
     int log_level;           /* enum log_level */
+    char *outputs_dir;       /* downloaded outputs, or NULL (none) */
+    int outputs_concurrency; /* downloads at once, default 4 */
+    size_t outputs_max_size; /* one output's size cap, default 1 GiB */
     struct provider_config *providers;
     size_t nproviders;
 };

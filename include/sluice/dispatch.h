@@ -10,21 +10,23 @@
 #include <uv.h>
 
 struct config;
+struct liveness;
 struct store;
 struct dispatch;
 
-/* Start-up recovery (DESIGN §8): returns to the queue the jobs whose lease
- * expired, and at once those leased by a daemon of this host that is no
- * longer running (its lease owner is "host:pid"), so a restart after a
- * crash resends them without waiting for the lease to expire. Returns the
- * number of jobs reclaimed, or a negative errno. */
-long dispatch_recover(struct store *s);
+/* Start-up recovery (DESIGN §8): returns to the queue the jobs of daemons
+ * that are provably dead (liveness.h: at once when their lock file is
+ * free) and those whose lease expired with no registered owner. Returns
+ * the number of jobs reclaimed, or a negative errno. */
+long dispatch_recover(struct store *s, struct liveness *live);
 
-/* Builds lanes for the config's providers on loop. The store and config are
- * borrowed and must outlive the dispatcher (see dispatch_reload). Returns
- * NULL with a logged reason (a provider's key is missing). */
+/* Builds lanes for the config's providers on loop. The store, liveness
+ * (this daemon's owner token and heartbeat, beaten and used to judge the
+ * others on the housekeeping timer) and config are borrowed and must
+ * outlive the dispatcher (see dispatch_reload). Returns NULL with a logged
+ * reason (a provider's key is missing). */
 struct dispatch *dispatch_new(uv_loop_t *loop, struct store *s,
-                              const struct config *c);
+                              struct liveness *live, const struct config *c);
 /* Starts claiming. */
 void dispatch_start(struct dispatch *d);
 /* Applies a new config: lanes added, changed or removed; in-flight work

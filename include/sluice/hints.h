@@ -21,12 +21,21 @@ struct hints {
     long rl_remaining;     /* requests left in the window; -1 unknown */
     int64_t rl_reset_ms;   /* unix ms the window resets; 0 unknown */
     int64_t rl_window_ms;  /* window length (RateLimit-Policy w=); 0 unknown */
+    int64_t asked_ms;      /* when a hint lay beyond HINT_CAP_MS: the
+                              furthest unix ms asked for (retry_at_ms and
+                              rl_reset_ms are then cut to the cap); 0 none */
 };
+
+/* Cuts retry_at_ms and rl_reset_ms to now_ms + HINT_CAP_MS, recording in
+ * asked_ms what was asked when either lay further. Every hint passes here
+ * before anything acts on it (hints_from_response, dialect_classify). */
+void hints_cap(struct hints *h, int64_t now_ms);
 
 /* Reads retry-after-ms, Retry-After (delta seconds or HTTP-date, converted
  * against the response's Date header when present), RateLimit /
  * RateLimit-Policy (IETF draft, t= r= q= w=), X-RateLimit-Limit / -Remaining
- * / -Reset (epoch or delta seconds). now_ms is our clock. */
+ * / -Reset (epoch or delta seconds). now_ms is our clock. The result is
+ * capped (hints_cap). */
 void hints_from_response(const struct http_response *r, int64_t now_ms,
                          struct hints *out);
 

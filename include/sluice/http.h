@@ -14,6 +14,13 @@
 struct http;
 struct http_xfer;
 
+/* Receives the body of a 2xx final response in chunks, instead of the
+ * memory buffer (downloads stream to a file). Returns 0, or a negative
+ * errno to abort the transfer (it then fails with curl_code set and the
+ * errno's text in error). Runs on the loop thread, inside curl: it must
+ * not submit or cancel transfers. */
+typedef int (*http_sink_fn)(const void *data, size_t len, void *arg);
+
 struct http_request {
     const char *method;       /* "GET", "POST", … */
     const char *url;          /* absolute URL */
@@ -24,6 +31,10 @@ struct http_request {
     int64_t connect_timeout_ms; /* 0 = curl's default */
     size_t max_response;      /* body cap in bytes; beyond it the transfer
                                  fails with a protocol error; 0 = 8 MiB */
+    http_sink_fn sink;        /* NULL: the body is kept in memory; else a
+                                 2xx body goes to sink (other statuses are
+                                 still kept, for their error text) */
+    void *sink_arg;
 };
 
 struct http_header {
@@ -40,8 +51,10 @@ struct http_response {
     bool cancelled;       /* aborted by http_cancel() */
     struct http_header *headers; /* of the final response */
     size_t nheaders;
-    char *body;           /* NUL-terminated, may contain NULs */
+    char *body;           /* NUL-terminated, may contain NULs ("" when a
+                             sink took it) */
     size_t body_len;
+    size_t sunk;          /* body bytes the request's sink took */
     int64_t started_ms;   /* unix ms */
     int64_t finished_ms;  /* unix ms */
 };
@@ -49,6 +62,11 @@ struct http_response {
 /* Last header with this name (case-insensitive), or NULL. Borrowed. */
 const char *http_response_header(const struct http_response *r,
                                  const char *name);
+
+/* Whether line is a request header http_submit accepts: "Name: value", the
+ * name an RFC 9110 token, the value visible ASCII (0x21-0x7e) and spaces
+ * only, so nothing in it can end the header or start another. */
+bool http_header_ok(const char *line);
 
 /* Called exactly once per submitted transfer, on the loop thread. The
  * response is borrowed for the duration of the call. */
@@ -58,7 +76,9 @@ typedef void (*http_done_cb)(const struct http_response *resp, void *data);
 struct http *http_new(uv_loop_t *loop);
 /* Starts a transfer. On success returns 0, sets *out (may be NULL) to a
  * handle valid until the callback returns, and cb runs exactly once.
- * On failure returns a negative errno and cb never runs. */
+ * On failure returns a negative errno and cb never runs: -EINVAL for a
+ * header that fails http_header_ok or a URL with a byte outside visible
+ * ASCII. */
 int http_submit(struct http *h, const struct http_request *req,
                 http_done_cb cb, void *data, struct http_xfer **out);
 /* Aborts a transfer: its callback runs (with cancelled set) before this

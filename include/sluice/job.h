@@ -1,13 +1,19 @@
 /*
  * job: the states of a job and the canonical error classes, with their
- * names as stored in the database (CONTRACT.md), and the in-memory copy of
- * a claimed job that travels through the daemon.
+ * names as stored in the database (CONTRACT.md), the in-memory copy of a
+ * claimed job that travels through the daemon, and the job's state
+ * machine: the allowed transitions and job_next(), which decides every
+ * move the daemon makes.
  */
 #ifndef SLUICE_JOB_H
 #define SLUICE_JOB_H
 
 #include <stdbool.h>
 #include <stdint.h>
+
+#include "sluice/retry.h"
+
+struct outcome;
 
 enum job_state {
     JOB_QUEUED,    /* waiting for its first (or a returned) attempt */
@@ -20,10 +26,34 @@ enum job_state {
 };
 #define JOB_STATE_COUNT 7
 
+/* The two sets of states, defined here once: as bit masks (1u << state)
+ * for C, and as SQL lists for "state IN (" JOB_UNFINISHED_SQL ")". The
+ * lists are the names of the masks' states in enum order (test_job checks
+ * that they agree). */
+#define JOB_UNFINISHED_MASK                                                    \
+    ((1u << JOB_QUEUED) | (1u << JOB_RUNNING) | (1u << JOB_WAITING) |          \
+     (1u << JOB_RETRYING))
+#define JOB_TERMINAL_MASK                                                      \
+    ((1u << JOB_SUCCEEDED) | (1u << JOB_FAILED) | (1u << JOB_CANCELLED))
+#define JOB_UNFINISHED_SQL "'queued', 'running', 'waiting', 'retrying'"
+#define JOB_TERMINAL_SQL "'succeeded', 'failed', 'cancelled'"
+
 const char *job_state_name(enum job_state s);
 /* Returns 0 and sets *out, or -EINVAL for an unknown name. */
 int job_state_parse(const char *name, enum job_state *out);
 bool job_state_terminal(enum job_state s);
+bool job_state_unfinished(enum job_state s);
+
+/* Whether a job may move from one state to the other. The one table of
+ * transitions, whoever makes them:
+ *   queued, retrying  -> running (a claim), cancelled (an operator)
+ *   running           -> any state but running (job_next; a lost lease
+ *                        returns it to queued or fails it)
+ *   waiting           -> any state but running (job_next: polls)
+ *   failed, cancelled -> queued (an operator's retry)
+ *   succeeded         -> nothing
+ * The store asserts it on every update it records (debug builds). */
+bool job_transition_allowed(enum job_state from, enum job_state to);
 
 enum err_class {
     ERR_NONE,                 /* no failure */
@@ -77,5 +107,74 @@ struct job {
 };
 
 void job_free(struct job *j);
+
+/* A new string: the idempotency key for a resubmission after the remote
+ * run definitively failed (the same key would only replay the failed run):
+ * "<base_key>.N", N the attempt it is for, so it never repeats within the
+ * job. */
+char *job_derived_key(const struct job *j);
+
+/* --- the state machine ---------------------------------------------------- */
+
+/* What happened to a claimed job (a job in state running, a submission,
+ * or waiting, a poll of its run). */
+enum job_event_kind {
+    JOB_EVENT_ANSWER,  /* the provider answered: see outcome */
+    JOB_EVENT_UNSENT,  /* the request could not even be started */
+    JOB_EVENT_RELEASE, /* ended without an answer that counts (shutdown) */
+    JOB_EVENT_CANCEL,  /* an operator cancelled the job in flight */
+    JOB_EVENT_REFUSED, /* not sent, and never will be as it is stored (a
+                          url off the provider's origin, a key unfit for
+                          a header): fails with the event's failure */
+};
+
+struct job_event {
+    enum job_event_kind kind;
+    const struct outcome *outcome; /* ANSWER: the dialect's reading */
+    bool lane_paused;   /* ANSWER: the provider's lane is paused, having
+                           learnt from this answer (a 403 about the key is
+                           then held like an auth failure) */
+    int64_t now_ms;     /* unix ms */
+    double u;           /* uniform draw in [0, 1) for the backoff jitter */
+    enum err_class cls; /* REFUSED: the failure to record */
+    const char *code, *message; /* REFUSED: static text */
+};
+
+/* The provider's policy for its jobs. Borrowed, not copied. */
+struct job_policy {
+    struct retry_policy retry;    /* a job's own max_attempts beats it */
+    int64_t poll_interval_ms;     /* first poll after a run is accepted */
+    int64_t poll_interval_max_ms; /* polls grow with the run's age to this */
+    const char *base_url; /* poll urls must be on its scheme://host:port:
+                             credentials are never sent elsewhere */
+};
+
+/* The answer: where the job goes and what to record with it. Strings are
+ * borrowed from the job, the outcome, or static text. */
+struct job_decision {
+    enum job_state state; /* next state (job_transition_allowed holds) */
+    int64_t run_after;    /* unix ms: when queued, retrying or waiting may
+                             be claimed (or polled) again */
+    int deferrals;        /* new count of deferrals (and failed polls) */
+    bool uncharge;        /* refund the attempt charged at the claim */
+    bool derive_key;      /* the next submission sends job_derived_key() */
+    bool has_attempt;     /* record an attempt row: every submission that
+                             was answered, and polls that failed */
+    int waiting;          /* change of the provider's count of runs being
+                             polled: -1, 0 or +1 */
+    enum err_class cls;   /* failure to record on the job, ERR_NONE none */
+    const char *code, *message;       /* the failure's, or NULL */
+    const char *remote_id, *poll_url; /* async run to keep, NULL: as is */
+    const char *verb; /* failures only: what happens, for the log line
+                         ("failed", "retry", "deferred", "poll again",
+                         "held, provider paused"); NULL otherwise */
+};
+
+/* Decides the next state of job j (as claimed) after event ev, under the
+ * provider's policy p. Pure: no clock, no randomness, no I/O (they come in
+ * ev), so every transition is unit-tested (tests/unit/test_job.c). The
+ * failure policy itself is retry_decide's (retry.h). */
+struct job_decision job_next(const struct job *j, const struct job_event *ev,
+                             const struct job_policy *p);
 
 #endif

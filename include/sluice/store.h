@@ -68,15 +68,44 @@ int store_insert_jobs(struct store *s, const struct jobspec *jobs, size_t n,
 /* Returns running jobs whose lease expired to queued (the attempt stays
  * charged: DESIGN §3) and frees expired poll leases. *n = jobs reclaimed.
  * A job with no attempt left fails instead (timeout / lease_expired), or it
- * would be claimed beyond max_attempts. */
+ * would be claimed beyond max_attempts. Only leases whose owner has no row
+ * in daemons expire (leases from before the daemons table, or rows edited
+ * by hand): a registered daemon's leases are taken back only when it is
+ * judged dead (store_daemon_reap), so no wall-clock jump reclaims them. */
 int store_reclaim_expired(struct store *s, int64_t now_ms, long *n);
 
-/* Distinct lease owners ("host:pid") of running jobs and poll leases;
- * *owners is a new NULL-terminated array of new strings (free each). */
-int store_lease_owners(struct store *s, char ***owners, size_t *n);
-/* Like store_reclaim_expired, but for every lease of owner whatever its
- * expiry: used at start for a daemon of this host that is known dead. */
-int store_reclaim_owner(struct store *s, const char *owner, long *n);
+/* --- daemons and their liveness (DESIGN §11, liveness.h) ----------------- */
+
+/* A row of the daemons table. */
+struct daemon_row {
+    char *owner;          /* random token: jobs.lease_owner of its leases */
+    char *host;           /* gethostname(), for operators */
+    long pid;             /* in the daemon's own PID namespace */
+    int64_t started_at;   /* unix ms */
+    int64_t heartbeat_at; /* unix ms by its clock; only ever increases */
+};
+
+/* Registers a daemon (its heartbeat_at starts at started_at). Strings are
+ * borrowed. -EEXIST when the owner token is taken. */
+int store_daemon_register(struct store *s, const struct daemon_row *d);
+/* The heartbeat: heartbeat_at = max(now_ms, heartbeat_at + 1), so every
+ * beat changes it whatever the wall clock does. *present = false when
+ * owner has no row any more (another daemon judged it dead and took its
+ * leases back). */
+int store_daemon_beat(struct store *s, const char *owner, int64_t now_ms,
+                      bool *present);
+/* Every row, by owner: *rows is a new array (store_daemons_free). */
+int store_daemons(struct store *s, struct daemon_row **rows, size_t *n);
+void store_daemons_free(struct daemon_row *rows, size_t n);
+/* Takes back what a dead daemon held, in one transaction: deletes its row,
+ * returns its running jobs to the queue (attempt charged, as on lease
+ * expiry; a job with no attempt left fails) and frees its poll leases.
+ * With seen != 0, only while its heartbeat_at still equals seen: a beat
+ * since the verdict proves it alive, and -ESTALE says nothing was done.
+ * seen = 0 is unconditional (its lock file proved it dead, or a daemon
+ * leaving cleanly). *n = jobs returned to the queue or failed. */
+int store_daemon_reap(struct store *s, const char *owner, int64_t seen,
+                      int64_t now_ms, long *n);
 
 /* Claims up to max due jobs of provider in one UPDATE … RETURNING:
  * queued/retrying with run_after <= now become running (attempts + 1), and
@@ -103,12 +132,13 @@ int store_claim_polls(struct store *s, const char *provider, int max,
 int store_next_due(struct store *s, const char *provider, int64_t now_ms,
                    int64_t *due_ms);
 
-/* Counts of claimable-now and not-yet-terminal jobs of provider. */
+/* Jobs of provider not yet terminal (from the kept counts: cheap at any
+ * size). */
 int store_pending_count(struct store *s, const char *provider,
                         long *unfinished);
 
 /* Calls cb once per provider that has jobs not yet terminal, with their
- * count (a full scan: for start-up, not for the loop). */
+ * count. */
 int store_unfinished_by_provider(struct store *s,
                                  void (*cb)(const char *provider, long n,
                                             void *data),
@@ -117,6 +147,16 @@ int store_unfinished_by_provider(struct store *s,
 int store_count_waiting(struct store *s, const char *provider, long *n);
 /* Whether provider has any job not yet terminal (cheap at any size). */
 int store_has_unfinished(struct store *s, const char *provider, bool *any);
+
+/* The kept job counts, maintained in the same transaction as every change
+ * that moves a job (never a count over the queue, so the cost does not
+ * grow with it): cb runs once per provider, batch (NULL for jobs without
+ * one) and state with n > 0, ordered by provider, batch and state; the
+ * strings are borrowed for the call. A non-zero return from cb stops the
+ * walk and is returned. */
+typedef int (*store_count_fn)(const char *provider, const char *batch,
+                              enum job_state state, long n, void *arg);
+int store_counts(struct store *s, store_count_fn cb, void *arg);
 
 /* Changes when another process changed the queue: on SQLite PRAGMA
  * data_version (any other connection's commit), on PostgreSQL the count of
@@ -135,6 +175,12 @@ int store_watch(struct store *s, uv_loop_t *loop, void (*cb)(void *arg),
  * borrowed; store_record copies them. */
 struct job_update {
     int64_t job_id;
+    const char *owner;        /* the lease owner the job was claimed under:
+                                 the update is written only while the job
+                                 is still leased to it (or was cancelled
+                                 meanwhile), so a late outcome never
+                                 overwrites a job taken back and claimed
+                                 again; NULL writes unconditionally */
     enum job_state state;     /* new state */
     int64_t run_after;        /* for retrying / waiting / queued, unix ms */
     int deferrals;            /* new deferral count */
@@ -161,6 +207,10 @@ struct job_update {
     bool has_cost;
     const char *remote_id, *poll_url; /* async run, kept on the job */
     bool is_poll;             /* the request was a poll of remote_id */
+    /* a success of a provider with outputs = download: its output URLs,
+     * each a pending outputs row once committed (DESIGN §13) */
+    const char *const *output_urls;
+    size_t noutput_urls;
 };
 
 /* Buffers an update for the next group commit. Never fails. At flush: a
@@ -168,7 +218,8 @@ struct job_update {
  * (http_status and request_id kept), other updates leave it; a job an
  * operator cancelled meanwhile stays cancelled (the outcome is still kept);
  * the lease is cleared unless the new state is running; an update for a
- * purged job is dropped. */
+ * purged job is dropped, and so is one whose owner no longer holds the
+ * job's lease (its attempt row is still written: the request went out). */
 void store_record(struct store *s, const struct job_update *u);
 /* Updates buffered and not yet committed. */
 size_t store_pending(const struct store *s);
@@ -297,5 +348,56 @@ json_t *store_progress_json(struct store *s, const char *batch);
 /* The providers table (the daemon's live view of each lane) as an array
  * of rows, by name; NULL on a database error. */
 json_t *store_providers_json(struct store *s);
+
+/* --- outputs (DESIGN §13) ------------------------------------------------ */
+
+/* One pending output a daemon has claimed for download. Strings owned. */
+struct output_claim {
+    int64_t id;      /* outputs.id */
+    int64_t job_id;
+    char *url;
+    char *provider;  /* the job's provider: whose credentials may go along */
+    int attempts;    /* fetches started, this one included */
+};
+void output_claim_clear(struct output_claim *c);
+
+/* Claims up to max pending outputs due at now_ms (run_after passed, no
+ * live lease) in one UPDATE … RETURNING: attempts + 1 and a lease until
+ * now + lease_ms for owner. Fills out[0..*nout). */
+int store_outputs_claim(struct store *s, int max, int64_t now_ms,
+                        int64_t lease_ms, const char *owner,
+                        struct output_claim *out, int *nout);
+
+/* What one download did to its row. Strings borrowed. */
+struct output_result {
+    int64_t id;
+    const char *state;        /* "pending" (try again), "stored", "failed" */
+    const char *path;         /* stored: the file */
+    const char *sha256;       /* stored: hex digest */
+    int64_t bytes;            /* stored: size */
+    const char *content_type; /* as sent, or NULL */
+    const char *error;        /* pending/failed: why, NULL when stored */
+    int64_t run_after;        /* pending: not before, unix ms */
+    bool uncharge;            /* the fetch did not count (shutdown) */
+};
+/* Writes it (autocommit) and frees the lease. -EBUSY when the database is
+ * locked: keep it and call again. */
+int store_output_record(struct store *s, const struct output_result *r,
+                        int64_t now_ms);
+/* Earliest time (unix ms) a pending output may be claimed (its run_after,
+ * or its lease's end), or 0 when none is pending. */
+int store_outputs_next_due(struct store *s, int64_t *due_ms);
+/* Rows per state. */
+int store_outputs_counts(struct store *s, long *pending, long *stored,
+                         long *failed);
+/* Rows of outputs joined with their job (custom_id, provider, batch),
+ * by job then row; batch and state (NULL any) narrow. NULL on a database
+ * error. */
+json_t *store_outputs_json(struct store *s, const char *batch,
+                           const char *state);
+/* Failed outputs (of batch, NULL any) back to pending, due at now_ms,
+ * attempts reset. *changed = rows. */
+int store_outputs_retry(struct store *s, const char *batch, int64_t now_ms,
+                        long *changed);
 
 #endif

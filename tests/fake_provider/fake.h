@@ -40,6 +40,8 @@ struct answer {
     bool executed;     /* a fresh generation (ledger) */
     bool throttled;    /* refused for capacity */
     bool replayed;     /* stored response of an earlier execution */
+    long stall_ms;     /* send half the body, sleep this long, then the
+                          rest (a download cut by a restart) */
 };
 
 void answer_clear(struct answer *a);
@@ -58,9 +60,10 @@ const char *shapes_request_id_header(const char *dialect);
  * none) feeds Firemoon's resetAt. */
 void shapes_error(struct answer *a, const char *dialect, int status,
                   const char *code, const char *message, int64_t reset_ms);
-/* The default success body of a fresh generation number n. */
+/* The default success body of a fresh generation number n; FlyMyAI's
+ * carries images:[{url}] served by this fake on port (see files below). */
 void shapes_success(struct answer *a, const char *dialect, long n,
-                    const char *key);
+                    const char *key, unsigned port);
 
 /* --- ledger.c ------------------------------------------------------------ */
 

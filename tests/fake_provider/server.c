@@ -28,6 +28,11 @@
 /* Charged cost of a completed run unless the step says otherwise: the
  * FLORA docs' example figure. */
 #define SERVER_RUN_COST 0.04
+/* Output files of a run: a handful in real APIs. */
+#define SERVER_MAX_OUTPUTS 16
+/* Size of an output file unless the run says output_bytes: 64 KiB, a
+ * thumbnail, enough to span many reads. */
+#define SERVER_FILE_BYTES 65536
 
 /* One request being received. */
 struct req {
@@ -257,7 +262,7 @@ static void
 execute(struct fake *f, struct ledger_entry *e, const char *dialect,
         const char *key, int status, struct answer *a)
 {
-    shapes_success(a, dialect, ++f->next_generation, key);
+    shapes_success(a, dialect, ++f->next_generation, key, f->port);
     a->status = status;
     a->executed = true;
     e->executions++;
@@ -388,16 +393,115 @@ poll_run(struct fake *f, const char *path, const char *dialect,
         return true;
     }
     json_t *cost = json_object_get(run->then, "charged_cost");
-    char url[64], out[32];
-    snprintf(url, sizeof(url), "https://fake.invalid/out/%s.png", id);
-    snprintf(out, sizeof(out), "out_%ld", n);
+    json_t *nout = json_object_get(run->then, "outputs");
+    json_t *outputs = json_array();
+    long count = json_is_integer(nout) ? (long)json_integer_value(nout) : 1;
+    for (long i = 0; i < count && i < SERVER_MAX_OUTPUTS; i++) {
+        char url[128], out[48];
+        const char *seg = strchr(path + 1, '/');
+        snprintf(url, sizeof(url), "http://127.0.0.1:%u/files%.*s/%s/%ld.png",
+                 f->port, (int)(seg - path), path, id, i);
+        snprintf(out, sizeof(out), "out_%ld_%ld", n, i);
+        json_array_append_new(outputs,
+                              json_pack("{s:s, s:s, s:s}", "output_id", out,
+                                        "type", "image", "url", url));
+    }
     answer_json(a, 200,
-                json_pack("{s:s, s:s, s:[{s:s, s:s, s:s}], s:f}", "run_id", id,
-                          "status", "completed", "outputs", "output_id", out,
-                          "type", "image", "url", url, "charged_cost",
+                json_pack("{s:s, s:s, s:o, s:f}", "run_id", id, "status",
+                          "completed", "outputs", outputs, "charged_cost",
                           json_is_number(cost) ? json_number_value(cost)
                                                : SERVER_RUN_COST));
     return true;
+}
+
+/* --- output files ---------------------------------------------------------- */
+
+/* 32-bit FNV-1a: the seed of a file's bytes, from its path. */
+static uint32_t
+fnv1a(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+/* The run a /files/<prefix>/run_<n>/<i>.png path belongs to, or NULL. */
+static struct ledger_run *
+file_run(struct fake *f, const char *rel)
+{
+    const char *p = strstr(rel, "/run_");
+    char *end;
+    long n;
+    if (p == NULL)
+        return NULL;
+    n = strtol(p + 5, &end, 10);
+    if (end == p + 5 || *end != '/')
+        return NULL;
+    return ledger_run(&f->ledger, n);
+}
+
+/* The bytes of the file at rel ("/<prefix>/<run or gen>/<i>.png"): a
+ * pseudo-random stream seeded by the path, of the run's output_bytes
+ * (default SERVER_FILE_BYTES plus up to 4 KiB by path, so files differ in
+ * size too). Always the same for the same path. */
+static void
+file_bytes(struct fake *f, const char *rel, struct answer *a)
+{
+    struct ledger_run *run = file_run(f, rel);
+    json_t *size = run ? json_object_get(run->then, "output_bytes") : NULL;
+    uint32_t h = fnv1a(rel);
+    size_t n = json_is_integer(size) ? (size_t)json_integer_value(size)
+                                     : SERVER_FILE_BYTES + h % 4096;
+    uint64_t x = ((uint64_t)h << 32) | 0x9e3779b9u;
+    unsigned char *b = malloc(n + 1);
+
+    if (b == NULL)
+        abort();
+    for (size_t i = 0; i < n; i++) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        b[i] = (unsigned char)((x * 2685821657736338717ULL) >> 56);
+    }
+    b[n] = '\0';
+    a->status = 200;
+    a->body = (char *)b;
+    a->body_len = n;
+    a->ctype = "image/png";
+}
+
+/* GET /files/<rel>: an output file, as a CDN would serve it. The run's
+ * "then" scripts it: the first download_fail fetches answer
+ * download_status (default 503), and download_stall_ms stalls the first
+ * successful answer halfway. Fetches are counted per path. */
+static void
+file_get(struct fake *f, const char *rel, struct answer *a)
+{
+    struct ledger_run *run = file_run(f, rel);
+    json_t *then = run ? run->then : NULL;
+    json_t *fail = json_object_get(then, "download_fail");
+    json_t *status = json_object_get(then, "download_status");
+    json_t *stall = json_object_get(then, "download_stall_ms");
+    char key[600];
+    struct ledger_entry *e;
+    long k;
+
+    snprintf(key, sizeof(key), "#file%s", rel);
+    e = ledger_get(&f->ledger, key);
+    e->hidden = true;
+    k = e->requests++;
+    if (json_is_integer(fail) && k < json_integer_value(fail)) {
+        int st = json_is_integer(status) ? (int)json_integer_value(status)
+                                         : 503;
+        answer_json(a, st, json_pack("{s:s}", "error", "download failed"));
+        return;
+    }
+    file_bytes(f, rel, a);
+    /* Only the first good fetch stalls: the one a restart interrupts. */
+    if (json_is_integer(stall) &&
+        k == (json_is_integer(fail) ? json_integer_value(fail) : 0))
+        a->stall_ms = (long)json_integer_value(stall);
 }
 
 /* The request past the capacity gate: ledger, replay, script, errors. */
@@ -596,6 +700,8 @@ control(struct fake *f, const char *path, const char *method, json_t *body,
                               (json_int_t)f->conflicts, "in_flight",
                               (json_int_t)f->in_flight, "log_dropped",
                               (json_int_t)f->log_dropped));
+    } else if (strncmp(path, "/_files/", 8) == 0 && get) {
+        file_bytes(f, path + 7, a); /* the bytes, uncounted, unscripted */
     } else if (strcmp(path, "/_log") == 0 && get) {
         answer_json(a, 200, json_incref(f->log));
     } else if (strcmp(path, "/_reset") == 0 && post) {
@@ -621,6 +727,8 @@ control(struct fake *f, const char *path, const char *method, json_t *body,
 struct truncated {
     char *body;
     size_t len;
+    struct fake *f;  /* stalled answers: whose sleep */
+    long stall_ms;   /* > 0: a stalled answer, not a truncated one */
 };
 
 static ssize_t
@@ -629,6 +737,20 @@ on_mhd_truncated(void *cls, uint64_t pos, char *buf, size_t max)
     struct truncated *t = cls;
     size_t n;
 
+    if (t->stall_ms > 0) {
+        /* The first half, then a pause, then the rest. */
+        if (pos >= t->len)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        if (pos == t->len / 2) {
+            server_sleep(t->f, t->stall_ms);
+            t->stall_ms = 1; /* once: later reads go straight on */
+        }
+        n = (pos < t->len / 2 ? t->len / 2 : t->len) - (size_t)pos;
+        if (n > max)
+            n = max;
+        memcpy(buf, t->body + pos, n);
+        return (ssize_t)n;
+    }
     if (pos >= t->len)
         return MHD_CONTENT_READER_END_WITH_ERROR; /* close mid-body */
     n = t->len - (size_t)pos;
@@ -660,24 +782,26 @@ has_header(const struct answer *a, const char *name)
 }
 
 static enum MHD_Result
-send_answer(struct MHD_Connection *c, struct answer *a, const char *rid_hdr,
-            const char *rid)
+send_answer(struct fake *f, struct MHD_Connection *c, struct answer *a,
+            const char *rid_hdr, const char *rid)
 {
     struct MHD_Response *resp;
     enum MHD_Result ret;
     const char *k;
     json_t *v;
 
-    if (a->truncate) {
+    if (a->truncate || a->stall_ms > 0) {
         struct truncated *t = malloc(sizeof(*t));
         if (t == NULL)
             abort();
         t->body = a->body;
         t->len = a->body_len;
+        t->f = f;
+        t->stall_ms = a->truncate ? 0 : a->stall_ms;
         a->body = NULL;
-        resp = MHD_create_response_from_callback(t->len + SERVER_TRUNCATE_EXTRA,
-                                                 4096, on_mhd_truncated, t,
-                                                 on_mhd_truncated_free);
+        resp = MHD_create_response_from_callback(
+            t->len + (a->truncate ? SERVER_TRUNCATE_EXTRA : 0), 4096,
+            on_mhd_truncated, t, on_mhd_truncated_free);
     } else {
         resp = MHD_create_response_from_buffer(a->body_len, a->body,
                                                MHD_RESPMEM_MUST_FREE);
@@ -728,7 +852,7 @@ handle(struct fake *f, struct MHD_Connection *c, const char *path,
     if (path[0] == '/' && path[1] == '_') {
         control(f, path, method, body, &a);
         pthread_mutex_unlock(&f->mu);
-        ret = send_answer(c, &a, rid_hdr, rid);
+        ret = send_answer(f, c, &a, rid_hdr, rid);
         goto done;
     }
     f->requests++;
@@ -740,6 +864,10 @@ handle(struct fake *f, struct MHD_Connection *c, const char *path,
     if (r->too_big) {
         shapes_error(&a, dialect, 413, NULL, "The request body is too large.",
                      0);
+    } else if (strncmp(path, "/files/", 7) == 0 && strcmp(method, "GET") == 0) {
+        /* A CDN, not the API: no capacity gate, no ledger of keys. */
+        f->requests--;
+        file_get(f, path + 6, &a);
     } else if (capacity_admit(f, dialect, &a)) {
         admitted = true;
         decide(f, path, method, dialect, key, body, r, &a);
@@ -760,7 +888,7 @@ handle(struct fake *f, struct MHD_Connection *c, const char *path,
     json_object_set_new(entry, "duration_ms",
                         json_integer(now_ms(CLOCK_MONOTONIC) - r->mono_ms));
     pthread_mutex_unlock(&f->mu);
-    ret = a.reset ? MHD_NO : send_answer(c, &a, rid_hdr, rid);
+    ret = a.reset ? MHD_NO : send_answer(f, c, &a, rid_hdr, rid);
 
     pthread_mutex_lock(&f->mu);
     if (admitted)

@@ -213,15 +213,22 @@ shapes_error(struct answer *a, const char *dialect, int status,
 }
 
 void
-shapes_success(struct answer *a, const char *dialect, long n, const char *key)
+shapes_success(struct answer *a, const char *dialect, long n, const char *key,
+               unsigned port)
 {
-    char id[32], url[64];
+    char id[32], url[128];
     json_t *gen;
 
     snprintf(id, sizeof(id), "gen_%ld", n);
     snprintf(url, sizeof(url), "https://fake.invalid/out/%ld.png", n);
     gen = json_pack("{s:s, s:s, s:s, s:{s:s}}", "id", id, "object",
                     "generation", "key", key, "output", "url", url);
+    if (strcmp(dialect, "flymyai") == 0) {
+        /* A generation's files, fetchable from this fake (/files/…). */
+        snprintf(url, sizeof(url), "http://127.0.0.1:%u/files/flymyai/%s/0.png",
+                 port, id);
+        json_object_set_new(gen, "images", json_pack("[{s:s}]", "url", url));
+    }
     if (strcmp(dialect, "graphql") == 0)
         gen = json_pack("{s:o}", "data", gen);
     answer_json(a, 200, gen);

@@ -592,6 +592,14 @@ static const struct row rows[] = {
      .code = "Rate limit exceeded",
      .message = "Rate limit exceeded. Try again in 45 seconds.",
      .request_id = "", .retry_at_ms = FIREMOON_RESET},
+    {.name = "firemoon_429_reset_at_far_away_is_capped_at_a_day",
+     .seed = SEED_FIREMOON, .dialect = "firemoon", .status = 429,
+     .headers = "X-RateLimit-Limit: 10\nX-RateLimit-Remaining: 0",
+     .body = "{\"error\":\"Rate limit exceeded\",\"message\":\"m\","
+             "\"resetAt\":\"5138-11-16T09:46:40.000Z\"}",
+     .kind = OUTCOME_FAILURE, .cls = ERR_RATE_LIMITED,
+     .code = "Rate limit exceeded", .request_id = "",
+     .retry_at_ms = NOW + HINT_CAP_MS},
     {.name = "firemoon_429_later_header_hint_beats_earlier_reset_at",
      .seed = SEED_FIREMOON, .dialect = "firemoon", .status = 429,
      .headers = "Retry-After: 60",
@@ -931,6 +939,10 @@ test_dialect_find_knows_names_and_aliases(void **state)
     }
     assert_ptr_equal(dialect_find("flowapi"), dialect_find("openai"));
     assert_ptr_equal(dialect_find("lamatic"), dialect_find("graphql"));
+    /* Built from the registry: every dialect, its aliases beside it. */
+    assert_string_equal(dialect_names(),
+                        "flora, openai (flowapi), graphql (lamatic), "
+                        "flymyai, firemoon, problem, generic");
     assert_null(dialect_find("Flora"));
     assert_null(dialect_find(NULL));
 }

@@ -224,6 +224,37 @@ test_retry_hint_is_latest_across_all_sources(void **state)
     assert_int_equal(h.retry_at_ms, NOW + 50000);
 }
 
+/* Every source of a hint, asked for decades ahead: cut to a day, with
+ * what was asked kept for the log. */
+static void
+test_far_hints_are_capped_at_a_day(void **state)
+{
+    (void)state;
+    const int64_t cap = NOW + HINT_CAP_MS;
+    struct hints h = hints_of("Retry-After", "999999999", NULL);
+    assert_int_equal(h.retry_at_ms, cap);
+    assert_int_equal(h.asked_ms, NOW + 999999999000LL);
+
+    h = hints_of("retry-after-ms", "99999999999", NULL);
+    assert_int_equal(h.retry_at_ms, cap);
+    h = hints_of("Retry-After", "Fri, 31 Dec 9999 23:59:59 GMT", NULL);
+    assert_int_equal(h.retry_at_ms, cap);
+    /* an epoch reset in year 5138, remaining 0: window and retry both */
+    h = hints_of("Date", DATE_HDR, "X-RateLimit-Remaining", "0",
+                 "X-RateLimit-Reset", "99999999999", NULL);
+    assert_int_equal(h.rl_reset_ms, cap);
+    assert_int_equal(h.retry_at_ms, cap);
+    assert_true(h.asked_ms > cap);
+    /* a far reset with requests left is capped too (it is not a retry) */
+    h = hints_of("RateLimit", "\"p\";r=5;t=999999999", NULL);
+    assert_int_equal(h.rl_reset_ms, cap);
+    assert_int_equal(h.retry_at_ms, 0);
+    /* exactly a day is not capped */
+    h = hints_of("Retry-After", "86400", NULL);
+    assert_int_equal(h.retry_at_ms, cap);
+    assert_int_equal(h.asked_ms, 0);
+}
+
 static void
 test_garbage_is_ignored(void **state)
 {
@@ -408,6 +439,7 @@ main(void)
         cmocka_unit_test(test_x_ratelimit_epoch_reset_already_past_means_now),
         cmocka_unit_test(test_x_ratelimit_delta_reset),
         cmocka_unit_test(test_retry_hint_is_latest_across_all_sources),
+        cmocka_unit_test(test_far_hints_are_capped_at_a_day),
         cmocka_unit_test(test_garbage_is_ignored),
         cmocka_unit_test(test_random_bytes_never_crash),
         cmocka_unit_test(test_http_date_all_three_forms),

@@ -679,29 +679,20 @@ test_redirect_is_not_followed(void **state)
     result_clear(&res);
 }
 
-/* A one-shot raw server: answers 103 Early Hints, then the final 200. */
+/* A one-shot raw server: reads one request and writes answer whole, for
+ * what libmicrohttpd will not send (interim answers, folded headers). */
 struct raw_server {
     int fd;
     unsigned short port;
     pthread_t thread;
+    const char *answer;
+    size_t answer_len;
 };
 
 static void *
 raw_server_main(void *arg)
 {
     struct raw_server *s = arg;
-    static const char answer[] = "HTTP/1.1 103 Early Hints\r\n"
-                                 "Link: </style.css>; rel=preload\r\n"
-                                 "X-Interim: yes\r\n"
-                                 "\r\n"
-                                 "HTTP/1.1 200 OK\r\n"
-                                 "Content-Length: 2\r\n"
-                                 "X-Final: yes\r\n"
-                                 "X-Folded: part1\r\n"
-                                 "\tpart2\r\n"
-                                 "Connection: close\r\n"
-                                 "\r\n"
-                                 "ok";
     char buf[4096];
     size_t got = 0;
     int c = accept(s->fd, NULL, NULL);
@@ -717,10 +708,43 @@ raw_server_main(void *arg)
         if (strstr(buf, "\r\n\r\n"))
             break;
     }
-    if (write(c, answer, sizeof(answer) - 1) < 0)
-        perror("raw server write");
+    for (size_t off = 0; off < s->answer_len;) {
+        ssize_t n = write(c, s->answer + off, s->answer_len - off);
+        if (n <= 0) {
+            perror("raw server write");
+            break;
+        }
+        off += (size_t)n;
+    }
     close(c);
     return NULL;
+}
+
+/* Starts a raw server on a free loopback port; returns its URL. */
+static char *
+raw_server_start(struct raw_server *s, const char *answer, size_t len)
+{
+    struct sockaddr_in sa = {0};
+    socklen_t slen = sizeof(sa);
+
+    s->answer = answer;
+    s->answer_len = len;
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    s->fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_int_equal(bind(s->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(s->fd, 1), 0);
+    assert_int_equal(getsockname(s->fd, (struct sockaddr *)&sa, &slen), 0);
+    s->port = ntohs(sa.sin_port);
+    assert_int_equal(pthread_create(&s->thread, NULL, raw_server_main, s), 0);
+    return xasprintf("http://127.0.0.1:%u/", (unsigned)s->port);
+}
+
+static void
+raw_server_stop(struct raw_server *s)
+{
+    pthread_join(s->thread, NULL);
+    close(s->fd);
 }
 
 static void
@@ -730,25 +754,25 @@ test_interim_response_headers_are_dropped(void **state)
     struct result res = {.want_header = "X-Interim",
                          .want_header2 = "X-Folded"};
     struct raw_server s;
-    struct sockaddr_in sa = {0};
-    socklen_t len = sizeof(sa);
-
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    s.fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_int_equal(bind(s.fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(s.fd, 1), 0);
-    assert_int_equal(getsockname(s.fd, (struct sockaddr *)&sa, &len), 0);
-    s.port = ntohs(sa.sin_port);
-    assert_int_equal(pthread_create(&s.thread, NULL, raw_server_main, &s), 0);
-    char *u = xasprintf("http://127.0.0.1:%u/", (unsigned)s.port);
+    static const char answer[] = "HTTP/1.1 103 Early Hints\r\n"
+                                 "Link: </style.css>; rel=preload\r\n"
+                                 "X-Interim: yes\r\n"
+                                 "\r\n"
+                                 "HTTP/1.1 200 OK\r\n"
+                                 "Content-Length: 2\r\n"
+                                 "X-Final: yes\r\n"
+                                 "X-Folded: part1\r\n"
+                                 "\tpart2\r\n"
+                                 "Connection: close\r\n"
+                                 "\r\n"
+                                 "ok";
+    char *u = raw_server_start(&s, answer, sizeof(answer) - 1);
     struct http_request req = {
         .method = "GET", .url = u, .timeout_ms = WAIT_MS};
 
     submit(f, &req, &res, NULL);
     run_until(f, called, &res);
-    pthread_join(s.thread, NULL);
-    close(s.fd);
+    raw_server_stop(&s);
     assert_int_equal(res.status, 200);
     assert_string_equal(res.body, "ok");
     assert_null(res.header);
@@ -870,6 +894,101 @@ test_submit_without_url_fails_and_never_calls_back(void **state)
     assert_int_equal(http_in_flight(f->http), 0);
 }
 
+/* A line break in a header value would end the header and let the rest be
+ * read as another header, or a second request with our credentials: the
+ * client refuses the request before anything is sent. */
+static void
+test_header_or_url_with_a_line_break_is_refused_unsent(void **state)
+{
+    struct fixture *f = *state;
+    struct result res = {0};
+    char *u = url("/hello");
+    char *bad_url = url("/hello\r\nX-Evil: 1");
+    const char *injected[] = {"Authorization: Bearer sk-secret",
+                              "Idempotency-Key: k\r\nX-Evil: 1", NULL};
+    const char *nonascii[] = {"Idempotency-Key: caf\xc3\xa9", NULL};
+    const char *noname[] = {": value", NULL};
+    const char *fine[] = {"Idempotency-Key: k-1", "X-Note: two words", NULL};
+    int before = atomic_load(&hello_hits);
+    struct http_request req = {.method = "GET", .url = u,
+                               .timeout_ms = WAIT_MS};
+
+    req.headers = injected;
+    assert_int_equal(http_submit(f->http, &req, on_done, &res, NULL), -EINVAL);
+    req.headers = nonascii;
+    assert_int_equal(http_submit(f->http, &req, on_done, &res, NULL), -EINVAL);
+    req.headers = noname;
+    assert_int_equal(http_submit(f->http, &req, on_done, &res, NULL), -EINVAL);
+    req.headers = fine;
+    req.url = bad_url;
+    assert_int_equal(http_submit(f->http, &req, on_done, &res, NULL), -EINVAL);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_int_equal(res.calls, 0);
+    assert_int_equal(http_in_flight(f->http), 0);
+    assert_int_equal(atomic_load(&hello_hits), before);
+
+    /* inner spaces are fine */
+    req.url = u;
+    submit(f, &req, &res, NULL);
+    run_until(f, called, &res);
+    assert_int_equal(res.status, 200);
+    assert_int_equal(atomic_load(&hello_hits), before + 1);
+    result_clear(&res);
+    free(u);
+    free(bad_url);
+}
+
+/* CPU seconds this thread has used: the cost of work on the loop, whatever
+ * else the machine is doing. */
+static double
+thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* One 500 with ~70,000 folded continuation lines (under curl's cap on
+ * header bytes): rebuilding the value per line cost the only loop thread
+ * seconds of copying per response. Folding is now linear: the bound below
+ * is on this thread's CPU time, a hundred times what linear folding needs
+ * even under a sanitizer, and a fraction of what the quadratic one took. */
+static void
+test_many_folded_lines_cost_linear_time(void **state)
+{
+    struct fixture *f = *state;
+    struct result res = {.want_header = "X-Fold", .want_header2 = "X-After"};
+    enum { LINES = 70000 };
+    struct buf a = {0};
+    struct raw_server s;
+
+    buf_appendf(&a, "HTTP/1.1 500 Internal Server Error\r\n"
+                    "Content-Length: 2\r\nX-Fold: v\r\n");
+    for (int i = 0; i < LINES; i++)
+        buf_append(&a, " a\r\n", 4);
+    buf_appendf(&a, "X-After: yes\r\nConnection: close\r\n\r\nno");
+    char *u = raw_server_start(&s, a.data, a.len);
+    struct http_request req = {
+        .method = "GET", .url = u, .timeout_ms = 120000};
+
+    double cpu = thread_cpu_s();
+    submit(f, &req, &res, NULL);
+    run_until(f, called, &res);
+    cpu = thread_cpu_s() - cpu;
+    raw_server_stop(&s);
+    assert_int_equal(res.curl_code, 0);
+    assert_int_equal(res.status, 500);
+    assert_string_equal(res.header2, "yes");
+    assert_int_equal(strlen(res.header), 1 + 2 * LINES);
+    assert_memory_equal(res.header, "v a a", 5);
+    if (cpu > 2.0)
+        fail_msg("folding %d lines took %.2f s of the loop's CPU", LINES,
+                 cpu);
+    result_clear(&res);
+    buf_free(&a);
+    free(u);
+}
+
 #define T(fn)                                                                  \
     cmocka_unit_test_setup_teardown(fn, fixture_setup, fixture_teardown)
 
@@ -889,10 +1008,12 @@ main(void)
         T(test_body_at_cap_is_accepted),
         T(test_redirect_is_not_followed),
         T(test_interim_response_headers_are_dropped),
+        T(test_many_folded_lines_cost_linear_time),
         T(test_cancel_runs_callback_once_with_cancelled),
         T(test_free_with_transfers_in_flight_cancels_each_once),
         T(test_free_from_inside_a_callback_cancels_the_rest),
         T(test_submit_without_url_fails_and_never_calls_back),
+        T(test_header_or_url_with_a_line_break_is_refused_unsent),
     };
     return cmocka_run_group_tests(tests, server_start, server_stop);
 }

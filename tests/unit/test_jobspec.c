@@ -22,6 +22,8 @@ static struct provider_config providers[] = {
      .max_attempts = 5},
     {.name = "local", .base_url = "http://127.0.0.1:8080",
      .max_attempts = 3},
+    {.name = "flowapi", .base_url = "https://api.flowapi.example/v1",
+     .max_attempts = 5},
 };
 static const struct config config = {
     .providers = providers,
@@ -264,6 +266,107 @@ test_each_bad_field_is_named_first(void **state)
     assert_rejected(long_id, "custom_id: longer than 256 bytes");
 }
 
+/* The custom_id goes out as the Idempotency-Key header: a CR/LF in it
+ * would add headers or smuggle a request. Visible ASCII only. */
+static void
+test_custom_id_outside_visible_ascii_is_a_bad_line(void **state)
+{
+    (void)state;
+    struct jobspec j;
+
+    assert_rejected("{\"url\":\"/x\",\"custom_id\":\"a\\r\\nX-Evil: 1\"}",
+                    "custom_id: byte 2 is 0x0d: only visible ASCII");
+    assert_rejected("{\"url\":\"/x\",\"custom_id\":\"a\\nb\"}",
+                    "custom_id: byte 2 is 0x0a");
+    assert_rejected("{\"url\":\"/x\",\"custom_id\":\"two words\"}",
+                    "custom_id: byte 4 is 0x20");
+    assert_rejected("{\"url\":\"/x\",\"custom_id\":\"tab\\there\"}",
+                    "custom_id: byte 4 is 0x09");
+    assert_rejected("{\"url\":\"/x\",\"custom_id\":\"caf\\u00e9\"}",
+                    "custom_id: byte 4 is 0xc3");
+    assert_rejected("{\"url\":\"/x\",\"custom_id\":\"del\\u007f\"}",
+                    "custom_id: byte 4 is 0x7f");
+    assert_int_equal(
+        parse("{\"url\":\"/x\",\"custom_id\":\"!~q3-thumb_DE.2:x\"}", &j),
+        0);
+    assert_string_equal(j.idempotency_key, "!~q3-thumb_DE.2:x");
+    jobspec_clear(&j);
+}
+
+/* A line straight from an OpenAI Batch input file names the whole path,
+ * "/v1/chat/completions", while the provider's base_url ends in /v1: the
+ * path is taken from the origin, not appended (docs/providers.md). */
+static void
+test_url_repeating_the_base_path_is_taken_from_the_origin(void **state)
+{
+    (void)state;
+    struct jobspec j, k;
+    static const char openai_line[] =
+        "{\"custom_id\": \"request-1\", \"method\": \"POST\", "
+        "\"url\": \"/v1/chat/completions\", \"body\": {\"model\": "
+        "\"gpt-3.5-turbo-0125\", \"messages\": [{\"role\": \"system\", "
+        "\"content\": \"You are a helpful assistant.\"},{\"role\": "
+        "\"user\", \"content\": \"Hello world!\"}],\"max_tokens\": "
+        "1000}}";
+    struct jobspec_opts o = {.config = &config, .provider = "flowapi"};
+
+    assert_int_equal(jobspec_parse(openai_line, strlen(openai_line), &o, &j,
+                                   err, sizeof(err)),
+                     0);
+    assert_string_equal(j.path, "/chat/completions");
+    jobspec_clear(&j);
+    /* the three spellings of one request are one row and one key */
+    static const char *const same[] = {
+        "{\"url\":\"/v1/embeddings\",\"body\":{}}",
+        "{\"url\":\"/embeddings\",\"body\":{}}",
+        "{\"url\":\"https://api.flowapi.example/v1/embeddings\","
+        "\"body\":{}}",
+    };
+    assert_int_equal(jobspec_parse(same[0], strlen(same[0]), &o, &k, err,
+                                   sizeof(err)),
+                     0);
+    for (int i = 1; i < 3; i++) {
+        assert_int_equal(jobspec_parse(same[i], strlen(same[i]), &o, &j, err,
+                                       sizeof(err)),
+                         0);
+        assert_string_equal(j.path, k.path);
+        assert_string_equal(j.idempotency_key, k.idempotency_key);
+        jobspec_clear(&j);
+    }
+    assert_string_equal(k.path, "/embeddings");
+    jobspec_clear(&k);
+    /* only a whole segment counts: /v10 is not under /v1 */
+    const char *v10 = "{\"url\":\"/v10/models\"}";
+    assert_int_equal(
+        jobspec_parse(v10, strlen(v10), &o, &j, err, sizeof(err)), 0);
+    assert_string_equal(j.path, "/v10/models");
+    jobspec_clear(&j);
+}
+
+/* "HTTP://" is the same scheme as "http://": a full URL on the provider's
+ * origin outside base_url's path is stored with the scheme in one
+ * spelling, so the daemon never mistakes it for a path. */
+static void
+test_scheme_case_is_normalised_once(void **state)
+{
+    (void)state;
+    struct jobspec j;
+
+    assert_int_equal(
+        parse("{\"url\":\"HTTPS://app.flora.ai/other/runs\"}", &j), 0);
+    assert_string_equal(j.path, "https://app.flora.ai/other/runs");
+    jobspec_clear(&j);
+    assert_int_equal(
+        parse("{\"url\":\"Http://127.0.0.1:8080/gen\",\"provider\":"
+              "\"local\"}",
+              &j),
+        0);
+    assert_string_equal(j.path, "/gen");
+    jobspec_clear(&j);
+    assert_rejected("{\"url\":\"HTTPS://evil.example/api/v1/runs\"}",
+                    "url: HTTPS://evil.example is not provider flora's");
+}
+
 static void
 test_json_errors_name_the_column(void **state)
 {
@@ -323,6 +426,10 @@ main(void)
         cmocka_unit_test(test_missing_provider_without_default_is_an_error),
         cmocka_unit_test(test_full_urls_on_the_providers_host_become_paths),
         cmocka_unit_test(test_each_bad_field_is_named_first),
+        cmocka_unit_test(test_custom_id_outside_visible_ascii_is_a_bad_line),
+        cmocka_unit_test(
+            test_url_repeating_the_base_path_is_taken_from_the_origin),
+        cmocka_unit_test(test_scheme_case_is_normalised_once),
         cmocka_unit_test(test_json_errors_name_the_column),
         cmocka_unit_test(test_body_numbers_keep_their_short_spelling),
         cmocka_unit_test(test_line_need_not_be_nul_terminated),

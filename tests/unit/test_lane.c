@@ -11,8 +11,8 @@
 
 #include <cmocka.h>
 
-#include "sluice/dialect.h"
 #include "sluice/lane.h"
+#include "sluice/outcome.h"
 
 /* 2023-11-14T22:13:20Z: a realistic wall clock, so date formatting and
  * large offsets are exercised as in production. */

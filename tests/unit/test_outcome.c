@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "sluice/dialect.h"
+#include "sluice/outcome.h"
 #include "sluice/xmalloc.h"
 
 static void

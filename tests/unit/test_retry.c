@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "sluice/dialect.h"
+#include "sluice/outcome.h"
 #include "sluice/retry.h"
 
 #define NOW 1700000000000LL
@@ -68,6 +68,24 @@ test_429_with_hint_defers_to_the_hint(void **state)
 
     assert_int_equal(d.action, RETRY_DEFER);
     assert_int_equal(d.run_after_ms, NOW + 30000);
+}
+
+/* A hint decades ahead (Retry-After: 999999999) would park the job for
+ * good: --drain would never end. A day at most, deferred or retried. */
+static void
+test_far_hint_schedules_a_day_ahead_at_most(void **state)
+{
+    (void)state;
+    int64_t far = NOW + 999999999000LL;
+    struct outcome o = failure(ERR_RATE_LIMITED, VERDICT_DEFAULT, far);
+    struct retry_decision d = retry_decide(&policy, &o, 1, 0, NOW, 0.5);
+
+    assert_int_equal(d.action, RETRY_DEFER);
+    assert_int_equal(d.run_after_ms, NOW + HINT_CAP_MS);
+    o = failure(ERR_SERVER_ERROR, VERDICT_DEFAULT, far);
+    d = retry_decide(&policy, &o, 1, 0, NOW, 0.5);
+    assert_int_equal(d.action, RETRY_AGAIN);
+    assert_int_equal(d.run_after_ms, NOW + HINT_CAP_MS);
 }
 
 static void
@@ -293,6 +311,7 @@ main(void)
         cmocka_unit_test(test_backoff_is_capped),
         cmocka_unit_test(test_backoff_large_n_does_not_overflow),
         cmocka_unit_test(test_run_after_saturates_instead_of_wrapping),
+        cmocka_unit_test(test_far_hint_schedules_a_day_ahead_at_most),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -661,56 +661,268 @@ test_derived_key_is_sent_but_identity_key_still_dedups(void **state)
     store_close(s);
 }
 
+/* --- daemons and lease guards ------------------------------------------- */
+
 static void
-test_lease_owners_and_reclaim_of_a_dead_owner(void **state)
+register_daemon(struct store *s, const char *owner, int64_t now)
+{
+    struct daemon_row d = {.owner = (char *)owner, .host = "h", .pid = 7,
+                           .started_at = now};
+    assert_int_equal(store_daemon_register(s, &d), 0);
+}
+
+static int64_t
+heartbeat_of(struct store *s, const char *owner)
+{
+    struct daemon_row *rows;
+    size_t n;
+    int64_t hb = -1;
+    assert_int_equal(store_daemons(s, &rows, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(rows[i].owner, owner) == 0)
+            hb = rows[i].heartbeat_at;
+    store_daemons_free(rows, n);
+    return hb;
+}
+
+static void
+test_daemon_rows_register_beat_and_list(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct daemon_row *rows;
+    size_t n;
+    bool present;
+
+    register_daemon(s, "tok-b", T0);
+    register_daemon(s, "tok-a", T0 + 5);
+    struct daemon_row dup = {.owner = "tok-a", .host = "h", .started_at = 1};
+    assert_int_equal(store_daemon_register(s, &dup), -EEXIST);
+    assert_int_equal(store_daemons(s, &rows, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(rows[0].owner, "tok-a");
+    assert_string_equal(rows[0].host, "h");
+    assert_int_equal(rows[0].pid, 7);
+    assert_int_equal(rows[0].started_at, T0 + 5);
+    assert_int_equal(rows[0].heartbeat_at, T0 + 5);
+    store_daemons_free(rows, n);
+
+    assert_int_equal(store_daemon_beat(s, "tok-a", T0 + 1000, &present), 0);
+    assert_true(present);
+    assert_int_equal(heartbeat_of(s, "tok-a"), T0 + 1000);
+    assert_int_equal(store_daemon_beat(s, "nobody", T0, &present), 0);
+    assert_false(present);
+    store_close(s);
+}
+
+/* A wall clock stepped back still moves the heartbeat: it is watched for
+ * change, never compared with anyone's clock. */
+static void
+test_heartbeat_changes_on_every_beat_even_when_the_clock_goes_back(
+    void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    bool present;
+
+    register_daemon(s, "tok", T0);
+    assert_int_equal(store_daemon_beat(s, "tok", T0 + 2000, &present), 0);
+    assert_int_equal(heartbeat_of(s, "tok"), T0 + 2000);
+    assert_int_equal(store_daemon_beat(s, "tok", T0 - 3600000, &present), 0);
+    assert_int_equal(heartbeat_of(s, "tok"), T0 + 2001);
+    assert_int_equal(store_daemon_beat(s, "tok", T0 - 3599000, &present), 0);
+    assert_int_equal(heartbeat_of(s, "tok"), T0 + 2002);
+    store_close(s);
+}
+
+static void
+test_reap_takes_back_a_dead_daemons_leases_and_row(void **state)
 {
     (void)state;
     struct store *s = open_store(":memory:");
     struct job *out[3];
     struct job_update u;
-    char **owners = NULL;
-    size_t n = 99;
     long got = -1;
 
     insert_n(s, "a", 3, T0);
-    assert_int_equal(store_lease_owners(s, &owners, &n), 0);
-    assert_int_equal(n, 0);
-    assert_null(owners[0]);
-    free(owners);
-
-    assert_int_equal(claim(s, "a", 2, T0, "host:1", out), 2);
+    register_daemon(s, "dead", T0);
+    register_daemon(s, "live", T0);
+    assert_int_equal(claim(s, "a", 2, T0, "dead", out), 2);
     free_jobs(out, 2);
-    /* job 2 becomes a waiting run, then its poll is leased by host:1 */
-    u = (struct job_update){.job_id = 2, .state = JOB_WAITING,
-                            .run_after = T0, .remote_id = "r",
-                            .finished_at = T0 + 10};
+    /* job 2 becomes a waiting run, then its poll is leased by "dead" */
+    u = (struct job_update){.job_id = 2, .owner = "dead",
+                            .state = JOB_WAITING, .run_after = T0,
+                            .remote_id = "r", .finished_at = T0 + 10};
     store_record(s, &u);
     assert_int_equal(store_flush(s), 0);
-    assert_int_equal(claim(s, "a", 1, T0 + 10, "host:1", out), 1);
+    assert_int_equal(claim(s, "a", 1, T0 + 10, "dead", out), 1);
     assert_int_equal(out[0]->id, 2);
     free_jobs(out, 1);
-    assert_int_equal(claim(s, "a", 1, T0 + 10, "host:2", out), 1);
+    assert_int_equal(claim(s, "a", 1, T0 + 10, "live", out), 1);
     assert_int_equal(out[0]->id, 3);
     free_jobs(out, 1);
 
-    assert_int_equal(store_lease_owners(s, &owners, &n), 0);
-    assert_int_equal(n, 2);
-    assert_string_equal(owners[0], "host:1");
-    assert_string_equal(owners[1], "host:2");
-    assert_null(owners[2]);
-    for (size_t i = 0; i < n; i++)
-        free(owners[i]);
-    free(owners);
-
     /* leases far from expiry, but their owner is dead */
-    assert_int_equal(store_reclaim_owner(s, "host:1", &got), 0);
+    assert_int_equal(store_daemon_reap(s, "dead", 0, T0 + 20, &got), 0);
     assert_int_equal(got, 1);
     assert_job_str(s, "1", "state", "queued");
     assert_int_equal(job_int(s, "1", "attempt_count"), 1);
+    assert_job_null(s, "1", "lease_owner");
     assert_job_str(s, "2", "state", "waiting");
     assert_job_null(s, "2", "lease_until");
     assert_job_str(s, "3", "state", "running");
-    assert_job_str(s, "3", "lease_owner", "host:2");
+    assert_job_str(s, "3", "lease_owner", "live");
+    assert_int_equal(heartbeat_of(s, "dead"), -1);
+    assert_int_equal(heartbeat_of(s, "live"), T0);
+    store_close(s);
+}
+
+/* The verdict "no beat since seen" is checked again under the write lock:
+ * a beat that raced it proves the daemon alive and nothing is taken. */
+static void
+test_reap_of_a_daemon_that_beat_since_the_verdict_does_nothing(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[1];
+    bool present;
+    long got = -1;
+
+    insert_n(s, "a", 1, T0);
+    register_daemon(s, "slow", T0);
+    assert_int_equal(claim(s, "a", 1, T0, "slow", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(store_daemon_beat(s, "slow", T0 + 1000, &present), 0);
+    assert_int_equal(store_daemon_reap(s, "slow", T0, T0 + 40000, &got),
+                     -ESTALE);
+    assert_int_equal(got, 0);
+    assert_job_str(s, "1", "state", "running");
+    assert_job_str(s, "1", "lease_owner", "slow");
+    assert_int_equal(heartbeat_of(s, "slow"), T0 + 1000);
+    /* the heartbeat it saw is still the last one: taken */
+    assert_int_equal(
+        store_daemon_reap(s, "slow", T0 + 1000, T0 + 80000, &got), 0);
+    assert_int_equal(got, 1);
+    assert_job_str(s, "1", "state", "queued");
+    store_close(s);
+}
+
+/* Lease expiry is only for owners with no daemons row: a live daemon's
+ * leases survive any wall clock, however far it jumps. */
+static void
+test_a_registered_owners_leases_never_expire_by_the_wall_clock(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[1];
+    long n = -1;
+    int64_t year = INT64_C(365) * 24 * 3600 * 1000;
+
+    insert_n(s, "a", 2, T0);
+    register_daemon(s, "live", T0);
+    assert_int_equal(claim(s, "a", 1, T0, "live", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(claim(s, "a", 1, T0, "old-host:42", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(store_reclaim_expired(s, T0 + year, &n), 0);
+    assert_int_equal(n, 1);
+    assert_job_str(s, "1", "state", "running");
+    assert_job_str(s, "1", "lease_owner", "live");
+    assert_job_str(s, "2", "state", "queued");
+    store_close(s);
+}
+
+/* An outcome is written only while its job is still leased to the owner
+ * it was claimed under: after a reclaim and a new claim by another daemon,
+ * the first daemon's late answer changes nothing of the job (its attempt
+ * row is kept: the request went out). */
+static void
+test_late_outcome_after_reclaim_is_not_written(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[2];
+    struct job_update u;
+    json_t *j;
+    long got;
+
+    insert_n(s, "a", 2, T0);
+    register_daemon(s, "old", T0);
+    register_daemon(s, "new", T0);
+    assert_int_equal(claim(s, "a", 2, T0, "old", out), 2);
+    free_jobs(out, 2);
+    assert_int_equal(store_daemon_reap(s, "old", 0, T0 + 10, &got), 0);
+    assert_int_equal(got, 2);
+    /* job 1 is claimed again by "new"; job 2 stays queued */
+    assert_int_equal(claim(s, "a", 1, T0 + 20, "new", out), 1);
+    assert_int_equal(out[0]->id, 1);
+    free_jobs(out, 1);
+
+    u = (struct job_update){.job_id = 1, .owner = "old",
+                            .state = JOB_SUCCEEDED, .has_attempt = true,
+                            .attempt = 1, .key_sent = "a-0",
+                            .started_at = T0, .finished_at = T0 + 30,
+                            .http_status = 200, .result = "{\"late\":1}"};
+    store_record(s, &u);
+    u.job_id = 2;
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_job_str(s, "1", "state", "running");
+    assert_job_str(s, "1", "lease_owner", "new");
+    assert_job_null(s, "1", "result");
+    assert_job_str(s, "2", "state", "queued");
+    assert_job_null(s, "2", "result");
+    j = job(s, "1");
+    assert_int_equal(json_array_size(json_object_get(j, "attempts")), 1);
+    json_decref(j);
+
+    /* the new owner's outcome is written */
+    u = (struct job_update){.job_id = 1, .owner = "new",
+                            .state = JOB_SUCCEEDED, .has_attempt = true,
+                            .attempt = 2, .key_sent = "a-0",
+                            .started_at = T0 + 20, .finished_at = T0 + 40,
+                            .http_status = 200, .result = "{\"new\":1}"};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_job_str(s, "1", "state", "succeeded");
+    assert_job_null(s, "1", "lease_owner");
+    j = job(s, "1");
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_object_get(j, "result"), "new")),
+                     1);
+    assert_int_equal(json_array_size(json_object_get(j, "attempts")), 2);
+    json_decref(j);
+    store_close(s);
+}
+
+/* An operator's cancel clears the lease, yet the holder's answer is still
+ * kept on the cancelled job (the job stays cancelled). */
+static void
+test_outcome_of_a_job_cancelled_in_flight_is_kept(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[1];
+    struct job_update u;
+    int64_t id = 1;
+    long changed;
+
+    insert_n(s, "a", 1, T0);
+    register_daemon(s, "d", T0);
+    assert_int_equal(claim(s, "a", 1, T0, "d", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(store_cancel(s, &id, 1, NULL, T0 + 5, &changed), 0);
+    assert_int_equal(changed, 1);
+    assert_job_null(s, "1", "lease_owner");
+    u = (struct job_update){.job_id = 1, .owner = "d",
+                            .state = JOB_SUCCEEDED, .has_attempt = true,
+                            .attempt = 1, .started_at = T0,
+                            .finished_at = T0 + 9, .http_status = 200,
+                            .result = "{\"ok\":1}"};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_job_str(s, "1", "state", "cancelled");
+    assert_int_equal(job_int(s, "1", "http_status"), 200);
     store_close(s);
 }
 
@@ -1546,16 +1758,20 @@ test_progress_has_rate_and_eta_from_the_last_minute(void **state)
     store_close(s);
 }
 
+/* The embedded sql/ files (cmake/embed_sql.cmake), to build old versions. */
+struct sql_file {
+    const char *name;
+    const char *text;
+};
+extern const struct sql_file sql_files[];
+
 /* A database at version 2 (as in the field) gets migration 3: the
- * finished-at index and the new batch_progress columns, rows kept. */
+ * finished-at index and the new batch_progress columns, rows kept; and
+ * the later ones. */
 static void
 test_migration_3_upgrades_a_version_2_database(void **state)
 {
     (void)state;
-    extern const struct sql_file {
-        const char *name;
-        const char *text;
-    } sql_files[];
     struct tmpdb t;
     struct store *s;
     sqlite3 *db;
@@ -1578,12 +1794,297 @@ test_migration_3_upgrades_a_version_2_database(void **state)
                                      "WHERE name = 'jobs_finished'"),
                      0);
     s = open_store(t.path);
-    assert_int_equal(store_schema_version(s), 3);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
     store_close(s);
     assert_int_equal(sql_int(t.path, "SELECT count(*) FROM sqlite_schema "
                                      "WHERE name = 'jobs_finished'"),
                      1);
     assert_int_equal(sql_int(t.path, "SELECT remaining FROM batch_progress"),
+                     1);
+    /* and migration 5: the daemons table, empty */
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM daemons"), 0);
+    tmpdb_remove(&t);
+}
+
+/* Outputs (DESIGN section 13): a success's URLs become pending rows in the
+ * same commit (a cancelled job's do not), claims lease them, a record
+ * stores or reschedules them, a dead owner's lease is freed, --retry puts
+ * failed rows back, and export lists each job's stored paths. */
+static int
+collect_outputs_row(const json_t *row, void *arg)
+{
+    json_t *arr = arg;
+    json_array_append(arr, (json_t *)row);
+    return 0;
+}
+
+static void
+test_outputs_rows_from_success_to_stored_or_failed(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct job *out[2];
+    struct output_claim c[4];
+    const char *urls[] = {"https://x/1.png", "https://x/2.png",
+                          "https://x/1.png"};
+    int n = 0;
+    long pending, stored, failed, changed;
+    int64_t due;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    insert_n(s, "a", 2, T0);
+    assert_int_equal(claim(s, "a", 2, T0, "d1", out), 2);
+    free_jobs(out, 2);
+    /* job 2 is cancelled by an operator while its answer is in flight */
+    assert_int_equal(store_cancel(s, (int64_t[]){2}, 1, NULL, T0, &changed),
+                     0);
+    for (int64_t id = 1; id <= 2; id++) {
+        struct job_update u = {
+            .job_id = id, .state = JOB_SUCCEEDED, .finished_at = T0 + 10,
+            .http_status = 200, .result = "{}", .output_urls = urls,
+            .noutput_urls = 3,
+        };
+        store_record(s, &u);
+    }
+    assert_int_equal(store_flush(s), 0);
+    /* two rows (a repeated URL is one), none for the cancelled job */
+    assert_int_equal(store_outputs_counts(s, &pending, &stored, &failed), 0);
+    assert_int_equal(pending, 2);
+    assert_int_equal(stored + failed, 0);
+    assert_int_equal(store_outputs_next_due(s, &due), 0);
+    assert_int_equal(due, T0 + 10);
+
+    assert_int_equal(store_outputs_claim(s, 4, T0 + 20, LEASE_MS, "h:1", c,
+                                         &n),
+                     0);
+    assert_int_equal(n, 2);
+    assert_int_equal(c[0].job_id, 1);
+    assert_string_equal(c[0].provider, "a");
+    assert_int_equal(c[0].attempts, 1);
+    /* leased: not claimable again, due when the lease ends */
+    int again = -1;
+    struct output_claim c2[1];
+    assert_int_equal(store_outputs_claim(s, 1, T0 + 30, LEASE_MS, "h:2", c2,
+                                         &again),
+                     0);
+    assert_int_equal(again, 0);
+    assert_int_equal(store_outputs_next_due(s, &due), 0);
+    assert_int_equal(due, T0 + 20 + LEASE_MS);
+
+    int64_t first = c[0].id, second = c[1].id;
+    struct output_result ok = {
+        .id = first, .state = "stored", .path = "/o/ab/ab", .sha256 = "ab",
+        .bytes = 42, .content_type = "image/png",
+    };
+    assert_int_equal(store_output_record(s, &ok, T0 + 40), 0);
+    struct output_result lost = {
+        .id = second, .state = "failed", .error = "HTTP 404",
+        .run_after = T0 + 40,
+    };
+    assert_int_equal(store_output_record(s, &lost, T0 + 40), 0);
+    for (int i = 0; i < n; i++)
+        output_claim_clear(&c[i]);
+    assert_int_equal(store_outputs_counts(s, &pending, &stored, &failed), 0);
+    assert_int_equal(pending, 0);
+    assert_int_equal(stored, 1);
+    assert_int_equal(failed, 1);
+    assert_int_equal(store_outputs_next_due(s, &due), 0);
+    assert_int_equal(due, 0);
+
+    json_t *rows = store_outputs_json(s, NULL, "failed");
+    assert_int_equal(json_array_size(rows), 1);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(rows, 0), "error")),
+        "HTTP 404");
+    json_decref(rows);
+
+    /* export: each job's stored paths */
+    json_t *exp = json_array();
+    struct store_select sel = {.states = 1u << JOB_SUCCEEDED};
+    assert_int_equal(store_export(s, &sel, collect_outputs_row, exp), 0);
+    assert_int_equal(json_array_size(exp), 1);
+    json_t *paths = json_object_get(json_array_get(exp, 0), "outputs");
+    assert_int_equal(json_array_size(paths), 1);
+    assert_string_equal(json_string_value(json_array_get(paths, 0)),
+                        "/o/ab/ab");
+    json_decref(exp);
+
+    /* --retry: the failed row is pending again, attempts reset */
+    assert_int_equal(store_outputs_retry(s, NULL, T0 + 50, &changed), 0);
+    assert_int_equal(changed, 1);
+    register_daemon(s, "d3", T0 + 50);
+    assert_int_equal(store_outputs_claim(s, 4, T0 + 50, LEASE_MS, "d3", c,
+                                         &n),
+                     0);
+    assert_int_equal(n, 1);
+    assert_int_equal(c[0].attempts, 1);
+    /* a dead daemon's download lease is freed with its jobs */
+    long reclaimed;
+    assert_int_equal(store_daemon_reap(s, "d3", 0, T0 + 55, &reclaimed), 0);
+    output_claim_clear(&c[0]);
+    assert_int_equal(store_outputs_claim(s, 4, T0 + 60, LEASE_MS, "h:4", c,
+                                         &n),
+                     0);
+    assert_int_equal(n, 1);
+    output_claim_clear(&c[0]);
+    store_close(s);
+    tmpdb_remove(&t);
+}
+
+/* store_counts as "provider/batch/state=n;…" */
+static int
+counts_line(const char *provider, const char *batch, enum job_state state,
+            long n, void *arg)
+{
+    char *out = arg;
+    size_t len = strlen(out);
+    snprintf(out + len, 1024 - len, "%s/%s/%s=%ld;", provider,
+             batch ? batch : "-", job_state_name(state), n);
+    return 0;
+}
+
+/* The same line counted over the jobs table, as the truth to match. */
+static void
+counted_line(const char *path, char out[1024])
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+
+    out[0] = '\0';
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db,
+                           "SELECT provider, coalesce(batch, '-'), state, "
+                           "count(*) FROM jobs GROUP BY provider, "
+                           "coalesce(batch, ''), state ORDER BY provider, "
+                           "coalesce(batch, ''), state",
+                           -1, &st, NULL),
+        SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        size_t len = strlen(out);
+        snprintf(out + len, 1024 - len, "%s/%s/%s=%lld;",
+                 sqlite3_column_text(st, 0), sqlite3_column_text(st, 1),
+                 sqlite3_column_text(st, 2),
+                 (long long)sqlite3_column_int64(st, 3));
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+static void
+assert_counts_kept(struct store *s, const char *path)
+{
+    char kept[1024] = "", counted[1024];
+    assert_int_equal(store_counts(s, counts_line, kept), 0);
+    counted_line(path, counted);
+    assert_string_equal(kept, counted);
+}
+
+/* The kept counts follow every path that moves a job: enqueue (one row
+ * and many), claim, outcomes, reclaim, retry, cancel and purge. */
+static void
+test_counts_are_kept_through_every_change(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct job *out[8];
+    struct jobspec many[3];
+    size_t inserted = 0;
+    long n = 0, jobs, attempts, pages;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    insert_n(s, "a", 6, T0);
+    insert_n(s, "b", 1, T0);
+    for (int i = 0; i < 3; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "n-%d", i);
+        many[i] = (struct jobspec){.provider = "a", .batch = "nightly",
+                                   .method = "POST", .path = "/v1/run",
+                                   .idempotency_key = strdup(key),
+                                   .max_attempts = 3};
+    }
+    assert_int_equal(store_insert_jobs(s, many, 3, T0, &inserted), 0);
+    assert_int_equal(store_insert_jobs(s, many, 3, T0, &inserted), 0);
+    assert_int_equal(inserted, 0); /* duplicates move nothing */
+    for (int i = 0; i < 3; i++)
+        free(many[i].idempotency_key);
+    assert_counts_kept(s, t.path);
+
+    assert_int_equal(claim(s, "a", 8, T0, "d1", out), 8);
+    free_jobs(out, 8);
+    assert_counts_kept(s, t.path);
+    struct job_update u = failure(1, 1, T0 + 10);
+    store_record(s, &u);
+    u = failure(2, 1, T0 + 10);
+    u.state = JOB_FAILED;
+    store_record(s, &u);
+    u = (struct job_update){.job_id = 3, .state = JOB_SUCCEEDED,
+                            .finished_at = T0 + 20};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_counts_kept(s, t.path);
+
+    assert_int_equal(store_reclaim_expired(s, T0 + LEASE_MS + 1, &n), 0);
+    assert_true(n > 0);
+    assert_counts_kept(s, t.path);
+    int64_t ids[2] = {2, 4};
+    assert_int_equal(store_retry(s, ids, 1, NULL, T0 + 30, &n), 0);
+    assert_int_equal(store_cancel(s, ids + 1, 1, NULL, T0 + 30, &n), 0);
+    assert_counts_kept(s, t.path);
+    struct store_select sel = {.finished_before = T0 + 1000};
+    assert_int_equal(store_purge(s, &sel, 1, &jobs, &attempts, &pages), 0);
+    assert_int_equal(jobs, 2);
+    assert_counts_kept(s, t.path);
+    assert_int_equal(store_pending_count(s, "a", &n), 0);
+    assert_int_equal(n, 7);
+    store_close(s);
+    tmpdb_remove(&t);
+}
+
+/* A database at version 5 gets migration 6: counts of the jobs already
+ * there, and batch_progress read from them. */
+static void
+test_migration_6_counts_the_jobs_already_there(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    sqlite3 *db;
+
+    tmpdb_make(&t);
+    assert_int_equal(sqlite3_open(t.path, &db), SQLITE_OK);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(
+            sqlite3_exec(db, sql_files[i].text, NULL, NULL, NULL),
+            SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "PRAGMA user_version = 5; INSERT INTO jobs (provider, "
+                     "batch, path, idempotency_key, state, created_at, "
+                     "updated_at, finished_at) VALUES "
+                     "('a', 'x', '/', 'k1', 'queued', 1, 1, NULL), "
+                     "('a', 'x', '/', 'k2', 'succeeded', 1, 1, 5), "
+                     "('a', NULL, '/', 'k3', 'failed', 1, 1, 7)",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    s = open_store(t.path);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
+    assert_counts_kept(s, t.path);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "SELECT total * 100 + done * 10 + "
+                                     "remaining FROM batch_progress "
+                                     "WHERE batch = 'x'"),
+                     211);
+    assert_int_equal(sql_int(t.path, "SELECT last_finished_at FROM "
+                                     "batch_progress WHERE batch = 'x'"),
+                     5);
+    assert_int_equal(sql_int(t.path, "SELECT first_created_at FROM "
+                                     "batch_progress WHERE batch IS NULL"),
                      1);
     tmpdb_remove(&t);
 }
@@ -1613,7 +2114,16 @@ main(void)
         cmocka_unit_test(test_record_copies_every_string),
         cmocka_unit_test(
             test_derived_key_is_sent_but_identity_key_still_dedups),
-        cmocka_unit_test(test_lease_owners_and_reclaim_of_a_dead_owner),
+        cmocka_unit_test(test_daemon_rows_register_beat_and_list),
+        cmocka_unit_test(
+            test_heartbeat_changes_on_every_beat_even_when_the_clock_goes_back),
+        cmocka_unit_test(test_reap_takes_back_a_dead_daemons_leases_and_row),
+        cmocka_unit_test(
+            test_reap_of_a_daemon_that_beat_since_the_verdict_does_nothing),
+        cmocka_unit_test(
+            test_a_registered_owners_leases_never_expire_by_the_wall_clock),
+        cmocka_unit_test(test_late_outcome_after_reclaim_is_not_written),
+        cmocka_unit_test(test_outcome_of_a_job_cancelled_in_flight_is_kept),
         cmocka_unit_test(
             test_uncharge_refunds_the_attempt_and_deferrals_are_stored),
         cmocka_unit_test(test_waiting_job_poll_claim_keeps_state_and_attempts),
@@ -1644,6 +2154,9 @@ main(void)
             test_purge_deletes_in_bounded_batches_and_gives_space_back),
         cmocka_unit_test(test_progress_has_rate_and_eta_from_the_last_minute),
         cmocka_unit_test(test_migration_3_upgrades_a_version_2_database),
+        cmocka_unit_test(test_counts_are_kept_through_every_change),
+        cmocka_unit_test(test_migration_6_counts_the_jobs_already_there),
+        cmocka_unit_test(test_outputs_rows_from_success_to_stored_or_failed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -499,46 +499,131 @@ test_outcome_of_a_job_cancelled_meanwhile_keeps_it_cancelled(void **state)
 }
 
 static void
-test_reclaim_returns_expired_leases_and_fails_the_exhausted(void **state)
+test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted(
+    void **state)
 {
     struct fixture *f = fx(state);
     struct store *s = open_store(f);
     struct job *jobs[4];
     struct jobspec one = spec("gen", "one", "one", 0);
-    char **owners;
-    size_t nowners;
+    struct daemon_row live = {.owner = (char *)"live",
+                              .host = (char *)"h",
+                              .pid = 7,
+                              .started_at = T0};
     long n;
     char t[64];
 
     one.max_attempts = 1;
     assert_int_equal(store_insert_job(s, &one, T0), 0);
     insert(s, "gen", "many", 0, T0);
-    insert(s, "gen", "dead", 0, T0);
-    assert_int_equal(claim(s, "gen", 2, T0, "h:1", jobs), 2);
+    insert(s, "gen", "kept", 0, T0);
+    assert_int_equal(claim(s, "gen", 2, T0, "gone", jobs), 2);
     free_jobs(jobs, 2);
-    assert_int_equal(claim(s, "gen", 2, T0, "h:999", jobs), 1);
+    assert_int_equal(store_daemon_register(s, &live), 0);
+    assert_int_equal(claim(s, "gen", 2, T0, "live", jobs), 1);
     free_jobs(jobs, 1);
-    assert_int_equal(store_lease_owners(s, &owners, &nowners), 0);
-    assert_int_equal(nowners, 2);
-    assert_string_equal(owners[0], "h:1");
-    assert_string_equal(owners[1], "h:999");
-    assert_null(owners[2]);
-    for (size_t i = 0; i < nowners; i++)
-        free(owners[i]);
-    free(owners);
 
-    assert_int_equal(store_reclaim_owner(s, "h:999", &n), 0);
-    assert_int_equal(n, 1);
-    assert_string_equal(job_text(s, "dead", "state", t, sizeof(t)), "queued");
     assert_int_equal(store_reclaim_expired(s, T0 + LEASE_MS - 1, &n), 0);
     assert_int_equal(n, 0);
-    assert_int_equal(store_reclaim_expired(s, T0 + LEASE_MS, &n), 0);
-    assert_int_equal(n, 2);
+    assert_int_equal(store_reclaim_expired(s, T0 + 10 * LEASE_MS, &n), 0);
+    assert_int_equal(n, 2); /* a registered daemon's lease never expires */
+    assert_string_equal(job_text(s, "kept", "state", t, sizeof(t)), "running");
     assert_string_equal(job_text(s, "many", "state", t, sizeof(t)), "queued");
     assert_int_equal(job_int(s, "many", "attempt_count"), 1);
     assert_string_equal(job_text(s, "one", "state", t, sizeof(t)), "failed");
     assert_string_equal(job_text(s, "one", "error_code", t, sizeof(t)),
                         "lease_expired");
+    store_close(s);
+}
+
+static void
+test_daemons_register_beat_and_reap(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct daemon_row a = {.owner = (char *)"aaaa",
+                           .host = (char *)"h1",
+                           .pid = 11,
+                           .started_at = T0};
+    struct daemon_row b = {.owner = (char *)"bbbb",
+                           .host = (char *)"h2",
+                           .pid = 22,
+                           .started_at = T0};
+    struct daemon_row *rows;
+    struct job *jobs[4];
+    size_t nrows;
+    bool present;
+    long n;
+    char t[64];
+
+    assert_int_equal(store_daemon_register(s, &a), 0);
+    assert_int_equal(store_daemon_register(s, &b), 0);
+    assert_int_equal(store_daemon_register(s, &a), -EEXIST);
+    insert(s, "gen", "j", 0, T0);
+    assert_int_equal(claim(s, "gen", 4, T0, "bbbb", jobs), 1);
+    free_jobs(jobs, 1);
+    /* a clock stepped back still moves the heartbeat */
+    assert_int_equal(store_daemon_beat(s, "aaaa", T0 - 5000, &present), 0);
+    assert_true(present);
+    assert_int_equal(store_daemons(s, &rows, &nrows), 0);
+    assert_int_equal(nrows, 2);
+    assert_string_equal(rows[0].owner, "aaaa");
+    assert_int_equal(rows[0].heartbeat_at, T0 + 1);
+    assert_string_equal(rows[1].host, "h2");
+    assert_int_equal(rows[1].pid, 22);
+    store_daemons_free(rows, nrows);
+
+    /* a verdict a beat has overtaken does nothing */
+    assert_int_equal(store_daemon_beat(s, "bbbb", T0 + 1000, &present), 0);
+    assert_int_equal(store_daemon_reap(s, "bbbb", T0, T0 + 2000, &n), -ESTALE);
+    assert_string_equal(job_text(s, "j", "state", t, sizeof(t)), "running");
+    assert_int_equal(store_daemon_reap(s, "bbbb", T0 + 1000, T0 + 2000, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(job_text(s, "j", "state", t, sizeof(t)), "queued");
+    assert_int_equal(store_daemon_beat(s, "bbbb", T0 + 3000, &present), 0);
+    assert_false(present);
+    store_close(s);
+}
+
+static void
+test_late_outcome_of_a_job_taken_back_is_not_written(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct daemon_row b = {
+        .owner = (char *)"b", .host = (char *)"h", .pid = 2, .started_at = T0};
+    struct job *jobs[2];
+    struct job_update u = {0};
+    json_t *row;
+    long n;
+    char t[64];
+
+    assert_int_equal(store_daemon_register(s, &b), 0);
+    insert(s, "gen", "j", 0, T0);
+    assert_int_equal(claim(s, "gen", 2, T0, "a", jobs), 1);
+    u.job_id = jobs[0]->id;
+    free_jobs(jobs, 1);
+    assert_int_equal(store_reclaim_expired(s, T0 + LEASE_MS, &n), 0);
+    assert_int_equal(claim(s, "gen", 2, T0 + LEASE_MS, "b", jobs), 1);
+    free_jobs(jobs, 1);
+    u.owner = "a";
+    u.state = JOB_FAILED;
+    u.has_attempt = true;
+    u.attempt = 1;
+    u.key_sent = "j";
+    u.started_at = T0;
+    u.finished_at = T0 + 10;
+    u.http_status = 400;
+    u.cls = ERR_INVALID_REQUEST;
+    u.code = "late";
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_string_equal(job_text(s, "j", "state", t, sizeof(t)), "running");
+    assert_string_equal(job_text(s, "j", "lease_owner", t, sizeof(t)), "b");
+    row = store_job_json(s, "j");
+    /* the request went out: its attempt row is kept */
+    assert_int_equal(json_array_size(json_object_get(row, "attempts")), 1);
+    json_decref(row);
     store_close(s);
 }
 
@@ -747,6 +832,120 @@ test_queries_status_jobs_progress_export_purge(void **state)
     store_close(s);
 }
 
+static int
+counts_cb(const char *provider, const char *batch, enum job_state st, long n,
+          void *arg)
+{
+    char key[128];
+    snprintf(key, sizeof(key), "%s/%s/%s", provider, batch ? batch : "-",
+             job_state_name(st));
+    json_object_set_new(arg, key, json_integer(n));
+    return 0;
+}
+
+static void
+test_kept_counts_follow_every_move(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct jobspec jobs[3] = {spec("gen", "a", "a", 0),
+                              spec("gen", "b", "b", 0),
+                              spec("gen", "c", "c", 0)};
+    struct job *claimed[4];
+    json_t *c = json_object();
+    long n;
+    size_t in;
+    int64_t ids[1];
+
+    jobs[2].batch = (char *)"night";
+    assert_int_equal(store_begin(s), 0);
+    assert_int_equal(store_insert_jobs(s, jobs, 3, T0, &in), 0);
+    assert_int_equal(store_commit(s), 0);
+    assert_int_equal(claim(s, "gen", 1, T0, "o", claimed), 1);
+    ids[0] = claimed[0]->id;
+    free_jobs(claimed, 1);
+    assert_int_equal(store_cancel(s, ids, 1, NULL, T0, &n), 0);
+    assert_int_equal(store_counts(s, counts_cb, c), 0);
+    assert_int_equal(json_integer_value(json_object_get(c, "gen/-/queued")), 1);
+    assert_int_equal(json_integer_value(json_object_get(c, "gen/-/cancelled")),
+                     1);
+    assert_int_equal(json_integer_value(json_object_get(c, "gen/night/queued")),
+                     1);
+    assert_null(json_object_get(c, "gen/-/running")); /* n = 0: skipped */
+    assert_int_equal(json_object_size(c), 3);
+    json_decref(c);
+    assert_int_equal(store_pending_count(s, "gen", &n), 0);
+    assert_int_equal(n, 2);
+    store_close(s);
+}
+
+static void
+test_outputs_of_a_success_are_claimed_recorded_and_retried(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct job *jobs[2];
+    struct job_update u = {0};
+    const char *urls[] = {"https://cdn.example/a.png",
+                          "https://cdn.example/b\"q.png"};
+    struct output_claim oc[4];
+    struct output_result res = {0};
+    long pending, stored, failed, changed;
+    int64_t due;
+    int n;
+    json_t *list;
+
+    insert(s, "gen", "j", 0, T0);
+    assert_int_equal(claim(s, "gen", 2, T0, "o", jobs), 1);
+    u.job_id = jobs[0]->id;
+    free_jobs(jobs, 1);
+    u.owner = "o";
+    u.state = JOB_SUCCEEDED;
+    u.http_status = 200;
+    u.finished_at = T0 + 5;
+    u.output_urls = urls;
+    u.noutput_urls = 2;
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_outputs_counts(s, &pending, &stored, &failed), 0);
+    assert_int_equal(pending, 2);
+    assert_int_equal(store_outputs_next_due(s, &due), 0);
+    assert_int_equal(due, T0 + 5);
+    assert_int_equal(store_outputs_claim(s, 4, T0 + 10, LEASE_MS, "o", oc, &n),
+                     0);
+    assert_int_equal(n, 2);
+    assert_string_equal(oc[1].url, "https://cdn.example/b\"q.png");
+    assert_string_equal(oc[0].provider, "gen");
+    assert_int_equal(oc[0].attempts, 1);
+    res.id = oc[0].id;
+    res.state = "stored";
+    res.path = "/out/ab/abc";
+    res.sha256 = "abc";
+    res.bytes = 3;
+    assert_int_equal(store_output_record(s, &res, T0 + 20), 0);
+    memset(&res, 0, sizeof(res));
+    res.id = oc[1].id;
+    res.state = "failed";
+    res.error = "404";
+    assert_int_equal(store_output_record(s, &res, T0 + 20), 0);
+    output_claim_clear(&oc[0]);
+    output_claim_clear(&oc[1]);
+    assert_int_equal(store_outputs_counts(s, &pending, &stored, &failed), 0);
+    assert_int_equal(stored, 1);
+    assert_int_equal(failed, 1);
+    list = store_outputs_json(s, NULL, "stored");
+    assert_int_equal(json_array_size(list), 1);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_array_get(list, 0), "bytes")),
+        3);
+    json_decref(list);
+    assert_int_equal(store_outputs_retry(s, NULL, T0 + 30, &changed), 0);
+    assert_int_equal(changed, 1);
+    assert_int_equal(store_outputs_counts(s, &pending, &stored, &failed), 0);
+    assert_int_equal(pending, 1);
+    store_close(s);
+}
+
 /* --- wakeups ------------------------------------------------------------- */
 
 static void
@@ -838,7 +1037,12 @@ main(void)
         BOTH(test_polls_are_claimed_apart_and_stay_waiting),
         BOTH(test_flush_writes_success_failure_and_attempt_rows),
         BOTH(test_outcome_of_a_job_cancelled_meanwhile_keeps_it_cancelled),
-        BOTH(test_reclaim_returns_expired_leases_and_fails_the_exhausted),
+        BOTH(
+            test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted),
+        BOTH(test_daemons_register_beat_and_reap),
+        BOTH(test_late_outcome_of_a_job_taken_back_is_not_written),
+        BOTH(test_kept_counts_follow_every_move),
+        BOTH(test_outputs_of_a_success_are_claimed_recorded_and_retried),
         BOTH(test_counts_and_next_due),
         BOTH(test_failures_retry_and_cancel_by_selection),
         BOTH(test_queries_status_jobs_progress_export_purge),

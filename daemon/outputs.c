@@ -1,0 +1,762 @@
+/*
+ * outputs: the download scheduler (DESIGN §13).
+ *
+ * How it works. A succeeded job of a provider with outputs = download
+ * gets one pending row per output URL, committed with the success itself
+ * (dispatch.c, store_record). This module claims due pending rows in one
+ * UPDATE … RETURNING (a lease, like a job's), at most `concurrency` at a
+ * time, separate from every lane: a provider's generation requests never
+ * wait behind downloads, and downloads never take a lane's slots. Each
+ * claimed row is fetched with a GET through http.c, the body streamed by
+ * http's sink into a temporary file under outputs_dir/.partial while its
+ * SHA-256 is computed. When the transfer ends well, a libuv work item (the
+ * thread pool: fsync must not stall the loop) fsyncs the file, renames it
+ * to outputs_dir/ab/abcdef… (the hex digest, so equal bytes are stored
+ * once and a repeated download lands on the same name) and fsyncs the
+ * directory; only then is the row marked stored. A crash before that
+ * leaves the row pending under a lease the next start frees (dead owner)
+ * or that expires, and the download runs again.
+ *
+ * Credentials: a provider's auth headers go with a download only when the
+ * URL is on the provider's origin (dispatch.c decides, outputs_auth_fn).
+ * Redirects are followed here, not by curl, so each hop is judged again.
+ *
+ * Failures: no answer, 408, 425, 429 and 5xx are retried with full-jitter
+ * backoff up to OUTPUTS_MAX_ATTEMPTS fetches; anything else (an expired
+ * URL's 403, a 404, a body over the cap) fails the row at once. The job
+ * stays succeeded: the row carries the error, and `sluicectl outputs
+ * --retry` puts failed rows back.
+ *
+ * Rejected: resuming a partial file with Range (signed URLs change and
+ * servers ignore Range; a restart costs one re-fetch of files that are
+ * mostly megabytes); downloading inside the lane (a slow CDN would hold the
+ * provider's concurrency); a thread per download (the loop already
+ * multiplexes sockets, and one writer keeps SQLite simple).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sluice/clock.h"
+#include "sluice/http.h"
+#include "sluice/log.h"
+#include "sluice/outputs.h"
+#include "sluice/retry.h"
+#include "sluice/store.h"
+#include "sluice/url.h"
+#include "sluice/xmalloc.h"
+
+/* Backoff of a failed download: 1 s doubling to 5 min, so six fetches
+ * span a few minutes, well inside the hour the shortest-lived URLs live. */
+#define OUTPUTS_BACKOFF_BASE_MS 1000
+#define OUTPUTS_BACKOFF_CAP_MS 300000
+/* A retry sooner than this only hammers a struggling server. */
+#define OUTPUTS_BACKOFF_MIN_MS 250
+/* Most claims per statement (the concurrency bounds it anyway). */
+#define OUTPUTS_CLAIM_MAX 64
+/* A claim or a record that met a lock is tried again this often. */
+#define OUTPUTS_BUSY_RETRY_MS 50
+/* Redirect hops followed per fetch: CDNs use one or two. */
+#define OUTPUTS_MAX_REDIRECTS 5
+/* Connecting to a file server; the whole transfer has the lease (below). */
+#define OUTPUTS_CONNECT_TIMEOUT_MS 10000
+/* Temporary files live here, inside outputs_dir so rename stays on one
+ * file system. */
+#define OUTPUTS_PARTIAL ".partial"
+#define NEVER INT64_MAX
+
+enum dl_phase {
+    DL_FETCH,  /* transfer in flight */
+    DL_FILE,   /* fsync and rename on the thread pool */
+    DL_RECORD, /* waiting to write the row (database locked) */
+};
+
+struct dl {
+    struct outputs *o;
+    struct output_claim c;
+    enum dl_phase phase;
+    struct http_xfer *xfer;
+    char *url;                /* this hop's URL */
+    int hops;                 /* redirects followed */
+    char **headers;           /* owned copy, NULL-terminated, or NULL */
+    char *tmp;                /* temporary file */
+    int fd;                   /* open on tmp, -1 when closed */
+    EVP_MD_CTX *sha;
+    int64_t bytes;
+    char *content_type;
+    /* the file work */
+    uv_work_t work;
+    char hex[65];
+    char *path;               /* final file */
+    int work_err;             /* negative errno of the file work */
+    const char *work_what;    /* which step failed */
+    /* the row to write */
+    struct output_result res;
+    char error[320];
+    struct dl *prev, *next;
+};
+
+struct outputs {
+    uv_loop_t *loop;
+    struct store *store;
+    struct http *http;
+    char *dir;
+    char *partial;            /* dir/.partial */
+    int concurrency;
+    size_t max_size;
+    int64_t lease_ms;
+    char *owner;
+    outputs_auth_fn auth;
+    void *auth_arg;
+    uv_timer_t *timer;        /* next claim or record retry; owns o */
+    int64_t timer_at;         /* when it fires, NEVER if idle */
+    struct dl *dls;           /* in flight, doubly linked */
+    int active;
+    bool started;
+    bool stopping;
+    void (*on_stopped)(void *);
+    void *stopped_arg;
+    bool freed;
+};
+
+static void pump(struct outputs *o);
+static void schedule(struct outputs *o, int64_t at);
+
+/* --- pure policy ---------------------------------------------------------- */
+
+char *
+outputs_path(const char *dir, const char *sha)
+{
+    return xasprintf("%s/%.2s/%s", dir, sha, sha);
+}
+
+int64_t
+outputs_retry_delay_ms(int attempts, double u)
+{
+    struct retry_policy p = {
+        .base_ms = OUTPUTS_BACKOFF_BASE_MS,
+        .cap_ms = OUTPUTS_BACKOFF_CAP_MS,
+    };
+    int64_t d = retry_backoff_ms(&p, attempts < 1 ? 1 : attempts, u);
+    return d < OUTPUTS_BACKOFF_MIN_MS ? OUTPUTS_BACKOFF_MIN_MS : d;
+}
+
+bool
+outputs_retryable(int status, bool transport_failure, bool too_large)
+{
+    if (too_large)
+        return false;
+    if (status == 0)
+        return transport_failure;
+    return status == 408 || status == 425 || status == 429 || status >= 500;
+}
+
+char *
+outputs_redirect_url(const char *url, const char *location)
+{
+    size_t n;
+
+    if (location == NULL || *location == '\0')
+        return NULL;
+    if (url_origin_len(location) > 0)
+        return xstrdup(location);
+    /* "//host/path" keeps the scheme; a bare path keeps the origin. */
+    if (location[0] == '/' && location[1] == '/') {
+        const char *colon = strchr(url, ':');
+        if (colon == NULL || url_origin_len(url) == 0)
+            return NULL;
+        return xasprintf("%.*s:%s", (int)(colon - url), url, location);
+    }
+    if (location[0] != '/' || (n = url_origin_len(url)) == 0)
+        return NULL;
+    return xasprintf("%.*s%s", (int)n, url, location);
+}
+
+/* --- one download ---------------------------------------------------------- */
+
+static void
+free_strv(char **v)
+{
+    for (char **p = v; p && *p; p++)
+        free(*p);
+    free(v);
+}
+
+static char **
+copy_strv(const char *const *v)
+{
+    size_t n = 0;
+    char **out;
+    if (v == NULL)
+        return NULL;
+    while (v[n])
+        n++;
+    out = xcalloc(n + 1, sizeof(char *));
+    for (size_t i = 0; i < n; i++)
+        out[i] = xstrdup(v[i]);
+    return out;
+}
+
+static void
+dl_close_file(struct dl *d, bool remove)
+{
+    if (d->fd >= 0) {
+        close(d->fd);
+        d->fd = -1;
+    }
+    if (remove && d->tmp != NULL)
+        unlink(d->tmp);
+}
+
+static void
+dl_free(struct dl *d)
+{
+    struct outputs *o = d->o;
+
+    if (d->prev)
+        d->prev->next = d->next;
+    else
+        o->dls = d->next;
+    if (d->next)
+        d->next->prev = d->prev;
+    o->active--;
+    dl_close_file(d, true);
+    EVP_MD_CTX_free(d->sha);
+    output_claim_clear(&d->c);
+    free(d->url);
+    free_strv(d->headers);
+    free(d->tmp);
+    free(d->content_type);
+    free(d->path);
+    free(d);
+}
+
+/* Writes the row; on a lock, keeps d and tries again shortly. */
+static void
+dl_record(struct dl *d)
+{
+    struct outputs *o = d->o;
+    int rc;
+
+    d->phase = DL_RECORD;
+    d->res.id = d->c.id;
+    rc = store_output_record(o->store, &d->res, clock_now_ms());
+    if (rc == -EBUSY && !o->stopping) {
+        schedule(o, clock_now_ms() + OUTPUTS_BUSY_RETRY_MS);
+        return;
+    }
+    if (rc < 0)
+        log_warnx("output %" PRId64 ": not recorded (%s); fetched again "
+                  "once its lease ends",
+                  d->c.id, strerror(-rc));
+    dl_free(d);
+    if (o->stopping) {
+        if (o->active == 0 && o->on_stopped) {
+            void (*cb)(void *) = o->on_stopped;
+            o->on_stopped = NULL;
+            cb(o->stopped_arg);
+        }
+    } else {
+        schedule(o, 0);
+    }
+}
+
+/* The fetch failed (or was cut short): try again later, or give up. */
+static void
+dl_failed(struct dl *d, bool retryable, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+dl_failed(struct dl *d, bool retryable, const char *fmt, ...)
+{
+    va_list ap;
+    int64_t now = clock_now_ms();
+
+    va_start(ap, fmt);
+    vsnprintf(d->error, sizeof(d->error), fmt, ap);
+    va_end(ap);
+    dl_close_file(d, true);
+    memset(&d->res, 0, sizeof(d->res));
+    d->res.error = d->error;
+    if (retryable && d->c.attempts < OUTPUTS_MAX_ATTEMPTS) {
+        int64_t delay = outputs_retry_delay_ms(d->c.attempts, clock_random());
+        d->res.state = "pending";
+        d->res.run_after = now + delay;
+        log_info("output %" PRId64 " of job %" PRId64 ": %s, retry in %" PRId64
+                 " ms (fetch %d of %d)",
+                 d->c.id, d->c.job_id, d->error, delay, d->c.attempts,
+                 OUTPUTS_MAX_ATTEMPTS);
+    } else {
+        d->res.state = "failed";
+        d->res.run_after = now;
+        log_warnx("output %" PRId64 " of job %" PRId64 ": %s, failed after "
+                  "%d fetches",
+                  d->c.id, d->c.job_id, d->error, d->c.attempts);
+    }
+    dl_record(d);
+}
+
+/* The body of a 2xx answer, chunk by chunk (http.h sink). */
+static int
+on_http_sink(const void *data, size_t len, void *arg)
+{
+    struct dl *d = arg;
+    const char *p = data;
+    size_t left = len;
+
+    while (left > 0) {
+        ssize_t n = write(d->fd, p, left);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        left -= (size_t)n;
+    }
+    EVP_DigestUpdate(d->sha, data, len);
+    d->bytes += (int64_t)len;
+    return 0;
+}
+
+/* fsync(2) of the directory holding path. */
+static int
+fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = 0;
+    if (fd < 0)
+        return -errno;
+    if (fsync(fd) < 0)
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+/* On the thread pool: the file made durable under its final name. Plain
+ * system calls on d's own fields only. */
+static void
+on_uv_work(uv_work_t *w)
+{
+    struct dl *d = w->data;
+    char *sub = xasprintf("%s/%.2s", d->o->dir, d->hex);
+    bool made = true;
+    int fd = d->fd;
+
+    d->fd = -1;
+    d->work_err = 0;
+    d->work_what = NULL;
+    if (fsync(fd) < 0) {
+        d->work_err = -errno;
+        d->work_what = "fsync";
+    }
+    if (close(fd) < 0 && d->work_err == 0) {
+        d->work_err = -errno;
+        d->work_what = "close";
+    }
+    if (d->work_err < 0)
+        goto done;
+    if (mkdir(sub, 0755) < 0) {
+        made = false;
+        if (errno != EEXIST) {
+            d->work_err = -errno;
+            d->work_what = "mkdir";
+            goto done;
+        }
+    }
+    if (rename(d->tmp, d->path) < 0) {
+        d->work_err = -errno;
+        d->work_what = "rename";
+        goto done;
+    }
+    /* The rename is durable once its directory is; a new directory is
+     * durable once its parent is. */
+    d->work_err = fsync_dir(sub);
+    if (d->work_err == 0 && made)
+        d->work_err = fsync_dir(d->o->dir);
+    if (d->work_err < 0)
+        d->work_what = "fsync directory";
+done:
+    free(sub);
+}
+
+static void
+on_uv_after_work(uv_work_t *w, int status)
+{
+    struct dl *d = w->data;
+
+    (void)status; /* never cancelled: uv_cancel is not used */
+    if (d->work_err < 0) {
+        /* A full or failing disk may recover: retried like a transfer. */
+        dl_failed(d, true, "%s %s: %s", d->work_what, d->path,
+                  strerror(-d->work_err));
+        return;
+    }
+    free(d->tmp);
+    d->tmp = NULL; /* renamed: nothing to remove */
+    memset(&d->res, 0, sizeof(d->res));
+    d->res.state = "stored";
+    d->res.path = d->path;
+    d->res.sha256 = d->hex;
+    d->res.bytes = d->bytes;
+    d->res.content_type = d->content_type;
+    log_debug("output %" PRId64 " of job %" PRId64 ": %" PRId64
+              " bytes stored as %s",
+              d->c.id, d->c.job_id, d->bytes, d->path);
+    dl_record(d);
+}
+
+static int dl_fetch(struct dl *d);
+
+static void
+on_http_done(const struct http_response *r, void *data)
+{
+    struct dl *d = data;
+    struct outputs *o = d->o;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+
+    d->xfer = NULL;
+    if (r->cancelled) {
+        /* Shutdown: the row goes back as it was, this fetch not counted. */
+        dl_close_file(d, true);
+        memset(&d->res, 0, sizeof(d->res));
+        d->res.state = "pending";
+        d->res.run_after = clock_now_ms();
+        d->res.uncharge = true;
+        snprintf(d->error, sizeof(d->error), "download interrupted by "
+                                             "shutdown");
+        d->res.error = d->error;
+        dl_record(d);
+        return;
+    }
+    if (r->status >= 300 && r->status < 400 && r->curl_code == 0 &&
+        r->status != 304) {
+        char *next = outputs_redirect_url(
+            d->url, http_response_header(r, "Location"));
+        if (next == NULL || ++d->hops > OUTPUTS_MAX_REDIRECTS) {
+            bool had = next != NULL;
+            free(next);
+            dl_failed(d, false, "HTTP %d: %s", r->status,
+                      had ? "too many redirects"
+                          : "redirect without a usable Location");
+            return;
+        }
+        free(d->url);
+        d->url = next;
+        int rc = dl_fetch(d);
+        if (rc < 0)
+            dl_failed(d, rc != -EILSEQ && rc != -EINVAL,
+                      "cannot follow the redirect: %s", strerror(-rc));
+        return;
+    }
+    if (r->curl_code != 0 || r->status < 200 || r->status >= 300) {
+        if (r->curl_code != 0)
+            dl_failed(d, outputs_retryable(r->status, true, r->too_large),
+                      "%s", r->error);
+        else
+            dl_failed(d, outputs_retryable(r->status, false, false),
+                      "HTTP %d", r->status);
+        return;
+    }
+    EVP_DigestFinal_ex(d->sha, md, &mdlen);
+    for (unsigned i = 0; i < mdlen && i < 32; i++)
+        snprintf(d->hex + 2 * i, 3, "%02x", md[i]);
+    const char *ct = http_response_header(r, "Content-Type");
+    d->content_type = ct ? xstrdup(ct) : NULL;
+    d->path = outputs_path(o->dir, d->hex);
+    d->phase = DL_FILE;
+    d->work.data = d;
+    int rc = uv_queue_work(o->loop, &d->work, on_uv_work, on_uv_after_work);
+    if (rc < 0)
+        dl_failed(d, true, "uv_queue_work: %s", uv_strerror(rc));
+}
+
+/* Opens a fresh temporary file and starts the GET of d->url. */
+static int
+dl_fetch(struct dl *d)
+{
+    struct outputs *o = d->o;
+    int rc;
+
+    dl_close_file(d, true);
+    if (d->tmp == NULL)
+        d->tmp = xasprintf("%s/%" PRId64 ".%ld", o->partial, d->c.id,
+                           (long)getpid());
+    d->fd = open(d->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (d->fd < 0)
+        return -errno;
+    d->bytes = 0;
+    EVP_MD_CTX_free(d->sha);
+    d->sha = EVP_MD_CTX_new();
+    if (d->sha == NULL || !EVP_DigestInit_ex(d->sha, EVP_sha256(), NULL))
+        fatalx("outputs: SHA-256 context failed");
+    free_strv(d->headers);
+    d->headers = copy_strv(o->auth(d->c.provider, d->url, o->auth_arg));
+
+    struct http_request req = {
+        .method = "GET",
+        .url = d->url,
+        .headers = (const char *const *)d->headers,
+        /* The lease must outlive the transfer, or another daemon could
+         * claim the row mid-download: nine tenths of it. */
+        .timeout_ms = o->lease_ms / 10 * 9,
+        .connect_timeout_ms = OUTPUTS_CONNECT_TIMEOUT_MS,
+        .max_response = o->max_size,
+        .sink = on_http_sink,
+        .sink_arg = d,
+    };
+    d->phase = DL_FETCH;
+    rc = http_submit(o->http, &req, on_http_done, d, &d->xfer);
+    if (rc < 0)
+        dl_close_file(d, true);
+    return rc;
+}
+
+static void
+dl_start(struct outputs *o, struct output_claim *c)
+{
+    struct dl *d = xcalloc(1, sizeof(*d));
+    int rc;
+
+    d->o = o;
+    d->c = *c;
+    memset(c, 0, sizeof(*c)); /* d owns the strings now */
+    d->fd = -1;
+    d->url = xstrdup(d->c.url);
+    d->next = o->dls;
+    if (o->dls)
+        o->dls->prev = d;
+    o->dls = d;
+    o->active++;
+    log_debug("output %" PRId64 " of job %" PRId64 ": fetch %d of %s",
+              d->c.id, d->c.job_id, d->c.attempts, d->url);
+    rc = dl_fetch(d);
+    if (rc < 0)
+        dl_failed(d, rc != -EILSEQ && rc != -EINVAL, "cannot start: %s",
+                  strerror(-rc));
+}
+
+/* --- the scheduler ------------------------------------------------------- */
+
+static void
+on_uv_timer(uv_timer_t *t)
+{
+    struct outputs *o = t->data;
+    o->timer_at = NEVER;
+    /* Records that met a lock go first: they hold concurrency slots. */
+    for (struct dl *d = o->dls, *nx; d; d = nx) {
+        nx = d->next;
+        if (d->phase == DL_RECORD)
+            dl_record(d);
+    }
+    pump(o);
+}
+
+/* Runs pump at unix ms at (0: on the next loop turn), unless it runs
+ * earlier anyway. */
+static void
+schedule(struct outputs *o, int64_t at)
+{
+    int64_t now = clock_now_ms();
+    if (o->freed || !o->started)
+        return;
+    if (at < now)
+        at = now;
+    if (o->timer_at <= at)
+        return;
+    o->timer_at = at;
+    uv_timer_start(o->timer, on_uv_timer, (uint64_t)(at - now), 0);
+}
+
+static void
+pump(struct outputs *o)
+{
+    struct output_claim claims[OUTPUTS_CLAIM_MAX];
+    int64_t now = clock_now_ms(), due = 0;
+    int want = o->concurrency - o->active, got = 0;
+
+    if (o->stopping || !o->started || want <= 0)
+        return;
+    if (want > OUTPUTS_CLAIM_MAX)
+        want = OUTPUTS_CLAIM_MAX;
+    if (store_outputs_claim(o->store, want, now, o->lease_ms, o->owner,
+                            claims, &got) < 0) {
+        schedule(o, now + OUTPUTS_BUSY_RETRY_MS);
+        return;
+    }
+    for (int i = 0; i < got; i++)
+        dl_start(o, &claims[i]);
+    if (got < want && store_outputs_next_due(o->store, &due) == 0 && due > 0)
+        schedule(o, due);
+}
+
+/* Removes temporary files no live download can own: older than a lease
+ * (a live transfer writes to its file all the time). */
+static void
+clean_partial(struct outputs *o)
+{
+    DIR *dir = opendir(o->partial);
+    struct dirent *e;
+    time_t limit = time(NULL) - (time_t)(o->lease_ms / 1000);
+    long n = 0;
+
+    if (dir == NULL)
+        return;
+    while ((e = readdir(dir)) != NULL) {
+        struct stat st;
+        if (e->d_name[0] == '.')
+            continue;
+        char *p = xasprintf("%s/%s", o->partial, e->d_name);
+        if (stat(p, &st) == 0 && S_ISREG(st.st_mode) &&
+            st.st_mtime < limit && unlink(p) == 0)
+            n++;
+        free(p);
+    }
+    closedir(dir);
+    if (n > 0)
+        log_info("outputs: %ld stale partial files removed", n);
+}
+
+static int
+make_dir(const char *path)
+{
+    if (mkdir(path, 0755) < 0 && errno != EEXIST) {
+        int rc = -errno;
+        log_error("outputs: mkdir %s: %s", path, strerror(errno));
+        return rc;
+    }
+    return 0;
+}
+
+struct outputs *
+outputs_new(uv_loop_t *loop, struct store *s, struct http *h,
+            const struct outputs_params *p, outputs_auth_fn auth,
+            void *auth_arg)
+{
+    struct outputs *o = xcalloc(1, sizeof(*o));
+
+    o->loop = loop;
+    o->store = s;
+    o->http = h;
+    o->dir = xstrdup(p->dir);
+    o->partial = xasprintf("%s/%s", p->dir, OUTPUTS_PARTIAL);
+    o->owner = xstrdup(p->owner);
+    o->auth = auth;
+    o->auth_arg = auth_arg;
+    o->timer_at = NEVER;
+    outputs_configure(o, p);
+    o->timer = xmalloc(sizeof(*o->timer));
+    uv_timer_init(loop, o->timer);
+    o->timer->data = o;
+    return o;
+}
+
+int
+outputs_start(struct outputs *o)
+{
+    int rc;
+    if ((rc = make_dir(o->dir)) < 0 || (rc = make_dir(o->partial)) < 0)
+        return rc;
+    clean_partial(o);
+    o->started = true;
+    schedule(o, 0);
+    return 0;
+}
+
+void
+outputs_kick(struct outputs *o)
+{
+    if (o != NULL && o->active < o->concurrency)
+        schedule(o, 0);
+}
+
+void
+outputs_configure(struct outputs *o, const struct outputs_params *p)
+{
+    if (strcmp(p->dir, o->dir) != 0)
+        log_warnx("outputs: outputs_dir %s takes effect at the next start "
+                  "(%s in use)",
+                  p->dir, o->dir);
+    o->concurrency = p->concurrency > 0 ? p->concurrency : 1;
+    o->max_size = p->max_size;
+    o->lease_ms = p->lease_ms;
+    outputs_kick(o);
+}
+
+int
+outputs_active(const struct outputs *o)
+{
+    return o ? o->active : 0;
+}
+
+bool
+outputs_idle(struct outputs *o)
+{
+    int64_t due = 0;
+    if (o->active > 0)
+        return false;
+    return store_outputs_next_due(o->store, &due) == 0 && due == 0;
+}
+
+void
+outputs_stop(struct outputs *o, void (*on_stopped)(void *), void *arg)
+{
+    o->stopping = true;
+    o->on_stopped = on_stopped;
+    o->stopped_arg = arg;
+    uv_timer_stop(o->timer);
+    o->timer_at = NEVER;
+    /* Cancelling runs each callback now, which records and frees. */
+    for (struct dl *d = o->dls, *nx; d; d = nx) {
+        nx = d->next;
+        if (d->phase == DL_FETCH && d->xfer != NULL)
+            http_cancel(d->xfer);
+    }
+    /* Records still blocked by a lock get one last try each. */
+    for (struct dl *d = o->dls, *nx; d; d = nx) {
+        nx = d->next;
+        if (d->phase == DL_RECORD)
+            dl_record(d);
+    }
+    if (o->active == 0 && o->on_stopped) {
+        o->on_stopped = NULL;
+        on_stopped(arg);
+    }
+}
+
+static void
+on_uv_timer_close(uv_handle_t *h)
+{
+    struct outputs *o = h->data;
+    free(h);
+    free(o);
+}
+
+void
+outputs_free(struct outputs *o)
+{
+    if (o == NULL)
+        return;
+    if (!o->stopping)
+        outputs_stop(o, NULL, NULL);
+    /* Only file work can be left (stop cancelled the rest); it cannot
+     * be interrupted, and its callback needs d and o. */
+    while (o->active > 0)
+        uv_run(o->loop, UV_RUN_ONCE);
+    o->freed = true;
+    free(o->dir);
+    free(o->partial);
+    free(o->owner);
+    uv_close((uv_handle_t *)o->timer, on_uv_timer_close);
+}

@@ -1,0 +1,240 @@
+"""Output downloads (DESIGN section 13) through the real sluiced and the fake
+provider, which serves real bytes at the URLs of its FLORA run results and
+FlyMyAI generations: every output of a succeeded job of a provider with
+`outputs = download` lands in outputs_dir/ab/abcdef... named by the SHA-256
+of its bytes; transient download failures are retried, permanent ones fail
+the output row and never the job; a restart mid-download fetches again;
+credentials go only to the provider's own origin."""
+import hashlib
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (  # noqa: E402
+    Env, Fake, drain_ok, enqueue_ok, http, run, wait_for)
+
+
+def flora(fake, **kw):
+    conf = {
+        "dialect": "flora",
+        "base_url": fake.url + "/flora",
+        "api_key": "sk-test-flora",
+        "concurrency_start": 8,
+        "adaptive": "no",
+        "backoff_base": "20ms",
+        "backoff_cap": "200ms",
+        "poll_interval": "100ms",
+        "timeout": "10s",
+        "outputs": "download",
+    }
+    conf.update(kw)
+    return conf
+
+
+def run_job(cid, then=None, polls=1):
+    step = {"async": {"polls": polls}}
+    if then is not None:
+        step["async"]["then"] = then
+    return {"custom_id": cid, "url": "/techniques/thumbnail-v3/runs",
+            "provider": "flora",
+            "body": {"inputs": [{"id": "prompt", "value": cid}],
+                     "mode": "async", "_fake": {"script": [step]}}}
+
+
+def daemon_conf(env, **kw):
+    conf = {"outputs_dir": os.path.join(env.path, "outputs")}
+    conf.update(kw)
+    return conf
+
+
+def fake_sha(fake, url):
+    """SHA-256 of the bytes the fake serves at url, read from its
+    uncounted, unscripted mirror /_files/..."""
+    path = url.split("/files", 1)[1]
+    status, _, body = http("GET", fake.url + "/_files" + path)
+    assert status == 200, (status, url)
+    return hashlib.sha256(body).hexdigest(), len(body)
+
+
+def file_sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def downloads(fake, path_part=""):
+    return [e for e in fake.log()
+            if e["method"] == "GET" and e["path"].startswith("/files/")
+            and path_part in e["path"]]
+
+
+def outputs_of(env, cid):
+    return env.rows("SELECT o.* FROM outputs o JOIN jobs j ON j.id = "
+                    "o.job_id WHERE j.custom_id = ? ORDER BY o.id", cid)
+
+
+def assert_stored(env, fake, row):
+    outdir = os.path.join(env.path, "outputs")
+    assert row["state"] == "stored", row
+    want, size = fake_sha(fake, row["url"])
+    assert row["sha256"] == want, (row, want)
+    assert row["bytes"] == size, row
+    assert row["path"] == os.path.join(outdir, want[:2], want), row
+    assert file_sha(row["path"]) == want
+    assert row["content_type"] == "image/png", row
+    assert row["error"] is None and row["fetched_at"] > 0, row
+
+
+def test_twenty_async_flora_jobs_store_twenty_files_by_content():
+    with Fake("--quiet") as fake, Env() as env:
+        env.write_config({"flora": flora(fake)}, daemon=daemon_conf(env))
+        enqueue_ok(env, [run_job("img-%02d" % i) for i in range(20)])
+        drain_ok(env, timeout=120)
+        jobs = env.rows("SELECT state FROM jobs")
+        assert [j["state"] for j in jobs] == ["succeeded"] * 20, jobs
+        rows = env.rows("SELECT * FROM outputs ORDER BY id")
+        assert len(rows) == 20, rows
+        for row in rows:
+            assert_stored(env, fake, row)
+            assert row["attempts"] == 1, row
+        # 20 different files on disk, nothing left half-written
+        outdir = os.path.join(env.path, "outputs")
+        files = [os.path.join(d, f) for d, _, fs in os.walk(outdir)
+                 for f in fs]
+        assert len([f for f in files if ".partial" not in f]) == 20, files
+        assert os.listdir(os.path.join(outdir, ".partial")) == []
+        # the fake's origin is the provider's: its key went along
+        got = downloads(fake)
+        assert len(got) == 20, got
+        for e in got:
+            assert e["headers"].get("authorization") == \
+                "Bearer sk-test-flora", e["headers"]
+
+
+def test_download_failing_twice_then_succeeding_is_stored():
+    with Fake("--quiet") as fake, Env() as env:
+        env.write_config({"flora": flora(fake)}, daemon=daemon_conf(env))
+        enqueue_ok(env, [run_job("flaky", {"download_fail": 2})])
+        err = drain_ok(env, timeout=60)
+        [row] = outputs_of(env, "flaky")
+        assert_stored(env, fake, row)
+        assert row["attempts"] == 3, row
+        assert [e["status"] for e in downloads(fake)] == [503, 503, 200]
+        assert "retry in" in err, err
+
+
+def test_permanent_download_failure_fails_the_output_not_the_job():
+    with Fake("--quiet") as fake, Env() as env:
+        env.write_config({"flora": flora(fake)}, daemon=daemon_conf(env))
+        enqueue_ok(env, [run_job("gone", {"download_fail": 9,
+                                          "download_status": 404,
+                                          "outputs": 2})])
+        drain_ok(env, timeout=60)
+        job = env.rows("SELECT state FROM jobs")[0]
+        assert job["state"] == "succeeded", job
+        rows = outputs_of(env, "gone")
+        assert [r["state"] for r in rows] == ["failed", "failed"], rows
+        for r in rows:
+            assert r["error"] == "HTTP 404" and r["attempts"] == 1, r
+            assert r["path"] is None, r
+        assert len(downloads(fake)) == 2
+
+
+def test_output_over_the_size_cap_fails():
+    with Fake("--quiet") as fake, Env() as env:
+        env.write_config({"flora": flora(fake)},
+                         daemon=daemon_conf(env, outputs_max_size="1K"))
+        enqueue_ok(env, [run_job("big", {"output_bytes": 5000})])
+        drain_ok(env, timeout=60)
+        [row] = outputs_of(env, "big")
+        assert row["state"] == "failed", row
+        assert "1024" in row["error"], row
+        assert row["attempts"] == 1, row
+
+
+def restart_mid_download(sig):
+    with Fake("--quiet") as fake, Env() as env:
+        env.write_config({"flora": flora(fake)}, daemon=daemon_conf(env))
+        enqueue_ok(env, [run_job("slow", {"download_stall_ms": 30000,
+                                          "output_bytes": 200000})])
+        d = env.daemon()
+        wait_for(lambda: len(downloads(fake)) == 1, 30,
+                 message="the download never started")
+        # mid-body: half the bytes sent, the other half 30 s away
+        d.signal(sig)
+        d.wait(30)
+        [row] = outputs_of(env, "slow")
+        assert row["state"] == "pending", row
+        if sig == signal.SIGTERM:
+            # handed back: not counted, no lease, no partial file
+            assert row["attempts"] == 0 and row["lease_owner"] is None, row
+            partial = os.path.join(env.path, "outputs", ".partial")
+            assert os.listdir(partial) == [], os.listdir(partial)
+        else:
+            assert row["lease_owner"] is not None, row
+        # the next life fetches it again (a dead owner's lease is freed)
+        drain_ok(env, timeout=60)
+        [row] = outputs_of(env, "slow")
+        assert_stored(env, fake, row)
+        assert len(downloads(fake)) == 2
+
+
+def test_sigterm_mid_download_resumes_after_restart():
+    restart_mid_download(signal.SIGTERM)
+
+
+def test_sigkill_mid_download_resumes_after_restart():
+    restart_mid_download(signal.SIGKILL)
+
+
+def test_flymyai_images_and_credentials_only_to_the_providers_origin():
+    with Fake("--quiet") as fake, Env() as env:
+        port = fake.url.rsplit(":", 1)[1]
+        env.write_config({
+            # same origin as the files (127.0.0.1:PORT): the key goes along
+            "same": {"dialect": "flymyai", "base_url": fake.url + "/flymyai",
+                     "api_key": "sk-same", "outputs": "download",
+                     "backoff_base": "20ms", "backoff_cap": "100ms"},
+            # the API on "localhost", the files on 127.0.0.1: another
+            # origin, so no key
+            "other": {"dialect": "flymyai",
+                      "base_url": "http://localhost:%s/flymyai" % port,
+                      "api_key": "sk-other", "outputs": "download",
+                      "backoff_base": "20ms", "backoff_cap": "100ms"},
+        }, daemon=daemon_conf(env))
+        lines = [{"custom_id": "%s-%d" % (p, i), "url": "/generate",
+                  "provider": p, "body": {"prompt": "%s %d" % (p, i)}}
+                 for p in ("same", "other") for i in range(2)]
+        enqueue_ok(env, lines)
+        drain_ok(env, timeout=60)
+        rows = env.rows("SELECT o.*, j.provider FROM outputs o JOIN jobs j "
+                        "ON j.id = o.job_id ORDER BY o.id")
+        assert len(rows) == 4, rows
+        for r in rows:
+            assert_stored(env, fake, r)
+        posts = {e["body"]["prompt"].split()[0]: e["headers"]
+                 for e in fake.log() if e["method"] == "POST"}
+        assert posts["other"].get("x-api-key") == "sk-other"
+        by_path = {e["path"]: e["headers"] for e in downloads(fake)}
+        for r in rows:
+            h = by_path[r["url"].split(port, 1)[1]]
+            if r["provider"] == "same":
+                assert h.get("x-api-key") == "sk-same", h
+            else:
+                assert "x-api-key" not in h, h
+                assert "authorization" not in h, h
+
+
+def test_keep_urls_is_the_default_and_downloads_nothing():
+    with Fake("--quiet") as fake, Env() as env:
+        conf = flora(fake)
+        del conf["outputs"]
+        env.write_config({"flora": conf}, daemon=daemon_conf(env))
+        enqueue_ok(env, [run_job("plain")])
+        drain_ok(env, timeout=60)
+        assert env.rows("SELECT * FROM outputs") == []
+        assert downloads(fake) == []
+
+
+if __name__ == "__main__":
+    run(globals())

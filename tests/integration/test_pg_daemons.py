@@ -42,9 +42,11 @@ def succeeded(env):
 
 
 def held_by(env, daemon):
-    """Running jobs leased by daemon (owner "host:pid")."""
-    return env.rows("SELECT count(*) n FROM jobs WHERE state = 'running' "
-                    "AND lease_owner LIKE '%%:%d'" % daemon.pid)[0]["n"]
+    """Running jobs leased by daemon (its owner token, by its pid in the
+    daemons table)."""
+    return env.rows("SELECT count(*) n FROM jobs j JOIN daemons d "
+                    "ON d.owner = j.lease_owner WHERE j.state = 'running' "
+                    "AND d.pid = %d" % daemon.pid)[0]["n"]
 
 
 def check_exactly_once(env, fake, n):

@@ -79,7 +79,7 @@ ctl_status(struct ctl *c, int argc, char **argv)
         return rc;
     if (npos > 0)
         return ctl_usage_error("status", "takes no operand");
-    if ((rc = ctl_open(c, "status", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "status")) != 0)
         return rc;
     json_t *st = store_status_json(c->store);
     if (!st) {
@@ -109,6 +109,15 @@ ctl_status(struct ctl *c, int argc, char **argv)
         ctl_print_objects(stdout, lanes, lane_cols,
                           sizeof(lane_cols) / sizeof(lane_cols[0]), false);
     }
+    json_t *out = json_object_get(st, "outputs");
+    json_int_t pending = json_integer_value(json_object_get(out, "pending"));
+    json_int_t stored = json_integer_value(json_object_get(out, "stored"));
+    json_int_t failed = json_integer_value(json_object_get(out, "failed"));
+    if (pending + stored + failed > 0)
+        printf("\noutputs: %" JSON_INTEGER_FORMAT " pending, "
+               "%" JSON_INTEGER_FORMAT " stored, %" JSON_INTEGER_FORMAT
+               " failed\n",
+               pending, stored, failed);
     json_decref(st);
     return 0;
 }
@@ -150,7 +159,7 @@ ctl_jobs(struct ctl *c, int argc, char **argv)
     if (limit_arg &&
         (rc = ctl_count("jobs", "--limit", limit_arg, &limit)) != 0)
         return rc;
-    if ((rc = ctl_open(c, "jobs", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "jobs")) != 0)
         return rc;
 
     flt.state = state;
@@ -304,7 +313,7 @@ ctl_show(struct ctl *c, int argc, char **argv)
         return rc;
     if (npos != 1)
         return ctl_usage_error("show", "needs exactly one ID or CUSTOM_ID");
-    if ((rc = ctl_open(c, "show", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "show")) != 0)
         return rc;
     json_t *job = store_job_json(c->store, argv[0]);
     if (!job) {

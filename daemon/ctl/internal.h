@@ -2,7 +2,7 @@
  * ctl/internal.h: what sluicectl's command files share and nothing else
  * sees. Each file in daemon/ctl/ holds one family of commands (enqueue.c;
  * inspect.c: status, jobs, show; triage.c: failures, retry, cancel,
- * resume, export, purge; watch.c) and exports one function per command,
+ * resume, export, purge; watch.c; outputs.c) and exports one function per command,
  * listed here and registered in the command table of ctl/main.c. The
  * helpers below do what every command repeats: options (common.c), the
  * config and the database (common.c), tables and JSON output (format.c).
@@ -54,6 +54,7 @@ int ctl_resume(struct ctl *c, int argc, char **argv);
 int ctl_export(struct ctl *c, int argc, char **argv);
 int ctl_purge(struct ctl *c, int argc, char **argv);
 int ctl_watch(struct ctl *c, int argc, char **argv);
+int ctl_outputs(struct ctl *c, int argc, char **argv);
 
 /* The command called name, or NULL (ctl/main.c). */
 const struct ctl_cmd *ctl_find(const char *name);
@@ -84,6 +85,9 @@ int ctl_usage_error(const char *cmd, const char *what);
  * cannot work without the providers. create_db: a missing database file
  * may be created. Returns 0 or the exit code, message printed. */
 int ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db);
+/* The same for a command that only reads: opened read-only and never
+ * migrated; pending migrations are reported and the command fails. */
+int ctl_open_readonly(struct ctl *c, const char *cmd);
 
 /* The usage error for an unknown job state (lists the valid ones). */
 int ctl_bad_state(const char *cmd, const char *state);

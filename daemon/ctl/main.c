@@ -52,6 +52,10 @@ static const struct ctl_cmd ctl_cmds[] = {
      "live progress per batch and provider state, every second"},
     {"purge", ctl_purge, "--older-than DURATION [--state S] [--json]",
      "delete finished jobs and their attempts, give the space back"},
+    {"outputs", ctl_outputs,
+     "[--batch B] [--state pending|stored|failed] [--json] | --retry "
+     "[--batch B] [--json]",
+     "downloaded outputs of succeeded jobs; --retry: failed ones again"},
     {"help", ctl_help, "[COMMAND]", "this text, or one command's usage"},
 };
 #define CTL_NCMDS (sizeof(ctl_cmds) / sizeof(ctl_cmds[0]))

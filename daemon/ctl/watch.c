@@ -1,7 +1,8 @@
 /*
  * ctl/watch.c: sluicectl watch, the live progress view: per batch a bar
  * (on a TTY, redrawn in place) or a plain line (a pipe, a log), then each
- * provider's state and limit, every second until interrupted.
+ * provider's state and limit and the downloads pending, stored and failed,
+ * every second until interrupted.
  */
 #include <jansson.h>
 #include <signal.h>
@@ -148,6 +149,11 @@ ctl_watch_draw(struct ctl *c, const char *batch, bool tty)
     {
         ctl_watch_lane(stdout, v, tty, stamp);
     }
+    long pending, stored, failed;
+    if (store_outputs_counts(c->store, &pending, &stored, &failed) == 0 &&
+        pending + stored + failed > 0)
+        printf("%s%soutputs %ld pending, %ld stored, %ld failed\n",
+               tty ? "\n" : stamp, tty ? "" : " ", pending, stored, failed);
     fflush(stdout);
     json_decref(rows);
     json_decref(lanes);
@@ -170,7 +176,7 @@ ctl_watch(struct ctl *c, int argc, char **argv)
         return rc;
     if (npos > 0)
         return ctl_usage_error("watch", "takes no operand");
-    if ((rc = ctl_open(c, "watch", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "watch")) != 0)
         return rc;
     bool tty = !once && isatty(STDOUT_FILENO) == 1;
 

@@ -62,6 +62,9 @@ struct store_ops {
     const char *name; /* "sqlite", "postgresql": for logs */
     /* Opens database; on success *out->ops is this table. */
     int (*open)(const char *database, struct store **out);
+    /* store_open_readonly; NULL: the backend has none yet, and open
+     * serves instead. */
+    int (*open_readonly)(const char *database, struct store **out);
     /* Frees everything; the buffer is already flushed or given up. */
     void (*close)(struct store *s);
     int (*schema_version)(struct store *s);
@@ -100,6 +103,8 @@ struct store_ops {
     int (*count_waiting)(struct store *s, const char *provider, long *n);
     int (*has_unfinished)(struct store *s, const char *provider, bool *any);
     int (*counts)(struct store *s, store_count_fn cb, void *arg);
+    int (*oldest_queued)(struct store *s, const char *provider,
+                         int64_t *since_ms);
     int (*data_version)(struct store *s, int64_t *v);
     int (*watch)(struct store *s, struct uv_loop_s *loop, void (*cb)(void *arg),
                  void *arg);

@@ -184,7 +184,6 @@ enum pst {
     P_PURGE_ATTEMPTS,
     P_PURGE_JOBS,
     P_PROGRESS_BATCH,
-    P_SCHEMA_VERSION,
     P_OUT_CLAIM,
     P_OUT_RECORD,
     P_OUT_NEXT_DUE,
@@ -421,7 +420,6 @@ static const char *const pst_sql[P_COUNT] = {
     [P_PURGE_JOBS] = "DELETE FROM jobs WHERE id IN " PURGE_PICK,
     [P_PROGRESS_BATCH] = "SELECT * FROM batch_progress WHERE batch = $1::text "
                          "ORDER BY provider",
-    [P_SCHEMA_VERSION] = "SELECT version FROM sluice_schema",
     /* The outputs table (DESIGN §13), as sqlite.c's OS_* statements; a
      * download's lease is its claim. */
     [P_OUT_CLAIM] =
@@ -472,6 +470,8 @@ struct pg_store {
     char *conninfo;    /* as configured: may hold a password, never logged */
     char *name;        /* user@host:port/dbname, for logs */
     int lock_timeout_ms;
+    bool readonly;    /* store_open_readonly: never writes, never migrates */
+    int version;      /* schema version found at connect */
     bool in_tx;       /* between begin and commit/rollback */
     bool lost;        /* the connection is down (logged once) */
     int64_t retry_at; /* next reconnect attempt, unix ms */
@@ -721,9 +721,30 @@ pg_on_notice(void *arg, const char *message)
     log_debug("store: postgresql: %s", message);
 }
 
+/* The schema version of the database: 0 before the first migration. */
+static int
+pg_read_version(struct pg_store *s, int *version)
+{
+    int64_t exists = 0, v = 0;
+    int rc;
+
+    if ((rc = pg_exec_int(s,
+                          "SELECT (to_regclass('sluice_schema') "
+                          "IS NOT NULL)::int",
+                          &exists, "schema version")) < 0)
+        return rc;
+    if (exists && (rc = pg_exec_int(s, "SELECT max(version) FROM sluice_schema",
+                                    &v, "schema version")) < 0)
+        return rc;
+    *version = (int)v;
+    return 0;
+}
+
 /* Connects (again): session settings, schema, LISTEN, prepared
- * statements. Returns 0 or a negative errno, the reason logged unless it
- * is a reconnect that fails again. */
+ * statements; read-only: a session of read-only transactions, nothing
+ * created, and the statements only when the schema is current. Returns 0
+ * or a negative errno, the reason logged unless it is a reconnect that
+ * fails again. */
 static int
 pg_connect(struct pg_store *s, bool quiet)
 {
@@ -747,26 +768,46 @@ pg_connect(struct pg_store *s, bool quiet)
         return -ENOTCONN;
     }
     PQsetNoticeProcessor(s->conn, pg_on_notice, NULL);
-    set = xasprintf("SET lock_timeout = %d", s->lock_timeout_ms);
+    set = xasprintf("SET lock_timeout = %d%s", s->lock_timeout_ms,
+                    s->readonly ? "; SET default_transaction_read_only = on"
+                                : "");
     rc = pg_exec(s, set, "session settings");
     free(set);
-    if (rc < 0 || (rc = pg_migrate(s)) < 0 ||
-        (rc = pg_exec(s, "LISTEN " PG_CHANNEL, "listen")) < 0)
-        return rc;
-    /* Where enqueue's COPY lands (store_insert_jobs); per session, and
-     * before the statements that read it are prepared. */
-    rc = pg_exec(s,
-                 "CREATE TEMP TABLE jobs_in (seq BIGINT, provider TEXT, "
-                 "batch TEXT, custom_id TEXT, method TEXT, path TEXT, "
-                 "body TEXT, idempotency_key TEXT, priority INTEGER, "
-                 "max_attempts INTEGER)",
-                 "enqueue table");
     if (rc < 0)
         return rc;
+    if (s->readonly) {
+        if ((rc = pg_read_version(s, &s->version)) < 0)
+            return rc;
+        if (s->version > (int)pg_sql_nfiles) {
+            log_error("store: %s: schema version %d is newer than this "
+                      "build knows (%zu)",
+                      s->name, s->version, pg_sql_nfiles);
+            return -EPROTO;
+        }
+        if (s->version < (int)pg_sql_nfiles)
+            return 0; /* migrations pending: only the version is read */
+    } else {
+        if ((rc = pg_migrate(s)) < 0 ||
+            (rc = pg_exec(s, "LISTEN " PG_CHANNEL, "listen")) < 0)
+            return rc;
+        s->version = (int)pg_sql_nfiles;
+        /* Where enqueue's COPY lands (store_insert_jobs); per session,
+         * and before the statements that read it are prepared. */
+        rc = pg_exec(s,
+                     "CREATE TEMP TABLE jobs_in (seq BIGINT, provider TEXT, "
+                     "batch TEXT, custom_id TEXT, method TEXT, path TEXT, "
+                     "body TEXT, idempotency_key TEXT, priority INTEGER, "
+                     "max_attempts INTEGER)",
+                     "enqueue table");
+        if (rc < 0)
+            return rc;
+    }
     for (int i = 0; i < P_COUNT; i++) {
         char name[16];
         PGresult *r;
 
+        if (s->readonly && i == P_MOVE_IN)
+            continue; /* no jobs_in: a read-only session enqueues nothing */
         snprintf(name, sizeof(name), "p%d", i);
         r = PQprepare(s->conn, name, pst_sql[i], 0, NULL);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
@@ -996,11 +1037,12 @@ pg_watch(struct store *base, uv_loop_t *loop, void (*cb)(void *arg), void *arg)
 static void pg_close(struct store *base);
 
 static int
-pg_open(const char *database, struct store **out)
+pg_open_mode(const char *database, bool readonly, struct store **out)
 {
     struct pg_store *s = xcalloc(1, sizeof(*s));
     int rc;
 
+    s->readonly = readonly;
     s->conninfo = xstrdup(database);
     s->name = pg_display_name(database);
     s->lock_timeout_ms = PG_LOCK_TIMEOUT_MS;
@@ -1010,6 +1052,18 @@ pg_open(const char *database, struct store **out)
     }
     *out = &s->base;
     return 0;
+}
+
+static int
+pg_open(const char *database, struct store **out)
+{
+    return pg_open_mode(database, false, out);
+}
+
+static int
+pg_open_readonly(const char *database, struct store **out)
+{
+    return pg_open_mode(database, true, out);
 }
 
 static void
@@ -1030,11 +1084,12 @@ pg_close(struct store *base)
 static int
 pg_schema_version(struct store *base)
 {
-    int64_t v;
+    struct pg_store *s = pq(base);
+    int v;
 
-    if (pg_run_int(pq(base), P_SCHEMA_VERSION, NULL, "schema version", &v) < 0)
+    if (pg_ready(s) < 0 || pg_read_version(s, &v) < 0)
         return -1;
-    return (int)v;
+    return v;
 }
 
 static int
@@ -2234,6 +2289,7 @@ store_postgres_display_name(const char *database)
 const struct store_ops store_postgres_ops = {
     .name = "postgresql",
     .open = pg_open,
+    .open_readonly = pg_open_readonly,
     .close = pg_close,
     .schema_version = pg_schema_version,
     .schema_latest = pg_schema_latest,

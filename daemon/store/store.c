@@ -56,6 +56,21 @@ store_open(const char *database, struct store **out)
     return 0;
 }
 
+int
+store_open_readonly(const char *database, struct store **out)
+{
+    const struct store_ops *ops = store_backend_for(database);
+    int rc;
+
+    *out = NULL;
+    rc = ops->open_readonly ? ops->open_readonly(database, out)
+                            : ops->open(database, out);
+    if (rc < 0)
+        return rc;
+    (*out)->ops = ops;
+    return 0;
+}
+
 void
 store_close(struct store *s)
 {
@@ -251,6 +266,12 @@ int
 store_counts(struct store *s, store_count_fn cb, void *arg)
 {
     return s->ops->counts(s, cb, arg);
+}
+
+int
+store_oldest_queued(struct store *s, const char *provider, int64_t *since_ms)
+{
+    return s->ops->oldest_queued(s, provider, since_ms);
 }
 
 int

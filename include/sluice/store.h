@@ -27,8 +27,16 @@ struct jobspec;
  * path of a SQLite file (":memory:" works), created if missing, with WAL,
  * synchronous=NORMAL, busy_timeout and foreign keys (sql/, PRAGMA
  * user_version). Returns 0 and *out, or a negative errno with the reason
- * logged. */
+ * logged: -EREMOTE for a SQLite file on a network filesystem (NFS, SMB,
+ * …), which WAL cannot use. */
 int store_open(const char *database, struct store **out);
+/* Opens an existing database for reading only: nothing is created,
+ * changed or migrated, so checking a new build against a live database
+ * leaves it as the running daemon knows it (PostgreSQL: a session of
+ * read-only transactions). When the schema is behind this build
+ * (store_schema_version < store_schema_latest: migrations pending), only
+ * those two and store_close may be called. Errors as store_open. */
+int store_open_readonly(const char *database, struct store **out);
 /* Whether database names a SQLite file (false: a PostgreSQL server). */
 bool store_is_file(const char *database);
 /* database as logs and terminals may show it: a path as it is, a
@@ -145,6 +153,10 @@ int store_unfinished_by_provider(struct store *s,
                                  void *data);
 /* Jobs of provider in state waiting (async runs at the provider). */
 int store_count_waiting(struct store *s, const char *provider, long *n);
+/* The earliest run_after (unix ms) of provider's queued jobs, 0 when none
+ * is queued: since when the longest-waiting one has been due. */
+int store_oldest_queued(struct store *s, const char *provider,
+                        int64_t *since_ms);
 /* Whether provider has any job not yet terminal (cheap at any size). */
 int store_has_unfinished(struct store *s, const char *provider, bool *any);
 

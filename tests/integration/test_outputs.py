@@ -6,6 +6,7 @@ of its bytes; transient download failures are retried, permanent ones fail
 the output row and never the job; a restart mid-download fetches again;
 credentials go only to the provider's own origin."""
 import hashlib
+import json
 import os
 import signal
 import sys
@@ -109,6 +110,27 @@ def test_twenty_async_flora_jobs_store_twenty_files_by_content():
         for e in got:
             assert e["headers"].get("authorization") == \
                 "Bearer sk-test-flora", e["headers"]
+        # sluicectl: outputs lists them, export adds the local paths,
+        # status and watch count them
+        rc, out, err = env.ctl("outputs", "--json")
+        assert rc == 0, err
+        listed = json.loads(out)
+        assert sorted(r["path"] for r in listed) == \
+            sorted(r["path"] for r in rows)
+        assert {r["custom_id"] for r in listed} == \
+            {"img-%02d" % i for i in range(20)}
+        rc, out, err = env.ctl("export")
+        assert rc == 0, err
+        by_job = {r["job_id"]: r["path"] for r in rows}
+        lines = [json.loads(x) for x in out.splitlines()]
+        assert len(lines) == 20
+        for line in lines:
+            job_id = int(line["id"].split("_")[1])
+            assert line["outputs"] == [by_job[job_id]], line
+        rc, out, _ = env.ctl("status")
+        assert "outputs: 0 pending, 20 stored, 0 failed" in out, out
+        rc, out, _ = env.ctl("watch", "--once")
+        assert "outputs 0 pending, 20 stored, 0 failed" in out, out
 
 
 def test_download_failing_twice_then_succeeding_is_stored():
@@ -126,7 +148,7 @@ def test_download_failing_twice_then_succeeding_is_stored():
 def test_permanent_download_failure_fails_the_output_not_the_job():
     with Fake("--quiet") as fake, Env() as env:
         env.write_config({"flora": flora(fake)}, daemon=daemon_conf(env))
-        enqueue_ok(env, [run_job("gone", {"download_fail": 9,
+        enqueue_ok(env, [run_job("gone", {"download_fail": 1,
                                           "download_status": 404,
                                           "outputs": 2})])
         drain_ok(env, timeout=60)
@@ -138,6 +160,19 @@ def test_permanent_download_failure_fails_the_output_not_the_job():
             assert r["error"] == "HTTP 404" and r["attempts"] == 1, r
             assert r["path"] is None, r
         assert len(downloads(fake)) == 2
+        rc, out, _ = env.ctl("outputs", "--state", "failed")
+        assert rc == 0 and out.count("HTTP 404") == 2, out
+        rc, out, _ = env.ctl("outputs", "--state", "stored")
+        assert rc == 0 and out.strip() == "no outputs", out
+        # the URL works again: --retry, and the next daemon stores them
+        rc, out, err = env.ctl("outputs", "--retry")
+        assert rc == 0 and "2 failed outputs back to pending" in out, \
+            (out, err)
+        assert env.ctl("outputs", "--retry", "--state", "failed")[0] == 64
+        drain_ok(env, timeout=60)
+        for r in outputs_of(env, "gone"):
+            assert_stored(env, fake, r)
+            assert r["attempts"] == 1, r
 
 
 def test_output_over_the_size_cap_fails():
@@ -172,6 +207,10 @@ def restart_mid_download(sig):
             assert os.listdir(partial) == [], os.listdir(partial)
         else:
             assert row["lease_owner"] is not None, row
+        rc, out, _ = env.ctl("status")
+        assert "outputs: 1 pending, 0 stored, 0 failed" in out, out
+        rc, out, _ = env.ctl("watch", "--once")
+        assert "outputs 1 pending" in out, out
         # the next life fetches it again (a dead owner's lease is freed)
         drain_ok(env, timeout=60)
         [row] = outputs_of(env, "slow")

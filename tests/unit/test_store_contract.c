@@ -213,6 +213,28 @@ test_open_migrates_to_latest_and_reopen_keeps_rows(void **state)
 }
 
 static void
+test_read_only_open_reads_and_never_writes(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f), *ro = NULL;
+    json_t *jobs;
+
+    insert(s, "gen", "k1", 0, T0);
+    store_close(s);
+    assert_int_equal(store_open_readonly(f->database, &ro), 0);
+    assert_int_equal(store_schema_version(ro), store_schema_latest(ro));
+    jobs = store_jobs_json(ro, NULL);
+    assert_int_equal(json_array_size(jobs), 1);
+    json_decref(jobs);
+    struct jobspec j = spec("gen", "k2", "k2", 0);
+    assert_true(store_insert_job(ro, &j, T0) < 0);
+    store_close(ro);
+    s = open_store(f);
+    assert_null(store_job_json(s, "k2"));
+    store_close(s);
+}
+
+static void
 test_insert_skips_duplicates_within_and_across_files(void **state)
 {
     struct fixture *f = fx(state);
@@ -1030,6 +1052,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         BOTH(test_open_migrates_to_latest_and_reopen_keeps_rows),
+        BOTH(test_read_only_open_reads_and_never_writes),
         BOTH(test_insert_skips_duplicates_within_and_across_files),
         BOTH(test_insert_keeps_text_byte_for_byte),
         BOTH(test_claim_takes_due_jobs_by_priority_and_charges_an_attempt),

@@ -58,7 +58,7 @@ ctl_outputs(struct ctl *c, int argc, char **argv)
         {"path", "PATH"},          {"error", "ERROR"},
     };
 
-    if ((rc = ctl_options("outputs", argc, argv, opts, &npos)) >= 0)
+    if ((rc = ctl_parse_args("outputs", argc, argv, opts, &npos)) != 0)
         return rc;
     if (npos > 0)
         return ctl_usage_error("outputs", "takes no operand");

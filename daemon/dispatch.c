@@ -53,7 +53,7 @@
  * quarters full meanwhile. */
 #define CLAIM_BATCH_DIVISOR 4
 /* Group commit: flush this often while updates are buffered, or at once
- * beyond FLUSH_BATCH of them (DESIGN §3: a few ms or a few hundred). */
+ * beyond FLUSH_BATCH of them (docs/design.md §3: a few ms or a few hundred). */
 #define FLUSH_DELAY_MS 5
 #define FLUSH_BATCH 256
 /* A commit that met a lock is retried this often; nothing is dropped. */
@@ -396,11 +396,11 @@ static void on_http_done(const struct http_response *resp, void *data);
 static void record_event(struct dispatch *d, struct req *r,
                          const struct job_event *ev);
 
-/* A job that cannot be sent as it is stored fails at once, without a
- * request and before the lane counts one: a URL off the lane's current
- * origin (the credentials would go along), or a key that would not stay
- * inside its header (DESIGN §4, §11). Nothing about it changes by waiting,
- * so it is not retried. Frees r. */
+/* A job that cannot be sent as it is stored fails at once, without a request
+ * and before the lane counts one: a URL off the lane's current origin (the
+ * credentials would go along), or a key that would not stay inside its header
+ * (docs/design.md §4, §11). Nothing about it changes by waiting, so it is not
+ * retried. Frees r. */
 static void
 refuse_req(struct dispatch *d, struct req *r, enum err_class cls,
            const char *code, const char *message)
@@ -495,7 +495,7 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
 
 /* --- outcomes -------------------------------------------------------------- */
 
-/* One line per handled failure, in STYLE.md's shape:
+/* One line per handled failure, in CONTRIBUTING.md's shape:
  * "job 42: flora 429 rate_limit_exceeded req_ab12, deferred in 2100 ms
  * (limit 24→16)". Terminal failures are warnings and carry the message. */
 static void
@@ -1013,7 +1013,7 @@ warn_unknown_provider(const char *provider, long n, void *data)
 }
 
 /* outputs_auth_fn: a provider's headers go with a download only to its
- * own origin (DESIGN §13). */
+ * own origin (docs/design.md §13). */
 static const char *const *
 output_auth(const char *provider, const char *url, void *arg)
 {

@@ -1,6 +1,6 @@
 /*
- * lane: per-provider flow control (DESIGN §6). A lane answers one question,
- * "how many requests may start now?", with four gates in order, the
+ * lane: per-provider flow control (docs/design.md §6). A lane answers one
+ * question, "how many requests may start now?", with four gates in order, the
  * smallest answer winning:
  *
  *   1. state   active admits; paused (dead key, no balance) admits one
@@ -26,7 +26,7 @@
  * load, so RTT says little about queueing there; a 429 or 503 is the
  * provider's own, explicit congestion signal. Half-open is a sub-state of
  * LANE_OPEN rather than a fifth state, so operators see exactly the four
- * provider states of CONTRACT.md.
+ * provider states of docs/contract.md.
  */
 #include <ctype.h>
 #include <limits.h>
@@ -68,8 +68,8 @@
 /* Quotas reset at least daily; a hint beyond a day is a clock or parsing
  * error, and waking once a day to find out costs one request. */
 #define PARK_MAX_MS 86400000
-/* Breaker (DESIGN §6): the last 50 calls; with at least 20 of them (fewer
- * is noise) and half or more hard failures the provider is broken. */
+/* Breaker (docs/design.md §6): the last 50 calls; with at least 20 of them
+ * (fewer is noise) and half or more hard failures the provider is broken. */
 #define BREAKER_WINDOW 50
 #define BREAKER_MIN_CALLS 20
 /* Open 30 s, doubling on each consecutive opening up to 5 min: long enough

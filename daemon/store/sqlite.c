@@ -60,8 +60,8 @@ extern const size_t sql_nfiles;
     "created_at, waiting_since, priority, run_after, idempotency_key"
 
 /* Returning an expired (or a dead owner's) running job to the queue. The
- * attempt stays charged (DESIGN §3); a job whose every attempt ended in a
- * lost lease has no attempt left and fails here, or it would be claimed
+ * attempt stays charged (docs/design.md §3); a job whose every attempt ended in
+ * a lost lease has no attempt left and fails here, or it would be claimed
  * beyond max_attempts. ?1 is now. */
 #define RECLAIM_RUNNING_SET                                                    \
     "UPDATE jobs SET "                                                         \
@@ -384,7 +384,7 @@ static const char *const stmt_sql[ST_COUNT] = {
         "SELECT * FROM batch_progress WHERE batch = ?1 ORDER BY provider",
 };
 
-/* The statements of the outputs table (DESIGN §13), prepared with the
+/* The statements of the outputs table (docs/design.md §13), prepared with the
  * others. A download's lease is its claim: a row is fetched by one daemon
  * at a time, and a lease that outlives its daemon is freed like a job's. */
 enum ostmt {

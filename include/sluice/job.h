@@ -1,6 +1,6 @@
 /*
  * job: the states of a job and the canonical error classes, with their
- * names as stored in the database (CONTRACT.md), the in-memory copy of a
+ * names as stored in the database (docs/contract.md), the in-memory copy of a
  * claimed job that travels through the daemon, and the job's state
  * machine: the allowed transitions and job_next(), which decides every
  * move the daemon makes.

@@ -1,5 +1,5 @@
 /*
- * lane: per-provider flow control (DESIGN §6). Four gates in order: the
+ * lane: per-provider flow control (docs/design.md §6). Four gates in order: the
  * provider state (active / paused / open / parked), pause-until, the rate
  * pacer and the concurrency limit. Pure: the clock and random draws are
  * parameters, no I/O, so every rule is unit-tested without sleeping.

@@ -54,15 +54,16 @@ int store_insert_jobs(struct store *s, const struct jobspec *jobs, size_t n,
 /* --- the daemon ---------------------------------------------------------- */
 
 /* Returns running jobs whose lease expired to queued (the attempt stays
- * charged: DESIGN §3) and frees expired poll leases. *n = jobs reclaimed.
- * A job with no attempt left fails instead (timeout / lease_expired), or it
- * would be claimed beyond max_attempts. Only leases whose owner has no row
- * in daemons expire (leases from before the daemons table, or rows edited
- * by hand): a registered daemon's leases are taken back only when it is
- * judged dead (store_daemon_reap), so no wall-clock jump reclaims them. */
+ * charged: docs/design.md §3) and frees expired poll leases. *n = jobs
+ * reclaimed. A job with no attempt left fails instead (timeout /
+ * lease_expired), or it would be claimed beyond max_attempts. Only leases
+ * whose owner has no row in daemons expire (leases from before the daemons
+ * table, or rows edited by hand): a registered daemon's leases are taken
+ * back only when it is judged dead (store_daemon_reap), so no wall-clock
+ * jump reclaims them. */
 int store_reclaim_expired(struct store *s, int64_t now_ms, long *n);
 
-/* --- daemons and their liveness (DESIGN §11, liveness.h) ----------------- */
+/* --- daemons and their liveness (docs/design.md §11, liveness.h) --------- */
 
 /* A row of the daemons table. */
 struct daemon_row {
@@ -186,7 +187,7 @@ struct job_update {
     const char *remote_id, *poll_url; /* async run, kept on the job */
     bool is_poll;             /* the request was a poll of remote_id */
     /* a success of a provider with outputs = download: its output URLs,
-     * each a pending outputs row once committed (DESIGN §13) */
+     * each a pending outputs row once committed (docs/design.md §13) */
     const char *const *output_urls;
     size_t noutput_urls;
 };
@@ -326,7 +327,7 @@ json_t *store_progress_json(struct store *s, const char *batch);
  * of rows, by name; NULL on a database error. */
 json_t *store_providers_json(struct store *s);
 
-/* --- outputs (DESIGN §13) ------------------------------------------------ */
+/* --- outputs (docs/design.md §13) ---------------------------------------- */
 
 /* One pending output a daemon has claimed for download. Strings owned. */
 struct output_claim {

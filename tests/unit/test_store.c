@@ -1806,7 +1806,7 @@ test_migration_3_upgrades_a_version_2_database(void **state)
     tmpdb_remove(&t);
 }
 
-/* Outputs (DESIGN section 13): a success's URLs become pending rows in the
+/* Outputs (docs/design.md §13): a success's URLs become pending rows in the
  * same commit (a cancelled job's do not), claims lease them, a record
  * stores or reschedules them, a dead owner's lease is freed, --retry puts
  * failed rows back, and export lists each job's stored paths. */

@@ -41,6 +41,7 @@ struct provider_config {
     int concurrency_max;     /* ceiling (default 64) */
     bool adaptive;           /* AIMD on (default); off = fixed at start */
     double rate_per_s;       /* configured rate limit; 0 = none */
+    double tokens_per_s;     /* configured token limit; 0 = none */
     int64_t timeout_ms;      /* whole request (default 120 s) */
     int64_t connect_timeout_ms; /* default 10 s */
     int max_attempts;        /* default 5 */
@@ -55,6 +56,11 @@ struct provider_config {
     char **output_pointers;  /* output_pointer values: JSON pointers to
                                 output URLs beyond the dialect's own */
     size_t noutput_pointers;
+    double budget;           /* spend cap in the provider's currency;
+                                0 = none */
+    char *cost_pointer;      /* JSON pointer to a job's cost in its
+                                result, or NULL */
+    double token_price;      /* cost per usage.total_tokens; 0 = none */
 };
 
 struct config {
@@ -69,6 +75,7 @@ struct config {
     char *outputs_dir;       /* downloaded outputs, or NULL (none) */
     int outputs_concurrency; /* downloads at once, default 4 */
     size_t outputs_max_size; /* one output's size cap, default 1 GiB */
+    char *metrics;           /* ADDR:PORT serving /metrics, or NULL */
     struct provider_config *providers;
     size_t nproviders;
 };

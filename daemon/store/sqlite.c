@@ -103,7 +103,8 @@ extern const size_t sql_nfiles;
  * send stays the last one sent (a provider that ran it answers with that
  * result, never twice) unless its run definitively failed (the poll was
  * answered, with the run's failure): the provider caches that failure, so
- * the next derived key goes out, "<key>.N" one past the last (DESIGN §4).
+ * the next derived key goes out, "<key>.N" one past the last
+ * (docs/design.md §4).
  * job_derived_key() derives the same way. */
 #define RETRY_SET                                                              \
     "UPDATE jobs SET state = 'queued', attempts = 0, deferrals = 0, "          \
@@ -686,7 +687,7 @@ is_plain_file(const char *path)
 }
 
 /* Refuses a database on a network filesystem: WAL keeps its index in
- * shared memory that must be one host's (DESIGN §12). */
+ * shared memory that must be one host's (docs/design.md §12). */
 static int
 check_local(const char *path)
 {

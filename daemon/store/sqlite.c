@@ -220,7 +220,7 @@ static const char *const stmt_sql[ST_COUNT] = {
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?10, ?10) "
         "ON CONFLICT (provider, idempotency_key) DO NOTHING",
     /* Enqueued jobs are counted here, once per statement of inserts,
-     * rather than by a trigger per row (sql/007_counted_enqueue.sql). */
+     * rather than by a trigger per row (sql/008_counted_enqueue.sql). */
     [ST_COUNT_INSERTED] =
         "INSERT INTO job_counts (provider, batch, state, n) "
         "VALUES (?1, coalesce(?2, ''), 'queued', ?3) "

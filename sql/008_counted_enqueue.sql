@@ -1,4 +1,4 @@
--- Enqueue counted per statement (version 7). The store adds the jobs an
+-- Enqueue counted per statement (version 8). The store adds the jobs an
 -- INSERT of up to 128 rows let through to job_counts in one statement, in
 -- the same transaction, instead of a trigger running an upsert for every
 -- row: the trigger cost enqueue about a tenth of its time. Every other

@@ -1,4 +1,4 @@
--- Permits, as sql/008: what each live daemon holds and knows of each
+-- Permits, as sql/009: what each live daemon holds and knows of each
 -- provider, and the provider's shared token bucket in its row. A taker
 -- locks the providers row (FOR UPDATE) before it reads the pool, so two
 -- daemons' takes of one provider run one after the other.

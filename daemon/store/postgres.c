@@ -200,14 +200,6 @@ enum pst {
     P_OUT_RETRY,
     P_OUT_RELEASE_EXPIRED,
     P_OUT_RELEASE_OWNER,
-    P_OLDEST_QUEUED,
-    P_CLAIM_EXCEPT,
-    P_SPEND_PROVIDER,
-    P_SPEND_BATCH,
-    P_BATCH_BUDGET_SET,
-    P_BATCH_BUDGETS,
-    P_SPEND_ROWS,
-    P_BATCH_STATE,
     P_COUNT
 };
 
@@ -514,42 +506,6 @@ static const char *const pst_sql[P_COUNT] = {
         "UPDATE outputs SET lease_until = NULL, lease_owner = NULL "
         "WHERE lease_until IS NOT NULL AND lease_owner = $2::text "
         "AND $1::bigint IS NOT NULL",
-    /* As sqlite.c's statements of the same names. */
-    [P_OLDEST_QUEUED] = "SELECT MIN(run_after) FROM jobs "
-                        "WHERE provider = $1::text AND state = 'queued'",
-    [P_CLAIM_EXCEPT] =
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
-        "lease_until = $1::bigint, lease_owner = $2::text, "
-        "updated_at = $3::bigint "
-        "WHERE id IN (SELECT id FROM jobs "
-        "  WHERE provider = $4::text AND state IN ('queued', 'retrying') "
-        "  AND run_after <= $3::bigint AND (batch IS NULL OR batch NOT IN "
-        "    (SELECT json_array_elements_text($6::json))) "
-        "  ORDER BY priority DESC, run_after, id LIMIT $5::int "
-        "  FOR UPDATE SKIP LOCKED) "
-        "RETURNING " CLAIM_COLUMNS,
-    [P_SPEND_PROVIDER] = "SELECT coalesce(sum(cost), 0), count(cost) "
-                         "FROM jobs WHERE provider = $1::text",
-    [P_SPEND_BATCH] = "SELECT coalesce(sum(cost), 0), count(cost) "
-                      "FROM jobs WHERE batch = $1::text",
-    [P_BATCH_BUDGET_SET] =
-        "INSERT INTO batches (name, budget, updated_at) "
-        "VALUES ($1::text, $2::double precision, $3::bigint) "
-        "ON CONFLICT (name) DO UPDATE SET budget = excluded.budget, "
-        "state = 'active', reason = NULL, updated_at = excluded.updated_at",
-    [P_BATCH_BUDGETS] = "SELECT name, budget FROM batches "
-                        "WHERE budget IS NOT NULL ORDER BY name",
-    [P_SPEND_ROWS] =
-        "SELECT s.provider, s.batch, s.spent, s.spent_last_hour, "
-        "  b.budget AS batch_budget, b.state AS batch_state, "
-        "  b.reason AS batch_reason FROM spend s "
-        "LEFT JOIN batches b ON b.name = s.batch "
-        "WHERE ($1::text IS NULL OR s.batch = $1::text) "
-        "AND (s.jobs_costed > 0 OR b.budget IS NOT NULL) "
-        "ORDER BY s.provider, s.batch",
-    [P_BATCH_STATE] = "UPDATE batches SET state = $2::text, "
-                      "reason = $3::text, updated_at = $4::bigint "
-                      "WHERE name = $1::text",
 };
 
 struct pg_store {
@@ -2349,136 +2305,6 @@ pg_providers_json(struct store *base)
     return array_json(pq(base), P_LANES, NULL, "providers");
 }
 
-/* --- spend (DESIGN §13) -------------------------------------------------- */
-
-static int
-pg_oldest_queued(struct store *base, const char *provider, int64_t *since_ms)
-{
-    struct params p = {0};
-
-    p_text(&p, provider);
-    return pg_run_int(pq(base), P_OLDEST_QUEUED, &p, "oldest queued",
-                      since_ms);
-}
-
-static int
-pg_claim_except(struct store *base, const char *provider, int max,
-                int64_t now_ms, int64_t lease_ms, const char *owner,
-                const char *held_json, struct job **out, int *nout)
-{
-    struct pg_store *s = pq(base);
-    struct params p = {0};
-    struct backend_claimed *c;
-    PGresult *r;
-    int err, n;
-
-    p_int(&p, now_ms + lease_ms);
-    p_text(&p, owner);
-    p_int(&p, now_ms);
-    p_text(&p, provider);
-    p_int(&p, max);
-    p_text(&p, held_json);
-    r = pg_run(s, P_CLAIM_EXCEPT, &p, "claim", &err);
-    if (r == NULL)
-        return err;
-    n = PQntuples(r);
-    if (n > max)
-        n = max;
-    c = xcalloc((size_t)(n > 0 ? n : 1), sizeof(*c));
-    for (int i = 0; i < n; i++) {
-        c[i].job = claim_row(r, i);
-        c[i].priority = (int)value_int(r, i, 16);
-        c[i].run_after = value_int(r, i, 17);
-    }
-    PQclear(r);
-    backend_claimed_sort(c, n);
-    for (int i = 0; i < n; i++)
-        out[(*nout)++] = c[i].job;
-    free(c);
-    return 0;
-}
-
-static int
-pg_spend(struct store *base, const char *provider, const char *batch,
-         double *spent, long *costed)
-{
-    struct params p = {0};
-    PGresult *r;
-    int err;
-
-    *spent = 0;
-    *costed = 0;
-    p_text(&p, provider ? provider : batch);
-    r = pg_run(pq(base), provider ? P_SPEND_PROVIDER : P_SPEND_BATCH, &p,
-               "spend", &err);
-    if (r == NULL)
-        return err;
-    if (PQntuples(r) > 0) {
-        *spent = strtod(PQgetvalue(r, 0, 0), NULL);
-        *costed = (long)value_int(r, 0, 1);
-    }
-    PQclear(r);
-    return 0;
-}
-
-static int
-pg_batch_budget_set(struct store *base, const char *batch, double budget,
-                    int64_t now_ms)
-{
-    struct pg_store *s = pq(base);
-    struct params p = {0};
-    int rc;
-
-    p_text(&p, batch);
-    if (budget > 0)
-        p_double(&p, budget);
-    else
-        p_text(&p, NULL);
-    p_int(&p, now_ms);
-    rc = pg_run_changes(s, P_BATCH_BUDGET_SET, &p, "batch budget", NULL);
-    /* daemons read batch caps when woken */
-    return rc < 0 ? rc : pg_notify(s, "budget");
-}
-
-static int
-pg_batch_budgets(struct store *base,
-                 void (*cb)(const char *batch, double budget, void *data),
-                 void *data)
-{
-    int err;
-    PGresult *r = pg_run(pq(base), P_BATCH_BUDGETS, NULL, "batch budgets",
-                         &err);
-
-    if (r == NULL)
-        return err;
-    for (int i = 0; i < PQntuples(r); i++)
-        cb(PQgetvalue(r, i, 0), strtod(PQgetvalue(r, i, 1), NULL), data);
-    PQclear(r);
-    return 0;
-}
-
-static json_t *
-pg_spend_json(struct store *base, const char *batch)
-{
-    struct params p = {0};
-
-    p_text(&p, batch);
-    return array_json(pq(base), P_SPEND_ROWS, &p, "spend");
-}
-
-static int
-pg_batch_pause(struct store *base, const char *batch, bool paused,
-               int64_t now_ms)
-{
-    struct params p = {0};
-
-    p_text(&p, batch);
-    p_text(&p, paused ? "paused" : "active");
-    p_text(&p, paused ? "budget" : NULL);
-    p_int(&p, now_ms);
-    return pg_run_changes(pq(base), P_BATCH_STATE, &p, "batch state", NULL);
-}
-
 /* --- outputs (DESIGN §13) ------------------------------------------------ */
 
 static int
@@ -2668,11 +2494,4 @@ const struct store_ops store_postgres_ops = {
     .outputs_counts = pg_outputs_counts,
     .outputs_json = pg_outputs_json,
     .outputs_retry = pg_outputs_retry,
-    .oldest_queued = pg_oldest_queued,
-    .claim_except = pg_claim_except,
-    .spend = pg_spend,
-    .batch_budget_set = pg_batch_budget_set,
-    .batch_budgets = pg_batch_budgets,
-    .spend_json = pg_spend_json,
-    .batch_pause = pg_batch_pause,
 };

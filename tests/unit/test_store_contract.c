@@ -689,81 +689,6 @@ test_counts_and_next_due(void **state)
     store_close(s);
 }
 
-static void
-on_cap(const char *batch, double budget, void *data)
-{
-    json_object_set_new(data, batch, json_real(budget));
-}
-
-/* Budgets (DESIGN §13): a claim that leaves held batches out, the spend of
- * a provider and a batch, batch caps and their paused state. */
-static void
-test_spend_caps_and_claims_that_hold_batches(void **state)
-{
-    struct fixture *f = fx(state);
-    struct store *s = open_store(f);
-    const char *held[] = {"capped"};
-    struct job *out[8];
-    json_t *caps = json_object();
-    int64_t since;
-    double spent;
-    long costed;
-    int n = 0;
-
-    struct jobspec a = spec("gen", "c1", "c1", 9);
-    a.batch = (char *)"capped";
-    assert_int_equal(store_insert_job(s, &a, T0 + 10), 0);
-    struct jobspec b = spec("gen", "f1", "f1", 0);
-    b.batch = (char *)"free";
-    assert_int_equal(store_insert_job(s, &b, T0 + 20), 0);
-    insert(s, "gen", "n1", 0, T0 + 30);
-    assert_int_equal(store_oldest_queued(s, "gen", &since), 0);
-    assert_int_equal(since, T0 + 10);
-    assert_int_equal(store_claim_except(s, "gen", 8, T0 + 40, LEASE_MS, "d1",
-                                        held, 1, out, &n),
-                     0);
-    assert_int_equal(n, 2); /* f1 and n1, not the capped c1 */
-    for (int i = 0; i < n; i++) {
-        struct job_update u = {0};
-        assert_string_not_equal(out[i]->custom_id, "c1");
-        u.job_id = out[i]->id;
-        u.state = JOB_SUCCEEDED;
-        u.finished_at = T0 + 50;
-        u.cost = 0.25;
-        u.has_cost = true;
-        store_record(s, &u);
-    }
-    free_jobs(out, n);
-    assert_int_equal(store_flush(s), 0);
-    assert_int_equal(store_oldest_queued(s, "gen", &since), 0);
-    assert_int_equal(since, T0 + 10);
-
-    assert_int_equal(store_spend(s, "gen", NULL, &spent, &costed), 0);
-    assert_true(spent > 0.4999 && spent < 0.5001 && costed == 2);
-    assert_int_equal(store_spend(s, NULL, "free", &spent, &costed), 0);
-    assert_true(spent > 0.2499 && spent < 0.2501 && costed == 1);
-    assert_int_equal(store_batch_budget_set(s, "capped", 1.5, T0), 0);
-    assert_int_equal(store_batch_budget_set(s, "free", 2, T0), 0);
-    assert_int_equal(store_batch_budget_set(s, "free", 0, T0), 0);
-    assert_int_equal(store_batch_budgets(s, on_cap, caps), 0);
-    assert_int_equal(json_object_size(caps), 1);
-    assert_true(json_real_value(json_object_get(caps, "capped")) == 1.5);
-    json_decref(caps);
-    assert_int_equal(store_batch_pause(s, "capped", true, T0 + 60), 0);
-    json_t *rows = store_spend_json(s, "capped");
-    assert_non_null(rows);
-    assert_int_equal(json_array_size(rows), 1);
-    json_t *r = json_array_get(rows, 0);
-    assert_string_equal(json_string_value(json_object_get(r, "batch_state")),
-                        "paused");
-    assert_true(json_number_value(json_object_get(r, "spent")) == 0);
-    json_decref(rows);
-    rows = store_spend_json(s, NULL);
-    assert_int_equal(json_array_size(rows), 3); /* capped, free, none */
-    json_decref(rows);
-    store_close(s);
-}
-
 /* --- operator commands and queries ---------------------------------------- */
 
 /* Fails job key with class/code at T0 + at. */
@@ -1207,7 +1132,6 @@ main(void)
         BOTH(test_outputs_of_a_success_are_claimed_recorded_and_retried),
         BOTH(test_spend_budgets_and_held_batches),
         BOTH(test_counts_and_next_due),
-        BOTH(test_spend_caps_and_claims_that_hold_batches),
         BOTH(test_failures_retry_and_cancel_by_selection),
         BOTH(test_queries_status_jobs_progress_export_purge),
         BOTH(test_data_version_changes_when_another_process_enqueues),

@@ -894,6 +894,10 @@ write_provider_rows(struct dispatch *d, int64_t now)
             .succeeded = lane_succeeded(l),
             .failed = lane_failed(l),
             .throttled = lane_throttled(l),
+            .rate_per_s = lane_rate(l),
+            .rate_source = lane_rate_source(l),
+            .token_limit = (int64_t)lane_token_limit(l),
+            .tokens_available = lane_tokens_available(l),
         };
         store_provider_put(d->store, &p, now);
     }

@@ -31,6 +31,8 @@
 
 #include "sluice/store.h"
 
+struct uv_loop_s;
+
 /* A buffered job_update with its strings owned (store_record copies). */
 struct store_pending {
     struct job_update u;
@@ -103,7 +105,24 @@ struct store_ops {
     int (*counts)(struct store *s, store_count_fn cb, void *arg);
     int (*oldest_queued)(struct store *s, const char *provider,
                          int64_t *since_ms);
+    /* store_claim_except, with the held batches as a JSON array text. */
+    int (*claim_except)(struct store *s, const char *provider, int max,
+                        int64_t now_ms, int64_t lease_ms, const char *owner,
+                        const char *held_json, struct job **out, int *nout);
+    int (*spend)(struct store *s, const char *provider, const char *batch,
+                 double *spent, long *costed);
+    int (*batch_budget_set)(struct store *s, const char *batch, double budget,
+                            int64_t now_ms);
+    int (*batch_budgets)(struct store *s,
+                         void (*cb)(const char *batch, double budget,
+                                    void *data),
+                         void *data);
+    json_t *(*spend_json)(struct store *s, const char *batch);
+    int (*batch_pause)(struct store *s, const char *batch, bool paused,
+                       int64_t now_ms);
     int (*data_version)(struct store *s, int64_t *v);
+    int (*watch)(struct store *s, struct uv_loop_s *loop, void (*cb)(void *arg),
+                 void *arg);
     /* Writes s->buf[0..s->nbuf) in one transaction, all or nothing; the
      * caller empties the buffer after a 0. */
     int (*flush)(struct store *s);
@@ -150,6 +169,14 @@ struct store_ops {
 };
 
 extern const struct store_ops store_sqlite_ops;
+extern const struct store_ops store_postgres_ops;
+
+/* Whether database is a PostgreSQL connection string: a postgresql:// or
+ * postgres:// URI, or key=value pairs whose first key is libpq's. */
+bool store_postgres_names(const char *database);
+/* postgresql://user@host:port/dbname of a connection string: what logs
+ * may show (no password, no options). New string. */
+char *store_postgres_display_name(const char *database);
 
 /* --- shared by the backends (backend.c) ----------------------------------- */
 

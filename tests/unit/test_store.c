@@ -2028,7 +2028,7 @@ test_migration_3_upgrades_a_version_2_database(void **state)
                      1);
     /* and migration 5: the daemons table, empty */
     assert_int_equal(sql_int(t.path, "SELECT count(*) FROM daemons"), 0);
-    /* and migration 8: the providers row's rate and token columns */
+    /* and migration 9: the providers row's rate and token columns */
     assert_int_equal(sql_int(t.path, "SELECT count(*) FROM "
                                      "pragma_table_info('providers') WHERE "
                                      "name IN ('rate_per_s', 'rate_source', "

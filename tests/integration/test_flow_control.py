@@ -1,4 +1,4 @@
-"""Flow control end to end (DESIGN §6): the real sluiced against the real
+"""Flow control end to end (docs/design.md §6): the real sluiced against the real
 fake provider on loopback. A 402 answered while other requests are in
 flight keeps the provider paused when those succeed; one hinted 429 under
 a concurrency cap defers its job while the other slots keep working; a

@@ -23,8 +23,9 @@
  *     job by its hint, and the other slots keep working.
  *   - Losses are congestion only when they rise above the background rate
  *     (noise): in a round (the requests sent since the round began, about
- *     one RTT), k losses are congestion when k ≥ 1 + n·bg + 3·√(n·bg),
- *     where bg is the loss rate of the lane's earlier answers. A provider
+ *     one RTT), k losses are congestion when k > n·bg + 3·√(n·bg),
+ *     where bg is the loss rate of the lane's earlier answers below the
+ *     knee (n: the round's answers, at least the in-flight count). A provider
  *     that fails 4 % of requests at random, whatever the load, has bg ≈
  *     0.04 and is left alone; one whose slots are all taken loses a request
  *     at a load where it lost none before, and that is a cut.

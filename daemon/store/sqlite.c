@@ -28,6 +28,7 @@
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend.h"
 #include "sluice/clock.h"
@@ -145,9 +146,18 @@ extern const size_t sql_nfiles;
     "created_at, updated_at) VALUES "
 #define INSERT_JOB_TAIL " ON CONFLICT (provider, idempotency_key) DO NOTHING"
 
-/* incremental_vacuum step of purge: 4096 pages (16 MiB at the default
- * page size) per call keeps each write lock short. */
-#define STORE_VACUUM_STEP 4096
+/* incremental_vacuum step of purge: 2048 pages (8 MiB at the default
+ * page size) per transaction, each holding the write lock for about a
+ * tenth of a second on a file far larger than the page cache
+ * (bench/scale). */
+#define STORE_VACUUM_STEP 2048
+/* The gap purge leaves between two of its write transactions. SQLite
+ * queues nobody for the write lock: a writer waiting in the busy handler
+ * (which polls every 100 ms once it has waited a while) could miss every
+ * short gap while purge takes the lock again and again (bench/scale saw
+ * the daemon's kind of write held off 4 s by steps of 80 ms each). A gap
+ * as long as that poll lets every waiter in. */
+#define STORE_PURGE_GAP_MS 100
 
 /* Every prepared statement; SQL text in stmt_sql below, same order. */
 enum stmt {
@@ -369,14 +379,19 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_PROVIDER_PUT] =
         "INSERT INTO providers (name, state, reason, concurrency_limit, "
         "in_flight, pause_until, sent, succeeded, failed, throttled, "
-        "updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
+        "updated_at, rate_per_s, rate_source, token_limit, "
+        "tokens_available) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
+        "?11, ?12, ?13, ?14, ?15) "
         "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
         "reason = excluded.reason, "
         "concurrency_limit = excluded.concurrency_limit, "
         "in_flight = excluded.in_flight, pause_until = excluded.pause_until, "
         "sent = excluded.sent, succeeded = excluded.succeeded, "
         "failed = excluded.failed, throttled = excluded.throttled, "
-        "updated_at = excluded.updated_at",
+        "updated_at = excluded.updated_at, rate_per_s = excluded.rate_per_s, "
+        "rate_source = excluded.rate_source, "
+        "token_limit = excluded.token_limit, "
+        "tokens_available = excluded.tokens_available",
     [ST_PROVIDER_GET] =
         "SELECT concurrency_limit, resume_requested_at FROM providers "
         "WHERE name = ?1",
@@ -551,6 +566,8 @@ struct sqlite_store {
     sqlite3_stmt *st[ST_COUNT];
     sqlite3_stmt *ost[OS_COUNT];
     sqlite3_stmt *insert_many; /* STORE_INSERT_ROWS rows of INSERT_JOB */
+    char *load_sql;            /* store_load: the last INSERT prepared */
+    sqlite3_stmt *load_st;
 };
 
 static struct sqlite_store *
@@ -908,6 +925,8 @@ sqlite_close(struct store *base)
     for (int i = 0; i < OS_COUNT; i++)
         sqlite3_finalize(s->ost[i]);
     sqlite3_finalize(s->insert_many);
+    sqlite3_finalize(s->load_st);
+    free(s->load_sql);
     sqlite3_close_v2(s->db);
     free(s->path);
     free(s);
@@ -1809,6 +1828,18 @@ sqlite_provider_put(struct store *base, const struct provider_row *p,
     sqlite3_bind_int64(st, 9, p->failed);
     sqlite3_bind_int64(st, 10, p->throttled);
     sqlite3_bind_int64(st, 11, now_ms);
+    if (p->rate_per_s > 0) {
+        sqlite3_bind_double(st, 12, p->rate_per_s);
+        bind_text(st, 13, p->rate_source);
+    } else {
+        sqlite3_bind_null(st, 12);
+        sqlite3_bind_null(st, 13);
+    }
+    bind_int64_or_null(st, 14, p->token_limit);
+    if (p->token_limit > 0)
+        sqlite3_bind_int64(st, 15, p->tokens_available);
+    else
+        sqlite3_bind_null(st, 15);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "provider row");
@@ -2221,6 +2252,14 @@ purge_step(struct sqlite_store *s, const struct store_select *sel, long limit,
     return rc;
 }
 
+/* Sleeps STORE_PURGE_GAP_MS between two write transactions of purge. */
+static void
+purge_gap(void)
+{
+    struct timespec ts = {0, STORE_PURGE_GAP_MS * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
 /* Gives freed pages back: incremental_vacuum in steps when the file
  * allows it, then the WAL truncated. */
 static int
@@ -2249,6 +2288,8 @@ purge_reclaim(struct sqlite_store *s, long *freed)
             if (now_left >= left)
                 break; /* nothing more to give back */
             left = now_left;
+            if (left > 0)
+                purge_gap();
         }
         free(sql);
         if (rc < 0)
@@ -2257,10 +2298,17 @@ purge_reclaim(struct sqlite_store *s, long *freed)
     if ((rc = pragma_int(s, ST_FREELIST, &after)) < 0)
         return rc;
     *freed = (long)(before - after);
-    /* A reader (the daemon) may keep part of the WAL alive: SQLITE_BUSY
-     * here only means the file shrinks at a later checkpoint. */
-    rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE,
+    /* PASSIVE first: it copies the WAL back without keeping writers out,
+     * so the TRUNCATE after it (which does keep them out while pending)
+     * has almost nothing left to copy. A reader (the daemon) may keep
+     * part of the WAL alive: SQLITE_BUSY here only means the file shrinks
+     * at a later checkpoint. */
+    rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
                                    NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_wal_checkpoint_v2(s->db, NULL,
+                                       SQLITE_CHECKPOINT_TRUNCATE, NULL,
+                                       NULL);
     if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
         return sqlite_fail(s, rc, "wal_checkpoint");
     return 0;
@@ -2280,6 +2328,8 @@ sqlite_purge(struct store *base, const struct store_select *sel,
             return rc;
         *jobs += nj;
         *attempts += na;
+        if (nj == batch_rows)
+            purge_gap();
     } while (nj == batch_rows);
     return purge_reclaim(s, freed_pages);
 }
@@ -2457,6 +2507,162 @@ sqlite_spend_json(struct store *base, const char *batch)
     return arr;
 }
 
+/* --- moving a queue ------------------------------------------------------- */
+
+static int
+sqlite_is_empty(struct store *base, bool *empty)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st;
+    int rc;
+
+    *empty = false;
+    rc = sqlite3_prepare_v2(
+        s->db,
+        "SELECT NOT (EXISTS (SELECT 1 FROM jobs) "
+        "OR EXISTS (SELECT 1 FROM providers) "
+        "OR EXISTS (SELECT 1 FROM batches) "
+        "OR EXISTS (SELECT 1 FROM outputs) "
+        "OR EXISTS (SELECT 1 FROM daemons))",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return sqlite_fail(s, rc, "empty check");
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *empty = sqlite3_column_int(st, 0) != 0;
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : sqlite_fail(s, rc, "empty check");
+}
+
+/* The current row with text verbatim (no JSON parsing): what a load
+ * writes back. */
+static json_t *
+row_raw_json(sqlite3_stmt *st)
+{
+    json_t *o = json_object();
+
+    for (int i = 0; i < sqlite3_column_count(st); i++) {
+        json_t *v;
+        switch (sqlite3_column_type(st, i)) {
+        case SQLITE_INTEGER:
+            v = json_integer(sqlite3_column_int64(st, i));
+            break;
+        case SQLITE_FLOAT:
+            v = json_real(sqlite3_column_double(st, i));
+            break;
+        case SQLITE_NULL:
+            v = json_null();
+            break;
+        default:
+            v = json_stringn((const char *)sqlite3_column_text(st, i),
+                             (size_t)sqlite3_column_bytes(st, i));
+            if (v == NULL) /* not UTF-8: JSON cannot carry it */
+                v = json_string("");
+            break;
+        }
+        json_object_set_new(o, sqlite3_column_name(st, i), v);
+    }
+    return o;
+}
+
+static int
+sqlite_dump(struct store *base, const char *table, store_row_fn fn, void *arg)
+{
+    struct sqlite_store *s = sq(base);
+    char *sql = xasprintf("SELECT * FROM %s ORDER BY rowid", table);
+    sqlite3_stmt *st;
+    int rc, stop = 0;
+
+    rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    free(sql);
+    if (rc != SQLITE_OK)
+        return sqlite_fail(s, rc, "dump");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *row = row_raw_json(st);
+        stop = fn(row, arg);
+        json_decref(row);
+        if (stop != 0)
+            break;
+    }
+    sqlite3_finalize(st);
+    if (stop != 0)
+        return stop;
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "dump");
+}
+
+static int
+sqlite_load(struct store *base, const char *table, const json_t *row)
+{
+    struct sqlite_store *s = sq(base);
+    struct buf b = {0};
+    const char *key;
+    json_t *v;
+    int i = 0, rc;
+
+    buf_appendf(&b, "INSERT INTO %s (", table);
+    json_object_foreach((json_t *)row, key, v)
+        buf_appendf(&b, "%s%s", i++ ? ", " : "", key);
+    buf_appendf(&b, ") VALUES (");
+    for (int k = 0; k < i; k++)
+        buf_appendf(&b, "%s?", k ? ", " : "");
+    buf_appendf(&b, ")");
+    /* Rows of one table share their columns: prepared once per table. */
+    if (s->load_sql == NULL || strcmp(s->load_sql, b.data) != 0) {
+        sqlite3_finalize(s->load_st);
+        free(s->load_sql);
+        s->load_sql = buf_steal(&b);
+        rc = sqlite3_prepare_v2(s->db, s->load_sql, -1, &s->load_st, NULL);
+        if (rc != SQLITE_OK) {
+            s->load_st = NULL;
+            free(s->load_sql);
+            s->load_sql = NULL;
+            return sqlite_fail(s, rc, "load");
+        }
+    }
+    buf_free(&b);
+    sqlite3_reset(s->load_st);
+    sqlite3_clear_bindings(s->load_st);
+    i = 0;
+    json_object_foreach((json_t *)row, key, v)
+    {
+        i++;
+        if (json_is_integer(v))
+            sqlite3_bind_int64(s->load_st, i, json_integer_value(v));
+        else if (json_is_real(v))
+            sqlite3_bind_double(s->load_st, i, json_real_value(v));
+        else if (json_is_string(v))
+            sqlite3_bind_text(s->load_st, i, json_string_value(v),
+                              (int)json_string_length(v), SQLITE_STATIC);
+        else if (json_is_boolean(v))
+            sqlite3_bind_int(s->load_st, i, json_is_true(v));
+    }
+    rc = sqlite3_step(s->load_st);
+    sqlite3_reset(s->load_st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "load");
+}
+
+/* The kept counts from the jobs, as sql/006 first filled them. */
+static int
+sqlite_load_done(struct store *base)
+{
+    struct sqlite_store *s = sq(base);
+    int rc = sqlite3_exec(
+        s->db,
+        "DELETE FROM job_counts; "
+        "INSERT INTO job_counts (provider, batch, state, n) "
+        "SELECT provider, coalesce(batch, ''), state, count(*) "
+        "FROM jobs GROUP BY 1, 2, 3; "
+        "DELETE FROM job_done_minutes; "
+        "INSERT INTO job_done_minutes (provider, batch, minute, n, "
+        "first_at, last_at) "
+        "SELECT provider, coalesce(batch, ''), finished_at / 60000, "
+        "count(*), min(finished_at), max(finished_at) FROM jobs "
+        "WHERE finished_at IS NOT NULL AND state IN (" JOB_TERMINAL_SQL ") "
+        "GROUP BY 1, 2, 3",
+        NULL, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : sqlite_fail(s, rc, "load: kept counts");
+}
+
 const struct store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = sqlite_open,
@@ -2509,6 +2715,10 @@ const struct store_ops store_sqlite_ops = {
     .purge = sqlite_purge,
     .progress_json = sqlite_progress_json,
     .providers_json = sqlite_providers_json,
+    .is_empty = sqlite_is_empty,
+    .dump = sqlite_dump,
+    .load = sqlite_load,
+    .load_done = sqlite_load_done,
     .outputs_claim = sqlite_outputs_claim,
     .output_record = sqlite_output_record,
     .outputs_next_due = sqlite_outputs_next_due,

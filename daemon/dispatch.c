@@ -539,8 +539,9 @@ log_outcome(const struct req *r, const struct outcome *o, const char *what,
                  lane_change ? lane_change : "");
 }
 
-/* The job's cost (DESIGN §13): the dialect's (FLORA's charged_cost), else
- * from the result by the provider's cost_pointer or token_price. */
+/* The job's cost (docs/design.md §13): the dialect's (FLORA's
+ * charged_cost), else from the result by the provider's cost_pointer or
+ * token_price. */
 static bool
 job_cost(const struct dlane *dl, const struct outcome *o, double *cost)
 {
@@ -1047,6 +1048,10 @@ write_provider_rows(struct dispatch *d, int64_t now)
             .succeeded = lane_succeeded(l),
             .failed = lane_failed(l),
             .throttled = lane_throttled(l),
+            .rate_per_s = lane_rate(l),
+            .rate_source = lane_rate_source(l),
+            .token_limit = (int64_t)lane_token_limit(l),
+            .tokens_available = lane_tokens_available(l),
         };
         if (lane_state(l) == LANE_ACTIVE && spend_paused(d->spend, dl->name)) {
             p.state = lane_state_name(LANE_PAUSED);

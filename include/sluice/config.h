@@ -1,5 +1,5 @@
 /*
- * config: the INI file of CONTRACT.md, parsed completely (inih) and
+ * config: the INI file of docs/contract.md, parsed completely (inih) and
  * validated before anything starts. An error names file, line and key.
  */
 #ifndef SLUICE_CONFIG_H

@@ -61,15 +61,16 @@ int store_insert_jobs(struct store *s, const struct jobspec *jobs, size_t n,
 /* --- the daemon ---------------------------------------------------------- */
 
 /* Returns running jobs whose lease expired to queued (the attempt stays
- * charged: DESIGN §3) and frees expired poll leases. *n = jobs reclaimed.
- * A job with no attempt left fails instead (timeout / lease_expired), or it
- * would be claimed beyond max_attempts. Only leases whose owner has no row
- * in daemons expire (leases from before the daemons table, or rows edited
- * by hand): a registered daemon's leases are taken back only when it is
- * judged dead (store_daemon_reap), so no wall-clock jump reclaims them. */
+ * charged: docs/design.md §3) and frees expired poll leases. *n = jobs
+ * reclaimed. A job with no attempt left fails instead (timeout /
+ * lease_expired), or it would be claimed beyond max_attempts. Only leases
+ * whose owner has no row in daemons expire (leases from before the daemons
+ * table, or rows edited by hand): a registered daemon's leases are taken
+ * back only when it is judged dead (store_daemon_reap), so no wall-clock
+ * jump reclaims them. */
 int store_reclaim_expired(struct store *s, int64_t now_ms, long *n);
 
-/* --- daemons and their liveness (DESIGN §11, liveness.h) ----------------- */
+/* --- daemons and their liveness (docs/design.md §11, liveness.h) --------- */
 
 /* A row of the daemons table. */
 struct daemon_row {
@@ -144,6 +145,38 @@ int store_count_waiting(struct store *s, const char *provider, long *n);
  * is queued: since when the longest-waiting one has been due. */
 int store_oldest_queued(struct store *s, const char *provider,
                         int64_t *since_ms);
+/* Like store_claim_new, but no job of the batches held[0..nheld) (capped
+ * batches at their budget: DESIGN §13); jobs without a batch are never
+ * held. */
+int store_claim_except(struct store *s, const char *provider, int max,
+                       int64_t now_ms, int64_t lease_ms, const char *owner,
+                       const char *const *held, size_t nheld,
+                       struct job **out, int *nout);
+/* The spend (sum of jobs.cost) and the number of jobs with a cost, of
+ * provider (batch NULL) or of batch (provider NULL). A scan of that
+ * provider's jobs (a batch's: through its index): once per capped
+ * provider or batch, not per claim. */
+int store_spend(struct store *s, const char *provider, const char *batch,
+                double *spent, long *costed);
+/* Sets batch's spend cap (batches table) and makes it active again (the
+ * daemon pauses it anew if the cap is still reached); budget <= 0 lifts
+ * the cap. */
+int store_batch_budget_set(struct store *s, const char *batch, double budget,
+                           int64_t now_ms);
+/* Calls cb for every batch with a spend cap. */
+int store_batch_budgets(struct store *s,
+                        void (*cb)(const char *batch, double budget,
+                                   void *data),
+                        void *data);
+/* Rows of the spend view (of batch; NULL all) that have a cost or a batch
+ * budget: {provider, batch, spent, spent_last_hour, batch_budget,
+ * batch_state, batch_reason}. A scan of the jobs (operators' views, not
+ * the loop). NULL on a database error. */
+json_t *store_spend_json(struct store *s, const char *batch);
+/* The daemon's word on a capped batch: paused with reason budget, or
+ * active again. */
+int store_batch_pause(struct store *s, const char *batch, bool paused,
+                      int64_t now_ms);
 /* Whether provider has any job not yet terminal (cheap at any size). */
 int store_has_unfinished(struct store *s, const char *provider, bool *any);
 
@@ -197,7 +230,7 @@ struct job_update {
     const char *remote_id, *poll_url; /* async run, kept on the job */
     bool is_poll;             /* the request was a poll of remote_id */
     /* a success of a provider with outputs = download: its output URLs,
-     * each a pending outputs row once committed (DESIGN §13) */
+     * each a pending outputs row once committed (docs/design.md §13) */
     const char *const *output_urls;
     size_t noutput_urls;
 };
@@ -337,7 +370,7 @@ json_t *store_progress_json(struct store *s, const char *batch);
  * of rows, by name; NULL on a database error. */
 json_t *store_providers_json(struct store *s);
 
-/* --- outputs (DESIGN §13) ------------------------------------------------ */
+/* --- outputs (docs/design.md §13) ---------------------------------------- */
 
 /* One pending output a daemon has claimed for download. Strings owned. */
 struct output_claim {

@@ -1092,6 +1092,13 @@ on_uv_version(uv_timer_t *t)
         outputs_kick(d->outputs); /* sluicectl outputs --retry */
 }
 
+/* The store pushed a wakeup (PostgreSQL NOTIFY): look at once. */
+static void
+on_store_wakeup(void *arg)
+{
+    on_uv_version(&((struct dispatch *)arg)->version_timer);
+}
+
 /* --- life cycle ----------------------------------------------------------- */
 
 long
@@ -1215,6 +1222,9 @@ dispatch_start(struct dispatch *d)
                    HOUSEKEEPING_MS);
     uv_timer_start(&d->version_timer, on_uv_version, VERSION_POLL_MS,
                    VERSION_POLL_MS);
+    /* Where the store can push (PostgreSQL), an idle daemon wakes at
+     * once; the poll above stays as the floor. */
+    store_watch(d->store, d->loop, on_store_wakeup, d);
     schedule_pump(d, 0);
 }
 
@@ -1341,6 +1351,7 @@ dispatch_stop(struct dispatch *d, int64_t grace_ms,
     d->stop_flush_until = clock_now_ms() + grace_ms + STOP_FLUSH_MS;
     uv_timer_stop(&d->pump_timer);
     uv_timer_stop(&d->version_timer);
+    store_watch(d->store, NULL, NULL, NULL); /* or the loop stays up */
     if (d->ninflight > 0) {
         log_info("stopping: %d requests in flight, grace %" PRId64 " ms",
                  d->ninflight, grace_ms);
@@ -1449,6 +1460,7 @@ dispatch_free(struct dispatch *d)
         http_cancel(d->inflight->xfer);
     outputs_free(d->outputs);
     http_free(d->http);
+    store_watch(d->store, NULL, NULL, NULL);
     uv_timer_t *timers[] = {&d->pump_timer, &d->flush_timer, &d->house_timer,
                             &d->version_timer, &d->grace_timer};
     for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++) {

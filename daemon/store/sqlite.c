@@ -1418,6 +1418,15 @@ sqlite_has_unfinished(struct store *base, const char *provider, bool *any)
     return rc;
 }
 
+/* No push from SQLite: the dispatcher polls sqlite_data_version. */
+static int
+sqlite_watch(struct store *base, struct uv_loop_s *loop,
+             void (*cb)(void *arg), void *arg)
+{
+    (void)base, (void)loop, (void)cb, (void)arg;
+    return -ENOTSUP;
+}
+
 static int
 sqlite_counts(struct store *base, store_count_fn cb, void *arg)
 {
@@ -2347,6 +2356,7 @@ const struct store_ops store_sqlite_ops = {
     .batch_pause = sqlite_batch_pause,
     .spend_json = sqlite_spend_json,
     .data_version = sqlite_data_version,
+    .watch = sqlite_watch,
     .flush = sqlite_flush,
     .cancelled = sqlite_cancelled,
     .provider_put = sqlite_provider_put,

@@ -65,7 +65,7 @@ struct provider_config {
 
 struct config {
     char *path;              /* file it came from, or NULL for defaults */
-    char *database;          /* SQLite file */
+    char *database;          /* SQLite file or PostgreSQL conninfo */
     int64_t shutdown_grace_ms; /* default 30 s */
     int64_t lease_ms;        /* claim lease, default 10 min (> timeout) */
     int64_t heartbeat_timeout_ms; /* another daemon whose heartbeat does not

@@ -184,6 +184,14 @@ enum pst {
     P_PURGE_ATTEMPTS,
     P_PURGE_JOBS,
     P_PROGRESS_BATCH,
+    P_OLDEST_QUEUED,
+    P_CLAIM_EXCEPT,
+    P_SPEND_PROVIDER,
+    P_SPEND_BATCH,
+    P_BATCH_BUDGET_SET,
+    P_BATCH_BUDGETS,
+    P_SPEND_ROWS,
+    P_BATCH_STATE,
     P_OUT_CLAIM,
     P_OUT_RECORD,
     P_OUT_NEXT_DUE,
@@ -420,6 +428,42 @@ static const char *const pst_sql[P_COUNT] = {
     [P_PURGE_JOBS] = "DELETE FROM jobs WHERE id IN " PURGE_PICK,
     [P_PROGRESS_BATCH] = "SELECT * FROM batch_progress WHERE batch = $1::text "
                          "ORDER BY provider",
+    [P_OLDEST_QUEUED] = "SELECT MIN(run_after) FROM jobs "
+                        "WHERE provider = $1::text AND state = 'queued'",
+    /* P_CLAIM but not for jobs of the batches in $6 (a JSON array), held
+     * at their budget; jobs without a batch are never held. */
+    [P_CLAIM_EXCEPT] =
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+        "lease_until = $1::bigint, lease_owner = $2::text, "
+        "updated_at = $3::bigint "
+        "WHERE id IN (SELECT id FROM jobs "
+        "  WHERE provider = $4::text AND state IN ('queued', 'retrying') "
+        "  AND run_after <= $3::bigint AND (batch IS NULL OR batch NOT IN "
+        "    (SELECT json_array_elements_text($6::json))) "
+        "  ORDER BY priority DESC, run_after, id LIMIT $5::int "
+        "  FOR UPDATE SKIP LOCKED) "
+        "RETURNING " CLAIM_COLUMNS,
+    [P_SPEND_PROVIDER] = "SELECT coalesce(sum(cost), 0), count(cost) "
+                         "FROM jobs WHERE provider = $1::text",
+    [P_SPEND_BATCH] = "SELECT coalesce(sum(cost), 0), count(cost) "
+                      "FROM jobs WHERE batch = $1::text",
+    [P_BATCH_BUDGET_SET] =
+        "INSERT INTO batches (name, budget, updated_at) "
+        "VALUES ($1::text, $2::double precision, $3::bigint) "
+        "ON CONFLICT (name) DO UPDATE SET budget = excluded.budget, "
+        "state = 'active', reason = NULL, updated_at = excluded.updated_at",
+    [P_BATCH_BUDGETS] = "SELECT name, budget FROM batches "
+                        "WHERE budget IS NOT NULL ORDER BY name",
+    [P_SPEND_ROWS] = "SELECT s.provider, s.batch, s.spent, s.spent_last_hour, "
+                     "  b.budget AS batch_budget, b.state AS batch_state, "
+                     "  b.reason AS batch_reason FROM spend s "
+                     "LEFT JOIN batches b ON b.name = s.batch "
+                     "WHERE ($1::text IS NULL OR s.batch = $1::text) "
+                     "AND (s.jobs_costed > 0 OR b.budget IS NOT NULL) "
+                     "ORDER BY s.provider, s.batch",
+    [P_BATCH_STATE] = "UPDATE batches SET state = $2::text, "
+                      "reason = $3::text, updated_at = $4::bigint "
+                      "WHERE name = $1::text",
     /* The outputs table (DESIGN §13), as sqlite.c's OS_* statements; a
      * download's lease is its claim. */
     [P_OUT_CLAIM] =
@@ -1445,12 +1489,12 @@ claim_row(const PGresult *r, int i)
     return j;
 }
 
+/* Runs one claim statement (held_json: $6 of P_CLAIM_EXCEPT). */
 static int
-pg_claim(struct store *base, enum store_claim_kind kind, const char *provider,
-         int max, int64_t now_ms, int64_t lease_ms, const char *owner,
-         struct job **out, int *nout)
+claim_run(struct pg_store *s, enum pst id, const char *provider, int max,
+          int64_t now_ms, int64_t lease_ms, const char *owner,
+          const char *held_json, struct job **out, int *nout)
 {
-    struct pg_store *s = pq(base);
     struct params p = {0};
     struct backend_claimed *c;
     PGresult *r;
@@ -1461,8 +1505,9 @@ pg_claim(struct store *base, enum store_claim_kind kind, const char *provider,
     p_int(&p, now_ms);
     p_text(&p, provider);
     p_int(&p, max);
-    r = pg_run(s, kind == STORE_CLAIM_POLLS ? P_CLAIM_WAITING : P_CLAIM, &p,
-               "claim", &err);
+    if (held_json != NULL)
+        p_text(&p, held_json);
+    r = pg_run(s, id, &p, "claim", &err);
     if (r == NULL)
         return err; /* one statement: nothing was claimed */
     n = PQntuples(r);
@@ -1479,6 +1524,104 @@ pg_claim(struct store *base, enum store_claim_kind kind, const char *provider,
     for (int i = 0; i < n; i++)
         out[(*nout)++] = c[i].job;
     free(c);
+    return 0;
+}
+
+static int
+pg_claim(struct store *base, enum store_claim_kind kind, const char *provider,
+         int max, int64_t now_ms, int64_t lease_ms, const char *owner,
+         struct job **out, int *nout)
+{
+    return claim_run(pq(base),
+                     kind == STORE_CLAIM_POLLS ? P_CLAIM_WAITING : P_CLAIM,
+                     provider, max, now_ms, lease_ms, owner, NULL, out, nout);
+}
+
+static int
+pg_claim_except(struct store *base, const char *provider, int max,
+                int64_t now_ms, int64_t lease_ms, const char *owner,
+                const char *held_json, struct job **out, int *nout)
+{
+    return claim_run(pq(base), P_CLAIM_EXCEPT, provider, max, now_ms, lease_ms,
+                     owner, held_json, out, nout);
+}
+
+static int
+pg_oldest_queued(struct store *base, const char *provider, int64_t *since_ms)
+{
+    struct params p = {0};
+
+    p_text(&p, provider);
+    return pg_run_int(pq(base), P_OLDEST_QUEUED, &p, "oldest queued", since_ms);
+}
+
+/* --- spend and budgets (DESIGN §13) --------------------------------------- */
+
+static int
+pg_spend(struct store *base, const char *provider, const char *batch,
+         double *spent, long *costed)
+{
+    struct params p = {0};
+    PGresult *r;
+    int err;
+
+    *spent = 0;
+    *costed = 0;
+    p_text(&p, provider ? provider : batch);
+    if ((r = pg_run(pq(base), provider ? P_SPEND_PROVIDER : P_SPEND_BATCH, &p,
+                    "spend", &err)) == NULL)
+        return err;
+    if (PQntuples(r) > 0) {
+        *spent = strtod(PQgetvalue(r, 0, 0), NULL);
+        *costed = (long)value_int(r, 0, 1);
+    }
+    PQclear(r);
+    return 0;
+}
+
+static int
+pg_batch_budget_set(struct store *base, const char *batch, double budget,
+                    int64_t now_ms)
+{
+    struct params p = {0};
+
+    p_text(&p, batch);
+    if (budget > 0)
+        p_double(&p, budget);
+    else
+        p_text(&p, NULL);
+    p_int(&p, now_ms);
+    return pg_run_changes(pq(base), P_BATCH_BUDGET_SET, &p, "batch budget",
+                          NULL);
+}
+
+static int
+pg_batch_pause(struct store *base, const char *batch, bool paused,
+               int64_t now_ms)
+{
+    struct params p = {0};
+
+    p_text(&p, batch);
+    p_text(&p, paused ? "paused" : "active");
+    p_text(&p, paused ? "budget" : NULL);
+    p_int(&p, now_ms);
+    return pg_run_changes(pq(base), P_BATCH_STATE, &p, "batch state", NULL);
+}
+
+static int
+pg_batch_budgets(struct store *base,
+                 void (*cb)(const char *batch, double budget, void *data),
+                 void *data)
+{
+    int err;
+    PGresult *r =
+        pg_run(pq(base), P_BATCH_BUDGETS, NULL, "batch budgets", &err);
+
+    if (r == NULL)
+        return err;
+    for (int i = 0; i < PQntuples(r); i++)
+        cb(PQgetvalue(r, i, 0), strtod(PQgetvalue(r, i, 1), NULL), data);
+    PQclear(r);
     return 0;
 }
 
@@ -2148,6 +2291,15 @@ pg_progress_json(struct store *base, const char *batch)
 }
 
 static json_t *
+pg_spend_json(struct store *base, const char *batch)
+{
+    struct params p = {0};
+
+    p_text(&p, batch);
+    return array_json(pq(base), P_SPEND_ROWS, &p, "spend");
+}
+
+static json_t *
 pg_providers_json(struct store *base)
 {
     return array_json(pq(base), P_LANES, NULL, "providers");
@@ -2311,6 +2463,13 @@ const struct store_ops store_postgres_ops = {
     .count_waiting = pg_count_waiting,
     .has_unfinished = pg_has_unfinished,
     .counts = pg_counts,
+    .oldest_queued = pg_oldest_queued,
+    .claim_except = pg_claim_except,
+    .spend = pg_spend,
+    .batch_budget_set = pg_batch_budget_set,
+    .batch_budgets = pg_batch_budgets,
+    .spend_json = pg_spend_json,
+    .batch_pause = pg_batch_pause,
     .data_version = pg_data_version,
     .watch = pg_watch,
     .flush = pg_flush,

@@ -158,6 +158,7 @@ enum stmt {
     ST_COMMIT,
     ST_ROLLBACK,
     ST_INSERT_JOB,
+    ST_COUNT_INSERTED,
     ST_RECLAIM_RUNNING,
     ST_RECLAIM_POLLS,
     ST_RECLAIM_OWNER_RUNNING,
@@ -222,6 +223,12 @@ static const char *const stmt_sql[ST_COUNT] = {
         "created_at, updated_at) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?10, ?10) "
         "ON CONFLICT (provider, idempotency_key) DO NOTHING",
+    /* Enqueued jobs are counted here, once per statement of inserts,
+     * rather than by a trigger per row (sql/008_counted_enqueue.sql). */
+    [ST_COUNT_INSERTED] =
+        "INSERT INTO job_counts (provider, batch, state, n) "
+        "VALUES (?1, coalesce(?2, ''), 'queued', ?3) "
+        "ON CONFLICT (provider, batch, state) DO UPDATE SET n = n + ?3",
     [ST_RECLAIM_RUNNING] = RECLAIM_RUNNING_SET
         "WHERE state = 'running' AND lease_until <= ?1 " UNREGISTERED_OWNER,
     [ST_RECLAIM_POLLS] =
@@ -962,6 +969,25 @@ bind_jobspec(sqlite3_stmt *st, int at, const struct jobspec *j, int64_t now_ms)
     sqlite3_bind_int64(st, at + 10, now_ms);
 }
 
+/* Adds n new queued jobs of provider and batch to the kept counts. */
+static int
+count_inserted(struct sqlite_store *s, const char *provider,
+               const char *batch, int64_t n)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    if (n == 0)
+        return 0;
+    st = stmt(s, ST_COUNT_INSERTED);
+    bind_text(st, 1, provider);
+    bind_text(st, 2, batch);
+    sqlite3_bind_int64(st, 3, n);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "count jobs");
+}
+
 static int
 sqlite_insert_job(struct store *base, const struct jobspec *j, int64_t now_ms)
 {
@@ -974,7 +1000,28 @@ sqlite_insert_job(struct store *base, const struct jobspec *j, int64_t now_ms)
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return sqlite_fail(s, rc, "insert job");
-    return sqlite3_changes(s->db) == 1 ? 0 : 1;
+    if (sqlite3_changes(s->db) == 0)
+        return 1;
+    return (rc = count_inserted(s, j->provider, j->batch, 1)) < 0 ? rc : 0;
+}
+
+static bool
+same_text(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Whether jobs[0..n) share one provider and batch: then the statement's
+ * changes() is their count. */
+static bool
+one_count_key(const struct jobspec *jobs, size_t n)
+{
+    for (size_t i = 1; i < n; i++) {
+        if (!same_text(jobs[i].provider, jobs[0].provider) ||
+            !same_text(jobs[i].batch, jobs[0].batch))
+            return false;
+    }
+    return true;
 }
 
 static int
@@ -988,16 +1035,24 @@ sqlite_insert_jobs(struct store *base, const struct jobspec *jobs, size_t n,
     *inserted = 0;
     /* Whole statements of STORE_INSERT_ROWS rows; changes() counts the
      * rows ON CONFLICT DO NOTHING let through, duplicates within the
-     * statement included. The tail goes row by row. */
+     * statement included, and count_inserted adds them to the kept
+     * counts. The tail, and statements mixing providers or batches, go
+     * row by row. */
     for (; i + STORE_INSERT_ROWS <= n; i += STORE_INSERT_ROWS) {
         sqlite3_stmt *st = s->insert_many;
+        const struct jobspec *row = &jobs[i];
+        if (!one_count_key(row, STORE_INSERT_ROWS))
+            break; /* mixed: row by row, each counted */
         for (int r = 0; r < STORE_INSERT_ROWS; r++)
-            bind_jobspec(st, 10 * r, &jobs[i + (size_t)r], now_ms);
+            bind_jobspec(st, 10 * r, &row[r], now_ms);
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_DONE)
             return sqlite_fail(s, rc, "insert jobs");
-        *inserted += (size_t)sqlite3_changes(s->db);
+        int64_t k = sqlite3_changes(s->db);
+        if ((rc = count_inserted(s, row->provider, row->batch, k)) < 0)
+            return rc;
+        *inserted += (size_t)k;
     }
     for (; i < n; i++) {
         if ((rc = sqlite_insert_job(&s->base, &jobs[i], now_ms)) < 0)

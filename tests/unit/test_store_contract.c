@@ -968,6 +968,70 @@ test_outputs_of_a_success_are_claimed_recorded_and_retried(void **state)
     store_close(s);
 }
 
+static void
+budget_cb(const char *batch, double budget, void *data)
+{
+    json_object_set_new(data, batch, json_real(budget));
+}
+
+static void
+test_spend_budgets_and_held_batches(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct jobspec jobs[3] = {spec("gen", "a", "a", 0),
+                              spec("gen", "b", "b", 0),
+                              spec("gen", "c", "c", 0)};
+    const char *held = "capped";
+    struct job *claimed[4];
+    struct job_update u = {0};
+    json_t *budgets = json_object(), *rows;
+    double spent;
+    long costed;
+    int64_t since;
+    size_t in;
+    int n = 0;
+
+    jobs[0].batch = (char *)"capped";
+    jobs[1].batch = (char *)"open";
+    assert_int_equal(store_begin(s), 0);
+    assert_int_equal(store_insert_jobs(s, jobs, 3, T0, &in), 0);
+    assert_int_equal(store_commit(s), 0);
+    assert_int_equal(store_oldest_queued(s, "gen", &since), 0);
+    assert_int_equal(since, T0);
+    assert_int_equal(store_batch_budget_set(s, "capped", 2.5, T0), 0);
+    assert_int_equal(store_batch_budgets(s, budget_cb, budgets), 0);
+    assert_true(json_real_value(json_object_get(budgets, "capped")) == 2.5);
+    json_decref(budgets);
+    assert_int_equal(store_claim_except(s, "gen", 4, T0, LEASE_MS, "o", &held,
+                                        1, claimed, &n),
+                     0);
+    assert_int_equal(n, 2); /* b (open) and c (no batch), not a */
+    for (int i = 0; i < n; i++)
+        assert_string_not_equal(claimed[i]->custom_id, "a");
+    u.job_id = claimed[0]->id;
+    free_jobs(claimed, n);
+    u.owner = "o";
+    u.state = JOB_SUCCEEDED;
+    u.http_status = 200;
+    u.finished_at = T0 + 1;
+    u.cost = 0.75;
+    u.has_cost = true;
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_spend(s, "gen", NULL, &spent, &costed), 0);
+    assert_true(spent == 0.75);
+    assert_int_equal(costed, 1);
+    assert_int_equal(store_batch_pause(s, "capped", true, T0 + 2), 0);
+    rows = store_spend_json(s, "capped");
+    assert_int_equal(json_array_size(rows), 1);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(rows, 0), "batch_state")),
+                        "paused");
+    json_decref(rows);
+    store_close(s);
+}
+
 /* --- wakeups ------------------------------------------------------------- */
 
 static void
@@ -1066,6 +1130,7 @@ main(void)
         BOTH(test_late_outcome_of_a_job_taken_back_is_not_written),
         BOTH(test_kept_counts_follow_every_move),
         BOTH(test_outputs_of_a_success_are_claimed_recorded_and_retried),
+        BOTH(test_spend_budgets_and_held_batches),
         BOTH(test_counts_and_next_due),
         BOTH(test_failures_retry_and_cancel_by_selection),
         BOTH(test_queries_status_jobs_progress_export_purge),

@@ -44,6 +44,7 @@
 #include "sluice/clock.h"
 #include "sluice/jobspec.h"
 #include "sluice/log.h"
+#include "sluice/permit.h"
 #include "sluice/xmalloc.h"
 
 /* Generated from sql/postgres/ by cmake/embed_sql.cmake. */
@@ -153,6 +154,13 @@ enum pst {
     P_DAEMONS,
     P_DAEMON_HEARTBEAT,
     P_DAEMON_DELETE,
+    P_PERMITS_DELETE,
+    P_PERMIT_VIEW,
+    P_PERMIT_POOL,
+    P_PERMIT_SET,
+    P_BUCKET_ROW,
+    P_BUCKET_LOCK,
+    P_BUCKET_PUT,
     P_COUNTS,
     P_CLAIM_WAITING,
     P_CLAIM,
@@ -250,6 +258,33 @@ static const char *const pst_sql[P_COUNT] = {
                            "WHERE owner = $1::text FOR UPDATE",
     [P_DAEMON_DELETE] = "DELETE FROM daemons WHERE owner = $2::text "
                         "AND $1::bigint IS NOT NULL",
+    [P_PERMITS_DELETE] = "DELETE FROM permits WHERE owner = $2::text "
+                         "AND $1::bigint IS NOT NULL",
+    [P_PERMIT_VIEW] =
+        "INSERT INTO permits (provider, owner, cap, rate) "
+        "VALUES ($1::text, $2::text, $3::int, $4::double precision) "
+        "ON CONFLICT (provider, owner) "
+        "DO UPDATE SET cap = excluded.cap, rate = excluded.rate",
+    /* Live daemons only: a row whose owner is gone holds nothing. */
+    [P_PERMIT_POOL] =
+        "SELECT COALESCE(SUM(CASE WHEN p.owner <> $2::text THEN p.slots END), "
+        "0), MIN(NULLIF(p.cap, 0)), MIN(NULLIF(p.rate, 0)), "
+        "COUNT(CASE WHEN p.owner <> $2::text "
+        "  AND (p.slots > 0 OR p.unmet > 0) THEN 1 END), "
+        "COUNT(CASE WHEN p.owner <> $2::text AND p.unmet > 0 THEN 1 END) "
+        "FROM permits p JOIN daemons d ON d.owner = p.owner "
+        "WHERE p.provider = $1::text",
+    [P_PERMIT_SET] = "UPDATE permits SET slots = $3::int, unmet = $4::int "
+                     "WHERE provider = $1::text AND owner = $2::text",
+    [P_BUCKET_ROW] = "INSERT INTO providers (name, updated_at) "
+                     "VALUES ($1::text, $2::bigint) "
+                     "ON CONFLICT (name) DO NOTHING",
+    /* The takes of one provider queue on this lock. */
+    [P_BUCKET_LOCK] = "SELECT rate_tokens, rate_tokens_at FROM providers "
+                      "WHERE name = $1::text FOR UPDATE",
+    [P_BUCKET_PUT] = "UPDATE providers SET rate_tokens = $2::double "
+                     "precision, rate_tokens_at = $3::bigint "
+                     "WHERE name = $1::text",
     [P_CLAIM_WAITING] =
         "UPDATE jobs SET lease_until = $1::bigint, lease_owner = $2::text, "
         "updated_at = $3::bigint "
@@ -1447,6 +1482,8 @@ pg_daemon_reap(struct store *base, const char *owner, int64_t seen,
     }
     if ((rc = pg_run_changes(s, P_DAEMON_DELETE, &p, "reap: daemon row",
                              NULL)) < 0 ||
+        (rc = pg_run_changes(s, P_PERMITS_DELETE, &p, "reap: permits",
+                             NULL)) < 0 ||
         (rc = pg_run_changes(s, P_RECLAIM_OWNER_RUNNING, &p,
                              "reap: running jobs", n)) < 0 ||
         (rc = pg_run_changes(s, P_RECLAIM_OWNER_POLLS, &p, "reap: poll leases",
@@ -1458,6 +1495,143 @@ pg_daemon_reap(struct store *base, const char *owner, int64_t seen,
     return 0;
 fail:
     *n = 0;
+    pg_rollback(base);
+    return rc;
+}
+
+/* --- permits shared by the daemons of one database ----------------------- */
+
+static double
+value_double(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? 0 : strtod(PQgetvalue(r, row, col), NULL);
+}
+
+/* Locks provider's row (made when missing) and reads the pool of the live
+ * daemons' permits as owner sees it, inside the caller's transaction. */
+static int
+pg_permit_pool(struct pg_store *s, const char *provider, const char *owner,
+               int64_t now_ms, struct permit_pool *pool)
+{
+    struct params p = {0}, q = {0};
+    PGresult *r;
+    int rc, err;
+
+    *pool = (struct permit_pool){0};
+    p_text(&p, provider);
+    p_int(&p, now_ms);
+    if ((rc = pg_run_changes(s, P_BUCKET_ROW, &p, "permits: provider row",
+                             NULL)) < 0)
+        return rc;
+    p_text(&q, provider);
+    if ((r = pg_run(s, P_BUCKET_LOCK, &q, "permits: bucket", &err)) == NULL)
+        return err;
+    if (PQntuples(r) > 0) {
+        pool->tokens = value_double(r, 0, 0);
+        pool->tokens_at = value_int(r, 0, 1);
+    }
+    PQclear(r);
+    p_text(&q, owner);
+    if ((r = pg_run(s, P_PERMIT_POOL, &q, "permits: pool", &err)) == NULL)
+        return err;
+    if (PQntuples(r) > 0) {
+        pool->others = (int)value_int(r, 0, 0);
+        pool->cap = (int)value_int(r, 0, 1);
+        pool->rate = value_double(r, 0, 2);
+        pool->active = (int)value_int(r, 0, 3);
+        pool->waiting = (int)value_int(r, 0, 4);
+    }
+    PQclear(r);
+    return 0;
+}
+
+static int
+pg_permit_slots(struct pg_store *s, const char *provider, const char *owner,
+                int slots, int unmet)
+{
+    struct params p = {0};
+
+    p_text(&p, provider);
+    p_text(&p, owner);
+    p_int(&p, slots);
+    p_int(&p, unmet);
+    return pg_run_changes(s, P_PERMIT_SET, &p, "permits: slots", NULL);
+}
+
+static int
+pg_permit_bucket(struct pg_store *s, const char *provider,
+                 const struct permit_pool *pool)
+{
+    struct params p = {0};
+
+    p_text(&p, provider);
+    p_double(&p, pool->tokens);
+    p_int(&p, pool->tokens_at);
+    return pg_run_changes(s, P_BUCKET_PUT, &p, "permits: bucket", NULL);
+}
+
+static int
+pg_permit_take(struct store *base, const char *provider, const char *owner,
+               const struct permit_view *view, int in_flight, int want,
+               int64_t now_ms, int *granted, int64_t *wake_ms)
+{
+    struct pg_store *s = pq(base);
+    struct permit_pool pool;
+    struct params p = {0};
+    int rc, n;
+
+    *granted = 0;
+    *wake_ms = 0;
+    p_text(&p, provider);
+    p_text(&p, owner);
+    p_int(&p, view->cap);
+    p_double(&p, view->rate);
+    if ((rc = pg_begin(base)) < 0)
+        return rc;
+    if ((rc = pg_run_changes(s, P_PERMIT_VIEW, &p, "permits: view", NULL)) <
+            0 ||
+        (rc = pg_permit_pool(s, provider, owner, now_ms, &pool)) < 0)
+        goto fail;
+    n = permit_grant(&pool, in_flight, want, now_ms, wake_ms);
+    if ((rc = pg_permit_slots(s, provider, owner, in_flight + n, want - n)) <
+            0 ||
+        (pool.rate > 0 && (rc = pg_permit_bucket(s, provider, &pool)) < 0) ||
+        (rc = pg_commit(base)) < 0)
+        goto fail;
+    *granted = n;
+    return 0;
+fail:
+    *wake_ms = 0;
+    pg_rollback(base);
+    return rc;
+}
+
+static int
+pg_permit_put(struct store *base, const char *provider, const char *owner,
+              int slots, int tokens)
+{
+    struct pg_store *s = pq(base);
+    struct permit_pool pool;
+    int rc;
+
+    if (tokens <= 0)
+        return pg_permit_slots(s, provider, owner, slots, 0);
+    if ((rc = pg_begin(base)) < 0)
+        return rc;
+    if ((rc = pg_permit_pool(s, provider, owner, 0, &pool)) < 0 ||
+        (rc = pg_permit_slots(s, provider, owner, slots, 0)) < 0)
+        goto fail;
+    if (pool.rate > 0 && pool.tokens_at != 0) {
+        pool.tokens += tokens;
+        if (pool.tokens > permit_burst(pool.rate))
+            pool.tokens = permit_burst(pool.rate);
+        if ((rc = pg_permit_bucket(s, provider, &pool)) < 0)
+            goto fail;
+    }
+    if ((rc = pg_commit(base)) < 0)
+        goto fail;
+    return 0;
+fail:
     pg_rollback(base);
     return rc;
 }
@@ -2456,6 +2630,8 @@ const struct store_ops store_postgres_ops = {
     .daemon_beat = pg_daemon_beat,
     .daemons = pg_daemons,
     .daemon_reap = pg_daemon_reap,
+    .permit_take = pg_permit_take,
+    .permit_put = pg_permit_put,
     .claim = pg_claim,
     .next_due = pg_next_due,
     .pending_count = pg_pending_count,

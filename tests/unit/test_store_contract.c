@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "sluice/jobspec.h"
+#include "sluice/permit.h"
 #include "sluice/store.h"
 
 /* 2023-11-14T22:13:20Z: any fixed "now" will do. */
@@ -1103,6 +1104,57 @@ test_watch_wakes_the_loop_on_enqueue_where_the_backend_pushes(void **state)
     store_close(b);
 }
 
+/* Permits for want requests of provider as owner (cap, rate: its view),
+ * with in_flight of its own out. */
+static int
+take(struct store *s, const char *provider, const char *owner, int cap,
+     double rate, int in_flight, int want, int64_t now)
+{
+    struct permit_view v = {.cap = cap, .rate = rate};
+    int granted = -1;
+    int64_t wake;
+    assert_int_equal(store_permit_take(s, provider, owner, &v, in_flight,
+                                       want, now, &granted, &wake),
+                     0);
+    return granted;
+}
+
+static void
+test_permits_share_a_cap_and_a_bucket_between_connections(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *a = open_store(f), *b = open_store(f);
+    struct daemon_row da = {.owner = (char *)"A", .host = (char *)"h",
+                            .pid = 1, .started_at = T0};
+    struct daemon_row db = {.owner = (char *)"B", .host = (char *)"h",
+                            .pid = 2, .started_at = T0};
+    long n;
+
+    assert_int_equal(store_daemon_register(a, &da), 0);
+    assert_int_equal(store_daemon_register(b, &db), 0);
+    /* one cap of 6 for both; the lowest view is the pool's */
+    assert_int_equal(take(a, "gen", "A", 6, 0, 0, 6, T0), 6);
+    assert_int_equal(take(b, "gen", "B", 8, 0, 0, 6, T0), 0);
+    assert_int_equal(store_permit_put(a, "gen", "A", 2, 0), 0);
+    /* B waits, so A keeps to its share (3) and B gets the rest */
+    assert_int_equal(take(a, "gen", "A", 6, 0, 2, 4, T0), 1);
+    assert_int_equal(take(b, "gen", "B", 8, 0, 0, 6, T0), 3);
+
+    /* one bucket: 100/s is a burst of 10, drawn by both */
+    assert_int_equal(take(a, "img", "A", 0, 100, 0, 8, T0), 8);
+    assert_int_equal(take(b, "img", "B", 0, 100, 0, 8, T0), 2);
+    assert_int_equal(take(b, "img", "B", 0, 100, 2, 8, T0 + 10), 1);
+    /* granted, not used: back in the bucket */
+    assert_int_equal(store_permit_put(a, "img", "A", 3, 5), 0);
+    assert_int_equal(take(b, "img", "B", 0, 100, 3, 8, T0 + 10), 5);
+
+    /* a dead daemon's slots (and its view) go with its row */
+    assert_int_equal(store_daemon_reap(b, "A", 0, T0, &n), 0);
+    assert_int_equal(take(b, "gen", "B", 8, 0, 3, 8, T0), 5);
+    store_close(a);
+    store_close(b);
+}
+
 static enum kind sqlite_kind = SQLITE, postgres_kind = POSTGRES;
 
 #define BOTH(t)                                                                \
@@ -1128,6 +1180,7 @@ main(void)
             test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted),
         BOTH(test_daemons_register_beat_and_reap),
         BOTH(test_late_outcome_of_a_job_taken_back_is_not_written),
+        BOTH(test_permits_share_a_cap_and_a_bucket_between_connections),
         BOTH(test_kept_counts_follow_every_move),
         BOTH(test_outputs_of_a_success_are_claimed_recorded_and_retried),
         BOTH(test_spend_budgets_and_held_batches),

@@ -105,8 +105,9 @@
  * time (8 rounds: a loss in ~170 requests at a 16-slot provider). */
 #define KNEE_HOLD_ROUNDS 8
 /* Clean rounds at or above the knee after which it is forgotten: the
- * provider's capacity has grown, so the limit may grow fast again. */
-#define KNEE_FORGET_ROUNDS 16
+ * provider's capacity has grown (or noise set the knee before the
+ * background was known), so the limit may grow fast again. */
+#define KNEE_FORGET_ROUNDS 8
 /* A shut window: at least this many 429s in a row with no success. */
 #define SHUT_RUN_MIN 4
 /* Retry-After jitter of a shut window: up to 10 % of the wait, at most

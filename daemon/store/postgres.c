@@ -355,7 +355,8 @@ static const char *const pst_sql[P_COUNT] = {
         "  ELSE $12::text END, "
         "fields = CASE $7::int WHEN 0 THEN fields ELSE $13::text END, "
         "result = COALESCE($14::text, result), "
-        "cost = COALESCE($15::double precision, cost), "
+        "cost = CASE WHEN $15::double precision IS NULL THEN cost "
+        "  ELSE COALESCE(cost, 0) + $15::double precision END, "
         "remote_id = COALESCE($16::text, remote_id), "
         "poll_url = COALESCE($17::text, poll_url), "
         "waiting_since = CASE WHEN $2::text = 'waiting' "
@@ -483,10 +484,12 @@ static const char *const pst_sql[P_COUNT] = {
         "  ORDER BY priority DESC, run_after, id LIMIT $5::int "
         "  FOR UPDATE SKIP LOCKED) "
         "RETURNING " CLAIM_COLUMNS,
-    [P_SPEND_PROVIDER] = "SELECT coalesce(sum(cost), 0), count(cost) "
-                         "FROM jobs WHERE provider = $1::text",
-    [P_SPEND_BATCH] = "SELECT coalesce(sum(cost), 0), count(cost) "
-                      "FROM jobs WHERE batch = $1::text",
+    [P_SPEND_PROVIDER] = "SELECT coalesce(sum(spent), 0), "
+                         "coalesce(sum(jobs_costed), 0) "
+                         "FROM job_spend WHERE provider = $1::text",
+    [P_SPEND_BATCH] = "SELECT coalesce(sum(spent), 0), "
+                      "coalesce(sum(jobs_costed), 0) "
+                      "FROM job_spend WHERE batch = $1::text",
     [P_BATCH_BUDGET_SET] =
         "INSERT INTO batches (name, budget, updated_at) "
         "VALUES ($1::text, $2::double precision, $3::bigint) "
@@ -2650,8 +2653,17 @@ pg_load_done(struct store *base)
         "SELECT provider, coalesce(batch, ''), finished_at / 60000, "
         "count(*), min(finished_at), max(finished_at) FROM jobs "
         "WHERE finished_at IS NOT NULL AND state IN (" JOB_TERMINAL_SQL ") "
-        "GROUP BY 1, 2, 3",
-        "load: ids and kept counts");
+        "GROUP BY 1, 2, 3; "
+        "DELETE FROM job_spend; "
+        "INSERT INTO job_spend (provider, batch, spent, jobs_costed) "
+        "SELECT provider, coalesce(batch, ''), sum(cost), count(cost) "
+        "FROM jobs WHERE cost IS NOT NULL GROUP BY 1, 2; "
+        "DELETE FROM job_spend_minutes; "
+        "INSERT INTO job_spend_minutes (provider, batch, minute, spent) "
+        "SELECT provider, coalesce(batch, ''), "
+        "coalesce(finished_at, updated_at) / 60000, sum(cost) FROM jobs "
+        "WHERE cost IS NOT NULL GROUP BY 1, 2, 3",
+        "load: ids, kept counts and spend");
 }
 
 /* --- outputs (docs/design.md §13) ---------------------------------------- */

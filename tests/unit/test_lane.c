@@ -132,6 +132,30 @@ admit(struct lane *l, int64_t now, int64_t *wake)
     return lane_admit(l, now, wake);
 }
 
+/* Sends as many requests of `tokens` each as the lane admits, from `now`
+ * until `until`, moving time only to the wake times it gives (requests
+ * never finish). Returns how many went out. */
+static long
+drive_by_wake(struct lane *l, int64_t now, int64_t until, int64_t tokens)
+{
+    long sent = 0;
+    int64_t wake;
+
+    while (now < until) {
+        int n = admit(l, now, &wake);
+        for (int i = 0; i < n; i++) {
+            assert_true(qtail < QMAX);
+            lane_on_send(l, now, tokens, &q[qtail++]);
+        }
+        sent += n;
+        if (n == 0) {
+            assert_true(wake > now);
+            now = wake;
+        }
+    }
+    return sent;
+}
+
 /* One round trip of a saturated lane ending at `now`: the requests in
  * flight succeed one after the other over the RTT before it, and like the
  * dispatcher, each freed slot is refilled at once (as far as the pacer
@@ -252,11 +276,11 @@ test_503_408_and_timeouts_are_losses(void **state)
  * once, silent: no rate headers); no limit but every `noise`-th answer a
  * 429 with Retry-After: 1. */
 struct sim {
-    int cap;       /* 0 = no concurrency cap */
-    double rate;   /* 0 = no bucket */
+    int cap;     /* 0 = no concurrency cap */
+    double rate; /* 0 = no bucket */
     double burst;
-    int noise;     /* every noise-th answer fails; 0 none */
-    int64_t rtt;   /* answer time of accepted requests */
+    int noise;   /* every noise-th answer fails; 0 none */
+    int64_t rtt; /* answer time of accepted requests */
     /* state */
     double bucket;
     int64_t refill;
@@ -335,9 +359,8 @@ sim_run(struct lane *l, struct sim *sm, int secs, int from_s)
             sm->busy--;
         sm->answers++;
         bool noisy = sm->noise > 0 && sm->answers % sm->noise == 0;
-        struct outcome o = e.ok && !noisy
-                               ? ok()
-                               : failed_with(ERR_RATE_LIMITED, 429, NULL);
+        struct outcome o =
+            e.ok && !noisy ? ok() : failed_with(ERR_RATE_LIMITED, 429, NULL);
         if (!e.ok || noisy)
             o.hints.retry_at_ms = now + 1000;
         if (now >= T0 + from_s * 1000LL) {
@@ -365,8 +388,8 @@ test_16_slot_provider_sees_15_to_16_in_flight_and_few_429s(void **state)
     /* capacity: 16 per 100 ms over 25 s = 4000 */
     double goodput = (double)sm.ok_in_window / 4000.0;
     double throttled = (double)sm.refused_in_window / (double)sm.all_in_window;
-    print_message("16 slots: goodput %.3f, throttled %.4f, limit %d\n",
-                  goodput, throttled, lane_limit(l));
+    print_message("16 slots: goodput %.3f, throttled %.4f, limit %d\n", goodput,
+                  throttled, lane_limit(l));
     assert_true(goodput >= 0.95);
     assert_true(throttled <= 0.02);
     lane_free(l);
@@ -623,7 +646,8 @@ test_firemoon_reset_at_pauses_lane(void **state)
 {
     (void)state;
     struct lane *l = lane_make(8, 64, true, 0);
-    struct outcome r = failed_with(ERR_RATE_LIMITED, 429, "Rate limit exceeded");
+    struct outcome r =
+        failed_with(ERR_RATE_LIMITED, 429, "Rate limit exceeded");
 
     r.hints.retry_at_ms = T0 + 20000;
     r.hints.shut_until_ms = T0 + 20000;
@@ -752,7 +776,7 @@ test_pacer_spaces_requests_at_1_0_of_rate(void **state)
     (void)state;
     struct lane *l = lane_make(1000, 1000, false, 10.0);
     int64_t now = T0, wake;
-    int sent = 0;
+    long sent;
 
     assert_true(lane_rate(l) > 9.999 && lane_rate(l) < 10.001);
     assert_string_equal(lane_rate_source(l), "configured");
@@ -765,18 +789,7 @@ test_pacer_spaces_requests_at_1_0_of_rate(void **state)
 
     /* Ten seconds driven by wake_ms alone: 10 per second, never more
      * than the rate plus the burst in any one second. */
-    now += 101;
-    sent = 1;
-    while (now < T0 + 10000) {
-        int n = admit(l, now, &wake);
-        if (n > 0) {
-            send_n(l, n, now);
-            sent += n;
-        } else {
-            assert_true(wake > now);
-            now = wake;
-        }
-    }
+    sent = 1 + drive_by_wake(l, now + 101, T0 + 10000, 0);
     assert_in_range(sent, 98, 101);
     lane_free(l);
 }
@@ -881,22 +894,9 @@ test_token_gate_spends_the_budget_per_minute(void **state)
 {
     (void)state;
     struct lane *l = token_lane(60000); /* 1000 tokens/s */
-    int64_t now = T0, wake;
-    long tokens = 0;
 
     /* Requests of 500 tokens each for 60 s, driven by wake alone. */
-    while (now < T0 + 60000) {
-        int n = admit(l, now, &wake);
-        for (int i = 0; i < n; i++) {
-            assert_true(qtail < QMAX);
-            lane_on_send(l, now, 500, &q[qtail++]);
-            tokens += 500;
-        }
-        if (n == 0) {
-            assert_true(wake > now);
-            now = wake;
-        }
-    }
+    long tokens = 500 * drive_by_wake(l, T0, T0 + 60000, 500);
     /* At most the minute's budget plus one request's overdraft. */
     assert_in_range(tokens, 58000, 60500);
     lane_free(l);

@@ -910,7 +910,10 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     int got = 0;
     const char *owner = liveness_owner(d->live);
     bool capped = false;
+    uint64_t t0 = uv_hrtime();
     int rc = claim_jobs(d, dl, n, now, owner, jobs, &got, &capped);
+    if (rc == 0)
+        metrics_observe_claim(d->metrics, (double)(uv_hrtime() - t0) / 1e9);
     if (rc < 0) {
         /* Locked by an operator or another daemon: try again shortly; a
          * full disk or an I/O error: not before it may have passed. */
@@ -1529,7 +1532,10 @@ dispatch_status(struct dispatch *d)
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         if (dl->removed)
             continue;
-        if (lane_state(dl->lane) == LANE_ACTIVE)
+        if (lane_state(dl->lane) == LANE_ACTIVE &&
+            spend_paused(d->spend, dl->name))
+            buf_appendf(&d->status, ", %s paused: budget", dl->name);
+        else if (lane_state(dl->lane) == LANE_ACTIVE)
             buf_appendf(&d->status, ", %s limit %d", dl->name,
                         lane_limit(dl->lane));
         else

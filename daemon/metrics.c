@@ -51,6 +51,13 @@
 static const double commit_buckets[] = {
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5};
 #define NBUCKETS (sizeof(commit_buckets) / sizeof(commit_buckets[0]))
+/* Claim latency buckets, in seconds: a claim is one statement, a tenth
+ * of a millisecond on a local file or socket, milliseconds across a
+ * network or behind another daemon's commit. */
+static const double claim_buckets[] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0};
+#define NCLAIM_BUCKETS (sizeof(claim_buckets) / sizeof(claim_buckets[0]))
 /* Most lanes rendered; a config names a handful. */
 #define METRICS_MAX_LANES 256
 
@@ -75,6 +82,9 @@ struct metrics {
     int64_t commit_counts[NBUCKETS + 1]; /* per bucket; last is +Inf */
     int64_t commits;
     double commit_sum;
+    int64_t claim_counts[NCLAIM_BUCKETS + 1]; /* per bucket; last +Inf */
+    int64_t claims;
+    double claim_sum;
     bool counted;       /* the last job count worked */
     long outputs[3];    /* pending, stored, failed */
     int64_t outputs_at; /* unix ms of the last output count, 0 never */
@@ -276,6 +286,19 @@ metrics_observe_commit(struct metrics *m, double seconds)
     m->commit_sum += seconds;
 }
 
+void
+metrics_observe_claim(struct metrics *m, double seconds)
+{
+    if (m == NULL)
+        return;
+    size_t i = 0;
+    while (i < NCLAIM_BUCKETS && seconds > claim_buckets[i])
+        i++;
+    m->claim_counts[i]++;
+    m->claims++;
+    m->claim_sum += seconds;
+}
+
 /* --- rendering
  * ------------------------------------------------------------------ */
 
@@ -395,6 +418,42 @@ render_requests(struct metrics *m, struct buf *b)
                      m->provs[i].spend);
 }
 
+static double
+get_throttled(const struct lane *l)
+{
+    return (double)lane_throttled(l);
+}
+
+static double
+get_limit(const struct lane *l)
+{
+    return lane_limit(l);
+}
+
+static double
+get_in_flight(const struct lane *l)
+{
+    return lane_in_flight(l);
+}
+
+/* One number per lane, one family each. */
+static const struct lane_family {
+    const char *name, *type, *help;
+    double (*get)(const struct lane *l);
+} lane_families[] = {
+    {"sluice_throttled_requests_total", "counter",
+     "Requests the provider throttled (429, or 503 with a retry hint).",
+     get_throttled},
+    {"sluice_lane_limit", "gauge",
+     "The lane's concurrency limit (learned or fixed).", get_limit},
+    {"sluice_lane_in_flight", "gauge",
+     "Requests in flight and async runs waiting, per lane.", get_in_flight},
+    {"sluice_lane_rate_per_second", "gauge",
+     "The lane's pacing rate in requests per second (configured, advertised "
+     "or learned); 0 when none.",
+     lane_rate},
+};
+
 static void
 render_lanes(struct buf *b, const struct lane *const *lanes, size_t n,
              struct store *s, struct spend *sp, int64_t now)
@@ -402,28 +461,13 @@ render_lanes(struct buf *b, const struct lane *const *lanes, size_t n,
     static const enum lane_state states[] = {LANE_ACTIVE, LANE_PAUSED,
                                              LANE_OPEN, LANE_PARKED};
 
-    put_family(b, "sluice_throttled_requests_total", "counter",
-               "Requests the provider throttled (429, or 503 with a retry "
-               "hint).");
-    for (size_t i = 0; i < n; i++)
-        put_provider(b, "sluice_throttled_requests_total", lane_name(lanes[i]),
-                     (double)lane_throttled(lanes[i]));
-    put_family(b, "sluice_lane_limit", "gauge",
-               "The lane's concurrency limit (learned or fixed).");
-    for (size_t i = 0; i < n; i++)
-        put_provider(b, "sluice_lane_limit", lane_name(lanes[i]),
-                     lane_limit(lanes[i]));
-    put_family(b, "sluice_lane_in_flight", "gauge",
-               "Requests in flight and async runs waiting, per lane.");
-    for (size_t i = 0; i < n; i++)
-        put_provider(b, "sluice_lane_in_flight", lane_name(lanes[i]),
-                     lane_in_flight(lanes[i]));
-    put_family(b, "sluice_lane_rate_per_second", "gauge",
-               "The lane's pacing rate in requests per second (configured, "
-               "advertised or learned); 0 when none.");
-    for (size_t i = 0; i < n; i++)
-        put_provider(b, "sluice_lane_rate_per_second", lane_name(lanes[i]),
-                     lane_rate(lanes[i]));
+    for (size_t f = 0; f < sizeof(lane_families) / sizeof(lane_families[0]);
+         f++) {
+        const struct lane_family *lf = &lane_families[f];
+        put_family(b, lf->name, lf->type, lf->help);
+        for (size_t i = 0; i < n; i++)
+            put_provider(b, lf->name, lane_name(lanes[i]), lf->get(lanes[i]));
+    }
     put_family(b, "sluice_lane_state", "gauge",
                "1 for the lane's current state, 0 for the others.");
     for (size_t i = 0; i < n; i++) {
@@ -497,6 +541,27 @@ render_budgets(struct buf *b, struct spend *sp)
 }
 
 static void
+render_claims(struct metrics *m, struct buf *b)
+{
+    int64_t cum = 0;
+    put_family(b, "sluice_claim_duration_seconds", "histogram",
+               "Time a claim of jobs took.");
+    for (size_t i = 0; i < NCLAIM_BUCKETS; i++) {
+        cum += m->claim_counts[i];
+        buf_appendf(b,
+                    "sluice_claim_duration_seconds_bucket{le=\"%g\"} "
+                    "%" PRId64 "\n",
+                    claim_buckets[i], cum);
+    }
+    buf_appendf(
+        b, "sluice_claim_duration_seconds_bucket{le=\"+Inf\"} %" PRId64 "\n",
+        m->claims);
+    buf_appendf(b, "sluice_claim_duration_seconds_sum %.9f\n", m->claim_sum);
+    buf_appendf(b, "sluice_claim_duration_seconds_count %" PRId64 "\n",
+                m->claims);
+}
+
+static void
 render_commits(struct metrics *m, struct buf *b)
 {
     int64_t cum = 0;
@@ -541,6 +606,7 @@ metrics_refresh(struct metrics *m, struct dispatch *d, struct store *s,
     render_budgets(b, dispatch_spend(d));
     render_outputs(m, b, s, now_ms);
     render_commits(m, b);
+    render_claims(m, b);
 
     char *page = buf_steal(b);
     size_t len = strlen(page);

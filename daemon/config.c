@@ -39,6 +39,7 @@
 #include "sluice/http.h"
 #include "sluice/jsonptr.h"
 #include "sluice/log.h"
+#include "sluice/metrics.h"
 #include "sluice/xmalloc.h"
 
 /* Longest accepted line, newline included. Debian's inih reads lines into
@@ -75,9 +76,12 @@ enum key_type {
     K_TOKEN, /* an HTTP header name */
     K_AUTH,
     K_IDEM,
-    K_HEADER, /* repeatable "Name: value" */
-    K_OUTPUTS, /* download | keep-urls */
-    K_POINTER, /* repeatable JSON pointer, "*" for array elements */
+    K_HEADER,       /* repeatable "Name: value" */
+    K_OUTPUTS,      /* download | keep-urls */
+    K_POINTER,      /* repeatable JSON pointer, "*" for array elements */
+    K_LISTEN,       /* ADDR:PORT, an IP literal (metrics_listen_valid) */
+    K_AMOUNT,       /* a decimal >= 0 (min 1: above 0), money or a price */
+    K_COST_POINTER, /* one JSON pointer (jsonptr), into a job's result */
 };
 
 struct key {
@@ -100,6 +104,7 @@ static const struct key daemon_keys[] = {
     {"outputs_dir", K_STRING, D(outputs_dir), 0},
     {"outputs_concurrency", K_INT, D(outputs_concurrency), 1},
     {"outputs_max_size", K_SIZE, D(outputs_max_size), 1},
+    {"metrics", K_LISTEN, D(metrics), 0},
 };
 
 /* The order of this table is the bit order of provider_state.seen. */
@@ -128,6 +133,9 @@ enum {
     PK_MAX_RESPONSE,
     PK_OUTPUTS,
     PK_OUTPUT_POINTER,
+    PK_BUDGET,
+    PK_COST_POINTER,
+    PK_TOKEN_PRICE,
 };
 
 static const struct key provider_keys[] = {
@@ -160,6 +168,9 @@ static const struct key provider_keys[] = {
     [PK_MAX_RESPONSE] = {"max_response", K_SIZE, P(max_response), 1},
     [PK_OUTPUTS] = {"outputs", K_OUTPUTS, P(outputs_download), 0},
     [PK_OUTPUT_POINTER] = {"output_pointer", K_POINTER, 0, 0},
+    [PK_BUDGET] = {"budget", K_AMOUNT, P(budget), 1},
+    [PK_COST_POINTER] = {"cost_pointer", K_COST_POINTER, P(cost_pointer), 0},
+    [PK_TOKEN_PRICE] = {"token_price", K_AMOUNT, P(token_price), 0},
 };
 
 #define NKEYS(t) (sizeof(t) / sizeof((t)[0]))
@@ -762,6 +773,40 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
                     "body:FIELD or none)",
                     k->name, v);
         return false;
+    case K_LISTEN:
+        if (metrics_listen_valid(v)) {
+            *(char **)(void *)at = xstrdup(v);
+            return true;
+        }
+        parser_fail(p, p->lineno,
+                    "%s: bad address '%s' (use ADDR:PORT with an IP address, "
+                    "e.g. 127.0.0.1:9464 or [::1]:9464)",
+                    k->name, v);
+        return false;
+    case K_AMOUNT: {
+        char *end;
+        errno = 0;
+        double x = strtod(v, &end);
+        if (errno == 0 && end != v && *end == '\0' && x >= 0 && x < 1e15 &&
+            (k->min == 0 || x > 0)) {
+            *(double *)(void *)at = x;
+            return true;
+        }
+        parser_fail(p, p->lineno,
+                    "%s: bad amount '%s' (a decimal%s, e.g. 25.00)", k->name, v,
+                    k->min ? " above 0" : "");
+        return false;
+    }
+    case K_COST_POINTER:
+        if (v[0] == '/' && jsonptr_valid(v) && !has_control(v)) {
+            *(char **)(void *)at = xstrdup(v);
+            return true;
+        }
+        parser_fail(p, p->lineno,
+                    "%s: bad JSON pointer '%s' (use /a/b, * for every "
+                    "array element, ~0 for ~ and ~1 for /)",
+                    k->name, v);
+        return false;
     case K_HEADER: {
         char *h = parse_header_line(v);
         if (h == NULL) {
@@ -1037,6 +1082,7 @@ provider_free(struct provider_config *pc)
     for (size_t i = 0; i < pc->noutput_pointers; i++)
         free(pc->output_pointers[i]);
     free(pc->output_pointers);
+    free(pc->cost_pointer);
 }
 
 void
@@ -1050,6 +1096,7 @@ config_free(struct config *c)
     free(c->path);
     free(c->database);
     free(c->outputs_dir);
+    free(c->metrics);
     free(c);
 }
 

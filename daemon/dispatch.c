@@ -40,6 +40,7 @@
 #include "sluice/lane.h"
 #include "sluice/liveness.h"
 #include "sluice/log.h"
+#include "sluice/metrics.h"
 #include "sluice/outputs.h"
 #include "sluice/store.h"
 #include "sluice/url.h"
@@ -142,6 +143,7 @@ struct dispatch {
     struct buf status;
     long unfinished;             /* jobs not terminal, for STATUS= */
     int64_t unfinished_at;       /* when counted, 0 never */
+    struct metrics *metrics;     /* counters for /metrics, or NULL */
 };
 
 static void pump(struct dispatch *d);
@@ -640,6 +642,7 @@ on_http_done(const struct http_response *resp, void *data)
         outcome_init(&o);
         dialect_classify(r->dl->dialect, resp, r->is_poll, now,
                          r->dl->request_id_header, &o);
+        metrics_count_request(d->metrics, r->dl->name, o.cls);
         if (o.hints.asked_ms > 0)
             log_warnx("job %" PRId64 ": %s asked to wait %" PRId64
                       " s, capped at %lld s",
@@ -813,7 +816,10 @@ flush_now(struct dispatch *d)
     d->flush_scheduled = false;
     if (n == 0)
         return;
+    uint64_t t0 = uv_hrtime();
     int rc = store_flush(d->store);
+    if (rc == 0)
+        metrics_observe_commit(d->metrics, (double)(uv_hrtime() - t0) / 1e9);
     if (rc < 0) {
         if (!d->flush_busy_logged)
             log_warnx("store: commit of %zu outcomes delayed (%s), kept "
@@ -1292,6 +1298,26 @@ dispatch_status(struct dispatch *d)
                         lane_reason(dl->lane));
     }
     return d->status.data;
+}
+
+void
+dispatch_set_metrics(struct dispatch *d, struct metrics *m)
+{
+    d->metrics = m;
+}
+
+size_t
+dispatch_lanes(struct dispatch *d, const struct lane **out, size_t cap)
+{
+    size_t n = 0;
+    for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
+        if (dl->removed)
+            continue;
+        if (n < cap)
+            out[n] = dl->lane;
+        n++;
+    }
+    return n;
 }
 
 void

@@ -25,6 +25,7 @@
 #include "sluice/dispatch.h"
 #include "sluice/liveness.h"
 #include "sluice/log.h"
+#include "sluice/metrics.h"
 #include "sluice/notify.h"
 #include "sluice/store.h"
 #include "sluice/xmalloc.h"
@@ -32,7 +33,8 @@
 /* sysexits.h values, named here to avoid the BSD header's macros. */
 #define EXIT_USAGE 64
 #define EXIT_CONFIG 78
-/* --drain checks run this often; STATUS= every STATUS_TICKS ticks. */
+/* --drain checks run this often; STATUS= and the /metrics snapshot every
+ * STATUS_TICKS ticks. */
 #define TICK_MS 250
 #define STATUS_TICKS 4
 
@@ -43,6 +45,7 @@ struct daemon {
     struct store *store;
     struct liveness *live;
     struct dispatch *dispatch;
+    struct metrics *metrics; /* /metrics, or NULL when not configured */
     bool drain;
     bool stopping;
     int verbose;
@@ -112,6 +115,9 @@ on_uv_signal(uv_signal_t *s, int signum)
             log_error("reload refused, old config kept");
             config_free(nc);
         } else {
+            const char *was = dm->config->metrics, *now = nc->metrics;
+            if ((was || now) && (!was || !now || strcmp(was, now) != 0))
+                log_warnx("reload: metrics address change needs a restart");
             if (nc->log_level && !dm->verbose)
                 log_set_level((enum log_level)nc->log_level);
             config_free(dm->config);
@@ -130,8 +136,11 @@ on_uv_tick(uv_timer_t *t)
     struct daemon *dm = t->data;
     if (dm->stopping)
         return;
-    if (dm->notify && ++dm->ticks % STATUS_TICKS == 0)
-        notify_status(dispatch_status(dm->dispatch));
+    if (++dm->ticks % STATUS_TICKS == 0) {
+        if (dm->notify)
+            notify_status(dispatch_status(dm->dispatch));
+        metrics_refresh(dm->metrics, dm->dispatch, dm->store, clock_now_ms());
+    }
     if (dm->drain && dispatch_drained(dm->dispatch))
         begin_stop(dm, "drained");
 }
@@ -283,6 +292,16 @@ main(int argc, char **argv)
         return EXIT_CONFIG;
     }
 
+    if (dm.config->metrics &&
+        metrics_start(dm.config->metrics, &dm.metrics) < 0) {
+        dispatch_free(dm.dispatch);
+        store_close(dm.store);
+        config_free(dm.config);
+        return 1;
+    }
+    dispatch_set_metrics(dm.dispatch, dm.metrics);
+    metrics_refresh(dm.metrics, dm.dispatch, dm.store, clock_now_ms());
+
     uv_signal_t *sigs[] = {&dm.sigterm, &dm.sigint, &dm.sighup};
     int signums[] = {SIGTERM, SIGINT, SIGHUP};
     /* Without its handlers sluiced could not stop gracefully; nothing has
@@ -312,6 +331,7 @@ main(int argc, char **argv)
 
     uv_run(dm.loop, UV_RUN_DEFAULT);
 
+    metrics_stop(dm.metrics);
     dispatch_free(dm.dispatch);
     uv_run(dm.loop, UV_RUN_DEFAULT);
     if (uv_loop_close(dm.loop) != 0)

@@ -6,7 +6,8 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config
       libuv1-dev libcurl4-openssl-dev libsqlite3-dev sqlite3 libjansson-dev
       libinih-dev libssl-dev libsystemd-dev
-      libcmocka-dev libmicrohttpd-dev python3 clang)
+      libcmocka-dev libmicrohttpd-dev python3 clang
+      prometheus)  # promtool, which checks /metrics in the tests
 if [ "${SLUICE_BENCH_DEPS:-0}" = 1 ]; then
     pkgs+=(wrk)
 fi

@@ -98,6 +98,8 @@ struct store_ops {
     int (*count_waiting)(struct store *s, const char *provider, long *n);
     int (*has_unfinished)(struct store *s, const char *provider, bool *any);
     int (*counts)(struct store *s, store_count_fn cb, void *arg);
+    int (*oldest_queued)(struct store *s, const char *provider,
+                         int64_t *since_ms);
     int (*data_version)(struct store *s, int64_t *v);
     /* Writes s->buf[0..s->nbuf) in one transaction, all or nothing; the
      * caller empties the buffer after a 0. */

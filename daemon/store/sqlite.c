@@ -183,6 +183,7 @@ enum stmt {
     ST_AUTO_VACUUM,
     ST_FREELIST,
     ST_PROGRESS_BATCH,
+    ST_OLDEST_QUEUED,
     ST_COUNT
 };
 
@@ -382,6 +383,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_FREELIST] = "PRAGMA freelist_count",
     [ST_PROGRESS_BATCH] =
         "SELECT * FROM batch_progress WHERE batch = ?1 ORDER BY provider",
+    /* Answered from the jobs_state index: queued jobs are due from
+     * run_after (the enqueue time, or when they were handed back). */
+    [ST_OLDEST_QUEUED] = "SELECT MIN(run_after) FROM jobs "
+                         "WHERE provider = ?1 AND state = 'queued'",
 };
 
 /* The statements of the outputs table (DESIGN §13), prepared with the
@@ -1149,6 +1154,14 @@ sqlite_count_waiting(struct store *base, const char *provider, long *n)
                              "waiting count");
     *n = (long)v;
     return rc;
+}
+
+static int
+sqlite_oldest_queued(struct store *base, const char *provider,
+                     int64_t *since_ms)
+{
+    return provider_scalar(sq(base), ST_OLDEST_QUEUED, provider, NULL,
+                           since_ms, "oldest queued");
 }
 
 static int
@@ -2014,6 +2027,7 @@ const struct store_ops store_sqlite_ops = {
     .count_waiting = sqlite_count_waiting,
     .has_unfinished = sqlite_has_unfinished,
     .counts = sqlite_counts,
+    .oldest_queued = sqlite_oldest_queued,
     .data_version = sqlite_data_version,
     .flush = sqlite_flush,
     .cancelled = sqlite_cancelled,

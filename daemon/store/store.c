@@ -238,6 +238,12 @@ store_counts(struct store *s, store_count_fn cb, void *arg)
 }
 
 int
+store_oldest_queued(struct store *s, const char *provider, int64_t *since_ms)
+{
+    return s->ops->oldest_queued(s, provider, since_ms);
+}
+
+int
 store_data_version(struct store *s, int64_t *v)
 {
     return s->ops->data_version(s, v);

@@ -55,6 +55,11 @@ struct provider_config {
     char **output_pointers;  /* output_pointer values: JSON pointers to
                                 output URLs beyond the dialect's own */
     size_t noutput_pointers;
+    double budget;           /* spend cap in the provider's currency;
+                                0 = none */
+    char *cost_pointer;      /* JSON pointer to a job's cost in its
+                                result, or NULL */
+    double token_price;      /* cost per usage.total_tokens; 0 = none */
 };
 
 struct config {
@@ -69,6 +74,7 @@ struct config {
     char *outputs_dir;       /* downloaded outputs, or NULL (none) */
     int outputs_concurrency; /* downloads at once, default 4 */
     size_t outputs_max_size; /* one output's size cap, default 1 GiB */
+    char *metrics;           /* ADDR:PORT serving /metrics, or NULL */
     struct provider_config *providers;
     size_t nproviders;
 };

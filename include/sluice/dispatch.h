@@ -7,12 +7,15 @@
 #define SLUICE_DISPATCH_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <uv.h>
 
 struct config;
 struct liveness;
 struct store;
 struct dispatch;
+struct lane;
+struct metrics;
 
 /* Start-up recovery (DESIGN §8): returns to the queue the jobs of daemons
  * that are provably dead (liveness.h: at once when their lock file is
@@ -42,6 +45,13 @@ void dispatch_stop(struct dispatch *d, int64_t grace_ms,
 bool dispatch_drained(struct dispatch *d);
 /* One line: "412 in flight, 18230 queued, flora limit 24, …". Borrowed. */
 const char *dispatch_status(struct dispatch *d);
+/* Feeds m's counters (requests, failures, spend, commit latency) from now
+ * on; NULL stops. m is borrowed and must outlive the dispatcher. */
+void dispatch_set_metrics(struct dispatch *d, struct metrics *m);
+/* The live lanes (not removed by a reload): the first cap of them into
+ * out; returns how many there are. Borrowed until the next reload. */
+size_t dispatch_lanes(struct dispatch *d, const struct lane **out,
+                      size_t cap);
 /* Frees after stop; handles closed, run the loop once more. */
 void dispatch_free(struct dispatch *d);
 

@@ -133,6 +133,10 @@ int store_unfinished_by_provider(struct store *s,
                                  void *data);
 /* Jobs of provider in state waiting (async runs at the provider). */
 int store_count_waiting(struct store *s, const char *provider, long *n);
+/* The earliest run_after (unix ms) of provider's queued jobs, 0 when none
+ * is queued: since when the longest-waiting one has been due. */
+int store_oldest_queued(struct store *s, const char *provider,
+                        int64_t *since_ms);
 /* Whether provider has any job not yet terminal (cheap at any size). */
 int store_has_unfinished(struct store *s, const char *provider, bool *any);
 

@@ -49,6 +49,7 @@ static const char full_file[] =
     "shutdown_grace = 45s\n"
     "lease = 20m\n"
     "log_level = debug\n"
+    "metrics = 127.0.0.1:9464\n"
     "\n"
     "[provider \"flora\"]\n"
     "dialect = flora                 ; inline comment\n"
@@ -73,6 +74,9 @@ static const char full_file[] =
     "poll_interval_max = 20s\n"
     "probe_interval = 1h\n"
     "max_response = 2M\n"
+    "budget = 25.50\n"
+    "cost_pointer = /usage/cost\n"
+    "token_price = 0.000002\n"
     "\n"
     "[provider \"lamatic\"]\n"
     "dialect = lamatic\n"
@@ -92,6 +96,7 @@ test_full_file_sets_every_key(void **state)
     assert_int_equal(c->shutdown_grace_ms, 45000);
     assert_int_equal(c->lease_ms, 1200000);
     assert_int_equal(c->log_level, LOG_LEVEL_DEBUG);
+    assert_string_equal(c->metrics, "127.0.0.1:9464");
     assert_int_equal(c->nproviders, 2);
 
     p = config_provider(c, "flora");
@@ -123,6 +128,9 @@ test_full_file_sets_every_key(void **state)
     assert_int_equal(p->poll_interval_max_ms, 20000);
     assert_int_equal(p->probe_interval_ms, 3600000);
     assert_int_equal(p->max_response, 2 * 1024 * 1024);
+    assert_true(p->budget > 25.499 && p->budget < 25.501);
+    assert_string_equal(p->cost_pointer, "/usage/cost");
+    assert_true(p->token_price > 0.0000019 && p->token_price < 0.0000021);
 
     p = config_provider(c, "lamatic");
     assert_non_null(p);
@@ -344,6 +352,20 @@ static const struct {
     {"[daemon]\nlease = 1m\n[provider \"x\"]\nbase_url = https://x.test\n",
      "sluice.conf:3: timeout: 120000 ms is not below the daemon's lease "
      "(60000 ms; raise lease in [daemon])"},
+    {"[daemon]\nmetrics = localhost:9464\n",
+     "sluice.conf:2: metrics: bad address 'localhost:9464' (use ADDR:PORT "
+     "with an IP address, e.g. 127.0.0.1:9464 or [::1]:9464)"},
+    {"[daemon]\nmetrics = 127.0.0.1:0\n",
+     "sluice.conf:2: metrics: bad address '127.0.0.1:0' (use ADDR:PORT "
+     "with an IP address, e.g. 127.0.0.1:9464 or [::1]:9464)"},
+    {"[provider \"x\"]\nbase_url = https://x.test\nbudget = 0\n",
+     "sluice.conf:3: budget: bad amount '0' (a decimal above 0, e.g. "
+     "25.00)"},
+    {"[provider \"x\"]\nbase_url = https://x.test\ntoken_price = -1\n",
+     "sluice.conf:3: token_price: bad amount '-1' (a decimal, e.g. 25.00)"},
+    {"[provider \"x\"]\nbase_url = https://x.test\ncost_pointer = cost\n",
+     "sluice.conf:3: cost_pointer: bad JSON pointer 'cost' (use /a/b, * for "
+     "every array element, ~0 for ~ and ~1 for /)"},
     {"[provider \"x\"]\nbase_url = https://x.test\nheader = no colon\n",
      "sluice.conf:3: header: bad header (use \"Name: value\")"},
 };

@@ -1100,6 +1100,30 @@ test_next_due_sees_queued_retrying_and_unleased_waiting_jobs(void **state)
     store_close(s);
 }
 
+static void
+test_oldest_queued_is_the_earliest_due_queued_job(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[2];
+    int64_t since = -1;
+
+    assert_int_equal(store_oldest_queued(s, "a", &since), 0);
+    assert_int_equal(since, 0);
+    assert_int_equal(insert(s, "a", "a1", 0, T0 + 10), 0);
+    assert_int_equal(insert(s, "a", "a2", 0, T0 + 20), 0);
+    assert_int_equal(insert(s, "a", "a3", 0, T0 + 30), 0);
+    assert_int_equal(insert(s, "b", "b1", 0, T0 + 5), 0);
+    /* the oldest of a is claimed: the next one has waited longest */
+    assert_int_equal(claim(s, "a", 1, T0 + 40, "d1", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(store_oldest_queued(s, "a", &since), 0);
+    assert_int_equal(since, T0 + 20);
+    assert_int_equal(store_oldest_queued(s, "b", &since), 0);
+    assert_int_equal(since, T0 + 5);
+    store_close(s);
+}
+
 /* --- providers ---------------------------------------------------------- */
 
 static void
@@ -2156,6 +2180,7 @@ main(void)
         cmocka_unit_test(
             test_purge_deletes_in_bounded_batches_and_gives_space_back),
         cmocka_unit_test(test_progress_has_rate_and_eta_from_the_last_minute),
+        cmocka_unit_test(test_oldest_queued_is_the_earliest_due_queued_job),
         cmocka_unit_test(test_migration_3_upgrades_a_version_2_database),
         cmocka_unit_test(test_counts_are_kept_through_every_change),
         cmocka_unit_test(test_migration_6_counts_the_jobs_already_there),

@@ -715,7 +715,7 @@ sink_get(struct fixture *f, const char *path, size_t cap, struct sink *k,
 }
 
 static void
-test_sink_takes_a_2xx_body_and_leaves_errors_in_memory(void **state)
+test_sink_takes_a_2xx_body(void **state)
 {
     struct fixture *f = *state;
     struct result res = {0};
@@ -729,8 +729,18 @@ test_sink_takes_a_2xx_body_and_leaves_errors_in_memory(void **state)
     assert_int_equal(res.body_len, 0); /* nothing kept in memory */
     result_clear(&res);
     buf_free(&k.got);
+}
 
-    memset(&k, 0, sizeof(k));
+/* Its own client: a second request on the connection of a large answer
+ * sometimes stalls against this test server (seen with and without a
+ * sink, not yet understood). */
+static void
+test_sink_leaves_an_error_body_in_memory(void **state)
+{
+    struct fixture *f = *state;
+    struct result res = {0};
+    struct sink k = {0};
+
     sink_get(f, "/nowhere", 0, &k, &res);
     assert_int_equal(res.status, 404);
     assert_int_equal(k.calls, 0);
@@ -739,7 +749,7 @@ test_sink_takes_a_2xx_body_and_leaves_errors_in_memory(void **state)
 }
 
 static void
-test_sink_error_or_cap_aborts_the_transfer(void **state)
+test_sink_error_aborts_the_transfer(void **state)
 {
     struct fixture *f = *state;
     struct result res = {0};
@@ -751,8 +761,15 @@ test_sink_error_or_cap_aborts_the_transfer(void **state)
     assert_true(k.got.len < 50000);
     result_clear(&res);
     buf_free(&k.got);
+}
 
-    memset(&k, 0, sizeof(k));
+static void
+test_sink_is_under_the_body_cap(void **state)
+{
+    struct fixture *f = *state;
+    struct result res = {0};
+    struct sink k = {0};
+
     sink_get(f, "/chunked?n=50000", 4096, &k, &res);
     assert_true(res.too_large);
     assert_true(k.got.len <= 4096);
@@ -1088,8 +1105,10 @@ main(void)
         T(test_chunked_body_over_cap_is_too_large),
         T(test_body_at_cap_is_accepted),
         T(test_redirect_is_not_followed),
-        T(test_sink_takes_a_2xx_body_and_leaves_errors_in_memory),
-        T(test_sink_error_or_cap_aborts_the_transfer),
+        T(test_sink_takes_a_2xx_body),
+        T(test_sink_leaves_an_error_body_in_memory),
+        T(test_sink_error_aborts_the_transfer),
+        T(test_sink_is_under_the_body_cap),
         T(test_interim_response_headers_are_dropped),
         T(test_many_folded_lines_cost_linear_time),
         T(test_cancel_runs_callback_once_with_cancelled),

@@ -37,6 +37,7 @@
 #include "sluice/dialect.h"
 #include "sluice/dispatch.h"
 #include "sluice/http.h"
+#include "sluice/jobspec.h"
 #include "sluice/lane.h"
 #include "sluice/liveness.h"
 #include "sluice/log.h"
@@ -51,8 +52,11 @@
 #define CLAIM_MAX 128
 /* Claims wait for limit / 4 free slots while requests are out (see
  * pump_lane): fewer, larger claims; a quarter keeps the pipe three
- * quarters full meanwhile. */
+ * quarters full meanwhile. Only from a limit of 64: below it a claim per
+ * completion is cheap, and a provider capped at 16 should see 15 or 16 in
+ * flight, not 12 to 16. */
 #define CLAIM_BATCH_DIVISOR 4
+#define CLAIM_BATCH_MIN_LIMIT 64
 /* Group commit: flush this often while updates are buffered, or at once
  * beyond FLUSH_BATCH of them (DESIGN §3: a few ms or a few hundred). */
 #define FLUSH_DELAY_MS 5
@@ -93,8 +97,6 @@ struct dlane {
                                     yet committed: claimable once flushed */
     int64_t resume_seen;         /* last resume request acted on */
     bool removed;                /* gone from the config (SIGHUP) */
-    int requests;                /* HTTP requests of this lane in flight */
-    int waiting;                 /* async runs the lane counts as in flight */
     struct dlane *next;
 };
 
@@ -110,6 +112,7 @@ struct req {
     char *body;
     char **headers;              /* lane headers + per-request ones */
     int64_t started_ms;
+    struct lane_ticket ticket;   /* the lane's record of the send */
     struct req *prev, *next;
 };
 
@@ -232,7 +235,7 @@ dlane_apply(struct dlane *dl, const struct provider_config *pc)
 }
 
 static void
-lane_params_of(const struct provider_config *pc, int saved_limit,
+dlane_params(const struct provider_config *pc, int saved_limit,
                struct lane_params *lp)
 {
     memset(lp, 0, sizeof(*lp));
@@ -241,6 +244,7 @@ lane_params_of(const struct provider_config *pc, int saved_limit,
     lp->concurrency_max = pc->concurrency_max;
     lp->adaptive = pc->adaptive;
     lp->rate_per_s = pc->rate_per_s;
+    lp->tokens_per_min = pc->tokens_per_s * 60.0;
     lp->probe_interval_ms = pc->probe_interval_ms;
 }
 
@@ -258,8 +262,13 @@ dlane_new(struct dispatch *d, const struct provider_config *pc)
     }
     dl->name = xstrdup(pc->name);
     store_provider_get(d->store, pc->name, &saved, &resume);
-    lane_params_of(pc, saved, &lp);
+    dlane_params(pc, saved, &lp);
     dl->lane = lane_new(pc->name, &lp, clock_now_ms());
+    /* Runs of the last life occupy the provider from the start. */
+    long waiting = 0;
+    if (dl->dialect->async &&
+        store_count_waiting(d->store, pc->name, &waiting) == 0 && waiting > 0)
+        lane_on_waiting(dl->lane, (int)waiting);
     dl->resume_seen = resume;
     dl->next_check_ms = 0;
     dl->recorded_due_ms = NEVER;
@@ -290,16 +299,6 @@ find_lane(struct dispatch *d, const char *name)
     return NULL;
 }
 
-/* Async runs occupy the provider: the lane counts them as in flight. */
-static void
-lane_waiting(struct dlane *dl, int delta)
-{
-    if (dl->waiting + delta < 0)
-        delta = -dl->waiting;
-    dl->waiting += delta;
-    lane_on_waiting(dl->lane, delta);
-}
-
 /* The database is the truth about waiting runs: after a restart (runs of
  * the last life), or an operator's cancel of a run between polls, the
  * lane's count follows it. */
@@ -311,8 +310,8 @@ reconcile_waiting(struct dispatch *d)
         if (dl->removed || !dl->dialect->async ||
             store_count_waiting(d->store, dl->name, &n) < 0)
             continue;
-        if (n != dl->waiting)
-            lane_waiting(dl, (int)n - dl->waiting);
+        if (n != lane_waiting(dl->lane))
+            lane_on_waiting(dl->lane, (int)n - lane_waiting(dl->lane));
     }
 }
 
@@ -362,7 +361,6 @@ request_headers(const struct dlane *dl, const struct job *j, bool poll)
 static void
 req_link(struct dispatch *d, struct req *r)
 {
-    r->dl->requests++;
     r->next = d->inflight;
     if (d->inflight)
         d->inflight->prev = r;
@@ -373,7 +371,6 @@ req_link(struct dispatch *d, struct req *r)
 static void
 req_unlink(struct dispatch *d, struct req *r)
 {
-    r->dl->requests--;
     if (r->prev)
         r->prev->next = r->next;
     else
@@ -475,7 +472,11 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
         .connect_timeout_ms = dl->connect_timeout_ms,
         .max_response = dl->max_response,
     };
-    lane_on_send(dl->lane, r->started_ms);
+    lane_on_send(dl->lane, r->started_ms,
+                 lane_token_limit(dl->lane) > 0 && !r->is_poll
+                     ? jobspec_token_estimate(r->body)
+                     : 0,
+                 &r->ticket);
     req_link(d, r);
     int rc = http_submit(d->http, &hr, on_http_done, r, &r->xfer);
     if (rc < 0) {
@@ -483,7 +484,7 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
         log_warnx("job %" PRId64 ": %s: cannot start request: %s", j->id,
                   dl->name, strerror(-rc));
         req_unlink(d, r);
-        lane_on_abort(dl->lane);
+        lane_on_abort(dl->lane, &r->ticket);
         struct job_event ev = {.kind = JOB_EVENT_UNSENT,
                                .now_ms = r->started_ms};
         record_event(d, r, &ev);
@@ -571,7 +572,8 @@ apply_decision(struct dispatch *d, struct req *r, const struct outcome *o,
         u.cost = o->cost;
         u.has_cost = o->has_cost && o->kind == OUTCOME_SUCCESS;
     }
-    lane_waiting(r->dl, dec->waiting);
+    if (dec->waiting != 0)
+        lane_on_waiting(r->dl->lane, dec->waiting);
     /* The job becomes claimable only once this update is committed; the
      * flush hands the time on to next_check_ms (see flush_now). */
     if (!job_state_terminal(u.state) && u.run_after < r->dl->recorded_due_ms)
@@ -631,7 +633,7 @@ on_http_done(const struct http_response *resp, void *data)
 
     req_unlink(d, r);
     if (resp->cancelled) {
-        lane_on_abort(r->dl->lane);
+        lane_on_abort(r->dl->lane, &r->ticket);
         struct job_event ev = {
             .kind = r->cancel_job ? JOB_EVENT_CANCEL : JOB_EVENT_RELEASE,
             .now_ms = now,
@@ -660,18 +662,19 @@ on_http_done(const struct http_response *resp, void *data)
             lane_view.kind = OUTCOME_SUCCESS;
             lane_view.cls = ERR_NONE;
         }
-        bool changed = lane_on_done(r->dl->lane, &lane_view,
-                                    now - r->started_ms, now,
-                                    clock_random());
+        bool changed = lane_on_done(r->dl->lane, &r->ticket, &lane_view,
+                                    now, clock_random());
         char change[160];
         const char *lane_change = NULL;
         if (changed) {
             int after = lane_limit(r->dl->lane);
-            if (lane_state(r->dl->lane) != sbefore) {
+            /* A limit change goes on the job's line; a state change or a
+             * pause gets a line of its own. */
+            if (lane_state(r->dl->lane) != sbefore || after == before) {
                 log_info("%s %s: %s", r->dl->name,
                          lane_last_change(r->dl->lane),
                          lane_describe(r->dl->lane));
-            } else if (after != before) {
+            } else {
                 snprintf(change, sizeof(change), "(limit %d→%d)", before,
                          after);
                 lane_change = change;
@@ -680,9 +683,6 @@ on_http_done(const struct http_response *resp, void *data)
             }
         }
         record_outcome(d, r, &o, now, lane_change);
-        if (lane_change && o.kind == OUTCOME_FAILURE)
-            log_info("%s limit %d→%d after %s", r->dl->name, before,
-                     lane_limit(r->dl->lane), err_class_name(o.cls));
         outcome_clear(&o);
     }
     req_free(r);
@@ -737,8 +737,10 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     /* When only the concurrency gate limits (no time gate pending) and
      * requests are out, wait until a quarter of the limit is free: one
      * claim statement then serves many completions instead of one each. */
-    int batch = lane_limit(dl->lane) / CLAIM_BATCH_DIVISOR;
-    if (n < batch && lane_wake == 0 && dl->requests > 0)
+    int batch = lane_limit(dl->lane) >= CLAIM_BATCH_MIN_LIMIT
+                    ? lane_limit(dl->lane) / CLAIM_BATCH_DIVISOR
+                    : 0;
+    if (n < batch && lane_wake == 0 && lane_requests(dl->lane) > 0)
         return;
     if (n > CLAIM_MAX)
         n = CLAIM_MAX;
@@ -882,7 +884,7 @@ write_provider_rows(struct dispatch *d, int64_t now)
         struct lane *l = dl->lane;
         struct provider_row p = {
             .name = dl->name,
-            .state = lane_state_name(lane_state(l)),
+            .state = lane_state_row(lane_state(l)),
             .reason = lane_reason(l)[0] ? lane_reason(l) : NULL,
             .concurrency_limit = lane_limit(l),
             .in_flight = lane_in_flight(l),
@@ -1138,7 +1140,7 @@ dispatch_reload(struct dispatch *d, const struct config *c)
         if (dl) {
             struct lane_params lp;
             dlane_apply(dl, pc);
-            lane_params_of(pc, 0, &lp);
+            dlane_params(pc, 0, &lp);
             lane_configure(dl->lane, &lp);
             dl->removed = false;
             dl->next_check_ms = 0;

@@ -603,6 +603,68 @@ read_legacy(struct reading *rd, const struct http_response *r,
                     reset_ms);
 }
 
+int
+hints_parse_duration(const char *s, int64_t *ms)
+{
+    /* Units in the order they may appear; "ms" before "m" when reading. */
+    static const struct {
+        const char *unit;
+        double ms;
+    } units[] = {{"h", 3600000.0}, {"ms", 1.0}, {"m", 60000.0}, {"s", 1000.0}};
+    const char *p = skip_ows(s);
+    double total = 0;
+    int last = -1; /* rank of the last unit: h 0, m 1, s 2, ms 3 */
+    static const int rank[] = {0, 3, 1, 2};
+
+    if (*p == '\0')
+        return -EINVAL;
+    while (*p != '\0' && *p != ' ' && *p != '\t') {
+        double v;
+        size_t i;
+        if (!parse_decimal(&p, HINTS_MAX_DELTA_S, &v))
+            return -EINVAL;
+        for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+            size_t n = strlen(units[i].unit);
+            if (strncmp(p, units[i].unit, n) == 0 &&
+                !(n == 1 && p[0] == 'm' && p[1] == 's'))
+                break;
+        }
+        if (i == sizeof(units) / sizeof(units[0]) || rank[i] <= last)
+            return -EINVAL;
+        last = rank[i];
+        p += strlen(units[i].unit);
+        total += v * units[i].ms;
+        if (total > HINTS_MAX_DELTA_S * 1000.0)
+            return -EINVAL;
+    }
+    if (*skip_ows(p) != '\0')
+        return -EINVAL;
+    *ms = ceil_ms(total);
+    return 0;
+}
+
+/* OpenAI's token budget: x-ratelimit-{limit,remaining,reset}-tokens, the
+ * reset as a duration ("6m0s") or plain seconds. */
+static void
+read_tokens(struct reading *rd, const struct http_response *r)
+{
+    long n;
+    int64_t d;
+    double secs;
+    const char *v;
+
+    if (count_header(http_response_header(r, "x-ratelimit-limit-tokens"), &n))
+        rd->out->tok_limit = n;
+    if (count_header(http_response_header(r, "x-ratelimit-remaining-tokens"),
+                     &n))
+        rd->out->tok_remaining = n;
+    v = http_response_header(r, "x-ratelimit-reset-tokens");
+    if (v != NULL && whole_decimal(v, HINTS_MAX_DELTA_S, &secs))
+        rd->out->tok_reset_ms = rd->now_ms + seconds_to_ms(secs);
+    else if (v != NULL && hints_parse_duration(v, &d) == 0)
+        rd->out->tok_reset_ms = rd->now_ms + d;
+}
+
 void
 hints_cap(struct hints *h, int64_t now_ms)
 {
@@ -618,6 +680,10 @@ hints_cap(struct hints *h, int64_t now_ms)
         h->retry_at_ms = cap;
     if (h->rl_reset_ms > cap)
         h->rl_reset_ms = cap;
+    if (h->shut_until_ms > cap)
+        h->shut_until_ms = cap;
+    if (h->tok_reset_ms > cap)
+        h->tok_reset_ms = cap;
 }
 
 void
@@ -632,6 +698,8 @@ hints_from_response(const struct http_response *r, int64_t now_ms,
     memset(out, 0, sizeof(*out));
     out->rl_limit = -1;
     out->rl_remaining = -1;
+    out->tok_limit = -1;
+    out->tok_remaining = -1;
 
     v = http_response_header(r, "Date");
     if (v != NULL && hints_parse_http_date(v, &at) == 0)
@@ -660,5 +728,6 @@ hints_from_response(const struct http_response *r, int64_t now_ms,
     }
     read_legacy(&rd, r, "RateLimit-");
     read_legacy(&rd, r, "X-RateLimit-");
+    read_tokens(&rd, r);
     hints_cap(out, now_ms);
 }

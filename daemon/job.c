@@ -24,6 +24,7 @@
  * would have had to repeat them.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -160,11 +161,33 @@ job_free(struct job *j)
     free(j);
 }
 
+/* N of a key "<base>.N" derived from base; 1 for base itself (derived
+ * keys start at .2), 0 for anything else. */
+static long
+key_serial(const char *base, const char *key)
+{
+    size_t n = strlen(base);
+    char *end;
+
+    if (strcmp(key, base) == 0)
+        return 1;
+    if (strncmp(key, base, n) != 0 || key[n] != '.' || key[n + 1] < '1' ||
+        key[n + 1] > '9')
+        return 0;
+    long v = strtol(key + n + 1, &end, 10);
+    return *end == '\0' && v > 0 && v < INT_MAX ? v : 0;
+}
+
 char *
 job_derived_key(const struct job *j)
 {
     const char *base = j->base_key ? j->base_key : j->idempotency_key;
-    return xasprintf("%s.%d", base, j->attempts + 1);
+    /* Past the key in use: attempts restart at an operator's retry, and
+     * "<key>.2" of the first life has its failure cached already. */
+    long n = key_serial(base, j->idempotency_key) + 1;
+    if (n < j->attempts + 1)
+        n = j->attempts + 1;
+    return xasprintf("%s.%ld", base, n);
 }
 
 /* --- job_next ------------------------------------------------------------ */

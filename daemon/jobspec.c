@@ -402,3 +402,25 @@ jobspec_clear(struct jobspec *j)
     free(j->idempotency_key);
     memset(j, 0, sizeof(*j));
 }
+
+/* Bytes of request text per token: OpenAI's rule of thumb for English. */
+#define JOBSPEC_BYTES_PER_TOKEN 4
+
+int64_t
+jobspec_token_estimate(const char *body)
+{
+    static const char *const keys[] = {"max_tokens", "max_completion_tokens",
+                                       "max_output_tokens"};
+    int64_t n = 0;
+
+    if (body == NULL)
+        return 0;
+    json_t *root = json_loads(body, 0, NULL);
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]) && n == 0; i++) {
+        json_t *v = json_object_get(root, keys[i]);
+        if (json_is_integer(v) && json_integer_value(v) > 0)
+            n = (int64_t)json_integer_value(v);
+    }
+    json_decref(root);
+    return n + (int64_t)(strlen(body) / JOBSPEC_BYTES_PER_TOKEN);
+}

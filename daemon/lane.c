@@ -1,33 +1,67 @@
 /*
  * lane: per-provider flow control (DESIGN §6). A lane answers one question,
- * "how many requests may start now?", with four gates in order, the
- * smallest answer winning:
+ * "how many requests may start now?", with gates in order, the smallest
+ * answer winning:
  *
  *   1. state   active admits; paused (dead key, no balance) admits one
  *              probe per probe interval; open (circuit breaker) admits
- *              nothing for its period, then three probes (half-open);
+ *              nothing for its period, then half-open admits three probes;
  *              parked admits nothing until its far reset.
- *   2. pause   a Retry-After or reset hint on a 429/503 stops the lane.
- *   3. pacer   a token bucket at 0.9 × the configured or advertised rate,
- *              and nothing before the reset of an exhausted window.
+ *   2. pause   a shut window (remaining 0 with a reset, Firemoon's
+ *              resetAt, a run of 429s with no success among them) stops
+ *              the lane until it opens again.
+ *   3. pacers  requests at 1.0 × the configured, advertised or learned
+ *              rate (burst a tenth of a second); never more than the
+ *              provider's window has left; tokens per minute (estimated
+ *              per job, corrected by the answer's usage).
  *   4. limit   requests in flight plus waiting async runs stay below the
- *              concurrency limit, adapted by loss-based AIMD.
+ *              concurrency limit, adapted by loss-based AIMD with a knee.
  *
- * Outcomes feed back through lane_on_done: successes grow the limit (slow
- * start until the first loss, then +1/limit), 429/503/408/timeouts cut it
- * ×0.7 at most once per smoothed RTT, key failures pause the lane, hard
- * failures fill the breaker's ring.
+ * What an outcome may change (lane_on_done):
+ *
+ *   - One 429 or 503 is one loss, not a pause: the dispatcher defers that
+ *     job by its hint, and the other slots keep working.
+ *   - Losses are congestion only when they rise above the background rate
+ *     (noise): in a round (the requests sent since the round began, about
+ *     one RTT), k losses are congestion when k ≥ 1 + n·bg + 3·√(n·bg),
+ *     where bg is the loss rate of the lane's earlier answers. A provider
+ *     that fails 4 % of requests at random, whatever the load, has bg ≈
+ *     0.04 and is left alone; one whose slots are all taken loses a request
+ *     at a load where it lost none before, and that is a cut.
+ *   - Congestion cuts the limit × 0.7 (unless a known rate's pacer, not
+ *     the limit, was what the provider refused) and remembers the knee,
+ *     the in-flight count at which losses began: the limit grows back at
+ *     slow start's pace to just under the knee, holds there
+ *     KNEE_HOLD_ROUNDS clean rounds, then probes one above; a knee not met
+ *     again for KNEE_FORGET_ROUNDS is forgotten (slow start).
+ *   - Without a configured or advertised rate, requests are spaced at the
+ *     rate the limit delivers, limit / SRTT: after a loss, the rate the
+ *     provider accepted when it refused (learned), probed upward with the
+ *     limit one request per round trip at a time.
+ *   - Stale answers move nothing: every change that answers a signal (a
+ *     cut, a pause, a resume, a probe, a breaker transition) bumps the
+ *     lane's epoch, and an answer to a request sent in an earlier epoch
+ *     neither cuts again, nor lifts a pause, nor closes the breaker, nor
+ *     grows the limit. One reaction per change, as TCP reacts once per
+ *     window.
+ *   - Key failures (401, 402, a 403 naming the key) pause the lane; hard
+ *     failures (5xx, timeouts, network) fill the breaker's ring.
+ *
+ * Every time a hint sets (a pause, a window's reset, the rate a window
+ * implies) is capped at HINT_CAP_MS from now, and the reason says so.
  *
  * Pure: no clock, no randomness, no I/O. "now" and the uniform draw are
  * parameters, so each rule has a unit test that does not sleep.
  *
- * Rejected: a delay-based limiter (Vegas, gradient). A generation's latency
- * depends on the prompt and the model far more than on the provider's
- * load, so RTT says little about queueing there; a 429 or 503 is the
- * provider's own, explicit congestion signal. Half-open is a sub-state of
- * LANE_OPEN rather than a fifth state, so operators see exactly the four
- * provider states of CONTRACT.md.
+ * Rejected: pausing the whole lane on every hinted 429 (the first version:
+ * a concurrency-limited provider answers Retry-After: 1 for one slot while
+ * its other slots work; that left 65 % of it unused); cutting on every
+ * loss (a provider with random 5 % failures collapsed to 1 % of its
+ * capacity, the TCP-over-a-lossy-link problem); a delay-based limiter
+ * (Vegas, gradient): a generation's latency depends on the prompt and the
+ * model far more than on the provider's load.
  */
+#include <assert.h>
 #include <ctype.h>
 #include <limits.h>
 #include <math.h>
@@ -36,38 +70,53 @@
 #include <string.h>
 #include <time.h>
 
+#include "sluice/hints.h"
 #include "sluice/lane.h"
 #include "sluice/outcome.h"
 #include "sluice/xmalloc.h"
 
-/* ×0.9: run just under the provider's rate, so that its window boundaries,
- * clock skew and our burst never reach it. */
-#define PACER_HEADROOM 0.9
-/* Burst: a tenth of a second of the full rate, at least one token. The
- * bucket refills at 0.9 × rate, so burst + refill in any one second stays
- * within the provider's rate even for a per-second limiter; a per-minute
- * limiter sees far less. A full second of burst would let one second
- * carry 1.9 × the rate. */
+/* Burst: a tenth of a second of the rate, at least one request. With the
+ * bucket refilling at 1.0 × the rate, no one second carries more than
+ * 1.1 × the rate, and a per-minute window sees its limit plus 1/600. */
 #define PACER_BURST_S 0.1
 /* X-RateLimit-Limit without a stated window: Firemoon's and most others'
  * limits are per minute. */
 #define RATE_WINDOW_DEFAULT_MS 60000
+/* The slowest rate a hint may impose: one request per HINT_CAP_MS. */
+#define RATE_MIN_PER_S (1000.0 / (double)HINT_CAP_MS)
 /* ×0.7: the multiplicative decrease of AWS SDKs' adaptive retry (CUBIC's
- * beta): gentler than TCP's halving, as one 429 often means one unlucky
- * window rather than a provider at half our rate. */
+ * beta): gentler than TCP's halving. */
 #define AIMD_BETA 0.7
 /* α = 1/8: TCP's SRTT gain (RFC 6298), smooth yet quick to follow. */
 #define SRTT_ALPHA 0.125
-/* Retry-After jitter: up to 10 % of the wait, at most 1 s, so daemons that
- * share a key do not all come back in the same millisecond, while a short
- * hint is not stretched much. */
+/* Background loss rate: an average over the last ~256 answers, long
+ * enough to hold a few percent of noise steady, short enough to follow a
+ * provider whose noise changes within seconds. */
+#define BG_ALPHA (1.0 / 256)
+/* Until then, an average of all answers as if 16 clean ones came first: a
+ * lane's first loss is not yet its background. */
+#define BG_PRIOR 16
+/* Congestion when a round's losses exceed the background by three
+ * standard deviations (Poisson): noise then cuts about once in 300 rounds. */
+#define NOISE_SIGMAS 3.0
+/* Rounds the limit holds just under the knee before probing one above:
+ * the knee is where losses began, so probing it often costs a loss each
+ * time (8 rounds: a loss in ~170 requests at a 16-slot provider). */
+#define KNEE_HOLD_ROUNDS 8
+/* Clean rounds at or above the knee after which it is forgotten: the
+ * provider's capacity has grown, so the limit may grow fast again. */
+#define KNEE_FORGET_ROUNDS 16
+/* A shut window: at least this many 429s in a row with no success. */
+#define SHUT_RUN_MIN 4
+/* Retry-After jitter of a shut window: up to 10 % of the wait, at most
+ * 1 s, so daemons that share a key do not all come back in the same
+ * millisecond, while a short hint is not stretched much. */
 #define PAUSE_JITTER_FRACTION 0.1
 #define PAUSE_JITTER_MAX_MS 1000
+/* A run of 429s without a hint pauses this long. */
+#define SHUT_DEFAULT_MS 1000
 /* A wait beyond 2 min is a quota, not a burst: park visibly instead. */
 #define PARK_THRESHOLD_MS 120000
-/* Quotas reset at least daily; a hint beyond a day is a clock or parsing
- * error, and waking once a day to find out costs one request. */
-#define PARK_MAX_MS 86400000
 /* Breaker (DESIGN §6): the last 50 calls; with at least 20 of them (fewer
  * is noise) and half or more hard failures the provider is broken. */
 #define BREAKER_WINDOW 50
@@ -83,6 +132,14 @@
 /* A paused lane with no configured interval probes every 5 min: a topped
  * up balance resumes soon, a dead key costs 12 requests an hour. */
 #define PROBE_INTERVAL_DEFAULT_MS 300000
+/* Token budget: a tenth of the per-minute limit may go at once (the
+ * provider's own bucket usually holds the whole minute, but a daemon that
+ * restarts must not assume it is full). Estimates start at this many
+ * tokens per request until answers say more. */
+#define TOKEN_BURST_FRACTION 0.1
+#define TOKEN_COST_DEFAULT 1000.0
+/* α = 1/8 for the average token cost of a request. */
+#define TOKEN_COST_ALPHA 0.125
 /* Room for "<class>: <code> (request <id>)" with the outcome's maxima. */
 #define LANE_REASON_MAX 384
 #define LANE_LINE_MAX 512
@@ -94,44 +151,65 @@ struct lane {
     char reason[LANE_REASON_MAX]; /* why not active, "" when active */
     char change[LANE_REASON_MAX]; /* lane_last_change */
     char *line;                   /* lane_describe's buffer, LANE_LINE_MAX */
+    uint64_t epoch;               /* changes so far; tickets carry it */
+    uint64_t seq;                 /* requests sent so far */
 
+    /* gate 4: concurrency */
     int limit;       /* concurrency limit, 1 … concurrency_max */
     int acked;       /* successes since the last additive step */
-    bool slow_start; /* true until the first loss (or after a breaker) */
+    bool slow_start; /* doubling: before the first loss, or knee forgotten */
+    int knee;        /* in flight when losses began; 0 unknown */
+    int hold;        /* clean rounds since the last step at the knee */
+    int above;       /* clean rounds at or above the knee */
     int requests;    /* requests in flight */
     int waiting;     /* async runs in waiting */
     double srtt_ms;  /* smoothed RTT; 0 before the first sample */
-    int64_t cut_ms;  /* unix ms of the last ×0.7; 0 never */
 
-    int64_t pause_until; /* gate 2 (and the end of parking), unix ms; 0 */
+    /* noise vs congestion */
+    double bg;           /* loss rate of earlier answers at lower load */
+    int64_t bg_n;        /* answers in bg, up to 1 / BG_ALPHA */
+    uint64_t round_seq;  /* the round began after this send */
+    int64_t round_ms;    /* ... at this unix ms */
+    int round_n;         /* fresh answers in the round */
+    int round_losses;    /* fresh losses in the round */
+    bool round_cut;      /* the round ended in congestion */
+    int run;             /* fresh 429s in a row, no success between */
+    int64_t run_hint;    /* the latest hint of the run, unix ms; 0 */
 
-    double learned_rate;  /* advertised requests/s; 0 unknown */
-    double tokens;        /* pacer bucket; may go below 0 when overdrawn */
-    int64_t refill_ms;    /* unix ms the bucket was last refilled */
-    int64_t window_reset; /* exhausted window resets at, unix ms; 0 */
+    /* gate 2 */
+    int64_t pause_until; /* also the end of parking, unix ms; 0 */
 
-    int64_t probe_ms; /* paused: unix ms of the pause or the last probe */
-    bool probe_out;   /* paused: the probe is in flight */
+    /* gate 3: request pacer and the provider's window */
+    double adv_rate;      /* advertised requests/s; 0 unknown */
+    double tokens;        /* request bucket; may go below 0 */
+    int64_t refill_ms;    /* unix ms the buckets were last refilled */
+    long win_left;        /* the provider's window: requests left; -1 */
+    int64_t win_reset;    /* ... until this unix ms; 0 unknown */
 
+    /* gate 3: tokens */
+    double tok_adv;       /* advertised tokens/min; 0 unknown */
+    double tok_level;     /* tokens available; negative = overdrawn */
+    double tok_cost;      /* average tokens per request */
+    int64_t tok_seq;      /* tokens estimated for all sends so far */
+
+    /* gate 1: paused and breaker */
+    int64_t probe_ms;          /* paused: unix ms of the pause or probe */
+    bool probe_out;            /* paused: the probe is in flight */
     bool ring[BREAKER_WINDOW]; /* true = hard failure */
     int ring_len;              /* calls in the ring, ≤ BREAKER_WINDOW */
     int ring_next;             /* slot of the next call */
     int ring_hard;             /* hard failures in the ring */
     int openings;              /* consecutive breaker openings */
     int64_t open_until;        /* open: unix ms the period ends */
-    bool half_open;            /* open: period over, probing */
     int probes_sent;           /* half-open: probes sent */
-    int probes_out;            /* half-open: probes in flight */
-    int probes_ok;             /* half-open: probes that did not hard-fail */
-    int stale;                 /* open: requests from before it opened */
+    int probes_ok;             /* half-open: probes that did not fail */
 
     int64_t sent, succeeded, failed, throttled; /* counters */
 };
 
 static const char *const state_names[] = {
-    [LANE_ACTIVE] = "active",
-    [LANE_PAUSED] = "paused",
-    [LANE_OPEN] = "open",
+    [LANE_ACTIVE] = "active",       [LANE_PAUSED] = "paused",
+    [LANE_OPEN] = "open",           [LANE_HALF_OPEN] = "half-open",
     [LANE_PARKED] = "parked",
 };
 
@@ -141,6 +219,12 @@ lane_state_name(enum lane_state s)
     if ((unsigned)s < sizeof(state_names) / sizeof(state_names[0]))
         return state_names[s];
     return "?";
+}
+
+const char *
+lane_state_row(enum lane_state s)
+{
+    return lane_state_name(s == LANE_HALF_OPEN ? LANE_OPEN : s);
 }
 
 static int
@@ -155,18 +239,52 @@ limit_max(const struct lane *l)
     return l->p.concurrency_max > 1 ? l->p.concurrency_max : 1;
 }
 
-/* The full rate both sources allow, requests/s; 0 none. Hints only ever
- * restrict: the advertised rate can lower a configured one, never raise
- * it. */
+static int64_t
+later(int64_t a, int64_t b)
+{
+    return a > b ? a : b;
+}
+
+/* A hint's time, capped at HINT_CAP_MS from now; *capped says whether. */
+static int64_t
+cap_hint(int64_t at, int64_t now_ms, bool *capped)
+{
+    if (at > now_ms + HINT_CAP_MS) {
+        *capped = true;
+        return now_ms + HINT_CAP_MS;
+    }
+    return at;
+}
+
+/* The rate both the configuration and the provider allow, requests/s; 0
+ * none. Hints only ever restrict: the advertised rate can lower a
+ * configured one, never raise it. */
 static double
 full_rate(const struct lane *l)
 {
     double cfg = l->p.rate_per_s > 0 ? l->p.rate_per_s : 0;
-    double adv = l->learned_rate;
+    double adv = l->adv_rate;
 
     if (cfg > 0 && adv > 0)
         return cfg < adv ? cfg : adv;
     return cfg > 0 ? cfg : adv;
+}
+
+/* The rate requests are spaced at: the known rate, or without one (and
+ * once an RTT is known) the learned rate, the one the concurrency limit
+ * delivers: limit / SRTT (Little's law). After a loss that is the rate the
+ * provider accepted when it refused, and it probes upward with the limit,
+ * one request per round trip at a time (+2.5 % at 40). Spacing a window's
+ * requests over its round trip does not lower the average rate; it keeps
+ * a silent bucket's small burst from refusing a window sent at once. */
+static double
+pace_rate(const struct lane *l)
+{
+    double rate = full_rate(l);
+
+    if (rate > 0 || !l->p.adaptive || l->srtt_ms <= 0)
+        return rate;
+    return (double)l->limit * 1000.0 / l->srtt_ms;
 }
 
 static double
@@ -176,20 +294,77 @@ bucket_capacity(double rate)
     return cap > 1.0 ? cap : 1.0;
 }
 
-static void
-pacer_refill(struct lane *l, int64_t now_ms)
+static double
+token_limit(const struct lane *l)
 {
-    double rate = full_rate(l);
+    double cfg = l->p.tokens_per_min > 0 ? l->p.tokens_per_min : 0;
+    double adv = l->tok_adv;
 
-    if (rate > 0 && now_ms > l->refill_ms) {
-        double cap = bucket_capacity(rate);
-        l->tokens +=
-            (double)(now_ms - l->refill_ms) * rate * PACER_HEADROOM / 1000.0;
-        if (l->tokens > cap)
-            l->tokens = cap;
+    if (cfg > 0 && adv > 0)
+        return cfg < adv ? cfg : adv;
+    return cfg > 0 ? cfg : adv;
+}
+
+static double
+token_capacity(const struct lane *l)
+{
+    return token_limit(l) * TOKEN_BURST_FRACTION;
+}
+
+static void
+refill(struct lane *l, int64_t now_ms)
+{
+    double rate = pace_rate(l), tpm = token_limit(l);
+
+    if (now_ms <= l->refill_ms)
+        return;
+    double dt = (double)(now_ms - l->refill_ms);
+    if (rate > 0) {
+        l->tokens += dt * rate / 1000.0;
+        if (l->tokens > bucket_capacity(rate))
+            l->tokens = bucket_capacity(rate);
     }
-    if (now_ms > l->refill_ms)
-        l->refill_ms = now_ms;
+    if (tpm > 0) {
+        l->tok_level += dt * tpm / 60000.0;
+        if (l->tok_level > token_capacity(l))
+            l->tok_level = token_capacity(l);
+    }
+    l->refill_ms = now_ms;
+}
+
+/* Every change that answers a signal: answers to requests sent before it
+ * are stale from now on. */
+static void
+bump(struct lane *l)
+{
+    l->epoch++;
+    l->round_seq = l->seq;
+    l->round_n = 0;
+    l->round_losses = 0;
+}
+
+static bool
+stale(const struct lane *l, const struct lane_ticket *t)
+{
+    return t->epoch < l->epoch;
+}
+
+/* The one place the state changes. Leaving a state clears what belonged
+ * to it; entering one is a change (bump). */
+static void
+set_state(struct lane *l, enum lane_state s, const char *why)
+{
+    if (l->state == s)
+        return;
+    snprintf(l->change, sizeof(l->change), "%s→%s %s",
+             lane_state_name(l->state), lane_state_name(s), why);
+    l->state = s;
+    l->probe_out = false;
+    l->probes_sent = 0;
+    l->probes_ok = 0;
+    if (s == LANE_ACTIVE)
+        l->reason[0] = '\0';
+    bump(l);
 }
 
 struct lane *
@@ -205,10 +380,13 @@ lane_new(const char *name, const struct lane_params *p, int64_t now_ms)
     l->limit = clamp_int(p->concurrency_start, 1, limit_max(l));
     l->slow_start = true;
     /* One token, not a full bucket: a restarted daemon must not open with
-     * a burst on a provider whose window our last run already used. */
+     * a burst on a provider whose window our last run already used. The
+     * token budget starts empty for the same reason. */
     l->tokens = 1.0;
+    l->tok_cost = TOKEN_COST_DEFAULT;
     l->refill_ms = now_ms;
     l->probe_ms = now_ms;
+    l->win_left = -1;
     return l;
 }
 
@@ -233,6 +411,8 @@ lane_configure(struct lane *l, const struct lane_params *p)
     double rate = full_rate(l);
     if (rate > 0 && l->tokens > bucket_capacity(rate))
         l->tokens = bucket_capacity(rate);
+    if (token_limit(l) > 0 && l->tok_level > token_capacity(l))
+        l->tok_level = token_capacity(l);
 }
 
 static int64_t
@@ -242,62 +422,52 @@ probe_interval(const struct lane *l)
                                       : PROBE_INTERVAL_DEFAULT_MS;
 }
 
-static void
-set_state(struct lane *l, enum lane_state s)
+/* Gate 1. Returns the most the state admits; sets *wake or *event. */
+static int
+admit_state(struct lane *l, int64_t now_ms, int64_t *wake, bool *event)
 {
-    l->state = s;
-    if (s == LANE_ACTIVE)
-        l->reason[0] = '\0';
-}
-
-static int64_t
-later(int64_t a, int64_t b)
-{
-    return a > b ? a : b;
+    switch (l->state) {
+    case LANE_ACTIVE:
+        return INT_MAX;
+    case LANE_PAUSED:
+        if (l->probe_out) {
+            *event = true;
+            return 0;
+        }
+        if (now_ms < l->probe_ms + probe_interval(l)) {
+            *wake = l->probe_ms + probe_interval(l);
+            return 0;
+        }
+        return 1;
+    case LANE_OPEN:
+        if (now_ms < l->open_until) {
+            *wake = l->open_until;
+            return 0;
+        }
+        set_state(l, LANE_HALF_OPEN, "after the open period");
+        snprintf(l->reason, sizeof(l->reason),
+                 "half-open: probing after %d openings", l->openings);
+        /* fall through */
+    case LANE_HALF_OPEN:
+        if (l->probes_sent >= BREAKER_PROBES) {
+            *event = true;
+            return 0;
+        }
+        return BREAKER_PROBES - l->probes_sent;
+    case LANE_PARKED:
+        if (now_ms >= l->pause_until)
+            set_state(l, LANE_ACTIVE, "at reset");
+        return INT_MAX;
+    }
+    return 0;
 }
 
 int
 lane_admit(struct lane *l, int64_t now_ms, int64_t *wake_ms)
 {
-    int n = INT_MAX;
-    int64_t wake = 0;   /* latest opening time of the closed time gates */
+    int64_t wake = 0;   /* latest opening time of the time gates that hold */
     bool event = false; /* a gate waits for a request to finish */
-
-    /* 1. state */
-    switch (l->state) {
-    case LANE_ACTIVE:
-        break;
-    case LANE_PAUSED:
-        if (l->probe_out) {
-            n = 0;
-            event = true;
-        } else if (now_ms < l->probe_ms + probe_interval(l)) {
-            n = 0;
-            wake = l->probe_ms + probe_interval(l);
-        } else {
-            n = 1;
-        }
-        break;
-    case LANE_OPEN:
-        if (!l->half_open && now_ms >= l->open_until)
-            l->half_open = true;
-        if (!l->half_open) {
-            n = 0;
-            wake = l->open_until;
-        } else if (l->probes_sent >= BREAKER_PROBES) {
-            n = 0;
-            event = true;
-        } else {
-            n = BREAKER_PROBES - l->probes_sent;
-        }
-        break;
-    case LANE_PARKED:
-        if (now_ms >= l->pause_until) {
-            set_state(l, LANE_ACTIVE);
-            snprintf(l->change, sizeof(l->change), "parked→active at reset");
-        }
-        break;
-    }
+    int n = admit_state(l, now_ms, &wake, &event);
 
     /* 2. pause-until (also the end of parking) */
     if (now_ms < l->pause_until) {
@@ -305,54 +475,80 @@ lane_admit(struct lane *l, int64_t now_ms, int64_t *wake_ms)
         wake = later(wake, l->pause_until);
     }
 
-    /* 3. pacer: an exhausted window, then the token bucket */
-    if (now_ms < l->window_reset) {
-        n = 0;
-        wake = later(wake, l->window_reset);
+    /* 3. pacers: the provider's window, requests, tokens */
+    if (l->win_reset != 0 && now_ms >= l->win_reset) {
+        l->win_reset = 0; /* the window reset: what is left is unknown */
+        l->win_left = -1;
     }
-    pacer_refill(l, now_ms);
-    double rate = full_rate(l) * PACER_HEADROOM;
-    if (rate > 0) {
-        /* The epsilon absorbs rounding: a wake computed for "one token"
-         * must find one. */
-        double whole = floor(l->tokens + 1e-9);
-        if (whole < 1) {
-            n = 0;
-            double ms = ceil((1.0 - l->tokens) * 1000.0 / rate - 1e-9);
-            wake = later(wake, now_ms + (int64_t)(ms > 1 ? ms : 1));
-        } else if (whole < n) {
-            n = (int)whole;
+    if (l->win_reset != 0 && l->win_left >= 0 && l->win_left < n) {
+        n = (int)l->win_left;
+        wake = later(wake, l->win_reset);
+    }
+    refill(l, now_ms);
+    double rate = pace_rate(l);
+    if (rate > 0 && l->tokens < (double)n) {
+        n = l->tokens < 1.0 ? 0 : (int)l->tokens;
+        /* when the next whole token is there */
+        double missing = floor(l->tokens) + 1.0 - l->tokens;
+        wake = later(wake, now_ms + 1 + (int64_t)(missing * 1000.0 / rate));
+    }
+    double tpm = token_limit(l);
+    if (tpm > 0) {
+        double k = l->tok_level <= 0 ? 0 : ceil(l->tok_level / l->tok_cost);
+        if (k < (double)n) {
+            n = (int)k;
+            double missing = l->tok_level <= 0 ? 1.0 - l->tok_level
+                                               : l->tok_cost;
+            wake = later(wake, now_ms + 1 + (int64_t)(missing * 60000.0 / tpm));
         }
     }
 
     /* 4. concurrency */
-    int slots = l->limit - lane_in_flight(l);
-    if (slots <= 0) {
-        n = 0;
+    int free_slots = l->limit - lane_in_flight(l);
+    if (free_slots <= n) {
+        n = free_slots > 0 ? free_slots : 0;
         event = true;
-    } else if (slots < n) {
-        n = slots;
     }
 
-    *wake_ms = n == 0 && !event ? wake : 0;
+    /* Only requests finishing can open the concurrency gate: a time gate
+     * behind it needs no timer. */
+    if (wake_ms != NULL)
+        *wake_ms = event && n == 0 ? 0 : wake;
     return n;
 }
 
 void
-lane_on_send(struct lane *l, int64_t now_ms)
+lane_on_send(struct lane *l, int64_t now_ms, int64_t tokens,
+             struct lane_ticket *t)
 {
-    pacer_refill(l, now_ms);
-    if (full_rate(l) > 0)
+    refill(l, now_ms);
+    if (pace_rate(l) > 0)
         l->tokens -= 1.0;
+    if (l->win_reset != 0 && l->win_left > 0)
+        l->win_left--;
+    if (token_limit(l) > 0 && tokens > 0)
+        l->tok_level -= (double)tokens;
+    l->tok_seq += tokens > 0 ? tokens : 0;
     l->requests++;
     l->sent++;
+    l->seq++;
+    memset(t, 0, sizeof(*t));
     if (l->state == LANE_PAUSED) {
+        /* A probe is a change: only its own answer may resume. */
+        bump(l);
         l->probe_out = true;
         l->probe_ms = now_ms;
-    } else if (l->state == LANE_OPEN && l->half_open) {
+        t->probe = true;
+    } else if (l->state == LANE_HALF_OPEN) {
         l->probes_sent++;
-        l->probes_out++;
+        t->probe = true;
     }
+    t->sent_ms = now_ms;
+    t->epoch = l->epoch;
+    t->seq = l->seq;
+    t->tok_seq = l->tok_seq;
+    t->tokens = tokens > 0 ? tokens : 0;
+    t->in_flight = lane_in_flight(l);
 }
 
 static bool
@@ -374,6 +570,14 @@ is_loss(const struct outcome *o)
     return o->kind == OUTCOME_FAILURE &&
            (o->cls == ERR_RATE_LIMITED || o->cls == ERR_UNAVAILABLE ||
             o->cls == ERR_TIMEOUT || o->http_status == 408);
+}
+
+/* A throttle: a 429, or a 503 with a retry hint. */
+static bool
+is_throttle(const struct outcome *o, int64_t now_ms)
+{
+    return is_failure(o, ERR_RATE_LIMITED) ||
+           (is_failure(o, ERR_UNAVAILABLE) && o->hints.retry_at_ms > now_ms);
 }
 
 /* Hard failures for the breaker: the provider is broken, not busy. */
@@ -455,59 +659,6 @@ sample_rtt(struct lane *l, const struct outcome *o, int64_t rtt_ms)
 }
 
 static void
-learn_rate(struct lane *l, const struct outcome *o, int64_t now_ms)
-{
-    const struct hints *h = &o->hints;
-
-    if (h->rl_limit > 0) {
-        int64_t window =
-            h->rl_window_ms > 0 ? h->rl_window_ms : RATE_WINDOW_DEFAULT_MS;
-        l->learned_rate = (double)h->rl_limit * 1000.0 / (double)window;
-        double cap = bucket_capacity(full_rate(l));
-        if (l->tokens > cap)
-            l->tokens = cap;
-    }
-    if (h->rl_remaining == 0 && h->rl_reset_ms > now_ms)
-        l->window_reset = later(l->window_reset, h->rl_reset_ms);
-}
-
-static void
-aimd_grow(struct lane *l, int in_flight)
-{
-    /* An idle lane proves nothing about capacity: grow only while at
-     * least half the limit is in use. */
-    if (!l->p.adaptive || in_flight * 2 < l->limit)
-        return;
-    /* +1/limit per success, counted in whole successes: after `limit`
-     * of them, one step (no floating-point residue). */
-    if (l->slow_start || ++l->acked >= l->limit) {
-        l->limit++;
-        l->acked = 0;
-    }
-    if (l->limit > limit_max(l))
-        l->limit = limit_max(l);
-}
-
-static void
-aimd_cut(struct lane *l, int64_t rtt_ms, int64_t now_ms)
-{
-    if (!l->p.adaptive)
-        return;
-    l->slow_start = false;
-    /* Losses within one smoothed RTT of the last cut are answers to the
-     * same window of requests: they count once. Before any RTT sample
-     * (only timeouts so far) the loss's own duration stands in. */
-    double window = l->srtt_ms > 0 ? l->srtt_ms : (double)rtt_ms;
-    if (l->cut_ms != 0 && (double)(now_ms - l->cut_ms) < window)
-        return;
-    l->cut_ms = now_ms;
-    l->limit = (int)(l->limit * AIMD_BETA);
-    if (l->limit < 1)
-        l->limit = 1;
-    l->acked = 0;
-}
-
-static void
 format_utc(char *out, size_t n, int64_t ms)
 {
     time_t t = (time_t)(ms / 1000);
@@ -518,27 +669,62 @@ format_utc(char *out, size_t n, int64_t ms)
         snprintf(out, n, "%lld ms", (long long)ms);
 }
 
-/* The hint of a throttle: Retry-After and friends, or for a 429 the reset
- * of a window it says is exhausted. 0 none. */
-static int64_t
-throttle_hint(const struct outcome *o, int64_t now_ms)
+/* Learns the provider's advertised rate, request window and token budget
+ * from any answer, fresh or not: these are facts about the provider now. */
+static void
+learn_limits(struct lane *l, const struct lane_ticket *t,
+             const struct outcome *o, int64_t now_ms)
 {
-    if (o->kind != OUTCOME_FAILURE ||
-        (o->cls != ERR_RATE_LIMITED && o->cls != ERR_UNAVAILABLE))
-        return 0;
-    if (o->hints.retry_at_ms > now_ms)
-        return o->hints.retry_at_ms;
-    if (o->cls == ERR_RATE_LIMITED && o->hints.rl_remaining == 0 &&
-        o->hints.rl_reset_ms > now_ms)
-        return o->hints.rl_reset_ms;
-    return 0;
+    const struct hints *h = &o->hints;
+    bool capped = false;
+
+    if (h->rl_limit > 0) {
+        int64_t window =
+            h->rl_window_ms > 0 ? h->rl_window_ms : RATE_WINDOW_DEFAULT_MS;
+        if (window > HINT_CAP_MS) {
+            window = HINT_CAP_MS;
+            capped = true;
+        }
+        l->adv_rate = (double)h->rl_limit * 1000.0 / (double)window;
+        if (l->adv_rate < RATE_MIN_PER_S)
+            l->adv_rate = RATE_MIN_PER_S;
+        double cap = bucket_capacity(full_rate(l));
+        if (l->tokens > cap)
+            l->tokens = cap;
+    }
+    if (h->rl_remaining >= 0 && h->rl_reset_ms > now_ms) {
+        /* What the provider had left when it answered, less what we sent
+         * after this request. */
+        long left = h->rl_remaining - (long)(l->seq - t->seq);
+        l->win_left = left > 0 ? left : 0;
+        l->win_reset = cap_hint(h->rl_reset_ms, now_ms, &capped);
+    }
+    if (h->tok_limit > 0)
+        l->tok_adv = (double)h->tok_limit;
+    if (h->tok_remaining >= 0 && token_limit(l) > 0) {
+        double later_sends = (double)(l->tok_seq - t->tok_seq);
+        l->tok_level = (double)h->tok_remaining - later_sends;
+        if (l->tok_level > token_capacity(l))
+            l->tok_level = token_capacity(l);
+    } else if (o->tokens_used > 0 && t->tokens > 0) {
+        /* No header: the answer's own count corrects our estimate. */
+        l->tok_level += (double)(t->tokens - o->tokens_used);
+    }
+    if (o->tokens_used > 0)
+        l->tok_cost += TOKEN_COST_ALPHA * ((double)o->tokens_used - l->tok_cost);
+    else if (t->tokens > 0)
+        l->tok_cost += TOKEN_COST_ALPHA * ((double)t->tokens - l->tok_cost);
+    (void)capped; /* a far reset parks the lane (lane_on_done) */
 }
 
+/* Pauses the whole lane until `at` (a shut window) plus jitter, parking it
+ * when that is beyond PARK_THRESHOLD_MS. */
 static void
-throttle_pause(struct lane *l, const struct outcome *o, int64_t hint,
-               int64_t now_ms, double u)
+shut(struct lane *l, const struct outcome *o, int64_t at, int64_t now_ms,
+     double u)
 {
-    int64_t wait = hint - now_ms;
+    bool capped = false;
+    int64_t wait = at - now_ms;
     double spread = (double)wait * PAUSE_JITTER_FRACTION;
 
     if (spread > PAUSE_JITTER_MAX_MS)
@@ -547,25 +733,47 @@ throttle_pause(struct lane *l, const struct outcome *o, int64_t hint,
         u = 0.0;
     if (u >= 1.0)
         u = 1.0;
-    int64_t until = hint + (int64_t)(u * spread);
-    if (wait > PARK_THRESHOLD_MS) {
-        if (until > now_ms + PARK_MAX_MS)
-            until = now_ms + PARK_MAX_MS;
-        if (l->state == LANE_ACTIVE || l->state == LANE_PARKED) {
-            char when[40];
-            format_utc(when, sizeof(when), hint);
-            l->state = LANE_PARKED;
-            snprintf(l->reason, sizeof(l->reason), "parked until %s after %s",
-                     when, code_or_class(o));
-        }
+    int64_t until = cap_hint(at + (int64_t)(u * spread), now_ms, &capped);
+    capped = capped || o->hints.asked_ms > 0; /* cut when it was read */
+    l->run = 0;
+    l->run_hint = 0;
+    if (until <= l->pause_until)
+        return;
+    l->pause_until = until;
+    bump(l);
+    char when[40];
+    format_utc(when, sizeof(when), until);
+    if (until - now_ms > PARK_THRESHOLD_MS &&
+        (l->state == LANE_ACTIVE || l->state == LANE_PARKED)) {
+        set_state(l, LANE_PARKED, "after a shut window");
+        snprintf(l->reason, sizeof(l->reason), "parked until %s after %s%s",
+                 when, code_or_class(o),
+                 capped ? " (hint capped at 24 h)" : "");
+    } else {
+        snprintf(l->change, sizeof(l->change),
+                 "paused until %s after %s (window shut)%s", when,
+                 code_or_class(o), capped ? " (hint capped at 24 h)" : "");
     }
-    l->pause_until = later(l->pause_until, until);
+}
+
+/* The evidence of a shut window in one answer: remaining 0 with a reset on
+ * a 429, or Firemoon's resetAt. 0 none. */
+static int64_t
+shut_hint(const struct outcome *o, int64_t now_ms)
+{
+    if (o->hints.shut_until_ms > now_ms)
+        return o->hints.shut_until_ms;
+    if (is_failure(o, ERR_RATE_LIMITED) && o->hints.rl_remaining == 0 &&
+        o->hints.rl_reset_ms > now_ms)
+        return o->hints.rl_reset_ms;
+    return 0;
 }
 
 static void
 key_pause(struct lane *l, const struct outcome *o, int64_t now_ms)
 {
-    l->state = LANE_PAUSED;
+    set_state(l, LANE_PAUSED, "after a key failure");
+    bump(l); /* a pause again while paused is a change too */
     l->probe_out = false;
     l->probe_ms = now_ms;
     if (o->request_id[0] != '\0')
@@ -590,6 +798,7 @@ breaker_open(struct lane *l, int64_t now_ms, double u)
 {
     int64_t period = BREAKER_OPEN_MS;
 
+    l->openings++;
     for (int i = 1; i < l->openings && period < BREAKER_OPEN_MAX_MS; i++)
         period *= 2;
     if (period > BREAKER_OPEN_MAX_MS)
@@ -600,12 +809,7 @@ breaker_open(struct lane *l, int64_t now_ms, double u)
         u = 1.0;
     double factor = 1.0 + BREAKER_JITTER * (2.0 * u - 1.0);
     l->open_until = now_ms + (int64_t)((double)period * factor);
-    l->state = LANE_OPEN;
-    l->half_open = false;
-    l->probes_sent = 0;
-    l->probes_out = 0;
-    l->probes_ok = 0;
-    l->stale = l->requests;
+    set_state(l, LANE_OPEN, "after hard failures");
     ring_clear(l);
 }
 
@@ -624,38 +828,32 @@ breaker_record(struct lane *l, const struct outcome *o, int64_t now_ms,
     l->ring_next = (l->ring_next + 1) % BREAKER_WINDOW;
     if (l->ring_len >= BREAKER_MIN_CALLS && l->ring_hard * 2 >= l->ring_len) {
         int hard_calls = l->ring_hard, calls = l->ring_len;
-        l->openings++;
         breaker_open(l, now_ms, u);
         snprintf(l->reason, sizeof(l->reason), "breaker open: %d of %d failed",
                  hard_calls, calls);
     }
 }
 
-/* An outcome while the breaker is open: a request from before it opened
- * (ignored), or a half-open probe. */
+/* A fresh probe's answer while half-open. */
 static void
 breaker_probe(struct lane *l, const struct outcome *o, int64_t now_ms, double u)
 {
-    if (l->stale > 0) {
-        l->stale--;
-        return;
-    }
-    if (!l->half_open || l->probes_out == 0)
-        return;
-    l->probes_out--;
     if (is_hard_failure(o)) {
-        l->openings++;
         breaker_open(l, now_ms, u);
         snprintf(l->reason, sizeof(l->reason),
                  "breaker open: probe failed with %s", code_or_class(o));
         return;
     }
     if (++l->probes_ok >= BREAKER_PROBES) {
-        set_state(l, LANE_ACTIVE);
-        l->half_open = false;
+        set_state(l, LANE_ACTIVE, "after 3 good probes");
         l->openings = 0;
         l->slow_start = true;
+        l->knee = 0;
         l->acked = 0;
+    } else {
+        snprintf(l->reason, sizeof(l->reason),
+                 "half-open: %d of %d probes good", l->probes_ok,
+                 BREAKER_PROBES);
     }
 }
 
@@ -664,125 +862,266 @@ count(struct lane *l, const struct outcome *o, int64_t now_ms)
 {
     if (is_success(o))
         l->succeeded++;
-    else if (is_failure(o, ERR_RATE_LIMITED) ||
-             (is_failure(o, ERR_UNAVAILABLE) && o->hints.retry_at_ms > now_ms))
+    else if (is_throttle(o, now_ms))
         l->throttled++;
     else
         l->failed++;
 }
 
-/* The state as the log names it: half-open is worth telling apart. */
-static const char *
-phase_name(const struct lane *l)
+/* A fresh success of an active lane: the limit may grow. */
+static void
+grow(struct lane *l, int in_flight)
 {
-    if (l->state == LANE_OPEN && l->half_open)
-        return "half-open";
-    return lane_state_name(l->state);
+    /* An idle lane proves nothing about capacity: grow only while at
+     * least half the limit is in use. */
+    if (!l->p.adaptive || in_flight * 2 < l->limit)
+        return;
+    if (l->slow_start) {
+        l->limit++;
+    } else if (l->knee > 0 && l->limit < l->knee - 1) {
+        /* Back to just under the knee at slow start's pace. */
+        l->limit++;
+    } else if (l->knee == 0 && ++l->acked >= l->limit) {
+        /* +1/limit per success, counted in whole successes. */
+        l->limit++;
+        l->acked = 0;
+    }
+    /* At or above the knee, growth waits for clean rounds (round_end). */
+    if (l->limit > limit_max(l))
+        l->limit = limit_max(l);
 }
 
-bool
-lane_on_done(struct lane *l, const struct outcome *o, int64_t rtt_ms,
-             int64_t now_ms, double u)
+/* A round ended (one of its own requests came back). At the knee the
+ * limit grows only here: one step per KNEE_HOLD_ROUNDS clean rounds. */
+static void
+round_end(struct lane *l, int64_t now_ms)
 {
-    const char *phase0 = phase_name(l); /* static strings: stays valid */
-    int limit0 = l->limit;
-    int in_flight = lane_in_flight(l); /* this request included */
+    if (l->p.adaptive && l->knee > 0 && !l->round_cut &&
+        l->state == LANE_ACTIVE && l->limit >= l->knee - 1) {
+        l->hold++;
+        if (l->limit >= l->knee)
+            l->above++;
+        if (l->above >= KNEE_FORGET_ROUNDS) {
+            /* The provider grew: forget the knee. */
+            l->knee = 0;
+            l->slow_start = true;
+            l->hold = 0;
+            l->above = 0;
+        } else if (l->hold >= KNEE_HOLD_ROUNDS && l->limit < limit_max(l)) {
+            l->limit++;
+            l->hold = 0;
+        }
+    }
+    l->round_seq = l->seq;
+    l->round_ms = now_ms;
+    l->round_n = 0;
+    l->round_losses = 0;
+    l->round_cut = false;
+}
 
-    if (l->requests > 0)
-        l->requests--;
-    count(l, o, now_ms);
-    sample_rtt(l, o, rtt_ms);
-    pacer_refill(l, now_ms);
-    learn_rate(l, o, now_ms);
+/* Congestion: one reaction (a cut, and the knee), then the answers
+ * already on their way are stale. With a known rate and the limit not
+ * full, the pacer was what the provider refused: the limit stays. */
+static void
+congestion(struct lane *l, const struct lane_ticket *t)
+{
+    bool full = t->in_flight >= l->limit;
 
-    if (l->state == LANE_ACTIVE && is_success(o))
-        aimd_grow(l, in_flight);
-    if (is_loss(o))
-        aimd_cut(l, rtt_ms, now_ms);
+    l->slow_start = false;
+    l->round_cut = true;
+    if (!l->p.adaptive || (!full && full_rate(l) > 0))
+        return; /* nothing to change: nothing goes stale */
+    /* Where losses began: a later loss at a higher count (requests sent
+     * into a limit just cut) does not raise it. */
+    if (l->knee == 0 || t->in_flight < l->knee)
+        l->knee = t->in_flight;
+    l->limit = (int)(l->limit * AIMD_BETA);
+    if (l->limit < 1)
+        l->limit = 1;
+    l->acked = 0;
+    l->hold = 0;
+    l->above = 0;
+    bump(l);
+}
 
-    if (l->state == LANE_ACTIVE)
+/* A fresh loss: noise, congestion, or part of a shut window. */
+static void
+on_loss(struct lane *l, const struct lane_ticket *t, const struct outcome *o,
+        int64_t now_ms, double u)
+{
+    l->round_losses++;
+    double n = (double)(l->round_n > t->in_flight ? l->round_n : t->in_flight);
+    double expect = n * l->bg;
+    bool congested =
+        (double)l->round_losses > expect + NOISE_SIGMAS * sqrt(expect);
+
+    if (is_throttle(o, now_ms)) {
+        int run_min = l->limit / 2 > SHUT_RUN_MIN ? l->limit / 2 : SHUT_RUN_MIN;
+        l->run++;
+        l->run_hint = later(l->run_hint, o->hints.retry_at_ms);
+        if (l->run >= run_min) {
+            int64_t at = l->run_hint > now_ms ? l->run_hint
+                                              : now_ms + SHUT_DEFAULT_MS;
+            shut(l, o, at, now_ms, u);
+            return;
+        }
+    }
+    if (congested)
+        congestion(l, t);
+}
+
+/* The background loss rate: only answers below the knee make it (losses
+ * where they began are the signal, not the noise). An average of all
+ * answers until there are 1 / BG_ALPHA of them, so the first few losses of
+ * a noisy provider teach its noise quickly. */
+static bool
+below_knee(const struct lane *l, const struct lane_ticket *t)
+{
+    return l->knee == 0 || t->in_flight < l->knee;
+}
+
+static void
+learn_background(struct lane *l, bool loss)
+{
+    double a = (double)(l->bg_n + BG_PRIOR + 1) * BG_ALPHA < 1.0
+                   ? 1.0 / (double)(l->bg_n + BG_PRIOR + 1)
+                   : BG_ALPHA;
+    l->bg += a * ((loss ? 1.0 : 0.0) - l->bg);
+    l->bg_n++;
+}
+
+/* What a fresh answer (sent in the lane's current epoch) may change. */
+static void
+on_fresh(struct lane *l, const struct lane_ticket *t, const struct outcome *o,
+         int64_t now_ms, double u)
+{
+    bool loss = is_loss(o);
+    /* Judged before this answer can move the knee. */
+    bool low = below_knee(l, t);
+
+    /* A round is a round trip: one of its own requests answered, and at
+     * least one SRTT (a refusal sent this round comes back at once). */
+    if (t->seq > l->round_seq && l->round_n > 0 &&
+        (double)(now_ms - l->round_ms) >= l->srtt_ms)
+        round_end(l, now_ms);
+    l->round_n++;
+    if (is_success(o)) {
+        l->run = 0;
+        l->run_hint = 0;
+        if (l->state == LANE_ACTIVE)
+            grow(l, lane_in_flight(l) + 1); /* this one included */
+    }
+    if (loss && l->state == LANE_ACTIVE)
+        on_loss(l, t, o, now_ms, u);
+    /* After the test: a round is judged against earlier answers. */
+    if (low)
+        learn_background(l, loss);
+
+    if (l->state == LANE_ACTIVE) {
         breaker_record(l, o, now_ms, u);
-    else if (l->state == LANE_OPEN)
+    } else if (l->state == LANE_HALF_OPEN && t->probe) {
         breaker_probe(l, o, now_ms, u);
-
-    if (is_key_failure(o)) {
-        key_pause(l, o, now_ms);
-    } else if (l->state == LANE_PAUSED) {
+    } else if (l->state == LANE_PAUSED && t->probe) {
         if (is_success(o)) {
-            set_state(l, LANE_ACTIVE);
-            l->probe_out = false;
-        } else if (l->probe_out) {
+            set_state(l, LANE_ACTIVE, "after a good probe");
+        } else if (!is_key_failure(o)) {
             /* The probe's answer says nothing about the key: wait one
              * more interval rather than probing again at once. */
             l->probe_out = false;
             l->probe_ms = now_ms;
         }
     }
+}
 
-    int64_t hint = throttle_hint(o, now_ms);
-    if (hint != 0)
-        throttle_pause(l, o, hint, now_ms, u);
+bool
+lane_on_done(struct lane *l, const struct lane_ticket *t,
+             const struct outcome *o, int64_t now_ms, double u)
+{
+    enum lane_state state0 = l->state;
+    int limit0 = l->limit;
+    int64_t pause0 = l->pause_until;
 
-    /* Phases, not states: a reopened breaker (half-open → open) is a
-     * change too. */
-    const char *phase = phase_name(l);
-    bool moved = strcmp(phase0, phase) != 0;
-    if (!moved && l->limit == limit0)
+    assert(l->requests > 0);
+    l->requests--;
+    count(l, o, now_ms);
+    sample_rtt(l, o, now_ms - t->sent_ms);
+    refill(l, now_ms);
+    learn_limits(l, t, o, now_ms);
+
+    if (stale(l, t) && is_success(o) && below_knee(l, t))
+        learn_background(l, false); /* a success is background anyway */
+    if (!stale(l, t))
+        on_fresh(l, t, o, now_ms, u);
+    else if (l->state == LANE_PAUSED && t->probe)
+        l->probe_out = false; /* a probe overtaken by a new pause */
+    else if (l->state == LANE_ACTIVE && is_success(o) && l->knee > 0 &&
+             l->limit < l->knee - 1)
+        /* Back to just under the knee needs no fresh evidence: the knee is
+         * what the last cut learned. */
+        grow(l, lane_in_flight(l) + 1);
+
+    /* Facts, fresh or not: a dead key, a shut window. */
+    if (is_key_failure(o) && (l->state != LANE_PAUSED || t->probe ||
+                              !stale(l, t)))
+        key_pause(l, o, now_ms);
+    int64_t hint = shut_hint(o, now_ms);
+    if (hint == 0 && o->hints.rl_remaining == 0 &&
+        o->hints.rl_reset_ms > now_ms + PARK_THRESHOLD_MS)
+        hint = o->hints.rl_reset_ms; /* a quota used up: park visibly */
+    if (hint != 0 && l->state != LANE_PAUSED)
+        shut(l, o, hint, now_ms, u);
+
+    if (l->state == state0 && l->limit == limit0 && l->pause_until == pause0)
         return false;
     const char *why = is_success(o) ? "success" : err_class_name(o->cls);
-    if (!moved)
+    if (l->state != state0 && l->limit != limit0)
+        snprintf(l->change, sizeof(l->change), "%s→%s, limit %d→%d after %s",
+                 lane_state_name(state0), lane_state_name(l->state), limit0,
+                 l->limit, why);
+    else if (l->state != state0)
+        snprintf(l->change, sizeof(l->change), "%s→%s after %s",
+                 lane_state_name(state0), lane_state_name(l->state), why);
+    else if (l->limit != limit0)
         snprintf(l->change, sizeof(l->change), "limit %d→%d after %s", limit0,
                  l->limit, why);
-    else if (l->limit == limit0)
-        snprintf(l->change, sizeof(l->change), "%s→%s after %s", phase0, phase,
-                 why);
-    else
-        snprintf(l->change, sizeof(l->change), "%s→%s, limit %d→%d after %s",
-                 phase0, phase, limit0, l->limit, why);
     return true;
 }
 
 void
-lane_on_abort(struct lane *l)
+lane_on_abort(struct lane *l, const struct lane_ticket *t)
 {
-    if (l->requests > 0)
-        l->requests--;
-    if (l->state == LANE_PAUSED && l->probe_out) {
+    assert(l->requests > 0);
+    l->requests--;
+    if (token_limit(l) > 0)
+        l->tok_level += (double)t->tokens;
+    if (stale(l, t))
+        return;
+    if (l->state == LANE_PAUSED && t->probe)
         l->probe_out = false;
-    } else if (l->state == LANE_OPEN) {
-        if (l->stale > 0) {
-            l->stale--;
-        } else if (l->probes_out > 0) {
-            /* An aborted probe proved nothing: its slot is free again. */
-            l->probes_out--;
-            l->probes_sent--;
-        }
-    }
+    else if (l->state == LANE_HALF_OPEN && t->probe)
+        l->probes_sent--; /* proved nothing: its slot is free again */
 }
 
 void
 lane_on_waiting(struct lane *l, int delta)
 {
     l->waiting += delta;
-    if (l->waiting < 0)
-        l->waiting = 0;
+    assert(l->waiting >= 0);
 }
 
 void
 lane_resume(struct lane *l, int64_t now_ms)
 {
     (void)now_ms; /* an operator's resume takes effect at once */
-    if (l->state == LANE_PARKED)
-        l->pause_until = 0;
-    if (l->state != LANE_ACTIVE)
-        snprintf(l->change, sizeof(l->change), "%s→active by the operator",
-                 lane_state_name(l->state));
-    set_state(l, LANE_ACTIVE);
-    l->probe_out = false;
-    l->half_open = false;
+    l->pause_until = 0;
+    l->win_reset = 0;
+    l->win_left = -1;
     l->openings = 0;
-    l->stale = 0;
     ring_clear(l);
+    if (l->state != LANE_ACTIVE)
+        set_state(l, LANE_ACTIVE, "by the operator");
+    else
+        bump(l);
 }
 
 enum lane_state
@@ -801,6 +1140,18 @@ int
 lane_limit(const struct lane *l)
 {
     return l->limit;
+}
+
+int
+lane_requests(const struct lane *l)
+{
+    return l->requests;
+}
+
+int
+lane_waiting(const struct lane *l)
+{
+    return l->waiting;
 }
 
 int
@@ -829,6 +1180,7 @@ lane_describe(const struct lane *l)
         snprintf(l->line, LANE_LINE_MAX, "%s paused: %s", l->name, l->reason);
         break;
     case LANE_OPEN:
+    case LANE_HALF_OPEN:
     case LANE_PARKED:
         snprintf(l->line, LANE_LINE_MAX, "%s %s", l->name, l->reason);
         break;
@@ -851,7 +1203,31 @@ lane_last_change(const struct lane *l)
 double
 lane_rate(const struct lane *l)
 {
-    return full_rate(l) * PACER_HEADROOM;
+    return full_rate(l) > 0 || !l->slow_start ? pace_rate(l) : 0;
+}
+
+const char *
+lane_rate_source(const struct lane *l)
+{
+    double cfg = l->p.rate_per_s;
+
+    if (cfg > 0 && (l->adv_rate <= 0 || cfg <= l->adv_rate))
+        return "configured";
+    if (l->adv_rate > 0)
+        return "advertised";
+    return lane_rate(l) > 0 ? "learned" : "";
+}
+
+double
+lane_token_limit(const struct lane *l)
+{
+    return token_limit(l);
+}
+
+int64_t
+lane_tokens_available(const struct lane *l)
+{
+    return token_limit(l) > 0 ? (int64_t)floor(l->tok_level) : 0;
 }
 
 int64_t

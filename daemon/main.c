@@ -182,13 +182,20 @@ check(const char *path)
     }
     struct stat st;
     if (stat(c->database, &st) == 0) {
+        /* Read-only: checking a new build against the live database must
+         * not migrate it under the daemon that runs on it. */
         struct store *s = NULL;
-        if (store_open(c->database, &s) < 0) {
+        if (store_open_readonly(c->database, &s) < 0) {
             fprintf(stderr, "database %s: cannot open\n", c->database);
             problems++;
         } else {
-            printf("database %s: schema %d of %d\n", c->database,
-                   store_schema_version(s), store_schema_latest(s));
+            int v = store_schema_version(s), latest = store_schema_latest(s);
+            printf("database %s: schema %d of %d", c->database, v, latest);
+            if (v < latest)
+                printf(", %d migration%s pending (applied when sluiced "
+                       "starts)",
+                       latest - v, latest - v == 1 ? "" : "s");
+            printf("\n");
             store_close(s);
         }
     } else {

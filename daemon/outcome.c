@@ -19,6 +19,8 @@ outcome_init(struct outcome *o)
     o->verdict = VERDICT_DEFAULT;
     o->hints.rl_limit = -1;
     o->hints.rl_remaining = -1;
+    o->hints.tok_limit = -1;
+    o->hints.tok_remaining = -1;
 }
 
 void

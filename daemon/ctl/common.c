@@ -109,13 +109,15 @@ ctl_usage_error(const char *cmd, const char *what)
 /* --- config and database ------------------------------------------------- */
 
 /*
- * Loads the config and opens the database. need_config: the command cannot
+ * Loads the config and finds the database. need_config: the command cannot
  * work without the providers (enqueue). create_db: a missing database file
  * may be created (enqueue); the read-only commands report it instead of
- * leaving an empty file behind. Returns 0 or the exit code, message printed.
+ * leaving an empty file behind. Returns 0 and *db (borrowed from c), or the
+ * exit code, message printed.
  */
-int
-ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db)
+static int
+ctl_locate(struct ctl *c, const char *cmd, bool need_config, bool create_db,
+           const char **db_out)
 {
     char err[512];
     bool chosen = c->config_flag || getenv("SLUICE_CONFIG");
@@ -157,9 +159,60 @@ ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db)
                 strerror(errno));
         return EX_NOINPUT;
     }
+    *db_out = db;
+    return 0;
+}
+
+/*
+ * Loads the config and opens the database to change it (migrating it
+ * first when this build is newer). Arguments as ctl_locate.
+ */
+int
+ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db)
+{
+    const char *db;
+    int rc;
+
+    if ((rc = ctl_locate(c, cmd, need_config, create_db, &db)) != 0)
+        return rc;
     if (store_open(db, &c->store) < 0) {
         c->store = NULL;
         fprintf(stderr, "sluicectl: %s: cannot open database %s\n", cmd, db);
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * Opens the database for a command that only reads it: read-only, never
+ * migrated (a newer sluicectl must not upgrade the database under the
+ * daemon that runs on it). Pending migrations are reported, not applied.
+ * Returns 0 or the exit code, message printed.
+ */
+int
+ctl_open_readonly(struct ctl *c, const char *cmd)
+{
+    const char *db;
+    int rc;
+
+    if ((rc = ctl_locate(c, cmd, false, false, &db)) != 0)
+        return rc;
+    if (store_open_readonly(db, &c->store) < 0) {
+        c->store = NULL;
+        fprintf(stderr, "sluicectl: %s: cannot open database %s\n", cmd, db);
+        return 1;
+    }
+    int v = store_schema_version(c->store);
+    int latest = store_schema_latest(c->store);
+    if (v < latest) {
+        fprintf(stderr,
+                "sluicectl: %s: database %s is at schema %d, this build "
+                "reads %d: %d migration%s pending, applied when sluiced "
+                "starts (or by a command that writes: enqueue, retry, "
+                "cancel, resume, purge)\n",
+                cmd, db, v, latest, latest - v, latest - v == 1 ? "" : "s");
+        store_close(c->store);
+        c->store = NULL;
         return 1;
     }
     return 0;

@@ -79,7 +79,7 @@ ctl_status(struct ctl *c, int argc, char **argv)
         return rc;
     if (npos > 0)
         return ctl_usage_error("status", "takes no operand");
-    if ((rc = ctl_open(c, "status", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "status")) != 0)
         return rc;
     json_t *st = store_status_json(c->store);
     if (!st) {
@@ -159,7 +159,7 @@ ctl_jobs(struct ctl *c, int argc, char **argv)
     if (limit_arg &&
         (rc = ctl_count("jobs", "--limit", limit_arg, &limit)) != 0)
         return rc;
-    if ((rc = ctl_open(c, "jobs", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "jobs")) != 0)
         return rc;
 
     flt.state = state;
@@ -313,7 +313,7 @@ ctl_show(struct ctl *c, int argc, char **argv)
         return rc;
     if (npos != 1)
         return ctl_usage_error("show", "needs exactly one ID or CUSTOM_ID");
-    if ((rc = ctl_open(c, "show", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "show")) != 0)
         return rc;
     json_t *job = store_job_json(c->store, argv[0]);
     if (!job) {

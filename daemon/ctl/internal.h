@@ -85,6 +85,9 @@ int ctl_usage_error(const char *cmd, const char *what);
  * cannot work without the providers. create_db: a missing database file
  * may be created. Returns 0 or the exit code, message printed. */
 int ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db);
+/* The same for a command that only reads: opened read-only and never
+ * migrated; pending migrations are reported and the command fails. */
+int ctl_open_readonly(struct ctl *c, const char *cmd);
 
 /* The usage error for an unknown job state (lists the valid ones). */
 int ctl_bad_state(const char *cmd, const char *state);

@@ -121,7 +121,7 @@ ctl_failures(struct ctl *c, int argc, char **argv)
         return ctl_usage_error("failures", "takes no operand");
     if (since && (rc = ctl_duration("failures", "--since", since, &ms)) != 0)
         return rc;
-    if ((rc = ctl_open(c, "failures", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "failures")) != 0)
         return rc;
     if (since)
         sel.finished_since = clock_now_ms() - ms;
@@ -445,7 +445,7 @@ ctl_export(struct ctl *c, int argc, char **argv)
         return rc;
     if (!state)
         sel.states = (1u << JOB_SUCCEEDED) | (1u << JOB_FAILED);
-    if ((rc = ctl_open(c, "export", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "export")) != 0)
         return rc;
 
     const char *path = npos == 1 && strcmp(argv[0], "-") != 0 ? argv[0] : NULL;

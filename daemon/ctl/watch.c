@@ -176,7 +176,7 @@ ctl_watch(struct ctl *c, int argc, char **argv)
         return rc;
     if (npos > 0)
         return ctl_usage_error("watch", "takes no operand");
-    if ((rc = ctl_open(c, "watch", false, false)) != 0)
+    if ((rc = ctl_open_readonly(c, "watch")) != 0)
         return rc;
     bool tty = !once && isatty(STDOUT_FILENO) == 1;
 

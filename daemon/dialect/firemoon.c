@@ -60,9 +60,11 @@ firemoon_reset_at(const json_t *body, struct outcome *o)
     const char *s = json_string_value(json_object_get(body, "resetAt"));
     int64_t ms;
 
-    if (s != NULL && hints_parse_iso8601(s, &ms) == 0 &&
-        ms > o->hints.retry_at_ms)
-        o->hints.retry_at_ms = ms;
+    if (s != NULL && hints_parse_iso8601(s, &ms) == 0) {
+        if (ms > o->hints.retry_at_ms)
+            o->hints.retry_at_ms = ms;
+        o->hints.shut_until_ms = ms; /* the window is shut until then */
+    }
 }
 
 static void

@@ -11,6 +11,8 @@
  * the provider like a 402. `x-should-retry: true|false` (OpenAI's SDK
  * contract) is an explicit verdict.
  */
+#include <string.h>
+
 #include "internal.h"
 
 static const struct dialect_code_class openai_types[] = {
@@ -69,15 +71,30 @@ openai_error(const struct http_response *r, struct outcome *o)
     json_decref(body);
 }
 
+/* usage.total_tokens of a success, which corrects the lane's token
+ * estimate. Only bodies that mention "usage" are parsed twice. */
+static void
+openai_usage(const struct http_response *r, struct outcome *o)
+{
+    if (r->body == NULL || strstr(r->body, "\"usage\"") == NULL)
+        return;
+    json_t *body = dialect_parse_body(r);
+    json_t *n = json_object_get(json_object_get(body, "usage"), "total_tokens");
+    if (json_is_integer(n) && json_integer_value(n) > 0)
+        o->tokens_used = (int64_t)json_integer_value(n);
+    json_decref(body);
+}
+
 static void
 openai_classify(const struct http_response *r, bool poll, int64_t now_ms,
                 struct outcome *o)
 {
     (void)poll;
     (void)now_ms;
-    if (dialect_is_2xx(r->status))
+    if (dialect_is_2xx(r->status)) {
         dialect_success(r, true, o);
-    else
+        openai_usage(r, o);
+    } else
         openai_error(r, o);
 }
 

@@ -60,6 +60,9 @@ struct store_ops {
     const char *name; /* "sqlite", "postgresql": for logs */
     /* Opens database; on success *out->ops is this table. */
     int (*open)(const char *database, struct store **out);
+    /* store_open_readonly; NULL: the backend has none yet, and open
+     * serves instead. */
+    int (*open_readonly)(const char *database, struct store **out);
     /* Frees everything; the buffer is already flushed or given up. */
     void (*close)(struct store *s);
     int (*schema_version)(struct store *s);

@@ -31,6 +31,7 @@
 
 #include "backend.h"
 #include "sluice/clock.h"
+#include "sluice/fstype.h"
 #include "sluice/jobspec.h"
 #include "sluice/log.h"
 #include "sluice/xmalloc.h"
@@ -98,10 +99,22 @@ extern const size_t sql_nfiles;
     "AND (:before IS NULL OR finished_at < :before) "
 
 /* Back to the queue as if new, but with its identity and last failure:
- * ?1 is now. remote_id goes too: the submission is sent again. */
+ * ?1 is now. remote_id goes too: the submission is sent again. The key to
+ * send stays the last one sent (a provider that ran it answers with that
+ * result, never twice) unless its run definitively failed (the poll was
+ * answered, with the run's failure): the provider caches that failure, so
+ * the next derived key goes out, "<key>.N" one past the last (DESIGN §4).
+ * job_derived_key() derives the same way. */
 #define RETRY_SET                                                              \
     "UPDATE jobs SET state = 'queued', attempts = 0, deferrals = 0, "          \
-    "send_key = NULL, run_after = ?1, lease_until = NULL, "                    \
+    "send_key = CASE WHEN remote_id IS NOT NULL "                              \
+    "  AND http_status BETWEEN 200 AND 299 AND error_class IS NOT NULL "       \
+    "  AND error_class <> 'protocol' "                                         \
+    "  THEN idempotency_key || '.' || (1 + CASE WHEN send_key IS NULL "        \
+    "    THEN 1 ELSE CAST(substr(send_key, length(idempotency_key) + 2) "      \
+    "    AS INTEGER) END) "                                                    \
+    "  ELSE send_key END, "                                                    \
+    "run_after = ?1, lease_until = NULL, "                                     \
     "lease_owner = NULL, remote_id = NULL, poll_url = NULL, "                  \
     "waiting_since = NULL, finished_at = NULL, updated_at = ?1 "               \
     "WHERE state IN ('failed', 'cancelled') "
@@ -664,17 +677,72 @@ prepare_insert_many(struct sqlite_store *s)
 
 static void sqlite_close(struct store *base);
 
+/* Whether path names a file (not ":memory:", "" or a "file:" URI). */
+static bool
+is_plain_file(const char *path)
+{
+    return path[0] != '\0' && strcmp(path, ":memory:") != 0 &&
+           strncmp(path, "file:", 5) != 0;
+}
+
+/* Refuses a database on a network filesystem: WAL keeps its index in
+ * shared memory that must be one host's (DESIGN §12). */
 static int
-sqlite_open(const char *path, struct store **out)
+check_local(const char *path)
+{
+    char type[64];
+
+    if (!is_plain_file(path) || fstype_of(path, NULL, type, sizeof(type)) < 0 ||
+        !fstype_is_network(type))
+        return 0;
+    log_error("store: %s: on a network filesystem (%s): SQLite's "
+              "write-ahead log needs one host's shared memory and would "
+              "corrupt or lose jobs; keep the database on a local disk, or "
+              "share a queue between hosts with PostgreSQL (database = "
+              "postgresql://…)",
+              path, type);
+    return -EREMOTE;
+}
+
+static int
+prepare_all(struct sqlite_store *s)
+{
+    int rc;
+
+    for (int i = 0; i < ST_COUNT; i++) {
+        rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1,
+                                SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
+        if (rc != SQLITE_OK)
+            return sqlite_fail(s, rc, stmt_sql[i]);
+    }
+    for (int i = 0; i < OS_COUNT; i++) {
+        rc = sqlite3_prepare_v3(s->db, ostmt_sql[i], -1,
+                                SQLITE_PREPARE_PERSISTENT, &s->ost[i], NULL);
+        if (rc != SQLITE_OK)
+            return sqlite_fail(s, rc, ostmt_sql[i]);
+    }
+    return prepare_insert_many(s);
+}
+
+/* Read-write (settings, migrations) or read-only (nothing written: no
+ * journal mode switch, no migration, query_only on; a schema behind this
+ * build is opened unprepared, for store_schema_version only). */
+static int
+open_mode(const char *path, bool readonly, struct store **out)
 {
     struct sqlite_store *s = xcalloc(1, sizeof(*s));
     char *pragmas;
-    int rc;
+    int rc, v;
 
     s->path = xstrdup(path);
-    rc = sqlite3_open_v2(
-        path, &s->db,
-        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if ((rc = check_local(path)) < 0)
+        goto fail;
+    rc = sqlite3_open_v2(path, &s->db,
+                         (readonly ? SQLITE_OPEN_READONLY
+                                   : SQLITE_OPEN_READWRITE |
+                                         SQLITE_OPEN_CREATE) |
+                             SQLITE_OPEN_NOMUTEX,
+                         NULL);
     if (rc != SQLITE_OK) {
         log_error("store: %s: open: %s", path,
                   s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
@@ -687,43 +755,61 @@ sqlite_open(const char *path, struct store **out)
     /* auto_vacuum first: it only takes on a file with no table yet (a new
      * database), and WAL mode would write the header before it. Existing
      * files keep theirs; purge copes with both. */
-    pragmas = xasprintf("PRAGMA auto_vacuum = INCREMENTAL; "
-                        "PRAGMA journal_mode = WAL; "
-                        "PRAGMA synchronous = NORMAL; "
-                        "PRAGMA foreign_keys = ON; "
-                        "PRAGMA cache_size = -%d",
-                        STORE_CACHE_KIB);
+    if (readonly)
+        pragmas = xasprintf("PRAGMA query_only = ON; "
+                            "PRAGMA foreign_keys = ON; "
+                            "PRAGMA cache_size = -%d",
+                            STORE_CACHE_KIB);
+    else
+        pragmas = xasprintf("PRAGMA auto_vacuum = INCREMENTAL; "
+                            "PRAGMA journal_mode = WAL; "
+                            "PRAGMA synchronous = NORMAL; "
+                            "PRAGMA foreign_keys = ON; "
+                            "PRAGMA cache_size = -%d",
+                            STORE_CACHE_KIB);
     rc = sqlite3_exec(s->db, pragmas, NULL, NULL, NULL);
     free(pragmas);
     if (rc != SQLITE_OK) {
         rc = sqlite_fail(s, rc, "pragmas");
         goto fail;
     }
-    if ((rc = migrate(s)) < 0)
-        goto fail;
-    for (int i = 0; i < ST_COUNT; i++) {
-        rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1,
-                                SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
-        if (rc != SQLITE_OK) {
-            rc = sqlite_fail(s, rc, stmt_sql[i]);
+    if (!readonly) {
+        if ((rc = migrate(s)) < 0)
+            goto fail;
+    } else {
+        if ((rc = read_user_version(s, &v)) < 0)
+            goto fail;
+        if (v > (int)sql_nfiles) {
+            log_error("store: %s: schema version %d is newer than this "
+                      "build knows (%zu)",
+                      path, v, sql_nfiles);
+            rc = -EPROTO;
             goto fail;
         }
-    }
-    for (int i = 0; i < OS_COUNT; i++) {
-        rc = sqlite3_prepare_v3(s->db, ostmt_sql[i], -1,
-                                SQLITE_PREPARE_PERSISTENT, &s->ost[i], NULL);
-        if (rc != SQLITE_OK) {
-            rc = sqlite_fail(s, rc, ostmt_sql[i]);
-            goto fail;
+        if (v < (int)sql_nfiles) {
+            *out = &s->base;
+            return 0;
         }
     }
-    if ((rc = prepare_insert_many(s)) < 0)
+    if ((rc = prepare_all(s)) < 0)
         goto fail;
     *out = &s->base;
     return 0;
 fail:
     sqlite_close(&s->base);
     return rc;
+}
+
+static int
+sqlite_open(const char *path, struct store **out)
+{
+    return open_mode(path, false, out);
+}
+
+static int
+sqlite_open_readonly(const char *path, struct store **out)
+{
+    return open_mode(path, true, out);
 }
 
 static void
@@ -2006,6 +2092,7 @@ sqlite_outputs_retry(struct store *base, const char *batch, int64_t now_ms,
 const struct store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = sqlite_open,
+    .open_readonly = sqlite_open_readonly,
     .close = sqlite_close,
     .schema_version = sqlite_schema_version,
     .schema_latest = sqlite_schema_latest,

@@ -40,6 +40,21 @@ store_open(const char *database, struct store **out)
     return 0;
 }
 
+int
+store_open_readonly(const char *database, struct store **out)
+{
+    const struct store_ops *ops = store_backend_for(database);
+    int rc;
+
+    *out = NULL;
+    rc = ops->open_readonly ? ops->open_readonly(database, out)
+                            : ops->open(database, out);
+    if (rc < 0)
+        return rc;
+    (*out)->ops = ops;
+    return 0;
+}
+
 void
 store_close(struct store *s)
 {

@@ -41,6 +41,7 @@ struct provider_config {
     int concurrency_max;     /* ceiling (default 64) */
     bool adaptive;           /* AIMD on (default); off = fixed at start */
     double rate_per_s;       /* configured rate limit; 0 = none */
+    double tokens_per_s;     /* configured token limit; 0 = none */
     int64_t timeout_ms;      /* whole request (default 120 s) */
     int64_t connect_timeout_ms; /* default 10 s */
     int max_attempts;        /* default 5 */

@@ -21,13 +21,19 @@ struct hints {
     long rl_remaining;     /* requests left in the window; -1 unknown */
     int64_t rl_reset_ms;   /* unix ms the window resets; 0 unknown */
     int64_t rl_window_ms;  /* window length (RateLimit-Policy w=); 0 unknown */
+    int64_t shut_until_ms; /* the provider says its window is shut until
+                              then (Firemoon resetAt), unix ms; 0 = no */
+    long tok_limit;        /* x-ratelimit-limit-tokens (per minute); -1 */
+    long tok_remaining;    /* x-ratelimit-remaining-tokens; -1 unknown */
+    int64_t tok_reset_ms;  /* x-ratelimit-reset-tokens, unix ms; 0 */
     int64_t asked_ms;      /* when a hint lay beyond HINT_CAP_MS: the
                               furthest unix ms asked for (retry_at_ms and
                               rl_reset_ms are then cut to the cap); 0 none */
 };
 
-/* Cuts retry_at_ms and rl_reset_ms to now_ms + HINT_CAP_MS, recording in
- * asked_ms what was asked when either lay further. Every hint passes here
+/* Cuts retry_at_ms and rl_reset_ms (and shut_until_ms, tok_reset_ms) to
+ * now_ms + HINT_CAP_MS, recording in asked_ms what was asked when either
+ * of the first two lay further. Every hint passes here
  * before anything acts on it (hints_from_response, dialect_classify). */
 void hints_cap(struct hints *h, int64_t now_ms);
 
@@ -39,6 +45,10 @@ void hints_cap(struct hints *h, int64_t now_ms);
 void hints_from_response(const struct http_response *r, int64_t now_ms,
                          struct hints *out);
 
+/* Parses a duration in OpenAI's reset format: "6m0s", "1.5s", "20ms",
+ * "1h2m3.5s" (units h, m, s, ms, each at most once, in that order) to ms,
+ * rounded up. Returns 0 or -EINVAL. */
+int hints_parse_duration(const char *s, int64_t *ms);
 /* Parses an HTTP-date (IMF-fixdate, RFC 850, asctime) to unix ms.
  * Returns 0 or -EINVAL. */
 int hints_parse_http_date(const char *s, int64_t *ms);

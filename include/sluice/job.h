@@ -110,8 +110,9 @@ void job_free(struct job *j);
 
 /* A new string: the idempotency key for a resubmission after the remote
  * run definitively failed (the same key would only replay the failed run):
- * "<base_key>.N", N the attempt it is for, so it never repeats within the
- * job. */
+ * "<base_key>.N", N the attempt it is for or one past the key in use,
+ * whichever is higher, so it never repeats within the job, across an
+ * operator's retry too (DESIGN §4). */
 char *job_derived_key(const struct job *j);
 
 /* --- the state machine ---------------------------------------------------- */

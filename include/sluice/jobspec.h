@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct config;
 
@@ -42,5 +43,11 @@ void jobspec_clear(struct jobspec *j);
  * out must hold 65 bytes. */
 void jobspec_hash_key(const char *provider, const char *method,
                       const char *path, const char *body, char out[65]);
+
+/* The tokens a request body will cost a provider that counts tokens per
+ * minute, estimated before it is sent: max_tokens (or
+ * max_completion_tokens, max_output_tokens) plus the body's length / 4
+ * (about four bytes of text per token). body may be NULL (0). */
+int64_t jobspec_token_estimate(const char *body);
 
 #endif

@@ -42,6 +42,7 @@ struct outcome {
     char *result;    /* owned JSON text: success body, or partial data */
     char *remote_id; /* owned: async run id (ACCEPTED, or a finished run) */
     char *poll_url;  /* owned: where to poll (ACCEPTED) */
+    int64_t tokens_used; /* usage.total_tokens of the answer; 0 unknown */
     double cost;     /* charged cost when has_cost */
     bool has_cost;
 };

@@ -21,8 +21,15 @@ struct jobspec;
 /* Opens (creating) the database at path (":memory:" works), sets WAL,
  * synchronous=NORMAL, busy_timeout, foreign keys, and applies the
  * migrations under PRAGMA user_version. Returns 0 and *out, or a negative
- * errno with the reason logged. */
+ * errno with the reason logged: -EREMOTE for a SQLite file on a network
+ * filesystem (NFS, SMB, …), which WAL cannot use. */
 int store_open(const char *path, struct store **out);
+/* Opens an existing database for reading only: nothing is created,
+ * changed or migrated, so checking a new build against a live database
+ * leaves it as the running daemon knows it. When the schema is behind this
+ * build (store_schema_version < store_schema_latest: migrations pending),
+ * only those two and store_close may be called. Errors as store_open. */
+int store_open_readonly(const char *path, struct store **out);
 /* Flushes what is buffered (best effort) and closes. NULL accepted. */
 void store_close(struct store *s);
 /* Schema version the database is at, and the one this build knows for

@@ -127,6 +127,16 @@ struct fake_config {
     long jitter_ms;
     bool quiet;
     long log_limit; /* request log entries kept */
+    long window_limit;  /* fixed window: requests per window; 0 = none */
+    long window_ms;     /* its length; windows start at multiples of it */
+    double token_limit; /* tokens per minute; 0 = none */
+    int rate_headers;   /* what a --rate 429 says: FAKE_RATE_HEADERS_* */
+};
+
+enum {
+    FAKE_RATE_HEADERS_FULL,  /* X-RateLimit-Limit, -Remaining, -Reset */
+    FAKE_RATE_HEADERS_LIMIT, /* X-RateLimit-Limit only */
+    FAKE_RATE_HEADERS_NONE,  /* a silent bucket: Retry-After only */
 };
 
 struct fake {
@@ -136,6 +146,10 @@ struct fake {
     uint64_t rng;         /* xorshift64* state */
     double tokens;        /* token bucket */
     int64_t refill_ms;    /* monotonic ms of the last refill */
+    int64_t window_start; /* unix ms the current fixed window began */
+    long window_used;     /* requests admitted in it */
+    double tok_bucket;    /* tokens per minute: what is left */
+    int64_t tok_refill_ms; /* monotonic ms of its last refill */
     long in_flight;       /* admitted, not yet answered */
     long next_request;    /* req_<n> counter */
     long next_generation; /* gen_<n> counter */

@@ -145,11 +145,30 @@ main(int argc, char **argv)
             seed = (uint64_t)num(o, v, 0, 1.8e19);
         else if (strcmp(o, "--log-limit") == 0)
             f.cfg.log_limit = (long)num(o, v, 0, 1e9);
+        else if (strcmp(o, "--window-limit") == 0)
+            f.cfg.window_limit = (long)num(o, v, 0, 1e9);
+        else if (strcmp(o, "--window-ms") == 0)
+            f.cfg.window_ms = (long)num(o, v, 1, 86400000);
+        else if (strcmp(o, "--token-limit") == 0)
+            f.cfg.token_limit = num(o, v, 0, 1e12);
+        else if (strcmp(o, "--rate-headers") == 0) {
+            if (strcmp(v, "full") == 0)
+                f.cfg.rate_headers = FAKE_RATE_HEADERS_FULL;
+            else if (strcmp(v, "limit") == 0)
+                f.cfg.rate_headers = FAKE_RATE_HEADERS_LIMIT;
+            else if (strcmp(v, "none") == 0)
+                f.cfg.rate_headers = FAKE_RATE_HEADERS_NONE;
+            else
+                usage();
+        }
         else
             usage();
     }
     f.rng = seed ? seed : 1;
     server_set_rate(&f, rate);
+    if (f.cfg.window_limit > 0 && f.cfg.window_ms == 0)
+        f.cfg.window_ms = 60000; /* per minute unless told */
+    f.tok_bucket = f.cfg.token_limit; /* a fresh account: a full minute */
 
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);

@@ -83,6 +83,7 @@ server_init(struct fake *f, uint64_t seed)
     f->cfg.log_limit = 1000000;
     f->log = json_array();
     f->refill_ms = now_ms(CLOCK_MONOTONIC);
+    f->tok_refill_ms = f->refill_ms;
 }
 
 void
@@ -167,14 +168,90 @@ ratelimit_headers(struct fake *f, struct answer *a, long reset_s)
     answer_header(a, "X-RateLimit-Reset", v);
 }
 
-/* Admits the request (true) or fills a 429 answer (false). */
+/* The fixed window's headers (GitHub's and many others' shape): the
+ * limit, what is left, the unix second the window ends, and the policy
+ * with its window in seconds. */
+static void
+window_headers(struct fake *f, struct answer *a)
+{
+    char v[64];
+
+    snprintf(v, sizeof(v), "%ld", f->cfg.window_limit);
+    answer_header(a, "X-RateLimit-Limit", v);
+    snprintf(v, sizeof(v), "%ld", f->cfg.window_limit - f->window_used);
+    answer_header(a, "X-RateLimit-Remaining", v);
+    snprintf(v, sizeof(v), "%lld",
+             (long long)((f->window_start + f->cfg.window_ms) / 1000));
+    answer_header(a, "X-RateLimit-Reset", v);
+    snprintf(v, sizeof(v), "%ld;w=%ld", f->cfg.window_limit,
+             f->cfg.window_ms / 1000);
+    answer_header(a, "RateLimit-Policy", v);
+}
+
+/* OpenAI's reset format: "6m0s", "1.5s", "20ms". */
+static void
+duration_text(char *out, size_t len, int64_t ms)
+{
+    if (ms < 1000)
+        snprintf(out, len, "%lldms", (long long)ms);
+    else if (ms < 60000)
+        snprintf(out, len, "%gs", (double)ms / 1000.0);
+    else
+        snprintf(out, len, "%lldm%gs", (long long)(ms / 60000),
+                 (double)(ms % 60000) / 1000.0);
+}
+
+/* x-ratelimit-*-tokens: the per-minute limit, what is left, and how long
+ * until the bucket is full again. */
+static void
+token_headers(struct fake *f, struct answer *a)
+{
+    char v[64];
+    double per_ms = f->cfg.token_limit / 60000.0;
+
+    snprintf(v, sizeof(v), "%ld", lround(f->cfg.token_limit));
+    answer_header(a, "x-ratelimit-limit-tokens", v);
+    snprintf(v, sizeof(v), "%ld", f->tok_bucket > 0 ? (long)f->tok_bucket : 0L);
+    answer_header(a, "x-ratelimit-remaining-tokens", v);
+    duration_text(v, sizeof(v),
+                  (int64_t)ceil((f->cfg.token_limit - f->tok_bucket) / per_ms));
+    answer_header(a, "x-ratelimit-reset-tokens", v);
+}
+
+static void
+capacity_refill(struct fake *f)
+{
+    int64_t now = now_ms(CLOCK_MONOTONIC), wall = now_ms(CLOCK_REALTIME);
+
+    bucket_refill(f);
+    if (f->cfg.window_limit > 0 && f->cfg.window_ms > 0) {
+        int64_t start = wall - wall % f->cfg.window_ms;
+        if (start != f->window_start) {
+            f->window_start = start;
+            f->window_used = 0;
+        }
+    }
+    if (f->cfg.token_limit > 0) {
+        f->tok_bucket +=
+            (double)(now - f->tok_refill_ms) * f->cfg.token_limit / 60000.0;
+        if (f->tok_bucket > f->cfg.token_limit)
+            f->tok_bucket = f->cfg.token_limit;
+    }
+    f->tok_refill_ms = now;
+}
+
+/* Admits a request costing `tokens` (true) or fills a 429 answer (false):
+ * concurrency, the request bucket, the fixed window and the token bucket,
+ * in that order; a refused request takes nothing from any of them. */
 static bool
-capacity_admit(struct fake *f, const char *dialect, struct answer *a)
+capacity_admit(struct fake *f, const char *dialect, long tokens,
+               struct answer *a)
 {
     long retry;
     char v[32];
+    bool bucket = false;
 
-    bucket_refill(f);
+    capacity_refill(f);
     if (f->cfg.max_concurrent > 0 && f->in_flight >= f->cfg.max_concurrent) {
         retry = f->cfg.retry_after > 0 ? f->cfg.retry_after : 1;
     } else if (f->cfg.rate > 0 && f->tokens < 1) {
@@ -183,9 +260,26 @@ capacity_admit(struct fake *f, const char *dialect, struct answer *a)
                     : (long)ceil((1 - f->tokens) / f->cfg.rate);
         if (retry < 1)
             retry = 1;
+        bucket = true;
+    } else if (f->cfg.window_limit > 0 &&
+               f->window_used >= f->cfg.window_limit) {
+        retry = (long)ceil(
+            (double)(f->window_start + f->cfg.window_ms -
+                     now_ms(CLOCK_REALTIME)) / 1000.0);
+        if (retry < 1)
+            retry = 1;
+    } else if (f->cfg.token_limit > 0 && f->tok_bucket < (double)tokens) {
+        retry = (long)ceil(((double)tokens - f->tok_bucket) * 60.0 /
+                           f->cfg.token_limit);
+        if (retry < 1)
+            retry = 1;
     } else {
         if (f->cfg.rate > 0)
             f->tokens -= 1;
+        if (f->cfg.window_limit > 0)
+            f->window_used++;
+        if (f->cfg.token_limit > 0)
+            f->tok_bucket -= (double)tokens;
         f->in_flight++;
         return true;
     }
@@ -194,10 +288,48 @@ capacity_admit(struct fake *f, const char *dialect, struct answer *a)
                  now_ms(CLOCK_REALTIME) + retry * 1000);
     snprintf(v, sizeof(v), "%ld", retry);
     answer_header(a, "Retry-After", v);
-    if (f->cfg.rate > 0)
+    if (bucket && f->cfg.rate_headers == FAKE_RATE_HEADERS_FULL)
         ratelimit_headers(f, a, retry);
+    else if (bucket && f->cfg.rate_headers == FAKE_RATE_HEADERS_LIMIT) {
+        snprintf(v, sizeof(v), "%ld", lround(f->cfg.rate * 60));
+        answer_header(a, "X-RateLimit-Limit", v);
+    }
     a->throttled = true;
     return false;
+}
+
+/* A request's tokens, as a text API counts them: the prompt (the body's
+ * length / 4) and the completion, three quarters of max_tokens (or
+ * max_completion_tokens): an estimate from max_tokens is a third too high,
+ * which the answer's usage corrects. */
+static long
+token_cost(json_t *body, size_t len)
+{
+    json_t *m = json_object_get(body, "max_tokens");
+    if (!json_is_integer(m))
+        m = json_object_get(body, "max_completion_tokens");
+    long completion = json_is_integer(m) ? (long)json_integer_value(m) : 0;
+    return (long)(len / 4) + completion * 3 / 4;
+}
+
+/* Adds usage to a success body built by shapes_success. */
+static void
+add_usage(struct answer *a, long tokens, size_t len)
+{
+    json_t *b = json_loadb(a->body, a->body_len, 0, NULL);
+    long prompt = (long)(len / 4);
+
+    if (!json_is_object(b)) {
+        json_decref(b);
+        return;
+    }
+    json_object_set_new(b, "usage",
+                        json_pack("{s:I, s:I, s:I}", "prompt_tokens",
+                                  (json_int_t)prompt, "completion_tokens",
+                                  (json_int_t)(tokens - prompt),
+                                  "total_tokens", (json_int_t)tokens));
+    int status = a->status;
+    answer_json(a, status, b);
 }
 
 /* --- bodies and keys ----------------------------------------------------- */
@@ -847,6 +979,7 @@ handle(struct fake *f, struct MHD_Connection *c, const char *path,
     if (key == NULL)
         abort();
 
+    long tokens = token_cost(body, r->len);
     pthread_mutex_lock(&f->mu);
     snprintf(rid, sizeof(rid), "req_%ld", ++f->next_request);
     if (path[0] == '/' && path[1] == '_') {
@@ -868,9 +1001,13 @@ handle(struct fake *f, struct MHD_Connection *c, const char *path,
         /* A CDN, not the API: no capacity gate, no ledger of keys. */
         f->requests--;
         file_get(f, path + 6, &a);
-    } else if (capacity_admit(f, dialect, &a)) {
+    } else if (capacity_admit(f, dialect, tokens, &a)) {
         admitted = true;
         decide(f, path, method, dialect, key, body, r, &a);
+        if (f->cfg.token_limit > 0 && a.executed && a.status < 300) {
+            add_usage(&a, tokens, r->len);
+            json_object_set_new(entry, "tokens", json_integer(tokens));
+        }
         sleep_ms = f->cfg.latency_ms + a.delay_ms;
         if (f->cfg.jitter_ms > 0)
             sleep_ms += (long)(rng_next(f) % (uint64_t)(f->cfg.jitter_ms + 1));
@@ -878,6 +1015,10 @@ handle(struct fake *f, struct MHD_Connection *c, const char *path,
             ratelimit_headers(
                 f, &a, (long)ceil((f->cfg.burst - f->tokens) / f->cfg.rate));
     }
+    if (f->cfg.window_limit > 0 && !r->too_big)
+        window_headers(f, &a);
+    if (f->cfg.token_limit > 0 && !r->too_big)
+        token_headers(f, &a);
     pthread_mutex_unlock(&f->mu);
 
     server_sleep(f, sleep_ms);
@@ -887,13 +1028,12 @@ handle(struct fake *f, struct MHD_Connection *c, const char *path,
     json_object_set_new(entry, "status", json_integer(a.reset ? 0 : a.status));
     json_object_set_new(entry, "duration_ms",
                         json_integer(now_ms(CLOCK_MONOTONIC) - r->mono_ms));
-    pthread_mutex_unlock(&f->mu);
-    ret = a.reset ? MHD_NO : send_answer(f, c, &a, rid_hdr, rid);
-
-    pthread_mutex_lock(&f->mu);
+    /* The slot is free once the answer is decided: a client that sends
+     * its next request the moment it reads this one must find it free. */
     if (admitted)
         f->in_flight--;
     pthread_mutex_unlock(&f->mu);
+    ret = a.reset ? MHD_NO : send_answer(f, c, &a, rid_hdr, rid);
     if (!f->cfg.quiet)
         fprintf(stderr, "%s %s %s key=%s -> %d%s\n", rid, method, path,
                 key[0] ? key : "-", a.reset ? 0 : a.status,

@@ -215,6 +215,29 @@ def test_derived_key_of_a_custom_id_ending_in_digits_is_a_new_key():
         assert fake.ledger()["executions"] == 4, fake.ledger()
 
 
+def test_retry_of_a_failed_run_never_replays_a_cached_failure():
+    # The provider caches a failed run under the key that created it:
+    # after `sluicectl retry`, the derivation goes on (.3, .4), never back
+    # to the job's own key or .2, which would only replay those failures.
+    with Fake() as fake, Env() as env:
+        env.write_config({"flora": flora(fake, max_attempts=2)})
+        enqueue(env, [run_job("rerun-1", then=failed_run(
+            "internal_error", "Generic execution failure."))])
+        drain(env)
+        rc, out, err = env.ctl("retry", "rerun-1")
+        assert rc == 0, (out, err)
+        drain(env)
+        j = the_job(env, "rerun-1")
+        assert (j["state"], j["error_code"]) == ("failed", "internal_error"), j
+        keys = ["rerun-1", "rerun-1.2", "rerun-1.3", "rerun-1.4"]
+        assert [s["idempotency_key"] for s in
+                submissions(env, j["id"])] == keys
+        assert [e["body"]["idempotency_key"] for e in posts(fake)] == keys
+        ledger = fake.ledger()["keys"]
+        assert all(ledger[k]["executions"] == 1 and
+                   ledger[k]["replays"] == 0 for k in keys), ledger
+
+
 def test_safety_blocked_and_input_unreachable_runs_are_terminal():
     with Fake() as fake, Env() as env:
         env.write_config({"flora": flora(fake)})

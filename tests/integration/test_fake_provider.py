@@ -191,6 +191,67 @@ def test_requests_beyond_max_concurrent_get_429():
         assert result["first"] == 200
 
 
+def test_fixed_window_answers_with_remaining_and_reset_then_429():
+    # a window of 3 per 60 s, aligned to the minute: at most one boundary
+    # can fall inside the test, so retry once if it did
+    for _ in range(2):
+        with Fake("--quiet", "--window-limit", "3",
+                  "--window-ms", "60000") as fake:
+            got = [http("POST", fake.url + "/openai/x", {"i": i},
+                        {"Idempotency-Key": "w%d" % i}) for i in range(4)]
+            resets = {g[1]["x-ratelimit-reset"] for g in got}
+            if len(resets) == 1:
+                break
+    assert [g[0] for g in got] == [200, 200, 200, 429]
+    assert [g[1]["x-ratelimit-remaining"] for g in got] == \
+        ["2", "1", "0", "0"]
+    assert got[0][1]["ratelimit-policy"] == "3;w=60"
+    reset = int(got[3][1]["x-ratelimit-reset"])
+    assert reset % 60 == 0 and 0 < reset - time.time() <= 60
+    assert int(got[3][1]["retry-after"]) >= 1
+
+
+def test_tokens_per_minute_charge_usage_and_refuse_beyond():
+    # 600 tokens a minute; each request: 44 bytes / 4 + 3/4 of 200
+    body = {"max_tokens": 200, "prompt": "0123456789abcdefghij"}
+    cost = len(json.dumps(body)) // 4 + 150
+    with Fake("--quiet", "--token-limit", "600") as fake:
+        got = [http("POST", fake.url + "/openai/x", body,
+                    {"Idempotency-Key": "t%d" % i}) for i in range(4)]
+        assert [g[0] for g in got] == [200, 200, 200, 429]
+        usage = json.loads(got[0][2])["usage"]
+        assert usage["total_tokens"] == cost
+        assert usage["prompt_tokens"] + usage["completion_tokens"] == cost
+        h = got[2][1]
+        assert h["x-ratelimit-limit-tokens"] == "600"
+        left = int(h["x-ratelimit-remaining-tokens"])
+        assert 600 - 3 * cost <= left < 600 - 3 * cost + 5
+        assert h["x-ratelimit-reset-tokens"].endswith("s")
+        assert int(got[3][1]["retry-after"]) >= 1
+        log = fake.log()
+        assert [e.get("tokens") for e in log] == [cost] * 3 + [None]
+
+
+def test_rate_headers_limit_only_or_silent():
+    for mode, want in (("limit", {"x-ratelimit-limit"}), ("none", set())):
+        with Fake("--quiet", "--rate", "0.5", "--rate-headers", mode) as fake:
+            got = [http("POST", fake.url + "/openai/x", {"i": i})
+                   for i in range(2)]
+            assert got[1][0] == 429
+            names = {k for k in got[1][1] if k.startswith("x-ratelimit")}
+            assert names == want, (mode, names)
+            assert int(got[1][1]["retry-after"]) >= 1
+
+
+def test_concurrency_slot_is_free_when_its_answer_arrives():
+    # one slot: a client that sends the moment it reads an answer is never
+    # refused for that slot
+    with Fake("--quiet", "--max-concurrent", "1", "--latency-ms", "5") as fake:
+        got = [http("POST", fake.url + "/openai/x", {"i": i})[0]
+               for i in range(50)]
+        assert got == [200] * 50
+
+
 def test_reset_step_closes_the_connection_without_answer():
     with Fake("--quiet") as fake:
         body = script({"reset": True}, {"status": 200})

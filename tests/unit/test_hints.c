@@ -419,6 +419,53 @@ test_parse_retry_after_clamps_and_rejects(void **state)
     assert_int_equal(hints_parse_retry_after("-1", 0, &d), -EINVAL);
 }
 
+static void
+test_openai_durations(void **state)
+{
+    (void)state;
+    int64_t ms = -1;
+
+    assert_int_equal(hints_parse_duration("6m0s", &ms), 0);
+    assert_int_equal(ms, 360000);
+    assert_int_equal(hints_parse_duration("1.5s", &ms), 0);
+    assert_int_equal(ms, 1500);
+    assert_int_equal(hints_parse_duration("20ms", &ms), 0);
+    assert_int_equal(ms, 20);
+    assert_int_equal(hints_parse_duration("1h2m3.5s", &ms), 0);
+    assert_int_equal(ms, 3723500);
+    assert_int_equal(hints_parse_duration("2m30.25s", &ms), 0);
+    assert_int_equal(ms, 150250);
+    assert_int_equal(hints_parse_duration("0.4ms", &ms), 0);
+    assert_int_equal(ms, 1); /* rounded up */
+    const char *bad[] = {"", "s", "6", "6x", "1s2m", "1s1s", "-1s", "1.s",
+                         "1 s", "1m 2s"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
+        assert_int_equal(hints_parse_duration(bad[i], &ms), -EINVAL);
+}
+
+static void
+test_openai_token_headers(void **state)
+{
+    (void)state;
+    struct hints h = hints_of("x-ratelimit-limit-tokens", "90000",
+                              "x-ratelimit-remaining-tokens", "1500",
+                              "x-ratelimit-reset-tokens", "6m0s",
+                              "x-ratelimit-limit-requests", "500", NULL);
+
+    assert_int_equal(h.tok_limit, 90000);
+    assert_int_equal(h.tok_remaining, 1500);
+    assert_int_equal(h.tok_reset_ms, NOW + 360000);
+    /* Token headers are not request budgets. */
+    assert_int_equal(h.rl_remaining, -1);
+
+    h = hints_of("x-ratelimit-reset-tokens", "1.5", NULL);
+    assert_int_equal(h.tok_reset_ms, NOW + 1500);
+    assert_int_equal(h.tok_limit, -1);
+    assert_int_equal(h.tok_remaining, -1);
+    h = hints_of("x-ratelimit-reset-tokens", "soon", NULL);
+    assert_int_equal(h.tok_reset_ms, 0);
+}
+
 int
 main(void)
 {
@@ -446,6 +493,8 @@ main(void)
         cmocka_unit_test(test_http_date_rejects_bad_dates),
         cmocka_unit_test(test_iso8601_forms),
         cmocka_unit_test(test_parse_retry_after_clamps_and_rejects),
+        cmocka_unit_test(test_openai_durations),
+        cmocka_unit_test(test_openai_token_headers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

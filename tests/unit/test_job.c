@@ -456,6 +456,30 @@ test_failed_run_retries_with_a_derived_key(void **state)
     assert_int_equal(d.waiting, -1);
 }
 
+/* After an operator's retry the attempts start again at 1, but the keys
+ * of the first life have their failures cached: derivation goes on past
+ * the key in use, never back to "<key>.2". */
+static void
+test_derived_key_goes_past_the_key_in_use_after_a_retry(void **state)
+{
+    (void)state;
+    struct job j = claimed(JOB_WAITING);
+    char *key;
+
+    j.idempotency_key = (char *)"key-1.5";
+    j.attempts = 1;
+    key = job_derived_key(&j);
+    assert_string_equal(key, "key-1.6");
+    free(key);
+    /* a base key that itself ends in digits is not mistaken for a
+     * derivation of a shorter one */
+    j.base_key = (char *)"shot.2";
+    j.idempotency_key = (char *)"shot.2";
+    key = job_derived_key(&j);
+    assert_string_equal(key, "shot.2.2");
+    free(key);
+}
+
 /* --- no answer
  * ---------------------------------------------------------------- */
 
@@ -589,6 +613,8 @@ main(void)
         cmocka_unit_test(test_failed_polls_are_bounded_by_max_deferrals),
         cmocka_unit_test(test_final_poll_failure_fails_the_job),
         cmocka_unit_test(test_failed_run_retries_with_a_derived_key),
+        cmocka_unit_test(
+            test_derived_key_goes_past_the_key_in_use_after_a_retry),
         cmocka_unit_test(test_unsent_request_gives_the_job_back_uncharged),
         cmocka_unit_test(test_release_at_shutdown_returns_the_job_due_now),
         cmocka_unit_test(test_cancel_in_flight_cancels_and_ends_a_run),

@@ -411,6 +411,21 @@ test_line_need_not_be_nul_terminated(void **state)
     jobspec_clear(NULL);
 }
 
+static void
+test_token_estimate_is_max_tokens_plus_text_over_4(void **state)
+{
+    (void)state;
+    const char *a = "{\"max_tokens\":500,\"messages\":[]}"; /* 32 bytes */
+    const char *b = "{\"max_completion_tokens\":1000}";      /* 30 bytes */
+    const char *c = "{\"prompt\":\"0123456789abcdef\"}";    /* 29 bytes */
+
+    assert_int_equal(jobspec_token_estimate(a), 500 + 33 / 4);
+    assert_int_equal(jobspec_token_estimate(b), 1000 + 30 / 4);
+    assert_int_equal(jobspec_token_estimate(c), 29 / 4);
+    assert_int_equal(jobspec_token_estimate("not json at all"), 15 / 4);
+    assert_int_equal(jobspec_token_estimate(NULL), 0);
+}
+
 int
 main(void)
 {
@@ -433,6 +448,7 @@ main(void)
         cmocka_unit_test(test_json_errors_name_the_column),
         cmocka_unit_test(test_body_numbers_keep_their_short_spelling),
         cmocka_unit_test(test_line_need_not_be_nul_terminated),
+        cmocka_unit_test(test_token_estimate_is_max_tokens_plus_text_over_4),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -246,6 +246,50 @@ test_open_refuses_a_newer_schema(void **state)
     tmpdb_remove(&t);
 }
 
+/* sluiced --check and sluicectl's reading commands: a database one
+ * migration behind this build is opened as it is, its version told, and
+ * nothing in the file changes; a missing file is not created. */
+static void
+test_readonly_open_never_migrates_or_writes(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    char sql[64];
+    int latest;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    assert_int_equal(insert(s, "a", "k1", 0, T0), 0);
+    latest = store_schema_latest(s);
+    store_close(s);
+    snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", latest - 1);
+    sql_int(t.path, sql);
+
+    s = NULL;
+    assert_int_equal(store_open_readonly(t.path, &s), 0);
+    assert_int_equal(store_schema_version(s), latest - 1);
+    assert_int_equal(store_schema_latest(s), latest);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "PRAGMA user_version"), latest - 1);
+
+    /* current: every reading works, and writing is refused */
+    snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", latest);
+    sql_int(t.path, sql);
+    assert_int_equal(store_open_readonly(t.path, &s), 0);
+    assert_int_equal(job_int(s, "k1", "id"), 1);
+    assert_true(insert(s, "a", "k2", 0, T0) < 0);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs"), 1);
+
+    char missing[600];
+    snprintf(missing, sizeof(missing), "%s.missing", t.path);
+    assert_true(store_open_readonly(missing, &s) < 0);
+    assert_null(s);
+    assert_int_equal(access(missing, F_OK), -1);
+    tmpdb_remove(&t);
+}
+
 /* --- enqueue ------------------------------------------------------------ */
 
 static void
@@ -1508,7 +1552,7 @@ operator_night(struct store *s)
 }
 
 static void
-test_retry_by_filter_resets_attempts_deferrals_and_send_key(void **state)
+test_retry_by_filter_resets_attempts_and_keeps_the_last_key(void **state)
 {
     (void)state;
     struct store *s = open_store(":memory:");
@@ -1524,22 +1568,73 @@ test_retry_by_filter_resets_attempts_deferrals_and_send_key(void **state)
     assert_int_equal(job_int(s, "1", "attempt_count"), 0);
     assert_int_equal(job_int(s, "1", "deferrals"), 0);
     assert_int_equal(job_int(s, "1", "run_after"), T0 + 1000);
-    assert_job_null(s, "1", "send_key");
     assert_job_null(s, "1", "finished_at");
     /* the last failure stays until the next outcome */
     assert_job_str(s, "1", "error_code", "gateway_timeout");
     assert_job_str(s, "2", "state", "failed");
-    /* claimed again (after job 4, due since T0), it sends its own key,
-     * not the derived one */
+    /* claimed again (after job 4, due since T0), it sends the last key it
+     * sent: a-0's run failed for good (hence a-0.2), and a-0.2's outcome
+     * is unknown (a gateway timeout), so a provider that ran it answers
+     * with that run; a-0 would replay the cached failure (DESIGN §4) */
     assert_int_equal(claim(s, "a", 2, T0 + 1000, "d1", out), 2);
     assert_int_equal(out[1]->id, 1);
-    assert_string_equal(out[1]->idempotency_key, "a-0");
+    assert_string_equal(out[1]->idempotency_key, "a-0.2");
+    assert_string_equal(out[1]->base_key, "a-0");
     assert_int_equal(out[1]->attempts, 1);
     free_jobs(out, 2);
     /* a filter never touches unfinished or succeeded jobs */
     sel = (struct store_select){.states = 1u << JOB_SUCCEEDED};
     assert_int_equal(store_retry(s, NULL, 0, &sel, T0, &changed), 0);
     assert_int_equal(changed, 0);
+    store_close(s);
+}
+
+/* A job whose last run definitively failed at the provider (the poll was
+ * answered with the failure) has that failure cached under the key it
+ * sent: an operator's retry sends the next derived key, never a used one,
+ * and derivations after it go on from there. */
+static void
+test_retry_after_a_failed_run_sends_a_key_never_used(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[1];
+    struct job_update u;
+    long changed = -1;
+    int64_t id = 1;
+
+    insert_n(s, "a", 1, T0);
+    assert_int_equal(claim(s, "a", 1, T0, "d1", out), 1);
+    free_jobs(out, 1);
+    /* first life: a-0's run failed, a-0.2 sent, its run failed too */
+    u = failure(id, 1, T0 + 100);
+    u.http_status = 200;
+    u.cls = ERR_RUN_FAILED;
+    u.remote_id = "run_1";
+    u.new_key = "a-0.2";
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(claim(s, "a", 1, T0 + 5000, "d1", out), 1);
+    assert_string_equal(out[0]->idempotency_key, "a-0.2");
+    free_jobs(out, 1);
+    u = failure(id, 2, T0 + 5100);
+    u.state = JOB_FAILED;
+    u.http_status = 200;
+    u.cls = ERR_RUN_FAILED;
+    u.code = "internal_error";
+    u.remote_id = "run_2";
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+
+    assert_int_equal(store_retry(s, &id, 1, NULL, T0 + 9000, &changed), 0);
+    assert_int_equal(changed, 1);
+    assert_int_equal(claim(s, "a", 1, T0 + 9000, "d1", out), 1);
+    assert_string_equal(out[0]->idempotency_key, "a-0.3");
+    assert_int_equal(out[0]->attempts, 1);
+    char *next = job_derived_key(out[0]);
+    assert_string_equal(next, "a-0.4");
+    free(next);
+    free_jobs(out, 1);
     store_close(s);
 }
 
@@ -2121,6 +2216,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_applies_migrations_and_sets_user_version),
+        cmocka_unit_test(test_readonly_open_never_migrates_or_writes),
         cmocka_unit_test(test_reopen_is_idempotent_and_keeps_rows),
         cmocka_unit_test(test_open_refuses_a_newer_schema),
         cmocka_unit_test(test_duplicate_key_returns_1_and_inserts_nothing),
@@ -2171,7 +2267,9 @@ main(void)
         cmocka_unit_test(
             test_insert_jobs_counts_duplicates_within_and_across_statements),
         cmocka_unit_test(
-            test_retry_by_filter_resets_attempts_deferrals_and_send_key),
+            test_retry_by_filter_resets_attempts_and_keeps_the_last_key),
+        cmocka_unit_test(
+            test_retry_after_a_failed_run_sends_a_key_never_used),
         cmocka_unit_test(test_retry_and_cancel_by_id_skip_jobs_in_other_states),
         cmocka_unit_test(
             test_cancel_of_a_running_job_clears_lease_and_survives_flush),

@@ -2,7 +2,8 @@
  * log: a tiny format-checked log API in the manner of OpenBSD's daemons.
  * Lines go to stderr; when stderr is journald's stream ($JOURNAL_STREAM)
  * each line starts with the sd-daemon "<N>" priority instead of a
- * timestamp, since journald stamps lines itself.
+ * timestamp, since journald stamps lines itself. Control bytes in a
+ * message are escaped (text.h), so every call is exactly one line.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -13,6 +14,7 @@
 #include <time.h>
 
 #include "sluice/log.h"
+#include "sluice/text.h"
 
 static enum log_level threshold = LOG_LEVEL_INFO;
 static int journal = 0;
@@ -72,6 +74,13 @@ vlog_line(enum log_level level, const char *errstr, const char *fmt,
     n = vsnprintf(line, sizeof(line), fmt, ap);
     if (n < 0)
         return;
+    /* Messages carry provider text: one line per event, whatever it holds
+     * (a "\n<3>…" would forge a line, and a priority under journald). */
+    char safe[sizeof(line)];
+    if (text_needs_escape(line)) {
+        text_escape(safe, sizeof(safe), line);
+        memcpy(line, safe, sizeof(line));
+    }
     if (journal) {
         if (errstr)
             fprintf(stderr, "<%d>%s: %s\n", (int)level, line, errstr);

@@ -1,7 +1,8 @@
 /*
  * ctl/format.c: sluicectl's output. Human tables whose column widths are
- * computed from the cells, times as ISO-8601 UTC; --json prints the
- * store's JSON document as is.
+ * computed from the cells, times as ISO-8601 UTC, control bytes escaped
+ * (provider text must not drive the terminal); --json prints the store's
+ * JSON document as is (JSON escapes them already).
  */
 #include <jansson.h>
 #include <stdbool.h>
@@ -12,6 +13,7 @@
 #include <time.h>
 
 #include "internal.h"
+#include "sluice/text.h"
 #include "sluice/xmalloc.h"
 
 /* --- formatting ---------------------------------------------------------- */
@@ -106,10 +108,25 @@ ctl_table_init(struct ctl_table *t, size_t ncols)
     t->ncols = ncols;
 }
 
-/* Appends a row; takes ownership of the ncols strings of row. */
+char *
+ctl_safe(char *s)
+{
+    if (s == NULL || !text_needs_escape(s))
+        return s;
+    size_t n = TEXT_ESCAPE_MAX * strlen(s) + 1;
+    char *out = xmalloc(n);
+    text_escape(out, n, s);
+    free(s);
+    return out;
+}
+
+/* Appends a row; takes ownership of the ncols strings of row. Every cell
+ * is made safe for the terminal here, whatever built it. */
 void
 ctl_table_add(struct ctl_table *t, char **row)
 {
+    for (size_t j = 0; j < t->ncols; j++)
+        row[j] = ctl_safe(row[j]);
     if (t->nrows == t->cap) {
         t->cap = t->cap ? 2 * t->cap : 16;
         t->cells = xrealloc(t->cells, t->cap * t->ncols * sizeof(char *));

@@ -224,14 +224,20 @@ ctl_show_json_field(const char *head, const json_t *v)
         parsed = json_loads(json_string_value(v), JSON_DECODE_ANY, NULL);
     printf("\n%s:\n", head);
     if (json_is_string(v) && !parsed) {
-        printf("  %s\n", json_string_value(v));
+        char *safe = ctl_safe(xstrdup(json_string_value(v)));
+        printf("  %s\n", safe);
+        free(safe);
         return;
     }
     text = json_dumps(parsed ? parsed : v, JSON_INDENT(2) | JSON_ENCODE_ANY);
     if (text) {
         for (char *p = text, *nl; p && *p; p = nl ? nl + 1 : NULL) {
             nl = strchr(p, '\n');
-            printf("  %.*s\n", (int)(nl ? nl - p : (long)strlen(p)), p);
+            /* JSON escapes C0 controls but passes U+0080-U+009F */
+            char *line = ctl_safe(
+                xstrndup(p, nl ? (size_t)(nl - p) : strlen(p)));
+            printf("  %s\n", line);
+            free(line);
         }
     }
     free(text);
@@ -250,7 +256,7 @@ ctl_show_fields(const json_t *job, const char *const *keys, size_t nkeys)
         json_t *v = json_object_get(job, keys[i]);
         if (!v)
             continue;
-        char *cell = ctl_cell(keys[i], v);
+        char *cell = ctl_safe(ctl_cell(keys[i], v));
         printf("%s:%*s %s\n", keys[i], (int)(w - strlen(keys[i])), "", cell);
         free(cell);
     }

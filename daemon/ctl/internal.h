@@ -110,6 +110,9 @@ int ctl_state_in(const char *cmd, const char *name, unsigned allowed,
 void ctl_iso_time(int64_t ms, char out[32]);
 /* A new string for a table cell; key decides whether integers are times. */
 char *ctl_cell(const char *key, const json_t *v);
+/* s (taken) with control bytes escaped for a terminal (text.h): s itself
+ * when nothing needs it, else a new string. NULL passes. */
+char *ctl_safe(char *s);
 /* "error_class" → "ERROR CLASS": a new string. */
 char *ctl_header_of(const char *key);
 

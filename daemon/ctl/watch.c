@@ -16,6 +16,7 @@
 #include "internal.h"
 #include "sluice/clock.h"
 #include "sluice/store.h"
+#include "sluice/xmalloc.h"
 
 /* --- watch ---------------------------------------------------------------- */
 
@@ -62,7 +63,9 @@ ctl_int(const json_t *o, const char *key)
 static void
 ctl_watch_batch(FILE *f, const json_t *b, bool tty, const char *stamp)
 {
-    const char *batch = json_string_value(json_object_get(b, "batch"));
+    const char *bv = json_string_value(json_object_get(b, "batch"));
+    char *safe = bv ? ctl_safe(xstrdup(bv)) : NULL;
+    const char *batch = safe;
     const char *prov = json_string_value(json_object_get(b, "provider"));
     json_int_t total = ctl_int(b, "total"), done = ctl_int(b, "done");
     double rate = json_number_value(json_object_get(b, "rate_per_s"));
@@ -91,6 +94,7 @@ ctl_watch_batch(FILE *f, const json_t *b, bool tty, const char *stamp)
             ctl_int(b, "succeeded"), ctl_int(b, "failed"),
             ctl_int(b, "cancelled"),
             ctl_int(b, "running") + ctl_int(b, "waiting"), rate, eta);
+    free(safe);
 }
 
 static void

@@ -34,6 +34,7 @@
 
 #include "sluice/clock.h"
 #include "sluice/config.h"
+#include "sluice/cost.h"
 #include "sluice/dialect.h"
 #include "sluice/dispatch.h"
 #include "sluice/http.h"
@@ -43,6 +44,7 @@
 #include "sluice/log.h"
 #include "sluice/metrics.h"
 #include "sluice/outputs.h"
+#include "sluice/spend.h"
 #include "sluice/store.h"
 #include "sluice/url.h"
 #include "sluice/xmalloc.h"
@@ -91,6 +93,9 @@ struct dlane {
     size_t max_response;
     bool outputs_download;       /* outputs = download */
     char **output_pointers;      /* output_pointer values, NULL-terminated */
+    char *cost_pointer;          /* where a result says its cost, or NULL */
+    double token_price;          /* cost per usage.total_tokens, 0 none */
+    bool budget_wait;            /* a budget cut the last claim short */
     struct lane *lane;
     int64_t next_check_ms;       /* no claimable job before this */
     int64_t recorded_due_ms;     /* earliest run_after among updates not
@@ -147,6 +152,7 @@ struct dispatch {
     long unfinished;             /* jobs not terminal, for STATUS= */
     int64_t unfinished_at;       /* when counted, 0 never */
     struct metrics *metrics;     /* counters for /metrics, or NULL */
+    struct spend *spend;         /* spend caps of providers and batches */
 };
 
 static void pump(struct dispatch *d);
@@ -231,6 +237,9 @@ dlane_apply(struct dlane *dl, const struct provider_config *pc)
     dl->output_pointers = xcalloc(pc->noutput_pointers + 1, sizeof(char *));
     for (size_t i = 0; i < pc->noutput_pointers; i++)
         dl->output_pointers[i] = xstrdup(pc->output_pointers[i]);
+    free(dl->cost_pointer);
+    dl->cost_pointer = xstrdup(pc->cost_pointer);
+    dl->token_price = pc->token_price;
     return 0;
 }
 
@@ -286,6 +295,7 @@ dlane_free(struct dlane *dl)
     free(dl->idem_name);
     free_strv(dl->headers);
     free_strv(dl->output_pointers);
+    free(dl->cost_pointer);
     lane_free(dl->lane);
     free(dl);
 }
@@ -438,6 +448,8 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
     r->job = j;
     r->owner = xstrdup(liveness_owner(d->live));
     r->is_poll = j->state == JOB_WAITING;
+    if (!r->is_poll)
+        spend_on_send(d->spend, j); /* reserved until apply_decision */
     int urc = url_resolve(dl->base_url,
                           r->is_poll ? (j->poll_url ? j->poll_url : "")
                                      : j->path,
@@ -520,6 +532,21 @@ log_outcome(const struct req *r, const struct outcome *o, const char *what,
                  lane_change ? lane_change : "");
 }
 
+/* The job's cost (DESIGN §13): the dialect's (FLORA's charged_cost), else
+ * from the result by the provider's cost_pointer or token_price. */
+static bool
+job_cost(const struct dlane *dl, const struct outcome *o, double *cost)
+{
+    if (o->kind != OUTCOME_SUCCESS)
+        return false;
+    if (o->has_cost) {
+        *cost = o->cost;
+        return true;
+    }
+    return cost_from_result(o->result, dl->cost_pointer, dl->token_price,
+                            cost);
+}
+
 /* Hands job_next's decision to the lane (its count of waiting runs) and
  * to the store (buffered for the next group commit). o is the answer, or
  * NULL when there was none. */
@@ -569,8 +596,17 @@ apply_decision(struct dispatch *d, struct req *r, const struct outcome *o,
             if (u.noutput_urls > 0)
                 d->outputs_recorded = true;
         }
-        u.cost = o->cost;
-        u.has_cost = o->has_cost && o->kind == OUTCOME_SUCCESS;
+        u.has_cost = job_cost(r->dl, o, &u.cost);
+        if (u.has_cost)
+            metrics_count_cost(d->metrics, r->dl->name, u.cost);
+    }
+    if (dec->state != JOB_WAITING) {
+        /* the job no longer waits for its cost: its reservation ends */
+        spend_on_end(d->spend, j, u.has_cost, u.cost);
+        if (r->dl->budget_wait) {
+            r->dl->budget_wait = false;
+            r->dl->next_check_ms = 0;
+        }
     }
     if (dec->waiting != 0)
         lane_on_waiting(r->dl->lane, dec->waiting);
@@ -714,6 +750,37 @@ pump_polls(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
         send_job(d, dl, jobs[i]);
 }
 
+/* Claims up to n jobs of dl within the spend caps (spend.c): polls of
+ * runs already sent always; new jobs as far as the provider's and its
+ * batches' budgets allow, none of a batch held at its cap. *capped: the
+ * budgets kept the claim short. */
+static int
+claim_jobs(struct dispatch *d, struct dlane *dl, int n, int64_t now,
+           const char *owner, struct job **jobs, int *got, bool *capped)
+{
+    const char *const *held = NULL;
+    size_t nheld = 0;
+    int allowed = spend_admit(d->spend, dl->name, n, &held, &nheld);
+    int polls = 0, fresh = 0, rc = 0;
+
+    if (allowed == n && nheld == 0)
+        return dl->dialect->async
+                   ? store_claim(d->store, dl->name, n, now, d->lease_ms,
+                                 owner, jobs, got)
+                   : store_claim_new(d->store, dl->name, n, now, d->lease_ms,
+                                     owner, jobs, got);
+    if (dl->dialect->async)
+        rc = store_claim_polls(d->store, dl->name, n, now, d->lease_ms,
+                               owner, jobs, &polls);
+    if (rc == 0 && allowed > polls)
+        rc = store_claim_except(d->store, dl->name, allowed - polls, now,
+                                d->lease_ms, owner, held, nheld,
+                                jobs + polls, &fresh);
+    *got = polls + fresh;
+    *capped = allowed < n || polls + fresh < n;
+    return rc;
+}
+
 static void
 pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
 {
@@ -747,11 +814,8 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     struct job *jobs[CLAIM_MAX];
     int got = 0;
     const char *owner = liveness_owner(d->live);
-    int rc = dl->dialect->async
-                 ? store_claim(d->store, dl->name, n, now, d->lease_ms,
-                               owner, jobs, &got)
-                 : store_claim_new(d->store, dl->name, n, now, d->lease_ms,
-                                   owner, jobs, &got);
+    bool capped = false;
+    int rc = claim_jobs(d, dl, n, now, owner, jobs, &got, &capped);
     if (rc < 0) {
         /* Locked by an operator or another daemon: try again shortly. */
         if (now + FLUSH_RETRY_MS < *wake)
@@ -760,7 +824,12 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     }
     for (int i = 0; i < got; i++)
         send_job(d, dl, jobs[i]);
-    if (got < n) {
+    if (capped) {
+        /* held at a budget: a job that ends (a cost known), a resume, a
+         * reload or another process's commit looks again */
+        dl->next_check_ms = NEVER;
+        dl->budget_wait = true;
+    } else if (got < n) {
         int64_t due = 0;
         if (store_next_due(d->store, dl->name, now, &due) < 0)
             due = now + FLUSH_RETRY_MS;
@@ -779,6 +848,7 @@ pump(struct dispatch *d)
         return;
     int64_t now = clock_now_ms();
     int64_t wake = NEVER;
+    spend_sync(d->spend, false); /* batch caps enqueued meanwhile */
     for (struct dlane *dl = d->lanes; dl; dl = dl->next)
         pump_lane(d, dl, now, &wake);
     if (wake != NEVER)
@@ -895,8 +965,13 @@ write_provider_rows(struct dispatch *d, int64_t now)
             .failed = lane_failed(l),
             .throttled = lane_throttled(l),
         };
+        if (lane_state(l) == LANE_ACTIVE && spend_paused(d->spend, dl->name)) {
+            p.state = lane_state_name(LANE_PAUSED);
+            p.reason = "budget";
+        }
         store_provider_put(d->store, &p, now);
     }
+    spend_publish(d->spend, now); /* batches held at their budget */
 }
 
 static void
@@ -910,6 +985,7 @@ check_resumes(struct dispatch *d, int64_t now)
             continue;
         if (resume > dl->resume_seen) {
             dl->resume_seen = resume;
+            spend_resume(d->spend, dl->name);
             if (lane_state(dl->lane) != LANE_ACTIVE) {
                 lane_resume(dl->lane, now);
                 log_info("%s resumed by the operator", dl->name);
@@ -1076,14 +1152,18 @@ dispatch_new(uv_loop_t *loop, struct store *s, struct liveness *live,
     d->live = live;
     store_set_busy_timeout(s, BUSY_TIMEOUT_MS);
     store_data_version(s, &d->data_version);
+    d->spend = spend_new(s);
 
     for (size_t i = 0; i < c->nproviders; i++) {
+        spend_set_provider_budget(d->spend, c->providers[i].name,
+                                  c->providers[i].budget);
         struct dlane *dl = dlane_new(d, &c->providers[i]);
         if (dl == NULL) {
             for (struct dlane *x = d->lanes, *nx; x; x = nx) {
                 nx = x->next;
                 dlane_free(x);
             }
+            spend_free(d->spend);
             free(d);
             return NULL;
         }
@@ -1137,6 +1217,7 @@ dispatch_reload(struct dispatch *d, const struct config *c)
     for (size_t i = 0; i < c->nproviders; i++) {
         const struct provider_config *pc = &c->providers[i];
         struct dlane *dl = find_lane(d, pc->name);
+        spend_set_provider_budget(d->spend, pc->name, pc->budget);
         if (dl) {
             struct lane_params lp;
             dlane_apply(dl, pc);
@@ -1258,7 +1339,11 @@ dispatch_drained(struct dispatch *d)
             continue;
         if (store_has_unfinished(d->store, dl->name, &any) < 0)
             return false;
-        if (any && lane_state(dl->lane) != LANE_PAUSED)
+        /* paused for auth, balance or budget, or every job in a batch
+         * held at its budget: nothing of it can move */
+        if (any && lane_state(dl->lane) != LANE_PAUSED &&
+            !spend_paused(d->spend, dl->name) &&
+            !spend_blocked(d->spend, dl->name))
             return false;
     }
     return true;
@@ -1308,6 +1393,12 @@ dispatch_set_metrics(struct dispatch *d, struct metrics *m)
     d->metrics = m;
 }
 
+struct spend *
+dispatch_spend(struct dispatch *d)
+{
+    return d->spend;
+}
+
 size_t
 dispatch_lanes(struct dispatch *d, const struct lane **out, size_t cap)
 {
@@ -1345,5 +1436,6 @@ dispatch_free(struct dispatch *d)
         dlane_free(dl);
     }
     buf_free(&d->status);
+    spend_free(d->spend);
     free(d);
 }

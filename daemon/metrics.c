@@ -34,10 +34,12 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "sluice/budget.h"
 #include "sluice/dispatch.h"
 #include "sluice/lane.h"
 #include "sluice/log.h"
 #include "sluice/metrics.h"
+#include "sluice/spend.h"
 #include "sluice/store.h"
 #include "sluice/xmalloc.h"
 
@@ -395,7 +397,7 @@ render_requests(struct metrics *m, struct buf *b)
 
 static void
 render_lanes(struct buf *b, const struct lane *const *lanes, size_t n,
-             struct store *s, int64_t now)
+             struct store *s, struct spend *sp, int64_t now)
 {
     static const enum lane_state states[] = {LANE_ACTIVE, LANE_PAUSED,
                                              LANE_OPEN, LANE_PARKED};
@@ -425,12 +427,16 @@ render_lanes(struct buf *b, const struct lane *const *lanes, size_t n,
     put_family(b, "sluice_lane_state", "gauge",
                "1 for the lane's current state, 0 for the others.");
     for (size_t i = 0; i < n; i++) {
+        /* a provider at its budget is paused (the lane itself is not) */
+        enum lane_state st = spend_paused(sp, lane_name(lanes[i]))
+                                 ? LANE_PAUSED
+                                 : lane_state(lanes[i]);
         for (size_t k = 0; k < sizeof(states) / sizeof(states[0]); k++) {
             buf_append(b, "sluice_lane_state{", 18);
             put_label(b, "provider", lane_name(lanes[i]));
             buf_append(b, ",", 1);
             put_label(b, "state", lane_state_name(states[k]));
-            buf_appendf(b, "} %d\n", lane_state(lanes[i]) == states[k]);
+            buf_appendf(b, "} %d\n", st == states[k]);
         }
     }
     put_family(b, "sluice_oldest_queued_job_age_seconds", "gauge",
@@ -444,6 +450,49 @@ render_lanes(struct buf *b, const struct lane *const *lanes, size_t n,
             since > 0 && since < now ? (double)(now - since) / 1000.0 : 0.0;
         put_provider(b, "sluice_oldest_queued_job_age_seconds",
                      lane_name(lanes[i]), age);
+    }
+}
+
+struct budget_page {
+    struct buf *b;
+    int pass; /* which family: 0 cap, 1 spent, 2 left, 3 paused */
+};
+
+static void
+on_budget(const char *provider, const char *batch, const struct budget *bg,
+          bool paused, void *data)
+{
+    static const char *const names[] = {"sluice_budget", "sluice_budget_spent",
+                                        "sluice_budget_left",
+                                        "sluice_budget_paused"};
+    struct budget_page *p = data;
+    double v = p->pass == 0   ? bg->cap
+               : p->pass == 1 ? bg->spent
+               : p->pass == 2 ? budget_left(bg)
+                              : (double)paused;
+    buf_appendf(p->b, "%s{", names[p->pass]);
+    if (provider)
+        put_label(p->b, "provider", provider);
+    else
+        put_label(p->b, "batch", batch);
+    buf_appendf(p->b, "} %.17g\n", v);
+}
+
+/* The spend caps: one series per capped provider or batch. */
+static void
+render_budgets(struct buf *b, struct spend *sp)
+{
+    static const char *const help[][2] = {
+        {"sluice_budget", "Spend cap of a provider or a batch."},
+        {"sluice_budget_spent", "What the provider or batch has cost."},
+        {"sluice_budget_left", "What is left under the cap."},
+        {"sluice_budget_paused",
+         "1 while the provider is paused or the batch held at its cap."},
+    };
+    struct budget_page p = {.b = b};
+    for (p.pass = 0; p.pass < 4; p.pass++) {
+        put_family(b, help[p.pass][0], "gauge", help[p.pass][1]);
+        spend_foreach(sp, on_budget, &p);
     }
 }
 
@@ -488,7 +537,8 @@ metrics_refresh(struct metrics *m, struct dispatch *d, struct store *s,
     buf_reset(b);
     render_jobs(m, b);
     render_requests(m, b);
-    render_lanes(b, lanes, n, s, now_ms);
+    render_lanes(b, lanes, n, s, dispatch_spend(d), now_ms);
+    render_budgets(b, dispatch_spend(d));
     render_outputs(m, b, s, now_ms);
     render_commits(m, b);
 

@@ -259,6 +259,24 @@ ctl_duration(const char *cmd, const char *opt, const char *arg, int64_t *ms)
     return EX_USAGE;
 }
 
+/* An amount: a decimal above 0 (config.c's budget rule). */
+int
+ctl_amount(const char *cmd, const char *opt, const char *arg, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(arg, &end);
+    if (errno == 0 && end != arg && *end == '\0' && v > 0 && v < 1e15) {
+        *out = v;
+        return 0;
+    }
+    fprintf(stderr,
+            "sluicectl %s: %s: bad amount '%s' (a decimal above 0, e.g. "
+            "25.00)\n",
+            cmd, opt, arg);
+    return EX_USAGE;
+}
+
 int
 ctl_bad_class(const char *cmd, const char *cls)
 {

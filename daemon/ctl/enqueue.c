@@ -400,13 +400,15 @@ out:
 int
 ctl_enqueue(struct ctl *c, int argc, char **argv)
 {
-    const char *provider = NULL, *batch = NULL;
+    const char *provider = NULL, *batch = NULL, *budget_arg = NULL;
     bool unique = false;
+    double budget = 0;
     int npos, rc;
     const struct ctl_opt opts[] = {
         {"--provider", &provider, NULL},
         {"--batch", &batch, NULL},
         {"--unique", NULL, &unique},
+        {"--budget", &budget_arg, NULL},
         {NULL, NULL, NULL},
     };
 
@@ -414,8 +416,22 @@ ctl_enqueue(struct ctl *c, int argc, char **argv)
         return rc;
     if (npos == 0)
         return ctl_usage_error("enqueue", "no FILE given (- for stdin)");
+    if (budget_arg && !batch)
+        return ctl_usage_error("enqueue", "--budget caps a batch: give "
+                                          "--batch too");
+    if (budget_arg && (rc = ctl_amount("enqueue", "--budget", budget_arg,
+                                       &budget)) != 0)
+        return rc;
     if ((rc = ctl_open(c, "enqueue", true, true)) != 0)
         return rc;
+    /* The cap goes in before the jobs: the daemon never sees them
+     * without it. */
+    if (budget_arg &&
+        store_batch_budget_set(c->store, batch, budget, clock_now_ms()) < 0) {
+        fprintf(stderr, "sluicectl enqueue: batch %s: cannot set its budget\n",
+                batch);
+        return 1;
+    }
     if (provider && !config_provider(c->config, provider)) {
         fprintf(stderr,
                 "sluicectl enqueue: --provider %s: not a provider "
@@ -436,5 +452,7 @@ ctl_enqueue(struct ctl *c, int argc, char **argv)
             return rc;
     }
     printf("%ld enqueued, %ld duplicates skipped\n", e.enqueued, e.duplicates);
+    if (budget_arg)
+        printf("batch %s: budget %.2f\n", batch, budget);
     return 0;
 }

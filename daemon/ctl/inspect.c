@@ -82,10 +82,13 @@ ctl_status(struct ctl *c, int argc, char **argv)
     if ((rc = ctl_open_readonly(c, "status")) != 0)
         return rc;
     json_t *st = store_status_json(c->store);
-    if (!st) {
+    json_t *spend = st ? ctl_spend(c, NULL) : NULL;
+    if (!st || !spend) {
+        json_decref(st);
         fprintf(stderr, "sluicectl status: cannot read the database\n");
         return 1;
     }
+    json_object_set_new(st, "spend", spend);
     if (json) {
         rc = ctl_print_json(st);
         json_decref(st);
@@ -118,6 +121,7 @@ ctl_status(struct ctl *c, int argc, char **argv)
                "%" JSON_INTEGER_FORMAT " stored, %" JSON_INTEGER_FORMAT
                " failed\n",
                pending, stored, failed);
+    ctl_spend_print(spend);
     json_decref(st);
     return 0;
 }

@@ -96,6 +96,10 @@ int ctl_bad_class(const char *cmd, const char *cls);
 /* A count option: a non-negative decimal into *out; 0 or EX_USAGE,
  * printed. */
 int ctl_count(const char *cmd, const char *opt, const char *arg, long *out);
+/* An amount option (money: 25.00), above 0, into *out; 0 or EX_USAGE,
+ * printed. */
+int ctl_amount(const char *cmd, const char *opt, const char *arg,
+               double *out);
 /* A duration option (30m, 2h, 7d) into *ms; 0 or EX_USAGE, printed. */
 int ctl_duration(const char *cmd, const char *opt, const char *arg,
                  int64_t *ms);
@@ -103,6 +107,20 @@ int ctl_duration(const char *cmd, const char *opt, const char *arg,
  * enum job_state); sets *bits to its bit. 0 or EX_USAGE, printed. */
 int ctl_state_in(const char *cmd, const char *name, unsigned allowed,
                  unsigned *bits);
+
+/* --- spend (spend.c) ------------------------------------------------------ */
+
+/* What the queue has cost (of batch; NULL all), with the caps and the
+ * daemon's state: {"providers": [{provider, spent, spent_last_hour,
+ * budget?, left?, state?, reason?}], "batches": [{batch, …}]}. A new
+ * value, or NULL on a database error. */
+json_t *ctl_spend(struct ctl *c, const char *batch);
+/* The spend section of status (nothing when there is no spend or cap). */
+void ctl_spend_print(const json_t *spend);
+/* "  spent 0.08 (0.08 last hour) of 0.10, 0.02 left" for the entry of
+ * list ("providers", "batches") whose key is name; nothing if none. */
+void ctl_spend_note(FILE *f, const json_t *spend, const char *list,
+                    const char *key, const char *name);
 
 /* --- output (format.c) --------------------------------------------------- */
 

@@ -25,7 +25,8 @@
 static int ctl_help(struct ctl *c, int argc, char **argv);
 
 static const struct ctl_cmd ctl_cmds[] = {
-    {"enqueue", ctl_enqueue, "[--provider P] [--batch B] [--unique] FILE...",
+    {"enqueue", ctl_enqueue,
+     "[--provider P] [--batch B [--budget AMOUNT]] [--unique] FILE...",
      "add the JSONL jobs of each FILE (- = stdin), one transaction a file"},
     {"status", ctl_status, "[--json]",
      "job counts by provider and batch, each provider's live state"},
@@ -44,8 +45,8 @@ static const struct ctl_cmd ctl_cmds[] = {
     {"cancel", ctl_cancel,
      "ID... | --batch B|--provider P [--state S] [--json]",
      "cancel unfinished jobs; the daemon aborts requests in flight"},
-    {"resume", ctl_resume, "PROVIDER [--json]",
-     "un-pause a provider paused for auth or balance"},
+    {"resume", ctl_resume, "PROVIDER | --batch B [--json]",
+     "un-pause a provider (auth, balance, budget) or a batch at its budget"},
     {"export", ctl_export, "[--batch B] [--provider P] [--state S] [FILE]",
      "results as OpenAI-Batch JSONL (default succeeded and failed)"},
     {"watch", ctl_watch, "[--batch B] [--once]",

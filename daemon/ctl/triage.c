@@ -280,18 +280,49 @@ ctl_cancel(struct ctl *c, int argc, char **argv)
 
 /* --- resume --------------------------------------------------------------- */
 
+/* A batch held at its budget goes on: its cap is lifted (batches.budget
+ * NULL); enqueue --budget sets a new one. */
+static int
+ctl_resume_batch(struct ctl *c, const char *batch, bool json)
+{
+    int rc;
+
+    if ((rc = ctl_open(c, "resume", false, false)) != 0)
+        return rc;
+    if (store_batch_budget_set(c->store, batch, 0, clock_now_ms()) < 0) {
+        fprintf(stderr, "sluicectl resume: batch %s: database error\n", batch);
+        return 1;
+    }
+    if (json) {
+        json_t *o = json_pack("{s:s, s:b}", "batch", batch, "budget_lifted", 1);
+        rc = ctl_print_json(o);
+        json_decref(o);
+        return rc;
+    }
+    printf("batch %s: budget lifted; the daemon claims its jobs again "
+           "within a second\n",
+           batch);
+    return 0;
+}
+
 int
 ctl_resume(struct ctl *c, int argc, char **argv)
 {
+    const char *batch = NULL;
     bool json = false;
     int npos, rc;
     const struct ctl_opt opts[] = {
+        {"--batch", &batch, NULL},
         {"--json", NULL, &json},
         {NULL, NULL, NULL},
     };
 
     if ((rc = ctl_parse_args("resume", argc, argv, opts, &npos)) != 0)
         return rc;
+    if (batch)
+        return npos == 0 ? ctl_resume_batch(c, batch, json)
+                         : ctl_usage_error("resume",
+                                           "give a PROVIDER or --batch B");
     if (npos != 1)
         return ctl_usage_error("resume", "needs exactly one PROVIDER");
     if ((rc = ctl_open(c, "resume", false, false)) != 0)

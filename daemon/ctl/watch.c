@@ -61,7 +61,8 @@ ctl_int(const json_t *o, const char *key)
 
 /* One batch row: bar (on a TTY) or a plain line. */
 static void
-ctl_watch_batch(FILE *f, const json_t *b, bool tty, const char *stamp)
+ctl_watch_batch(FILE *f, const json_t *b, bool tty, const char *stamp,
+                const json_t *spend)
 {
     const char *bv = json_string_value(json_object_get(b, "batch"));
     char *safe = bv ? ctl_safe(xstrdup(bv)) : NULL;
@@ -90,15 +91,18 @@ ctl_watch_batch(FILE *f, const json_t *b, bool tty, const char *stamp)
     fprintf(f,
             "  ok %" JSON_INTEGER_FORMAT " failed %" JSON_INTEGER_FORMAT
             " cancelled %" JSON_INTEGER_FORMAT " running %" JSON_INTEGER_FORMAT
-            "  %.1f/s  eta %s\n",
+            "  %.1f/s  eta %s",
             ctl_int(b, "succeeded"), ctl_int(b, "failed"),
             ctl_int(b, "cancelled"),
             ctl_int(b, "running") + ctl_int(b, "waiting"), rate, eta);
+    ctl_spend_note(f, spend, "batches", "batch", bv);
+    fputc('\n', f);
     free(safe);
 }
 
 static void
-ctl_watch_lane(FILE *f, const json_t *l, bool tty, const char *stamp)
+ctl_watch_lane(FILE *f, const json_t *l, bool tty, const char *stamp,
+               const json_t *spend)
 {
     const char *reason = json_string_value(json_object_get(l, "reason"));
     char until[32];
@@ -117,6 +121,8 @@ ctl_watch_lane(FILE *f, const json_t *l, bool tty, const char *stamp)
             ctl_int(l, "in_flight"));
     if (strcmp(until, "-") != 0)
         fprintf(f, " paused until %s", until);
+    ctl_spend_note(f, spend, "providers", "provider",
+                   json_string_value(json_object_get(l, "name")));
     fputc('\n', f);
 }
 
@@ -126,13 +132,15 @@ ctl_watch_draw(struct ctl *c, const char *batch, bool tty)
 {
     json_t *rows = store_progress_json(c->store, batch);
     json_t *lanes = store_providers_json(c->store);
+    json_t *spend = ctl_spend(c, batch);
     char stamp[32];
     size_t i;
     json_t *v;
 
-    if (!rows || !lanes) {
+    if (!rows || !lanes || !spend) {
         json_decref(rows);
         json_decref(lanes);
+        json_decref(spend);
         fprintf(stderr, "sluicectl watch: cannot read the database\n");
         return 1;
     }
@@ -145,13 +153,13 @@ ctl_watch_draw(struct ctl *c, const char *batch, bool tty)
                batch ? " no jobs in this batch" : " no jobs");
     json_array_foreach(rows, i, v)
     {
-        ctl_watch_batch(stdout, v, tty, stamp);
+        ctl_watch_batch(stdout, v, tty, stamp, spend);
     }
     if (tty && json_array_size(lanes) > 0)
         printf("\nproviders\n");
     json_array_foreach(lanes, i, v)
     {
-        ctl_watch_lane(stdout, v, tty, stamp);
+        ctl_watch_lane(stdout, v, tty, stamp, spend);
     }
     long pending, stored, failed;
     if (store_outputs_counts(c->store, &pending, &stored, &failed) == 0 &&
@@ -161,6 +169,7 @@ ctl_watch_draw(struct ctl *c, const char *batch, bool tty)
     fflush(stdout);
     json_decref(rows);
     json_decref(lanes);
+    json_decref(spend);
     return 0;
 }
 

@@ -103,6 +103,21 @@ struct store_ops {
     int (*counts)(struct store *s, store_count_fn cb, void *arg);
     int (*oldest_queued)(struct store *s, const char *provider,
                          int64_t *since_ms);
+    /* store_claim_except, with the held batches as a JSON array text. */
+    int (*claim_except)(struct store *s, const char *provider, int max,
+                        int64_t now_ms, int64_t lease_ms, const char *owner,
+                        const char *held_json, struct job **out, int *nout);
+    int (*spend)(struct store *s, const char *provider, const char *batch,
+                 double *spent, long *costed);
+    int (*batch_budget_set)(struct store *s, const char *batch, double budget,
+                            int64_t now_ms);
+    int (*batch_budgets)(struct store *s,
+                         void (*cb)(const char *batch, double budget,
+                                    void *data),
+                         void *data);
+    json_t *(*spend_json)(struct store *s, const char *batch);
+    int (*batch_pause)(struct store *s, const char *batch, bool paused,
+                       int64_t now_ms);
     int (*data_version)(struct store *s, int64_t *v);
     /* Writes s->buf[0..s->nbuf) in one transaction, all or nothing; the
      * caller empties the buffer after a 0. */

@@ -197,6 +197,13 @@ enum stmt {
     ST_FREELIST,
     ST_PROGRESS_BATCH,
     ST_OLDEST_QUEUED,
+    ST_CLAIM_EXCEPT,
+    ST_SPEND_PROVIDER,
+    ST_SPEND_BATCH,
+    ST_BATCH_BUDGET_SET,
+    ST_BATCH_BUDGETS,
+    ST_SPEND_ROWS,
+    ST_BATCH_STATE,
     ST_COUNT
 };
 
@@ -400,6 +407,40 @@ static const char *const stmt_sql[ST_COUNT] = {
      * run_after (the enqueue time, or when they were handed back). */
     [ST_OLDEST_QUEUED] = "SELECT MIN(run_after) FROM jobs "
                          "WHERE provider = ?1 AND state = 'queued'",
+    /* ST_CLAIM but for jobs of the batches in ?6 (a JSON array), held
+     * at their budget; jobs without a batch are never held. Its own
+     * statement, so the plain claim keeps its covering index. */
+    [ST_CLAIM_EXCEPT] =
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+        "lease_until = ?1, lease_owner = ?2, updated_at = ?3 "
+        "WHERE id IN (SELECT id FROM jobs "
+        "  WHERE provider = ?4 AND state IN ('queued', 'retrying') "
+        "  AND run_after <= ?3 AND (batch IS NULL OR batch NOT IN "
+        "    (SELECT value FROM json_each(?6))) "
+        "  ORDER BY priority DESC, run_after, id LIMIT ?5) "
+        "RETURNING " CLAIM_COLUMNS,
+    /* Spend of one provider, or one batch (jobs_batch): once per capped
+     * provider or batch, when the daemon starts to watch it. */
+    [ST_SPEND_PROVIDER] =
+        "SELECT total(cost), count(cost) FROM jobs WHERE provider = ?1",
+    [ST_SPEND_BATCH] =
+        "SELECT total(cost), count(cost) FROM jobs WHERE batch = ?1",
+    [ST_BATCH_BUDGET_SET] =
+        "INSERT INTO batches (name, budget, updated_at) VALUES (?1, ?2, ?3) "
+        "ON CONFLICT (name) DO UPDATE SET budget = excluded.budget, "
+        "state = 'active', reason = NULL, updated_at = excluded.updated_at",
+    [ST_BATCH_BUDGETS] = "SELECT name, budget FROM batches "
+                         "WHERE budget IS NOT NULL ORDER BY name",
+    [ST_SPEND_ROWS] =
+        "SELECT s.provider, s.batch, s.spent, s.spent_last_hour, "
+        "  b.budget AS batch_budget, b.state AS batch_state, "
+        "  b.reason AS batch_reason FROM spend s "
+        "LEFT JOIN batches b ON b.name = s.batch "
+        "WHERE (?1 IS NULL OR s.batch = ?1) "
+        "AND (s.jobs_costed > 0 OR b.budget IS NOT NULL) "
+        "ORDER BY s.provider, s.batch",
+    [ST_BATCH_STATE] = "UPDATE batches SET state = ?2, reason = ?3, "
+                       "updated_at = ?4 WHERE name = ?1",
 };
 
 /* The statements of the outputs table (DESIGN §13), prepared with the
@@ -1131,7 +1172,7 @@ claim_row(sqlite3_stmt *st)
 static int
 claim_run(struct sqlite_store *s, enum stmt id, const char *provider, int max,
           int64_t now_ms, int64_t lease_ms, const char *owner, struct job **out,
-          int *nout)
+          int *nout, const char *except)
 {
     sqlite3_stmt *st = stmt(s, id);
     struct backend_claimed *c = xcalloc((size_t)max, sizeof(*c));
@@ -1142,6 +1183,8 @@ claim_run(struct sqlite_store *s, enum stmt id, const char *provider, int max,
     sqlite3_bind_int64(st, 3, now_ms);
     bind_text(st, 4, provider);
     sqlite3_bind_int(st, 5, max);
+    if (except != NULL)
+        bind_text(st, 6, except);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < max) {
         c[n].job = claim_row(st);
         c[n].priority = sqlite3_column_int(st, 16);
@@ -1170,7 +1213,16 @@ sqlite_claim(struct store *base, enum store_claim_kind kind,
 {
     return claim_run(sq(base),
                      kind == STORE_CLAIM_POLLS ? ST_CLAIM_WAITING : ST_CLAIM,
-                     provider, max, now_ms, lease_ms, owner, out, nout);
+                     provider, max, now_ms, lease_ms, owner, out, nout, NULL);
+}
+
+static int
+sqlite_claim_except(struct store *base, const char *provider, int max,
+                    int64_t now_ms, int64_t lease_ms, const char *owner,
+                    const char *held_json, struct job **out, int *nout)
+{
+    return claim_run(sq(base), ST_CLAIM_EXCEPT, provider, max, now_ms,
+                     lease_ms, owner, out, nout, held_json);
 }
 
 /* Runs a one-row, one-column query about provider (and now_ms when the
@@ -1248,6 +1300,78 @@ sqlite_oldest_queued(struct store *base, const char *provider,
 {
     return provider_scalar(sq(base), ST_OLDEST_QUEUED, provider, NULL,
                            since_ms, "oldest queued");
+}
+
+static int
+sqlite_spend(struct store *base, const char *provider, const char *batch,
+             double *spent, long *costed)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = stmt(s, provider ? ST_SPEND_PROVIDER : ST_SPEND_BATCH);
+    int rc;
+
+    *spent = 0;
+    *costed = 0;
+    bind_text(st, 1, provider ? provider : batch);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *spent = sqlite3_column_double(st, 0);
+        *costed = (long)sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : sqlite_fail(s, rc, "spend");
+}
+
+static int
+sqlite_batch_budget_set(struct store *base, const char *batch, double budget,
+                        int64_t now_ms)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = stmt(s, ST_BATCH_BUDGET_SET);
+    int rc;
+
+    bind_text(st, 1, batch);
+    if (budget > 0)
+        sqlite3_bind_double(st, 2, budget);
+    else
+        sqlite3_bind_null(st, 2);
+    sqlite3_bind_int64(st, 3, now_ms);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "batch budget");
+}
+
+static int
+sqlite_batch_pause(struct store *base, const char *batch, bool paused,
+                   int64_t now_ms)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = stmt(s, ST_BATCH_STATE);
+    int rc;
+
+    bind_text(st, 1, batch);
+    bind_text(st, 2, paused ? "paused" : "active");
+    bind_text(st, 3, paused ? "budget" : NULL);
+    sqlite3_bind_int64(st, 4, now_ms);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "batch state");
+}
+
+static int
+sqlite_batch_budgets(struct store *base,
+                     void (*cb)(const char *batch, double budget, void *data),
+                     void *data)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = stmt(s, ST_BATCH_BUDGETS);
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        cb((const char *)sqlite3_column_text(st, 0),
+           sqlite3_column_double(st, 1), data);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "batch budgets");
 }
 
 static int
@@ -2089,6 +2213,21 @@ sqlite_outputs_retry(struct store *base, const char *batch, int64_t now_ms,
     return 0;
 }
 
+static json_t *
+sqlite_spend_json(struct store *base, const char *batch)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st = stmt(s, ST_SPEND_ROWS);
+    json_t *arr = json_array();
+
+    bind_text(st, 1, batch);
+    if (rows_json(s, st, arr, "spend") < 0) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
 const struct store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = sqlite_open,
@@ -2115,6 +2254,12 @@ const struct store_ops store_sqlite_ops = {
     .has_unfinished = sqlite_has_unfinished,
     .counts = sqlite_counts,
     .oldest_queued = sqlite_oldest_queued,
+    .claim_except = sqlite_claim_except,
+    .spend = sqlite_spend,
+    .batch_budget_set = sqlite_batch_budget_set,
+    .batch_budgets = sqlite_batch_budgets,
+    .batch_pause = sqlite_batch_pause,
+    .spend_json = sqlite_spend_json,
     .data_version = sqlite_data_version,
     .flush = sqlite_flush,
     .cancelled = sqlite_cancelled,

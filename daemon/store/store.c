@@ -259,6 +259,63 @@ store_oldest_queued(struct store *s, const char *provider, int64_t *since_ms)
 }
 
 int
+store_claim_except(struct store *s, const char *provider, int max,
+                   int64_t now_ms, int64_t lease_ms, const char *owner,
+                   const char *const *held, size_t nheld, struct job **out,
+                   int *nout)
+{
+    *nout = 0;
+    if (max <= 0)
+        return 0;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < nheld; i++)
+        json_array_append_new(arr, json_string(held[i]));
+    char *text = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    if (text == NULL)
+        fatalx("json_dumps: out of memory");
+    int rc = s->ops->claim_except(s, provider, max, now_ms, lease_ms, owner,
+                                  text, out, nout);
+    free(text);
+    return rc;
+}
+
+int
+store_spend(struct store *s, const char *provider, const char *batch,
+            double *spent, long *costed)
+{
+    return s->ops->spend(s, provider, batch, spent, costed);
+}
+
+int
+store_batch_budget_set(struct store *s, const char *batch, double budget,
+                       int64_t now_ms)
+{
+    return s->ops->batch_budget_set(s, batch, budget, now_ms);
+}
+
+int
+store_batch_budgets(struct store *s,
+                    void (*cb)(const char *batch, double budget, void *data),
+                    void *data)
+{
+    return s->ops->batch_budgets(s, cb, data);
+}
+
+json_t *
+store_spend_json(struct store *s, const char *batch)
+{
+    return s->ops->spend_json(s, batch);
+}
+
+int
+store_batch_pause(struct store *s, const char *batch, bool paused,
+                  int64_t now_ms)
+{
+    return s->ops->batch_pause(s, batch, paused, now_ms);
+}
+
+int
 store_data_version(struct store *s, int64_t *v)
 {
     return s->ops->data_version(s, v);

@@ -16,6 +16,7 @@ struct store;
 struct dispatch;
 struct lane;
 struct metrics;
+struct spend;
 
 /* Start-up recovery (DESIGN §8): returns to the queue the jobs of daemons
  * that are provably dead (liveness.h: at once when their lock file is
@@ -52,6 +53,8 @@ void dispatch_set_metrics(struct dispatch *d, struct metrics *m);
  * out; returns how many there are. Borrowed until the next reload. */
 size_t dispatch_lanes(struct dispatch *d, const struct lane **out,
                       size_t cap);
+/* The spend accounts (spend.h), for /metrics. Borrowed. */
+struct spend *dispatch_spend(struct dispatch *d);
 /* Frees after stop; handles closed, run the loop once more. */
 void dispatch_free(struct dispatch *d);
 

@@ -144,6 +144,38 @@ int store_count_waiting(struct store *s, const char *provider, long *n);
  * is queued: since when the longest-waiting one has been due. */
 int store_oldest_queued(struct store *s, const char *provider,
                         int64_t *since_ms);
+/* Like store_claim_new, but no job of the batches held[0..nheld) (capped
+ * batches at their budget: DESIGN §13); jobs without a batch are never
+ * held. */
+int store_claim_except(struct store *s, const char *provider, int max,
+                       int64_t now_ms, int64_t lease_ms, const char *owner,
+                       const char *const *held, size_t nheld,
+                       struct job **out, int *nout);
+/* The spend (sum of jobs.cost) and the number of jobs with a cost, of
+ * provider (batch NULL) or of batch (provider NULL). A scan of that
+ * provider's jobs (a batch's: through its index): once per capped
+ * provider or batch, not per claim. */
+int store_spend(struct store *s, const char *provider, const char *batch,
+                double *spent, long *costed);
+/* Sets batch's spend cap (batches table) and makes it active again (the
+ * daemon pauses it anew if the cap is still reached); budget <= 0 lifts
+ * the cap. */
+int store_batch_budget_set(struct store *s, const char *batch, double budget,
+                           int64_t now_ms);
+/* Calls cb for every batch with a spend cap. */
+int store_batch_budgets(struct store *s,
+                        void (*cb)(const char *batch, double budget,
+                                   void *data),
+                        void *data);
+/* Rows of the spend view (of batch; NULL all) that have a cost or a batch
+ * budget: {provider, batch, spent, spent_last_hour, batch_budget,
+ * batch_state, batch_reason}. A scan of the jobs (operators' views, not
+ * the loop). NULL on a database error. */
+json_t *store_spend_json(struct store *s, const char *batch);
+/* The daemon's word on a capped batch: paused with reason budget, or
+ * active again. */
+int store_batch_pause(struct store *s, const char *batch, bool paused,
+                      int64_t now_ms);
 /* Whether provider has any job not yet terminal (cheap at any size). */
 int store_has_unfinished(struct store *s, const char *provider, bool *any);
 

@@ -1168,6 +1168,90 @@ test_oldest_queued_is_the_earliest_due_queued_job(void **state)
     store_close(s);
 }
 
+static int
+insert_in(struct store *s, const char *batch, const char *key, int priority)
+{
+    struct jobspec j = {
+        .provider = "a",
+        .batch = (char *)batch,
+        .custom_id = (char *)key,
+        .method = "POST",
+        .path = "/v1/run",
+        .idempotency_key = (char *)key,
+        .priority = priority,
+        .max_attempts = 3,
+    };
+    return store_insert_job(s, &j, T0);
+}
+
+static void
+on_budget(const char *batch, double budget, void *data)
+{
+    char *out = data;
+    snprintf(out + strlen(out), 64, "%s=%.2f;", batch, budget);
+}
+
+static void
+test_claim_except_holds_batches_and_spend_sums_costs(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    const char *held[] = {"capped"};
+    struct job *out[8];
+    char budgets[256] = "";
+    double spent = -1;
+    long costed = -1;
+    int n = -1;
+
+    /* the held batch has the highest priority: still never claimed */
+    assert_int_equal(insert_in(s, "capped", "c1", 9), 0);
+    assert_int_equal(insert_in(s, "capped", "c2", 9), 0);
+    assert_int_equal(insert_in(s, "free", "f1", 0), 0);
+    assert_int_equal(insert_in(s, NULL, "n1", 0), 0);
+    assert_int_equal(store_claim_except(s, "a", 8, T0, LEASE_MS, "d1", held,
+                                        1, out, &n),
+                     0);
+    assert_int_equal(n, 2);
+    for (int i = 0; i < n; i++) {
+        assert_true(out[i]->batch == NULL ||
+                    strcmp(out[i]->batch, "free") == 0);
+        struct job_update u = {.job_id = out[i]->id,
+                               .state = JOB_SUCCEEDED,
+                               .finished_at = T0 + 1,
+                               .cost = 0.25,
+                               .has_cost = true};
+        store_record(s, &u);
+    }
+    free_jobs(out, n);
+    assert_int_equal(store_flush(s), 0);
+
+    assert_int_equal(store_spend(s, "a", NULL, &spent, &costed), 0);
+    assert_true(spent > 0.4999 && spent < 0.5001);
+    assert_int_equal(costed, 2);
+    assert_int_equal(store_spend(s, NULL, "free", &spent, &costed), 0);
+    assert_true(spent > 0.2499 && spent < 0.2501);
+    assert_int_equal(costed, 1);
+    assert_int_equal(store_spend(s, NULL, "capped", &spent, &costed), 0);
+    assert_true(spent == 0 && costed == 0);
+
+    assert_int_equal(store_batch_budget_set(s, "capped", 1.5, T0), 0);
+    assert_int_equal(store_batch_budget_set(s, "free", 2, T0), 0);
+    assert_int_equal(store_batch_budget_set(s, "free", 0, T0), 0); /* lifted */
+    assert_int_equal(store_batch_budgets(s, on_budget, budgets), 0);
+    assert_string_equal(budgets, "capped=1.50;");
+    assert_int_equal(store_batch_pause(s, "capped", true, T0 + 5), 0);
+    json_t *rows = store_spend_json(s, "capped");
+    assert_non_null(rows);
+    assert_int_equal(json_array_size(rows), 1);
+    json_t *r = json_array_get(rows, 0);
+    assert_string_equal(json_string_value(json_object_get(r, "batch_state")),
+                        "paused");
+    assert_string_equal(json_string_value(json_object_get(r, "batch_reason")),
+                        "budget");
+    json_decref(rows);
+    store_close(s);
+}
+
 /* --- providers ---------------------------------------------------------- */
 
 static void
@@ -2167,6 +2251,43 @@ test_counts_are_kept_through_every_change(void **state)
     tmpdb_remove(&t);
 }
 
+/* A database at version 6 gets migration 7: the batches table, empty,
+ * and the spend view over the costs already there. */
+static void
+test_migration_7_adds_batches_and_the_spend_view(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    sqlite3 *db;
+
+    tmpdb_make(&t);
+    assert_int_equal(sqlite3_open(t.path, &db), SQLITE_OK);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(
+            sqlite3_exec(db, sql_files[i].text, NULL, NULL, NULL),
+            SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "PRAGMA user_version = 6; INSERT INTO jobs (provider, "
+                     "batch, path, idempotency_key, state, cost, created_at, "
+                     "updated_at, finished_at) VALUES "
+                     "('a', 'x', '/', 'k1', 'succeeded', 0.25, 1, 1, 5), "
+                     "('a', 'x', '/', 'k2', 'succeeded', 0.5, 1, 1, 5), "
+                     "('a', 'x', '/', 'k3', 'queued', NULL, 1, 1, NULL)",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    s = open_store(t.path);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM batches"), 0);
+    assert_int_equal(sql_int(t.path, "SELECT spent * 100 + jobs_costed "
+                                     "FROM spend WHERE batch = 'x'"),
+                     77);
+    tmpdb_remove(&t);
+}
+
 /* A database at version 5 gets migration 6: counts of the jobs already
  * there, and batch_progress read from them. */
 static void
@@ -2279,9 +2400,12 @@ main(void)
             test_purge_deletes_in_bounded_batches_and_gives_space_back),
         cmocka_unit_test(test_progress_has_rate_and_eta_from_the_last_minute),
         cmocka_unit_test(test_oldest_queued_is_the_earliest_due_queued_job),
+        cmocka_unit_test(
+            test_claim_except_holds_batches_and_spend_sums_costs),
         cmocka_unit_test(test_migration_3_upgrades_a_version_2_database),
         cmocka_unit_test(test_counts_are_kept_through_every_change),
         cmocka_unit_test(test_migration_6_counts_the_jobs_already_there),
+        cmocka_unit_test(test_migration_7_adds_batches_and_the_spend_view),
         cmocka_unit_test(test_outputs_rows_from_success_to_stored_or_failed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

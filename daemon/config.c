@@ -1,5 +1,5 @@
 /*
- * config: the INI file of CONTRACT.md, parsed completely and validated
+ * config: the INI file of docs/contract.md, parsed completely and validated
  * before anything starts (relayd's rule), so a daemon never runs half
  * configured. Every error names FILE:LINE: key: problem.
  *
@@ -49,14 +49,14 @@
 /* An API key is a few hundred bytes at most; a key file larger than this
  * is a wrong path, not a key. */
 #define CONFIG_MAX_KEY_FILE 65536
-/* DESIGN §3: the database of a system install. */
+/* The database of a system install (docs/contract.md). */
 #define CONFIG_DEFAULT_DATABASE "/var/lib/sluice/queue.db"
 /* The header name of the IETF idempotency-key draft, which Stripe-style
  * APIs and FLORA's docs use. */
 #define CONFIG_DEFAULT_IDEM_HEADER "Idempotency-Key"
 #define CONFIG_MSG_MAX 512
-/* Downloads at once (DESIGN §13): a few streams saturate a link, and each
- * holds a file open. */
+/* Downloads at once (docs/design.md §13): a few streams saturate a link, and
+ * each holds a file open. */
 #define CONFIG_DEFAULT_OUTPUTS_CONCURRENCY 4
 /* One output file at most: generated videos run to hundreds of MiB; a
  * larger body is a wrong URL or an attack on the disk. */
@@ -533,7 +533,8 @@ valid_provider_name(const char *s, size_t n)
     return true;
 }
 
-/* The defaults documented in config.h (DESIGN §6 for the flow control). */
+/* The defaults documented in config.h (docs/design.md §6 for the flow
+ * control). */
 static void
 provider_defaults(struct provider_config *pc)
 {
@@ -1000,7 +1001,7 @@ parse(struct parser *p, struct config **out, char *err, size_t errlen)
     /* Debian's inih exposes its compile-time options as globals: a heap
      * line buffer (so long lines fit), no continuation lines (an indented
      * line is a key of its own), stop at the first error, and '#' inline
-     * comments as CONTRACT.md promises. */
+     * comments as docs/contract.md promises. */
     ini_use_stack = false;
     ini_initial_alloc = CONFIG_MAX_LINE;
     ini_allow_realloc = false; /* growth re-calls the reader mid-line */

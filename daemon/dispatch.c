@@ -60,7 +60,7 @@
 #define CLAIM_BATCH_DIVISOR 4
 #define CLAIM_BATCH_MIN_LIMIT 64
 /* Group commit: flush this often while updates are buffered, or at once
- * beyond FLUSH_BATCH of them (DESIGN §3: a few ms or a few hundred). */
+ * beyond FLUSH_BATCH of them (docs/design.md §3: a few ms or a few hundred). */
 #define FLUSH_DELAY_MS 5
 #define FLUSH_BATCH 256
 /* A commit that met a lock is retried this often; nothing is dropped. */
@@ -405,11 +405,11 @@ static void on_http_done(const struct http_response *resp, void *data);
 static void record_event(struct dispatch *d, struct req *r,
                          const struct job_event *ev);
 
-/* A job that cannot be sent as it is stored fails at once, without a
- * request and before the lane counts one: a URL off the lane's current
- * origin (the credentials would go along), or a key that would not stay
- * inside its header (DESIGN §4, §11). Nothing about it changes by waiting,
- * so it is not retried. Frees r. */
+/* A job that cannot be sent as it is stored fails at once, without a request
+ * and before the lane counts one: a URL off the lane's current origin (the
+ * credentials would go along), or a key that would not stay inside its header
+ * (docs/design.md §4, §11). Nothing about it changes by waiting, so it is not
+ * retried. Frees r. */
 static void
 refuse_req(struct dispatch *d, struct req *r, enum err_class cls,
            const char *code, const char *message)
@@ -510,7 +510,7 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
 
 /* --- outcomes -------------------------------------------------------------- */
 
-/* One line per handled failure, in STYLE.md's shape:
+/* One line per handled failure, in CONTRIBUTING.md's shape:
  * "job 42: flora 429 rate_limit_exceeded req_ab12, deferred in 2100 ms
  * (limit 24→16)". Terminal failures are warnings and carry the message. */
 static void
@@ -1072,6 +1072,13 @@ on_uv_version(uv_timer_t *t)
         outputs_kick(d->outputs); /* sluicectl outputs --retry */
 }
 
+/* The store pushed a wakeup (PostgreSQL NOTIFY): look at once. */
+static void
+on_store_wakeup(void *arg)
+{
+    on_uv_version(&((struct dispatch *)arg)->version_timer);
+}
+
 /* --- life cycle ----------------------------------------------------------- */
 
 long
@@ -1097,7 +1104,7 @@ warn_unknown_provider(const char *provider, long n, void *data)
 }
 
 /* outputs_auth_fn: a provider's headers go with a download only to its
- * own origin (DESIGN §13). */
+ * own origin (docs/design.md §13). */
 static const char *const *
 output_auth(const char *provider, const char *url, void *arg)
 {
@@ -1195,6 +1202,9 @@ dispatch_start(struct dispatch *d)
                    HOUSEKEEPING_MS);
     uv_timer_start(&d->version_timer, on_uv_version, VERSION_POLL_MS,
                    VERSION_POLL_MS);
+    /* Where the store can push (PostgreSQL), an idle daemon wakes at
+     * once; the poll above stays as the floor. */
+    store_watch(d->store, d->loop, on_store_wakeup, d);
     schedule_pump(d, 0);
 }
 
@@ -1314,6 +1324,7 @@ dispatch_stop(struct dispatch *d, int64_t grace_ms,
     d->stopped_data = data;
     uv_timer_stop(&d->pump_timer);
     uv_timer_stop(&d->version_timer);
+    store_watch(d->store, NULL, NULL, NULL); /* or the loop stays up */
     if (d->ninflight > 0) {
         log_info("stopping: %d requests in flight, grace %" PRId64 " ms",
                  d->ninflight, grace_ms);
@@ -1422,6 +1433,7 @@ dispatch_free(struct dispatch *d)
         http_cancel(d->inflight->xfer);
     outputs_free(d->outputs);
     http_free(d->http);
+    store_watch(d->store, NULL, NULL, NULL);
     uv_timer_t *timers[] = {&d->pump_timer, &d->flush_timer, &d->house_timer,
                             &d->version_timer, &d->grace_timer};
     for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++) {

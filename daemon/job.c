@@ -1,6 +1,6 @@
 /*
  * job: names of states and error classes as the database stores them, the
- * class defaults of CONTRACT.md's "retried" column, and the job's state
+ * class defaults of docs/contract.md's "retried" column, and the job's state
  * machine.
  *
  * The state machine has one home: job_next() decides every move the

@@ -7,7 +7,7 @@
  * method upper case, the url as the path under the provider's base_url, the
  * body re-serialised compactly with sorted keys. The idempotency key is
  * then the custom_id, or a sha256 over (provider, method, path, body), or
- * random with --unique (DESIGN §4): re-feeding a file is a no-op.
+ * random with --unique (docs/design.md §4): re-feeding a file is a no-op.
  *
  * Every error message starts with the field it is about ("url: must be a
  * string"); sluicectl prefixes FILE:LINE.
@@ -233,8 +233,8 @@ parse_custom_id(json_t *v, char **out, char *err, size_t errlen)
     if (json_string_length(v) > CUSTOM_ID_MAX)
         return fail(err, errlen, "custom_id: longer than %d bytes",
                     CUSTOM_ID_MAX);
-    /* The custom_id is the idempotency key, sent in a header: a line
-     * break would end the header and start the attacker's own (DESIGN §4).
+    /* The custom_id is the idempotency key, sent in a header: a line break
+     * would end the header and start the attacker's own (docs/design.md §4).
      * Visible ASCII only, so every key fits every header. */
     const char *id = json_string_value(v);
     for (size_t i = 0; i < json_string_length(v); i++) {

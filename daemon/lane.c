@@ -1,7 +1,7 @@
 /*
- * lane: per-provider flow control (DESIGN §6). A lane answers one question,
- * "how many requests may start now?", with gates in order, the smallest
- * answer winning:
+ * lane: per-provider flow control (docs/design.md §6). A lane answers one
+ * question, "how many requests may start now?", with gates in order, the
+ * smallest answer winning:
  *
  *   1. state   active admits; paused (dead key, no balance) admits one
  *              probe per probe interval; open (circuit breaker) admits
@@ -117,8 +117,8 @@
 #define SHUT_DEFAULT_MS 1000
 /* A wait beyond 2 min is a quota, not a burst: park visibly instead. */
 #define PARK_THRESHOLD_MS 120000
-/* Breaker (DESIGN §6): the last 50 calls; with at least 20 of them (fewer
- * is noise) and half or more hard failures the provider is broken. */
+/* Breaker (docs/design.md §6): the last 50 calls; with at least 20 of them
+ * (fewer is noise) and half or more hard failures the provider is broken. */
 #define BREAKER_WINDOW 50
 #define BREAKER_MIN_CALLS 20
 /* Open 30 s, doubling on each consecutive opening up to 5 min: long enough

@@ -181,16 +181,17 @@ check(const char *path)
                c->providers[i].dialect, c->providers[i].base_url);
     }
     struct stat st;
-    if (stat(c->database, &st) == 0) {
+    char *dbname = store_display_name(c->database);
+    if (!store_is_file(c->database) || stat(c->database, &st) == 0) {
         /* Read-only: checking a new build against the live database must
          * not migrate it under the daemon that runs on it. */
         struct store *s = NULL;
         if (store_open_readonly(c->database, &s) < 0) {
-            fprintf(stderr, "database %s: cannot open\n", c->database);
+            fprintf(stderr, "database %s: cannot open\n", dbname);
             problems++;
         } else {
             int v = store_schema_version(s), latest = store_schema_latest(s);
-            printf("database %s: schema %d of %d", c->database, v, latest);
+            printf("database %s: schema %d of %d", dbname, v, latest);
             if (v < latest)
                 printf(", %d migration%s pending (applied when sluiced "
                        "starts)",
@@ -212,6 +213,7 @@ check(const char *path)
         }
         free(dir);
     }
+    free(dbname);
     config_free(c);
     return problems ? EXIT_CONFIG : 0;
 }
@@ -331,9 +333,11 @@ main(int argc, char **argv)
                        (uint64_t)dm.watchdog_ms);
 
     dispatch_start(dm.dispatch);
+    char *dbname = store_display_name(dm.config->database);
     log_info("started: %zu providers, database %s%s",
-             dm.config->nproviders, dm.config->database,
+             dm.config->nproviders, dbname,
              dm.drain ? ", draining" : "");
+    free(dbname);
     notify_ready(dispatch_status(dm.dispatch));
 
     uv_run(dm.loop, UV_RUN_DEFAULT);

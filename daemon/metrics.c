@@ -1,6 +1,6 @@
 /*
  * metrics: /metrics in the Prometheus text exposition format, version
- * 0.0.4 (DESIGN §14), written by hand: no C client library for Prometheus
+ * 0.0.4 (docs/design.md §14), written by hand: no C client library for Prometheus
  * is maintained or packaged in Debian, and the format is a few lines of
  * text per metric. Tests check the output with `promtool check metrics`.
  *

@@ -1,5 +1,5 @@
 /*
- * outputs: the download scheduler (DESIGN §13).
+ * outputs: the download scheduler (docs/design.md §13).
  *
  * How it works. A succeeded job of a provider with outputs = download
  * gets one pending row per output URL, committed with the success itself

@@ -1,5 +1,5 @@
 /*
- * retry: what happens to a job after a failed request (DESIGN §6). Pure
+ * retry: what happens to a job after a failed request (docs/design.md §6). Pure
  * policy: the clock and the random draw come in as parameters, so every
  * branch is unit-tested without sleeping.
  *

@@ -91,9 +91,10 @@ providers = [
     ("flymyai", "/v1/flux/dev/predict"),
     ("firemoon", "/flux/dev"),
 ]
-# A few jobs meet the documented failures (seeds/), so the summary has
-# something to say: a validation error, a refused prompt, a timeout that
-# succeeds on retry, a FLORA run that fails once with model_timeout.
+# A few jobs meet the documented failures (docs/providers.md), so the
+# summary has something to say: a validation error, a refused prompt, a
+# timeout that succeeds on retry, a FLORA run that fails once with
+# model_timeout.
 for i in range(n):
     p, path = providers[i % len(providers)]
     body = {"prompt": f"a lighthouse at dusk, variation {i}"}

@@ -7,6 +7,7 @@ pkgs=(build-essential cmake pkg-config
       libuv1-dev libcurl4-openssl-dev libsqlite3-dev sqlite3 libjansson-dev
       libinih-dev libssl-dev libsystemd-dev
       libcmocka-dev libmicrohttpd-dev python3 clang
+      libpq-dev postgresql util-linux
       prometheus)  # promtool, which checks /metrics in the tests
 if [ "${SLUICE_BENCH_DEPS:-0}" = 1 ]; then
     pkgs+=(wrk)

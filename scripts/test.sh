@@ -2,12 +2,18 @@
 # Sets up, builds and runs the whole test suite: a warnings-as-errors build
 # with every test, then the same suite under AddressSanitizer and
 # UndefinedBehaviorSanitizer, then (with clang) a short run of each fuzz
-# target. Ends with ctest's summary.
+# target. Ends with ctest's summary. A throwaway PostgreSQL server
+# (scripts/pg_server.sh) runs meanwhile for the tests of the PostgreSQL
+# backend ($SLUICE_TEST_PG), stopped and removed at the end.
 #   scripts/test.sh           everything
 #   SLUICE_QUICK=1 scripts/test.sh   the plain build only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
+
+echo "== PostgreSQL (throwaway, Unix socket only)"
+eval "$(bash scripts/pg_server.sh start)"
+trap 'bash scripts/pg_server.sh stop "$SLUICE_TEST_PGDIR"' EXIT
 
 jobs=$(nproc 2>/dev/null || echo 2)
 status=0

@@ -1,4 +1,4 @@
--- sluice schema, version 1. Names in CONTRACT.md are the stable part;
+-- sluice schema, version 1. Names in docs/contract.md are the stable part;
 -- times are unix milliseconds (INTEGER), body/result/fields are JSON text.
 
 -- One row per logical request.

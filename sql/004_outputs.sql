@@ -1,4 +1,4 @@
--- Downloaded outputs of succeeded jobs (DESIGN section 13). Version 4.
+-- Downloaded outputs of succeeded jobs (docs/design.md section 13). Version 4.
 
 -- One row per output URL of a succeeded job of a provider with
 -- outputs = download, written in the same transaction as the job's

@@ -1,4 +1,4 @@
--- Daemons and their liveness (see DESIGN, reliability). Version 5.
+-- Daemons and their liveness (docs/design.md section 11). Version 5.
 
 -- One row per running sluiced: owner is the random token its leases carry
 -- (jobs.lease_owner), never host:pid (PID namespaces repeat pids). The

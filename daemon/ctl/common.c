@@ -154,7 +154,8 @@ ctl_locate(struct ctl *c, const char *cmd, bool need_config, bool create_db,
                 cmd, c->config_path);
         return EX_CONFIG;
     }
-    if (!create_db && strcmp(db, ":memory:") != 0 && access(db, F_OK) < 0) {
+    if (!create_db && store_is_file(db) && strcmp(db, ":memory:") != 0 &&
+        access(db, F_OK) < 0) {
         fprintf(stderr, "sluicectl: %s: database %s: %s\n", cmd, db,
                 strerror(errno));
         return EX_NOINPUT;
@@ -176,8 +177,11 @@ ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db)
     if ((rc = ctl_locate(c, cmd, need_config, create_db, &db)) != 0)
         return rc;
     if (store_open(db, &c->store) < 0) {
+        char *name = store_display_name(db); /* no password on a tty */
         c->store = NULL;
-        fprintf(stderr, "sluicectl: %s: cannot open database %s\n", cmd, db);
+        fprintf(stderr, "sluicectl: %s: cannot open database %s\n", cmd,
+                name);
+        free(name);
         return 1;
     }
     return 0;
@@ -197,9 +201,12 @@ ctl_open_readonly(struct ctl *c, const char *cmd)
 
     if ((rc = ctl_locate(c, cmd, false, false, &db)) != 0)
         return rc;
+    char *name = store_display_name(db); /* no password on a tty */
     if (store_open_readonly(db, &c->store) < 0) {
         c->store = NULL;
-        fprintf(stderr, "sluicectl: %s: cannot open database %s\n", cmd, db);
+        fprintf(stderr, "sluicectl: %s: cannot open database %s\n", cmd,
+                name);
+        free(name);
         return 1;
     }
     int v = store_schema_version(c->store);
@@ -210,11 +217,13 @@ ctl_open_readonly(struct ctl *c, const char *cmd)
                 "reads %d: %d migration%s pending, applied when sluiced "
                 "starts (or by a command that writes: enqueue, retry, "
                 "cancel, resume, purge)\n",
-                cmd, db, v, latest, latest - v, latest - v == 1 ? "" : "s");
+                cmd, name, v, latest, latest - v, latest - v == 1 ? "" : "s");
         store_close(c->store);
         c->store = NULL;
+        free(name);
         return 1;
     }
+    free(name);
     return 0;
 }
 

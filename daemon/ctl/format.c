@@ -31,7 +31,7 @@ ctl_iso_time(int64_t ms, char out[32])
     strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-/* Columns holding unix ms (CONTRACT.md: every *_at, and these). */
+/* Columns holding unix ms (docs/contract.md: every *_at, and these). */
 static bool
 ctl_is_time_key(const char *key)
 {
@@ -262,7 +262,7 @@ ctl_print_objects(FILE *f, const json_t *rows, const struct ctl_col *cols,
     free(heads);
 }
 
-/* One JSON document on stdout, as CONTRACT.md's --json promises. */
+/* One JSON document on stdout, as docs/contract.md's --json promises. */
 int
 ctl_print_json(const json_t *v)
 {

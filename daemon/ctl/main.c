@@ -7,7 +7,7 @@
  * one function in the file of its family (ctl/internal.h lists them) and
  * one row here. Global options (-c, --db) come before the command; the
  * command parses its own (ctl/common.c). Exit codes follow sysexits
- * (CONTRACT.md).
+ * (docs/contract.md).
  */
 #include <errno.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
 /*
  * ctl/outputs.c: sluicectl outputs, the downloaded files of succeeded
- * jobs (DESIGN section 13): the outputs table joined with each job, and
+ * jobs (docs/design.md §13): the outputs table joined with each job, and
  * --retry, which puts failed downloads back to pending for the daemon.
  */
 #include <jansson.h>

@@ -1,5 +1,5 @@
 /*
- * firemoon: Firemoon Studio (seeds/004_0ddfcfc21980257b.txt).
+ * firemoon: Firemoon Studio (docs/providers.md).
  *
  * Errors are {"error":"<ErrorType>","message","details"} or, for input
  * validation, {"error","message","errors":[strings]}. The `error` string is
@@ -100,7 +100,7 @@ firemoon_classify(const struct http_response *r, bool poll, int64_t now_ms,
 }
 
 /* Generations answer {"images":[{url,width,height,content_type}]} or
- * "videos" (seeds/README.md). */
+ * "videos" (docs/providers.md). */
 static const char *const firemoon_outputs[] = {"/images/*/url", "/videos/*/url", NULL};
 
 const struct dialect firemoon_dialect = {

@@ -1,5 +1,5 @@
 /*
- * flora: FLORA's API (seeds/000_b3e71a934dcfd4a5.txt, seeds/README.md).
+ * flora: FLORA's API (docs/providers.md).
  *
  * Errors: every non-2xx carries {"error":{code,message,fields:[{field,
  * message}]}} and a `request-id` header; the HTTP status gives the class,
@@ -215,7 +215,7 @@ flora_classify(const struct http_response *r, bool poll, int64_t now_ms,
         flora_error(r, o);
 }
 
-/* A completed run lists outputs:[{output_id,type,url}] (seeds/README.md). */
+/* A completed run lists outputs:[{output_id,type,url}] (docs/providers.md). */
 static const char *const flora_outputs[] = {"/outputs/*/url", NULL};
 
 const struct dialect flora_dialect = {

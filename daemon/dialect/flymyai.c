@@ -1,5 +1,5 @@
 /*
- * flymyai: FlyMyAI (seeds/003_4c2a3733d1260fb2.txt), FastAPI underneath.
+ * flymyai: FlyMyAI (docs/providers.md), FastAPI underneath.
  *
  * Errors are {"detail":[{loc,msg,type,url,ctx,input}]}; plain FastAPI
  * answers {"detail":"text"} for its own errors (404, 405). The code is

@@ -1,6 +1,6 @@
 /*
  * graphql: GraphQL over HTTP, Lamatic's Flows among them
- * (seeds/002_f11ef86aa1a6ce5e.txt).
+ * (docs/providers.md).
  *
  * The trap of the family: HTTP 200 with a non-empty `errors` array is a
  * failure. Its code is errors[0].extensions.code verbatim, its message

@@ -1,6 +1,6 @@
 /*
  * openai: OpenAI-compatible APIs, FlowAPI among them
- * (seeds/001_069197f926edd28b.txt).
+ * (docs/providers.md).
  *
  * Errors are {"error":{"message","type","code"}} with an `X-Request-ID`
  * header. The stored code is error.code when it is a string, else

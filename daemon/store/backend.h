@@ -31,6 +31,8 @@
 
 #include "sluice/store.h"
 
+struct uv_loop_s;
+
 /* A buffered job_update with its strings owned (store_record copies). */
 struct store_pending {
     struct job_update u;
@@ -119,6 +121,8 @@ struct store_ops {
     int (*batch_pause)(struct store *s, const char *batch, bool paused,
                        int64_t now_ms);
     int (*data_version)(struct store *s, int64_t *v);
+    int (*watch)(struct store *s, struct uv_loop_s *loop, void (*cb)(void *arg),
+                 void *arg);
     /* Writes s->buf[0..s->nbuf) in one transaction, all or nothing; the
      * caller empties the buffer after a 0. */
     int (*flush)(struct store *s);
@@ -165,6 +169,14 @@ struct store_ops {
 };
 
 extern const struct store_ops store_sqlite_ops;
+extern const struct store_ops store_postgres_ops;
+
+/* Whether database is a PostgreSQL connection string: a postgresql:// or
+ * postgres:// URI, or key=value pairs whose first key is libpq's. */
+bool store_postgres_names(const char *database);
+/* postgresql://user@host:port/dbname of a connection string: what logs
+ * may show (no password, no options). New string. */
+char *store_postgres_display_name(const char *database);
 
 /* --- shared by the backends (backend.c) ----------------------------------- */
 

@@ -61,8 +61,8 @@ extern const size_t sql_nfiles;
     "created_at, waiting_since, priority, run_after, idempotency_key"
 
 /* Returning an expired (or a dead owner's) running job to the queue. The
- * attempt stays charged (DESIGN §3); a job whose every attempt ended in a
- * lost lease has no attempt left and fails here, or it would be claimed
+ * attempt stays charged (docs/design.md §3); a job whose every attempt ended in
+ * a lost lease has no attempt left and fails here, or it would be claimed
  * beyond max_attempts. ?1 is now. */
 #define RECLAIM_RUNNING_SET                                                    \
     "UPDATE jobs SET "                                                         \
@@ -103,7 +103,8 @@ extern const size_t sql_nfiles;
  * send stays the last one sent (a provider that ran it answers with that
  * result, never twice) unless its run definitively failed (the poll was
  * answered, with the run's failure): the provider caches that failure, so
- * the next derived key goes out, "<key>.N" one past the last (DESIGN §4).
+ * the next derived key goes out, "<key>.N" one past the last
+ * (docs/design.md §4).
  * job_derived_key() derives the same way. */
 #define RETRY_SET                                                              \
     "UPDATE jobs SET state = 'queued', attempts = 0, deferrals = 0, "          \
@@ -443,7 +444,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                        "updated_at = ?4 WHERE name = ?1",
 };
 
-/* The statements of the outputs table (DESIGN §13), prepared with the
+/* The statements of the outputs table (docs/design.md §13), prepared with the
  * others. A download's lease is its claim: a row is fetched by one daemon
  * at a time, and a lease that outlives its daemon is freed like a job's. */
 enum ostmt {
@@ -727,7 +728,7 @@ is_plain_file(const char *path)
 }
 
 /* Refuses a database on a network filesystem: WAL keeps its index in
- * shared memory that must be one host's (DESIGN §12). */
+ * shared memory that must be one host's (docs/design.md §12). */
 static int
 check_local(const char *path)
 {
@@ -1383,6 +1384,15 @@ sqlite_has_unfinished(struct store *base, const char *provider, bool *any)
                              "unfinished check");
     *any = n != 0;
     return rc;
+}
+
+/* No push from SQLite: the dispatcher polls sqlite_data_version. */
+static int
+sqlite_watch(struct store *base, struct uv_loop_s *loop,
+             void (*cb)(void *arg), void *arg)
+{
+    (void)base, (void)loop, (void)cb, (void)arg;
+    return -ENOTSUP;
 }
 
 static int
@@ -2261,6 +2271,7 @@ const struct store_ops store_sqlite_ops = {
     .batch_pause = sqlite_batch_pause,
     .spend_json = sqlite_spend_json,
     .data_version = sqlite_data_version,
+    .watch = sqlite_watch,
     .flush = sqlite_flush,
     .cancelled = sqlite_cancelled,
     .provider_put = sqlite_provider_put,

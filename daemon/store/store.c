@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #include "backend.h"
 #include "sluice/clock.h"
@@ -23,8 +24,23 @@
 static const struct store_ops *
 store_backend_for(const char *database)
 {
-    (void)database;
+    if (store_postgres_names(database))
+        return &store_postgres_ops;
     return &store_sqlite_ops;
+}
+
+bool
+store_is_file(const char *database)
+{
+    return store_backend_for(database) == &store_sqlite_ops;
+}
+
+char *
+store_display_name(const char *database)
+{
+    if (store_is_file(database))
+        return xstrdup(database);
+    return store_postgres_display_name(database);
 }
 
 int
@@ -319,6 +335,12 @@ int
 store_data_version(struct store *s, int64_t *v)
 {
     return s->ops->data_version(s, v);
+}
+
+int
+store_watch(struct store *s, uv_loop_t *loop, void (*cb)(void *arg), void *arg)
+{
+    return s->ops->watch(s, loop, cb, arg);
 }
 
 void

@@ -1,5 +1,5 @@
 /*
- * config: the INI file of CONTRACT.md, parsed completely (inih) and
+ * config: the INI file of docs/contract.md, parsed completely (inih) and
  * validated before anything starts. An error names file, line and key.
  */
 #ifndef SLUICE_CONFIG_H
@@ -65,7 +65,7 @@ struct provider_config {
 
 struct config {
     char *path;              /* file it came from, or NULL for defaults */
-    char *database;          /* SQLite file */
+    char *database;          /* SQLite file or PostgreSQL conninfo */
     int64_t shutdown_grace_ms; /* default 30 s */
     int64_t lease_ms;        /* claim lease, default 10 min (> timeout) */
     int64_t heartbeat_timeout_ms; /* another daemon whose heartbeat does not

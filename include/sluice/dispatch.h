@@ -18,10 +18,10 @@ struct lane;
 struct metrics;
 struct spend;
 
-/* Start-up recovery (DESIGN §8): returns to the queue the jobs of daemons
- * that are provably dead (liveness.h: at once when their lock file is
- * free) and those whose lease expired with no registered owner. Returns
- * the number of jobs reclaimed, or a negative errno. */
+/* Start-up recovery (docs/design.md §8): returns to the queue the jobs of
+ * daemons that are provably dead (liveness.h: at once when their lock file is
+ * free) and those whose lease expired with no registered owner. Returns the
+ * number of jobs reclaimed, or a negative errno. */
 long dispatch_recover(struct store *s, struct liveness *live);
 
 /* Builds lanes for the config's providers on loop. The store, liveness

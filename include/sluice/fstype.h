@@ -1,6 +1,6 @@
 /*
  * fstype: which filesystem a file lives on, to refuse the ones SQLite's
- * write-ahead log cannot work on (DESIGN §12): WAL keeps its index in
+ * write-ahead log cannot work on (docs/design.md §12): WAL keeps its index in
  * shared memory that every process must map from one host, which a
  * network filesystem does not give.
  */

@@ -1,6 +1,6 @@
 /*
  * job: the states of a job and the canonical error classes, with their
- * names as stored in the database (CONTRACT.md), the in-memory copy of a
+ * names as stored in the database (docs/contract.md), the in-memory copy of a
  * claimed job that travels through the daemon, and the job's state
  * machine: the allowed transitions and job_next(), which decides every
  * move the daemon makes.
@@ -112,7 +112,7 @@ void job_free(struct job *j);
  * run definitively failed (the same key would only replay the failed run):
  * "<base_key>.N", N the attempt it is for or one past the key in use,
  * whichever is higher, so it never repeats within the job, across an
- * operator's retry too (DESIGN §4). */
+ * operator's retry too (docs/design.md §4). */
 char *job_derived_key(const struct job *j);
 
 /* --- the state machine ---------------------------------------------------- */

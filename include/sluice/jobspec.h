@@ -1,7 +1,7 @@
 /*
  * jobspec: one JSONL line of `sluicectl enqueue` turned into the row to
  * insert: validated fields, canonical body and the idempotency key
- * (DESIGN §4). No SQL and no I/O here.
+ * (docs/design.md §4). No SQL and no I/O here.
  */
 #ifndef SLUICE_JOBSPEC_H
 #define SLUICE_JOBSPEC_H

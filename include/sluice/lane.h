@@ -1,8 +1,8 @@
 /*
- * lane: per-provider flow control (DESIGN §6). Gates in order: the provider
- * state (active / paused / open / half-open / parked), pause-until, the
- * pacers (requests per second and tokens per minute, with the provider's
- * window) and the concurrency limit. Pure: the clock and random draws are
+ * lane: per-provider flow control (docs/design.md §6). Gates in order: the
+ * provider state (active / paused / open / half-open / parked), pause-until,
+ * the pacers (requests per second and tokens per minute, with the
+ * provider's window) and the concurrency limit. Pure: the clock and random draws are
  * parameters, no I/O, so every rule is unit-tested without sleeping.
  *
  * A request's life: lane_admit says how many may start, lane_on_send
@@ -31,8 +31,8 @@ enum lane_state {
 /* The state's name for logs: "active", "paused", "open", "half-open",
  * "parked". */
 const char *lane_state_name(enum lane_state s);
-/* The state as the providers row names it (CONTRACT: active, paused, open,
- * parked): half-open is "open", its reason says "half-open". */
+/* The state as the providers row names it (docs/contract.md: active,
+ * paused, open, parked): half-open is "open", its reason says "half-open". */
 const char *lane_state_row(enum lane_state s);
 
 struct lane_params {

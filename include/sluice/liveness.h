@@ -1,5 +1,5 @@
 /*
- * liveness: which daemons sharing a database are alive (DESIGN §11).
+ * liveness: which daemons sharing a database are alive (docs/design.md §11).
  *
  * Each sluiced joins as a random owner token (its jobs' lease_owner), with
  * a row in the daemons table, an flock held on <database>.daemons/

@@ -1,6 +1,6 @@
 /*
- * metrics: the Prometheus text exposition format at /metrics (DESIGN §14),
- * served by libmicrohttpd from its own thread.
+ * metrics: the Prometheus text exposition format at /metrics
+ * (docs/design.md §14), served by libmicrohttpd from its own thread.
  *
  * The one threading rule: the HTTP thread reads only the published text,
  * under the one mutex of struct metrics, and copies it out; everything

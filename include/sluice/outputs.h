@@ -1,8 +1,8 @@
 /*
- * outputs: downloads of the output files of succeeded jobs (DESIGN §13),
- * on the daemon's loop, through http.c, under their own concurrency.
- * Rows come from the store (table outputs); files go to
- * outputs_dir/ab/abcdef… named by the SHA-256 of their bytes.
+ * outputs: downloads of the output files of succeeded jobs, on the
+ * daemon's loop, through http.c, under their own concurrency
+ * (docs/design.md §13). Rows come from the store (table outputs); files go
+ * to outputs_dir/ab/abcdef… named by the SHA-256 of their bytes.
  */
 #ifndef SLUICE_OUTPUTS_H
 #define SLUICE_OUTPUTS_H

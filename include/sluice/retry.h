@@ -1,6 +1,6 @@
 /*
  * retry: what happens to a job after a failed request. Pure policy: no I/O,
- * the clock and the random draw are parameters (DESIGN §6).
+ * the clock and the random draw are parameters (docs/design.md §6).
  */
 #ifndef SLUICE_RETRY_H
 #define SLUICE_RETRY_H

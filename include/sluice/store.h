@@ -13,23 +13,35 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <uv.h>
+
 #include "sluice/job.h"
 
 struct store;
 struct jobspec;
 
-/* Opens (creating) the database at path (":memory:" works), sets WAL,
- * synchronous=NORMAL, busy_timeout, foreign keys, and applies the
- * migrations under PRAGMA user_version. Returns 0 and *out, or a negative
- * errno with the reason logged: -EREMOTE for a SQLite file on a network
- * filesystem (NFS, SMB, …), which WAL cannot use. */
-int store_open(const char *path, struct store **out);
+/* Opens the database and applies the migrations its backend has. A
+ * PostgreSQL connection string (postgresql://… or postgres://…, or libpq
+ * key=value pairs such as "host=/run/postgresql dbname=sluice") opens
+ * the PostgreSQL backend (schema in sql/postgres/); anything else is the
+ * path of a SQLite file (":memory:" works), created if missing, with WAL,
+ * synchronous=NORMAL, busy_timeout and foreign keys (sql/, PRAGMA
+ * user_version). Returns 0 and *out, or a negative errno with the reason
+ * logged: -EREMOTE for a SQLite file on a network filesystem (NFS, SMB,
+ * …), which WAL cannot use. */
+int store_open(const char *database, struct store **out);
 /* Opens an existing database for reading only: nothing is created,
  * changed or migrated, so checking a new build against a live database
- * leaves it as the running daemon knows it. When the schema is behind this
- * build (store_schema_version < store_schema_latest: migrations pending),
- * only those two and store_close may be called. Errors as store_open. */
-int store_open_readonly(const char *path, struct store **out);
+ * leaves it as the running daemon knows it (PostgreSQL: a session of
+ * read-only transactions). When the schema is behind this build
+ * (store_schema_version < store_schema_latest: migrations pending), only
+ * those two and store_close may be called. Errors as store_open. */
+int store_open_readonly(const char *database, struct store **out);
+/* Whether database names a SQLite file (false: a PostgreSQL server). */
+bool store_is_file(const char *database);
+/* database as logs and terminals may show it: a path as it is, a
+ * connection string without its password or options. New string. */
+char *store_display_name(const char *database);
 /* Flushes what is buffered (best effort) and closes. NULL accepted. */
 void store_close(struct store *s);
 /* Schema version the database is at, and the one this build knows for
@@ -37,8 +49,9 @@ void store_close(struct store *s);
 int store_schema_version(struct store *s);
 int store_schema_latest(struct store *s);
 /* How long a statement waits for another connection's lock before it fails
- * with -EBUSY (default 5000 ms). The daemon sets a short one so its loop
- * never blocks long; a -EBUSY flush is simply retried later. */
+ * with -EBUSY (default 5000 ms; PostgreSQL: lock_timeout). The daemon sets
+ * a short one so its loop never blocks long; a -EBUSY flush is simply
+ * retried later. */
 void store_set_busy_timeout(struct store *s, int ms);
 
 /* --- enqueue ----------------------------------------------------------- */
@@ -61,15 +74,16 @@ int store_insert_jobs(struct store *s, const struct jobspec *jobs, size_t n,
 /* --- the daemon ---------------------------------------------------------- */
 
 /* Returns running jobs whose lease expired to queued (the attempt stays
- * charged: DESIGN §3) and frees expired poll leases. *n = jobs reclaimed.
- * A job with no attempt left fails instead (timeout / lease_expired), or it
- * would be claimed beyond max_attempts. Only leases whose owner has no row
- * in daemons expire (leases from before the daemons table, or rows edited
- * by hand): a registered daemon's leases are taken back only when it is
- * judged dead (store_daemon_reap), so no wall-clock jump reclaims them. */
+ * charged: docs/design.md §3) and frees expired poll leases. *n = jobs
+ * reclaimed. A job with no attempt left fails instead (timeout /
+ * lease_expired), or it would be claimed beyond max_attempts. Only leases
+ * whose owner has no row in daemons expire (leases from before the daemons
+ * table, or rows edited by hand): a registered daemon's leases are taken
+ * back only when it is judged dead (store_daemon_reap), so no wall-clock
+ * jump reclaims them. */
 int store_reclaim_expired(struct store *s, int64_t now_ms, long *n);
 
-/* --- daemons and their liveness (DESIGN §11, liveness.h) ----------------- */
+/* --- daemons and their liveness (docs/design.md §11, liveness.h) --------- */
 
 /* A row of the daemons table. */
 struct daemon_row {
@@ -189,8 +203,18 @@ typedef int (*store_count_fn)(const char *provider, const char *batch,
                               enum job_state state, long n, void *arg);
 int store_counts(struct store *s, store_count_fn cb, void *arg);
 
-/* PRAGMA data_version: changes when another connection commits. */
+/* Changes when another process changed the queue: on SQLite PRAGMA
+ * data_version (any other connection's commit), on PostgreSQL the count of
+ * wakeups (NOTIFY) received from enqueue, retry, cancel and resume; never
+ * a round trip to the server. */
 int store_data_version(struct store *s, int64_t *v);
+/* Calls cb(arg) on loop as soon as another process changed the queue
+ * (then store_data_version tells whether it did), and when a lost
+ * connection is back. loop NULL stops watching (before the loop closes).
+ * Returns 0, or -ENOTSUP when the backend cannot push (SQLite): poll
+ * store_data_version instead. */
+int store_watch(struct store *s, uv_loop_t *loop, void (*cb)(void *arg),
+                void *arg);
 
 /* What one finished request (or a release) does to its job. Strings are
  * borrowed; store_record copies them. */
@@ -229,7 +253,7 @@ struct job_update {
     const char *remote_id, *poll_url; /* async run, kept on the job */
     bool is_poll;             /* the request was a poll of remote_id */
     /* a success of a provider with outputs = download: its output URLs,
-     * each a pending outputs row once committed (DESIGN §13) */
+     * each a pending outputs row once committed (docs/design.md §13) */
     const char *const *output_urls;
     size_t noutput_urls;
 };
@@ -245,8 +269,9 @@ void store_record(struct store *s, const struct job_update *u);
 /* Updates buffered and not yet committed. */
 size_t store_pending(const struct store *s);
 /* Commits everything buffered in one transaction. Returns 0; -EBUSY when
- * the database is locked (updates stay buffered: call again later); another
- * negative errno on a real failure (also kept). */
+ * the database is locked (updates stay buffered: call again later);
+ * -ENOTCONN while a PostgreSQL connection is down (kept; the backend
+ * reconnects); another negative errno on a real failure (also kept). */
 int store_flush(struct store *s);
 
 /* Ids among ids[0..n) whose state is cancelled now; fills out, *nout. */
@@ -369,7 +394,7 @@ json_t *store_progress_json(struct store *s, const char *batch);
  * of rows, by name; NULL on a database error. */
 json_t *store_providers_json(struct store *s);
 
-/* --- outputs (DESIGN §13) ------------------------------------------------ */
+/* --- outputs (docs/design.md §13) ---------------------------------------- */
 
 /* One pending output a daemon has claimed for download. Strings owned. */
 struct output_claim {

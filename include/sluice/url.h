@@ -19,7 +19,7 @@ size_t url_origin_len(const char *url);
  * case). False when either is not an http(s) URL. */
 bool url_same_origin(const char *a, const char *b);
 
-/* The path to store for a job line's url under base_url (DESIGN §4,
+/* The path to store for a job line's url under base_url (docs/design.md §4,
  * docs/providers.md): "/…" relative to base_url, or the whole URL (scheme
  * in lower case) when it is on base_url's origin outside its path. A url
  * that begins with base_url's path ("/v1/chat/completions" under
@@ -33,7 +33,7 @@ int url_job_path(const char *base_url, const char *url, char **out);
 /* The URL to send a stored path (or a poll URL) to: base_url joined with
  * a path, or an absolute URL as it is when it is on base_url's origin.
  * Credentials go only to the lane's current origin, so this is checked at
- * every send, whatever the database holds (DESIGN §11). Returns 0 and a
+ * every send, whatever the database holds (docs/design.md §11). Returns 0 and a
  * new string in *out, or sets nothing and returns -EXDEV for another
  * origin or -EILSEQ for a byte outside visible ASCII. */
 int url_resolve(const char *base_url, const char *path, char **out);

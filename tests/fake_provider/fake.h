@@ -1,6 +1,6 @@
 /*
  * fake_provider: a real HTTP server on 127.0.0.1 that behaves like the
- * generative-AI APIs of the seeds, for tests, the demo and benchmarks.
+ * generative-AI APIs of docs/providers.md, for tests, the demo and benchmarks.
  * README.md beside this file is the user's documentation.
  *
  *   main.c    options, signals, the libmicrohttpd daemon

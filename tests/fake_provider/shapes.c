@@ -1,7 +1,7 @@
 /*
  * shapes: the bodies each provider dialect answers with, after the error
- * references in /work/shared/seeds (README.md there indexes them). The
- * default codes per status are the seeds' where they name one (FlowAPI's
+ * references summarised in docs/providers.md. The default codes per
+ * status are the references' where they name one (FlowAPI's
  * types, FlyMyAI's types, Firemoon's error strings) and plausible
  * snake_case otherwise; tests that need an exact code script it.
  */

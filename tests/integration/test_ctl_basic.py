@@ -3,7 +3,7 @@
 
 No daemon runs here: what the daemon would have written (an attempt, a
 provider's live row) is put in with sqlite3 so that show and status have
-something to print. Exit codes are the sysexits of CONTRACT.md.
+something to print. Exit codes are the sysexits of docs/contract.md.
 """
 import json
 import os

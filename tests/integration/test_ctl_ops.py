@@ -5,7 +5,7 @@ a database filled by a real sluiced run on the fake provider (loopback).
 Each test builds its own night: jobs that succeed, fail for good (400),
 time out until they run out of attempts (504), and a batch cancelled before
 it starts; then asks the tool the night's questions and checks the rows.
-Bad input to every command: a clear message and the CONTRACT exit code.
+Bad input to every command: a clear message and exit code of docs/contract.md.
 """
 import json
 import os

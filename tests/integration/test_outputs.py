@@ -1,4 +1,4 @@
-"""Output downloads (DESIGN section 13) through the real sluiced and the fake
+"""Output downloads (docs/design.md §13) through the real sluiced and the fake
 provider, which serves real bytes at the URLs of its FLORA run results and
 FlyMyAI generations: every output of a succeeded job of a provider with
 `outputs = download` lands in outputs_dir/ab/abcdef... named by the SHA-256

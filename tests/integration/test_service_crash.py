@@ -5,9 +5,9 @@ restarted, against the fake provider's ledger.
 At the end every job is terminal, none is lost, and no idempotency key was
 executed twice at the provider. On each restart the daemon must take back
 the leases of the process it replaces (its lock file is free) before it says
-READY=1, without waiting for the lease to expire (DESIGN §8: "reclaim …
-then READY=1"); the default lease (10 min) is used so that a daemon that
-only waits for expiry fails here instead of passing slowly.
+READY=1, without waiting for the lease to expire (docs/design.md §8,
+start-up); the default lease (10 min) is used so that a daemon that only
+waits for expiry fails here instead of passing slowly.
 
 The moments are random but seeded (SLUICE_KILL_SEED, printed), so a
 failing run can be replayed.

@@ -727,7 +727,7 @@ test_free_accepts_null(void **state)
     config_free(NULL);
 }
 
-/* Outputs (DESIGN section 13): download needs outputs_dir; pointers may
+/* Outputs (docs/design.md §13): download needs outputs_dir; pointers may
  * repeat and are checked; the daemon keys have their defaults. */
 static void
 test_outputs_keys(void **state)

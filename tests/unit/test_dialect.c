@@ -3,7 +3,7 @@
  * table row each (the seed file cited per row), run through
  * dialect_classify() exactly as the dispatcher does, asserting kind, class,
  * code, message, request id, verdict, retry hint and fields. Then the async
- * FLORA runs, the behaviours the seeds imply (Lamatic partial data,
+ * FLORA runs, the behaviours docs/providers.md records (Lamatic partial data,
  * FlyMyAI's verdict header, Firemoon's resetAt) and transport failures.
  * Garbage bodies live in test_dialect_robust.c.
  */
@@ -169,7 +169,7 @@ run_row(void **state)
 /* FLORA's seed prints one error body in full (input_validation_error); its
  * per-status sections lost their code headings in the extract, so the codes
  * of those rows are illustrative: the status alone decides their class,
- * except idempotency_conflict (named in seeds/README.md), which the code
+ * except idempotency_conflict (docs/providers.md), which the code
  * decides. */
 #define FLORA_ERR(c, m) "{\"error\":{\"code\":\"" c "\",\"message\":\"" m "\"}}"
 #define FLOWAPI_ERR(t)                                                         \
@@ -695,7 +695,7 @@ static const struct row rows[] = {
      .body = "teapot", .kind = OUTCOME_FAILURE, .cls = ERR_INVALID_REQUEST,
      .code = "", .message = "teapot", .request_id = ""},
 
-    /* ---- FLORA async runs (seeds/README.md's extra facts) ---- */
+    /* ---- FLORA async runs (docs/providers.md) ---- */
     {.name = "flora_submit_pending_is_accepted_with_default_poll_url",
      .seed = SEED_FLORA, .dialect = "flora", .status = 202,
      .headers = "request-id: req_a1",

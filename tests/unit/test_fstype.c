@@ -2,7 +2,7 @@
  * fstype: a path's filesystem type from a mountinfo file in the kernel's
  * format, written here with the temp directory's real device number, and
  * from the real /proc/self/mountinfo; then which types are network ones
- * (a SQLite database there is refused, DESIGN §12).
+ * (a SQLite database there is refused, docs/design.md §12).
  */
 #include <errno.h>
 #include <setjmp.h>

@@ -1,5 +1,5 @@
 /*
- * Unit tests for lane: the flow control of DESIGN §6, driven with an
+ * Unit tests for lane: the flow control of docs/design.md §6, driven with an
  * injected clock (T0 + offsets) and fixed uniform draws. No sleeping: time
  * passes by passing a later now_ms.
  */

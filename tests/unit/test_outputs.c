@@ -1,8 +1,9 @@
 /*
  * outputs: the pure policy of downloads. JSON pointers with "*", the
  * output URLs each dialect finds in its provider's results (shapes from
- * the seeds), content-addressed path naming, retry timing and verdicts,
- * redirect targets and the origin check that decides who gets credentials.
+ * docs/providers.md), content-addressed path naming, retry timing and
+ * verdicts, redirect targets and the origin check that decides who gets
+ * credentials.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -118,7 +119,8 @@ test_flora_completed_run_outputs(void **state)
 {
     char **urls;
     (void)state;
-    /* seeds/README.md: status completed with outputs:[{output_id,type,url}] */
+    /* docs/providers.md: status completed with
+     * outputs:[{output_id,type,url}] */
     assert_int_equal(
         urls_of("flora",
                 "{\"run_id\":\"run_1\",\"status\":\"completed\",\"outputs\":["

@@ -1659,7 +1659,8 @@ test_retry_by_filter_resets_attempts_and_keeps_the_last_key(void **state)
     /* claimed again (after job 4, due since T0), it sends the last key it
      * sent: a-0's run failed for good (hence a-0.2), and a-0.2's outcome
      * is unknown (a gateway timeout), so a provider that ran it answers
-     * with that run; a-0 would replay the cached failure (DESIGN §4) */
+     * with that run; a-0 would replay the cached failure
+     * (docs/design.md §4) */
     assert_int_equal(claim(s, "a", 2, T0 + 1000, "d1", out), 2);
     assert_int_equal(out[1]->id, 1);
     assert_string_equal(out[1]->idempotency_key, "a-0.2");
@@ -2009,7 +2010,7 @@ test_migration_3_upgrades_a_version_2_database(void **state)
     tmpdb_remove(&t);
 }
 
-/* Outputs (DESIGN section 13): a success's URLs become pending rows in the
+/* Outputs (docs/design.md §13): a success's URLs become pending rows in the
  * same commit (a cancelled job's do not), claims lease them, a record
  * stores or reschedules them, a dead owner's lease is freed, --retry puts
  * failed rows back, and export lists each job's stored paths. */

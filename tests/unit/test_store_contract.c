@@ -1,0 +1,1080 @@
+/*
+ * store contract: the behaviours of include/sluice/store.h that every
+ * backend keeps, run once on SQLite (a temp file) and once on PostgreSQL
+ * (a fresh database on the server of $SLUICE_TEST_PG, which
+ * scripts/test.sh starts; without it the PostgreSQL runs are skipped).
+ * Only the store API is used, so the same assertions hold on both.
+ */
+#include <errno.h>
+#include <libpq-fe.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cmocka.h>
+
+#include "sluice/jobspec.h"
+#include "sluice/store.h"
+
+/* 2023-11-14T22:13:20Z: any fixed "now" will do. */
+#define T0 INT64_C(1700000000000)
+#define LEASE_MS 60000
+
+enum kind { SQLITE, POSTGRES };
+
+/* One backend's fresh database for one test. */
+struct fixture {
+    enum kind kind;
+    char database[600]; /* what store_open gets */
+    char dir[64];       /* SQLite: the temp dir */
+    char dbname[64];    /* PostgreSQL: the database created */
+};
+
+static int fixture_seq;
+
+static void
+pg_admin(const char *sql)
+{
+    PGconn *c = PQconnectdb(getenv("SLUICE_TEST_PG"));
+    PGresult *r;
+
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+}
+
+static int
+setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    char sql[128];
+
+    f->kind = *(enum kind *)*state;
+    if (f->kind == POSTGRES) {
+        const char *base = getenv("SLUICE_TEST_PG");
+        if (base == NULL || *base == '\0') {
+            free(f);
+            *state = NULL;
+            return 0;
+        }
+        snprintf(f->dbname, sizeof(f->dbname), "contract_%ld_%d",
+                 (long)getpid(), ++fixture_seq);
+        snprintf(sql, sizeof(sql), "CREATE DATABASE %s", f->dbname);
+        pg_admin(sql);
+        /* a later keyword wins in a key=value string */
+        snprintf(f->database, sizeof(f->database), "%s dbname=%s", base,
+                 f->dbname);
+    } else {
+        snprintf(f->dir, sizeof(f->dir), "/tmp/test_contract.XXXXXX");
+        assert_non_null(mkdtemp(f->dir));
+        snprintf(f->database, sizeof(f->database), "%s/queue.db", f->dir);
+    }
+    *state = f;
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    struct fixture *f = *state;
+    char sql[128];
+
+    if (f == NULL)
+        return 0;
+    if (f->kind == POSTGRES) {
+        snprintf(sql, sizeof(sql), "DROP DATABASE %s WITH (FORCE)", f->dbname);
+        pg_admin(sql);
+    } else {
+        static const char *const suffix[] = {"", "-wal", "-shm"};
+        char p[700];
+        for (int i = 0; i < 3; i++) {
+            snprintf(p, sizeof(p), "%s%s", f->database, suffix[i]);
+            unlink(p);
+        }
+        rmdir(f->dir);
+    }
+    free(f);
+    return 0;
+}
+
+/* The fixture, or skip when this backend has no server here. */
+static struct fixture *
+fx(void **state)
+{
+    if (*state == NULL)
+        skip();
+    return *state;
+}
+
+static struct store *
+open_store(struct fixture *f)
+{
+    struct store *s = NULL;
+    assert_int_equal(store_open(f->database, &s), 0);
+    assert_non_null(s);
+    return s;
+}
+
+static struct jobspec
+spec(const char *provider, const char *custom_id, const char *key, int priority)
+{
+    struct jobspec j = {
+        .provider = (char *)provider,
+        .custom_id = (char *)custom_id,
+        .method = (char *)"POST",
+        .path = (char *)"/v1/images",
+        .body = (char *)"{\"prompt\":\"x\"}",
+        .idempotency_key = (char *)key,
+        .priority = priority,
+        .max_attempts = 3,
+    };
+    return j;
+}
+
+static void
+insert(struct store *s, const char *provider, const char *key, int priority,
+       int64_t now)
+{
+    struct jobspec j = spec(provider, key, key, priority);
+    assert_int_equal(store_insert_job(s, &j, now), 0);
+}
+
+/* A value of the job key names (id or custom_id), as an integer. */
+static json_int_t
+job_int(struct store *s, const char *key, const char *column)
+{
+    json_t *j = store_job_json(s, key);
+    json_int_t v;
+
+    assert_non_null(j);
+    v = json_integer_value(json_object_get(j, column));
+    json_decref(j);
+    return v;
+}
+
+/* A text column of the job ("" for NULL), copied into out. */
+static const char *
+job_text(struct store *s, const char *key, const char *column, char *out,
+         size_t len)
+{
+    json_t *j = store_job_json(s, key);
+    const char *v;
+
+    assert_non_null(j);
+    v = json_string_value(json_object_get(j, column));
+    snprintf(out, len, "%s", v ? v : "");
+    json_decref(j);
+    return out;
+}
+
+static int
+claim(struct store *s, const char *provider, int max, int64_t now,
+      const char *owner, struct job **out)
+{
+    int n = 0;
+    assert_int_equal(
+        store_claim_new(s, provider, max, now, LEASE_MS, owner, out, &n), 0);
+    return n;
+}
+
+static void
+free_jobs(struct job **jobs, int n)
+{
+    for (int i = 0; i < n; i++)
+        job_free(jobs[i]);
+}
+
+/* --- open and enqueue ---------------------------------------------------- */
+
+static void
+test_open_migrates_to_latest_and_reopen_keeps_rows(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+
+    assert_true(store_schema_latest(s) >= 1);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
+    insert(s, "gen", "k1", 0, T0);
+    store_close(s);
+    s = open_store(f);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
+    assert_int_equal(job_int(s, "k1", "created_at"), T0);
+    store_close(s);
+}
+
+static void
+test_read_only_open_reads_and_never_writes(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f), *ro = NULL;
+    json_t *jobs;
+
+    insert(s, "gen", "k1", 0, T0);
+    store_close(s);
+    assert_int_equal(store_open_readonly(f->database, &ro), 0);
+    assert_int_equal(store_schema_version(ro), store_schema_latest(ro));
+    jobs = store_jobs_json(ro, NULL);
+    assert_int_equal(json_array_size(jobs), 1);
+    json_decref(jobs);
+    struct jobspec j = spec("gen", "k2", "k2", 0);
+    assert_true(store_insert_job(ro, &j, T0) < 0);
+    store_close(ro);
+    s = open_store(f);
+    assert_null(store_job_json(s, "k2"));
+    store_close(s);
+}
+
+static void
+test_insert_skips_duplicates_within_and_across_files(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct jobspec jobs[300];
+    char keys[300][16];
+    size_t n;
+
+    /* more rows than one multi-row statement, with a duplicate inside */
+    for (int i = 0; i < 300; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "k%d", i == 299 ? 7 : i);
+        jobs[i] = spec("gen", keys[i], keys[i], 0);
+    }
+    assert_int_equal(store_begin(s), 0);
+    assert_int_equal(store_insert_jobs(s, jobs, 300, T0, &n), 0);
+    assert_int_equal(store_commit(s), 0);
+    assert_int_equal(n, 299);
+    /* ids in file order: the first of a duplicate pair is the one kept */
+    assert_true(job_int(s, "k0", "id") < job_int(s, "k1", "id"));
+    assert_true(job_int(s, "k7", "id") < job_int(s, "k8", "id"));
+    assert_int_equal(store_begin(s), 0);
+    assert_int_equal(store_insert_jobs(s, jobs, 300, T0, &n), 0);
+    assert_int_equal(store_commit(s), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_insert_job(s, &jobs[3], T0), 1);
+    store_close(s);
+}
+
+static void
+test_insert_keeps_text_byte_for_byte(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    const char *body = "{\"p\":\"tab\\there\\nline \\\\ back\\\\slash "
+                       "caf\xc3\xa9 \\u0001\"}";
+    struct jobspec j = spec("gen", "odd\\id", "odd\\id", 0);
+    json_t *row;
+    char *dumped;
+    size_t n;
+
+    j.body = (char *)body;
+    j.path = (char *)"/a\\b\tc";
+    assert_int_equal(store_begin(s), 0);
+    assert_int_equal(store_insert_jobs(s, &j, 1, T0, &n), 0);
+    assert_int_equal(store_commit(s), 0);
+    assert_int_equal(n, 1);
+    row = store_job_json(s, "odd\\id");
+    assert_non_null(row);
+    assert_string_equal(json_string_value(json_object_get(row, "path")),
+                        "/a\\b\tc");
+    dumped = json_dumps(json_object_get(row, "body"), JSON_COMPACT);
+    assert_string_equal(dumped, "{\"p\":\"tab\\there\\nline \\\\ "
+                                "back\\\\slash caf\xc3\xa9 \\u0001\"}");
+    free(dumped);
+    json_decref(row);
+    store_close(s);
+}
+
+/* --- claims -------------------------------------------------------------- */
+
+static void
+test_claim_takes_due_jobs_by_priority_and_charges_an_attempt(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct job *jobs[8];
+    int n;
+
+    insert(s, "gen", "low", 0, T0);
+    insert(s, "gen", "high", 5, T0);
+    insert(s, "gen", "later", 9, T0 + 1000); /* run_after = enqueue time */
+    insert(s, "other", "x", 0, T0);
+    n = claim(s, "gen", 8, T0, "host:1", jobs);
+    assert_int_equal(n, 2);
+    assert_string_equal(jobs[0]->custom_id, "high");
+    assert_string_equal(jobs[1]->custom_id, "low");
+    assert_int_equal(jobs[0]->attempts, 1);
+    assert_int_equal(jobs[0]->state, JOB_RUNNING);
+    assert_string_equal(jobs[0]->idempotency_key, "high");
+    assert_string_equal(jobs[0]->base_key, "high");
+    free_jobs(jobs, n);
+    char t[64];
+    assert_string_equal(job_text(s, "low", "state", t, sizeof(t)), "running");
+    assert_string_equal(job_text(s, "low", "lease_owner", t, sizeof(t)),
+                        "host:1");
+    assert_int_equal(job_int(s, "low", "lease_until"), T0 + LEASE_MS);
+    assert_int_equal(claim(s, "gen", 8, T0, "host:1", jobs), 0);
+    n = claim(s, "gen", 8, T0 + 1000, "host:1", jobs);
+    assert_int_equal(n, 1);
+    assert_string_equal(jobs[0]->custom_id, "later");
+    free_jobs(jobs, n);
+    store_close(s);
+}
+
+static void
+test_two_connections_never_claim_the_same_job(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *a = open_store(f), *b = open_store(f);
+    struct job *jobs[4];
+    bool seen[41] = {false};
+    int total = 0;
+
+    for (int i = 1; i <= 40; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "%d", i);
+        insert(a, "gen", k, 0, T0);
+    }
+    for (int round = 0; round < 40; round++) {
+        struct store *s = round % 2 ? b : a;
+        int n = claim(s, "gen", 3, T0, round % 2 ? "b:2" : "a:1", jobs);
+        for (int i = 0; i < n; i++) {
+            int id = atoi(jobs[i]->custom_id);
+            assert_false(seen[id]);
+            seen[id] = true;
+        }
+        total += n;
+        free_jobs(jobs, n);
+    }
+    assert_int_equal(total, 40);
+    store_close(a);
+    store_close(b);
+}
+
+static void
+test_polls_are_claimed_apart_and_stay_waiting(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct job *jobs[4];
+    struct job_update u = {0};
+    int n;
+
+    insert(s, "gen", "run", 0, T0);
+    assert_int_equal(claim(s, "gen", 4, T0, "h:1", jobs), 1);
+    u.job_id = jobs[0]->id;
+    free_jobs(jobs, 1);
+    u.state = JOB_WAITING;
+    u.run_after = T0 + 3000;
+    u.remote_id = "r-1";
+    u.poll_url = "https://p.example/runs/r-1";
+    u.finished_at = T0 + 10;
+    store_record(s, &u);
+    assert_int_equal(store_pending(s), 1);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_pending(s), 0);
+    assert_int_equal(claim(s, "gen", 4, T0 + 5000, "h:1", jobs), 0);
+    n = 0;
+    assert_int_equal(
+        store_claim_polls(s, "gen", 4, T0 + 2999, LEASE_MS, "h:1", jobs, &n),
+        0);
+    assert_int_equal(n, 0);
+    assert_int_equal(
+        store_claim_polls(s, "gen", 4, T0 + 3000, LEASE_MS, "h:1", jobs, &n),
+        0);
+    assert_int_equal(n, 1);
+    assert_int_equal(jobs[0]->state, JOB_WAITING);
+    assert_string_equal(jobs[0]->remote_id, "r-1");
+    assert_int_equal(jobs[0]->attempts, 1); /* a poll is not charged */
+    assert_int_equal(jobs[0]->waiting_since, T0 + 10);
+    free_jobs(jobs, n);
+    /* leased: not claimable again until the lease runs out */
+    assert_int_equal(
+        store_claim(s, "gen", 4, T0 + 3000, LEASE_MS, "h:1", jobs, &n), 0);
+    assert_int_equal(n, 0);
+    store_close(s);
+}
+
+/* --- outcomes ------------------------------------------------------------ */
+
+static void
+test_flush_writes_success_failure_and_attempt_rows(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct job *jobs[4];
+    struct job_update ok = {0}, bad = {0};
+    json_t *row, *attempts;
+    char t[64];
+
+    insert(s, "gen", "ok", 0, T0);
+    insert(s, "gen", "bad", 0, T0);
+    assert_int_equal(claim(s, "gen", 4, T0, "h:1", jobs), 2);
+    ok.job_id =
+        strcmp(jobs[0]->custom_id, "ok") == 0 ? jobs[0]->id : jobs[1]->id;
+    bad.job_id = ok.job_id == jobs[0]->id ? jobs[1]->id : jobs[0]->id;
+    free_jobs(jobs, 2);
+
+    ok.state = JOB_SUCCEEDED;
+    ok.has_attempt = true;
+    ok.attempt = 1;
+    ok.key_sent = "ok";
+    ok.started_at = T0;
+    ok.finished_at = T0 + 40;
+    ok.http_status = 200;
+    ok.request_id = "req_ok";
+    ok.result = "{\"url\":\"https://x/1.png\"}";
+    ok.cost = 0.25;
+    ok.has_cost = true;
+    bad.state = JOB_RETRYING;
+    bad.run_after = T0 + 2000;
+    bad.has_attempt = true;
+    bad.attempt = 1;
+    bad.key_sent = "bad";
+    bad.started_at = T0;
+    bad.finished_at = T0 + 50;
+    bad.http_status = 503;
+    bad.cls = ERR_UNAVAILABLE;
+    bad.code = "overloaded";
+    bad.message = "try later";
+    bad.request_id = "req_bad";
+    bad.retry_after_ms = 2000;
+    store_record(s, &ok);
+    store_record(s, &bad);
+    assert_int_equal(store_flush(s), 0);
+
+    row = store_job_json(s, "ok");
+    assert_non_null(row);
+    assert_string_equal(json_string_value(json_object_get(row, "state")),
+                        "succeeded");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(row, "result"), "url")),
+                        "https://x/1.png");
+    assert_true(json_real_value(json_object_get(row, "cost")) == 0.25);
+    assert_int_equal(json_integer_value(json_object_get(row, "finished_at")),
+                     T0 + 40);
+    assert_true(json_is_null(json_object_get(row, "lease_owner")));
+    attempts = json_object_get(row, "attempts");
+    assert_int_equal(json_array_size(attempts), 1);
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_array_get(attempts, 0), "http_status")),
+                     200);
+    assert_int_equal(json_integer_value(json_object_get(row, "attempt_count")),
+                     1);
+    json_decref(row);
+
+    assert_string_equal(job_text(s, "bad", "state", t, sizeof(t)), "retrying");
+    assert_string_equal(job_text(s, "bad", "error_class", t, sizeof(t)),
+                        "unavailable");
+    assert_string_equal(job_text(s, "bad", "error_code", t, sizeof(t)),
+                        "overloaded");
+    assert_string_equal(job_text(s, "bad", "request_id", t, sizeof(t)),
+                        "req_bad");
+    assert_int_equal(job_int(s, "bad", "run_after"), T0 + 2000);
+    assert_int_equal(job_int(s, "bad", "http_status"), 503);
+    store_close(s);
+}
+
+static void
+test_outcome_of_a_job_cancelled_meanwhile_keeps_it_cancelled(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct job *jobs[2];
+    struct job_update u = {0};
+    int64_t ids[1], hit[1];
+    int nhit;
+    long changed;
+    char t[64];
+
+    insert(s, "gen", "c", 0, T0);
+    assert_int_equal(claim(s, "gen", 2, T0, "h:1", jobs), 1);
+    ids[0] = jobs[0]->id;
+    free_jobs(jobs, 1);
+    assert_int_equal(store_cancel(s, ids, 1, NULL, T0 + 5, &changed), 0);
+    assert_int_equal(changed, 1);
+    assert_int_equal(store_cancelled(s, ids, 1, hit, &nhit), 0);
+    assert_int_equal(nhit, 1);
+    assert_int_equal(hit[0], ids[0]);
+    u.job_id = ids[0];
+    u.state = JOB_SUCCEEDED;
+    u.http_status = 200;
+    u.result = "{\"done\":true}";
+    u.finished_at = T0 + 30;
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_string_equal(job_text(s, "c", "state", t, sizeof(t)), "cancelled");
+    assert_int_equal(job_int(s, "c", "finished_at"), T0 + 5);
+    json_t *row = store_job_json(s, "c");
+    assert_true(
+        json_is_true(json_object_get(json_object_get(row, "result"), "done")));
+    json_decref(row);
+    store_close(s);
+}
+
+static void
+test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted(
+    void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct job *jobs[4];
+    struct jobspec one = spec("gen", "one", "one", 0);
+    struct daemon_row live = {.owner = (char *)"live",
+                              .host = (char *)"h",
+                              .pid = 7,
+                              .started_at = T0};
+    long n;
+    char t[64];
+
+    one.max_attempts = 1;
+    assert_int_equal(store_insert_job(s, &one, T0), 0);
+    insert(s, "gen", "many", 0, T0);
+    insert(s, "gen", "kept", 0, T0);
+    assert_int_equal(claim(s, "gen", 2, T0, "gone", jobs), 2);
+    free_jobs(jobs, 2);
+    assert_int_equal(store_daemon_register(s, &live), 0);
+    assert_int_equal(claim(s, "gen", 2, T0, "live", jobs), 1);
+    free_jobs(jobs, 1);
+
+    assert_int_equal(store_reclaim_expired(s, T0 + LEASE_MS - 1, &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_reclaim_expired(s, T0 + 10 * LEASE_MS, &n), 0);
+    assert_int_equal(n, 2); /* a registered daemon's lease never expires */
+    assert_string_equal(job_text(s, "kept", "state", t, sizeof(t)), "running");
+    assert_string_equal(job_text(s, "many", "state", t, sizeof(t)), "queued");
+    assert_int_equal(job_int(s, "many", "attempt_count"), 1);
+    assert_string_equal(job_text(s, "one", "state", t, sizeof(t)), "failed");
+    assert_string_equal(job_text(s, "one", "error_code", t, sizeof(t)),
+                        "lease_expired");
+    store_close(s);
+}
+
+static void
+test_daemons_register_beat_and_reap(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct daemon_row a = {.owner = (char *)"aaaa",
+                           .host = (char *)"h1",
+                           .pid = 11,
+                           .started_at = T0};
+    struct daemon_row b = {.owner = (char *)"bbbb",
+                           .host = (char *)"h2",
+                           .pid = 22,
+                           .started_at = T0};
+    struct daemon_row *rows;
+    struct job *jobs[4];
+    size_t nrows;
+    bool present;
+    long n;
+    char t[64];
+
+    assert_int_equal(store_daemon_register(s, &a), 0);
+    assert_int_equal(store_daemon_register(s, &b), 0);
+    assert_int_equal(store_daemon_register(s, &a), -EEXIST);
+    insert(s, "gen", "j", 0, T0);
+    assert_int_equal(claim(s, "gen", 4, T0, "bbbb", jobs), 1);
+    free_jobs(jobs, 1);
+    /* a clock stepped back still moves the heartbeat */
+    assert_int_equal(store_daemon_beat(s, "aaaa", T0 - 5000, &present), 0);
+    assert_true(present);
+    assert_int_equal(store_daemons(s, &rows, &nrows), 0);
+    assert_int_equal(nrows, 2);
+    assert_string_equal(rows[0].owner, "aaaa");
+    assert_int_equal(rows[0].heartbeat_at, T0 + 1);
+    assert_string_equal(rows[1].host, "h2");
+    assert_int_equal(rows[1].pid, 22);
+    store_daemons_free(rows, nrows);
+
+    /* a verdict a beat has overtaken does nothing */
+    assert_int_equal(store_daemon_beat(s, "bbbb", T0 + 1000, &present), 0);
+    assert_int_equal(store_daemon_reap(s, "bbbb", T0, T0 + 2000, &n), -ESTALE);
+    assert_string_equal(job_text(s, "j", "state", t, sizeof(t)), "running");
+    assert_int_equal(store_daemon_reap(s, "bbbb", T0 + 1000, T0 + 2000, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(job_text(s, "j", "state", t, sizeof(t)), "queued");
+    assert_int_equal(store_daemon_beat(s, "bbbb", T0 + 3000, &present), 0);
+    assert_false(present);
+    store_close(s);
+}
+
+static void
+test_late_outcome_of_a_job_taken_back_is_not_written(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct daemon_row b = {
+        .owner = (char *)"b", .host = (char *)"h", .pid = 2, .started_at = T0};
+    struct job *jobs[2];
+    struct job_update u = {0};
+    json_t *row;
+    long n;
+    char t[64];
+
+    assert_int_equal(store_daemon_register(s, &b), 0);
+    insert(s, "gen", "j", 0, T0);
+    assert_int_equal(claim(s, "gen", 2, T0, "a", jobs), 1);
+    u.job_id = jobs[0]->id;
+    free_jobs(jobs, 1);
+    assert_int_equal(store_reclaim_expired(s, T0 + LEASE_MS, &n), 0);
+    assert_int_equal(claim(s, "gen", 2, T0 + LEASE_MS, "b", jobs), 1);
+    free_jobs(jobs, 1);
+    u.owner = "a";
+    u.state = JOB_FAILED;
+    u.has_attempt = true;
+    u.attempt = 1;
+    u.key_sent = "j";
+    u.started_at = T0;
+    u.finished_at = T0 + 10;
+    u.http_status = 400;
+    u.cls = ERR_INVALID_REQUEST;
+    u.code = "late";
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_string_equal(job_text(s, "j", "state", t, sizeof(t)), "running");
+    assert_string_equal(job_text(s, "j", "lease_owner", t, sizeof(t)), "b");
+    row = store_job_json(s, "j");
+    /* the request went out: its attempt row is kept */
+    assert_int_equal(json_array_size(json_object_get(row, "attempts")), 1);
+    json_decref(row);
+    store_close(s);
+}
+
+/* --- counts -------------------------------------------------------------- */
+
+static void
+count_cb(const char *provider, long n, void *data)
+{
+    json_object_set_new(data, provider, json_integer(n));
+}
+
+static void
+test_counts_and_next_due(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    json_t *by = json_object();
+    int64_t due;
+    long n;
+    bool any;
+
+    assert_int_equal(store_has_unfinished(s, "gen", &any), 0);
+    assert_false(any);
+    assert_int_equal(store_next_due(s, "gen", T0, &due), 0);
+    assert_int_equal(due, 0);
+    insert(s, "gen", "a", 0, T0 + 500);
+    insert(s, "gen", "b", 0, T0 + 100);
+    insert(s, "other", "c", 0, T0);
+    assert_int_equal(store_next_due(s, "gen", T0, &due), 0);
+    assert_int_equal(due, T0 + 100);
+    assert_int_equal(store_pending_count(s, "gen", &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(store_count_waiting(s, "gen", &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_has_unfinished(s, "gen", &any), 0);
+    assert_true(any);
+    assert_int_equal(store_unfinished_by_provider(s, count_cb, by), 0);
+    assert_int_equal(json_integer_value(json_object_get(by, "gen")), 2);
+    assert_int_equal(json_integer_value(json_object_get(by, "other")), 1);
+    json_decref(by);
+    store_close(s);
+}
+
+/* --- operator commands and queries ---------------------------------------- */
+
+/* Fails job key with class/code at T0 + at. */
+static void
+fail_job(struct store *s, const char *key, const char *code, int64_t at)
+{
+    struct job_update u = {0};
+
+    u.job_id = job_int(s, key, "id");
+    u.state = JOB_FAILED;
+    u.has_attempt = true;
+    u.attempt = 1;
+    u.key_sent = key;
+    u.started_at = T0;
+    u.finished_at = T0 + at;
+    u.http_status = 400;
+    u.cls = ERR_INVALID_REQUEST;
+    u.code = code;
+    u.message = "bad prompt";
+    u.request_id = key;
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+}
+
+static void
+test_failures_retry_and_cancel_by_selection(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct store_select sel = {0};
+    json_t *groups, *g;
+    long changed;
+    char t[64];
+
+    insert(s, "gen", "f1", 0, T0);
+    insert(s, "gen", "f2", 0, T0);
+    insert(s, "gen", "f3", 0, T0);
+    insert(s, "gen", "q", 0, T0);
+    fail_job(s, "f1", "nsfw", 10);
+    fail_job(s, "f2", "nsfw", 20);
+    fail_job(s, "f3", "too_long", 30);
+
+    groups = store_failures_json(s, &sel);
+    assert_non_null(groups);
+    assert_int_equal(json_array_size(groups), 2);
+    g = json_array_get(groups, 0);
+    assert_string_equal(json_string_value(json_object_get(g, "error_code")),
+                        "nsfw");
+    assert_int_equal(json_integer_value(json_object_get(g, "count")), 2);
+    assert_int_equal(json_integer_value(json_object_get(g, "first_seen")),
+                     T0 + 10);
+    assert_int_equal(json_integer_value(json_object_get(g, "last_seen")),
+                     T0 + 20);
+    assert_int_equal(json_array_size(json_object_get(g, "sample_request_ids")),
+                     2);
+    assert_string_equal(json_string_value(json_array_get(
+                            json_object_get(g, "sample_request_ids"), 0)),
+                        "f2");
+    json_decref(groups);
+
+    sel.states = 1u << JOB_FAILED;
+    sel.error_code = "nsfw";
+    assert_int_equal(store_retry(s, NULL, 0, &sel, T0 + 100, &changed), 0);
+    assert_int_equal(changed, 2);
+    assert_string_equal(job_text(s, "f1", "state", t, sizeof(t)), "queued");
+    assert_int_equal(job_int(s, "f1", "attempt_count"), 0);
+    assert_string_equal(job_text(s, "f3", "state", t, sizeof(t)), "failed");
+
+    memset(&sel, 0, sizeof(sel));
+    sel.provider = "gen";
+    assert_int_equal(store_cancel(s, NULL, 0, &sel, T0 + 200, &changed), 0);
+    assert_int_equal(changed, 3); /* f1, f2, q; f3 is terminal */
+    assert_string_equal(job_text(s, "q", "state", t, sizeof(t)), "cancelled");
+    store_close(s);
+}
+
+struct export_seen {
+    int rows;
+    int stop_at;
+};
+
+static int
+export_row(const json_t *row, void *arg)
+{
+    struct export_seen *e = arg;
+    assert_non_null(json_object_get(row, "custom_id"));
+    return ++e->rows == e->stop_at ? 42 : 0;
+}
+
+static void
+test_queries_status_jobs_progress_export_purge(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct store_filter filter = {.provider = "gen", .limit = 2};
+    struct store_select sel = {0};
+    struct export_seen seen = {0};
+    struct provider_row p = {.name = "gen",
+                             .state = "paused",
+                             .reason = "auth",
+                             .concurrency_limit = 12};
+    json_t *v, *counts;
+    long jobs, attempts, pages;
+    int limit;
+    int64_t resume;
+
+    for (int i = 0; i < 5; i++) {
+        char k[8];
+        snprintf(k, sizeof(k), "j%d", i);
+        insert(s, "gen", k, 0, T0);
+    }
+    fail_job(s, "j0", "x", 10);
+    assert_int_equal(store_provider_put(s, &p, T0), 0);
+    assert_int_equal(store_provider_get(s, "gen", &limit, &resume), 0);
+    assert_int_equal(limit, 12);
+    assert_int_equal(resume, 0);
+    assert_int_equal(store_provider_request_resume(s, "nope", T0), -ENOENT);
+    assert_int_equal(store_provider_request_resume(s, "gen", T0 + 7), 0);
+    assert_int_equal(store_provider_get(s, "gen", &limit, &resume), 0);
+    assert_int_equal(resume, T0 + 7);
+
+    v = store_status_json(s);
+    assert_non_null(v);
+    counts = json_object_get(json_object_get(v, "providers"), "gen");
+    assert_int_equal(json_integer_value(json_object_get(counts, "queued")), 4);
+    assert_int_equal(json_integer_value(json_object_get(counts, "failed")), 1);
+    assert_int_equal(json_integer_value(json_object_get(counts, "total")), 5);
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_array_get(json_object_get(v, "lanes"), 0), "reason")),
+        "auth");
+    json_decref(v);
+
+    v = store_jobs_json(s, &filter);
+    assert_int_equal(json_array_size(v), 2);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(v, 0), "custom_id")),
+        "j4"); /* newest first */
+    json_decref(v);
+    v = store_progress_json(s, NULL);
+    assert_int_equal(json_array_size(v), 1);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_array_get(v, 0), "total")), 5);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_array_get(v, 0), "done")), 1);
+    json_decref(v);
+    v = store_providers_json(s);
+    assert_int_equal(json_array_size(v), 1);
+    json_decref(v);
+
+    assert_int_equal(store_export(s, &sel, export_row, &seen), 0);
+    assert_int_equal(seen.rows, 5);
+    seen.rows = 0;
+    seen.stop_at = 2;
+    assert_int_equal(store_export(s, &sel, export_row, &seen), 42);
+    assert_int_equal(seen.rows, 2);
+
+    sel.finished_before = T0 + 11;
+    assert_int_equal(store_purge(s, &sel, 100, &jobs, &attempts, &pages), 0);
+    assert_int_equal(jobs, 1);
+    assert_int_equal(attempts, 1);
+    assert_null(store_job_json(s, "j0"));
+    store_close(s);
+}
+
+static int
+counts_cb(const char *provider, const char *batch, enum job_state st, long n,
+          void *arg)
+{
+    char key[128];
+    snprintf(key, sizeof(key), "%s/%s/%s", provider, batch ? batch : "-",
+             job_state_name(st));
+    json_object_set_new(arg, key, json_integer(n));
+    return 0;
+}
+
+static void
+test_kept_counts_follow_every_move(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct jobspec jobs[3] = {spec("gen", "a", "a", 0),
+                              spec("gen", "b", "b", 0),
+                              spec("gen", "c", "c", 0)};
+    struct job *claimed[4];
+    json_t *c = json_object();
+    long n;
+    size_t in;
+    int64_t ids[1];
+
+    jobs[2].batch = (char *)"night";
+    assert_int_equal(store_begin(s), 0);
+    assert_int_equal(store_insert_jobs(s, jobs, 3, T0, &in), 0);
+    assert_int_equal(store_commit(s), 0);
+    assert_int_equal(claim(s, "gen", 1, T0, "o", claimed), 1);
+    ids[0] = claimed[0]->id;
+    free_jobs(claimed, 1);
+    assert_int_equal(store_cancel(s, ids, 1, NULL, T0, &n), 0);
+    assert_int_equal(store_counts(s, counts_cb, c), 0);
+    assert_int_equal(json_integer_value(json_object_get(c, "gen/-/queued")), 1);
+    assert_int_equal(json_integer_value(json_object_get(c, "gen/-/cancelled")),
+                     1);
+    assert_int_equal(json_integer_value(json_object_get(c, "gen/night/queued")),
+                     1);
+    assert_null(json_object_get(c, "gen/-/running")); /* n = 0: skipped */
+    assert_int_equal(json_object_size(c), 3);
+    json_decref(c);
+    assert_int_equal(store_pending_count(s, "gen", &n), 0);
+    assert_int_equal(n, 2);
+    store_close(s);
+}
+
+static void
+test_outputs_of_a_success_are_claimed_recorded_and_retried(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct job *jobs[2];
+    struct job_update u = {0};
+    const char *urls[] = {"https://cdn.example/a.png",
+                          "https://cdn.example/b\"q.png"};
+    struct output_claim oc[4];
+    struct output_result res = {0};
+    long pending, stored, failed, changed;
+    int64_t due;
+    int n;
+    json_t *list;
+
+    insert(s, "gen", "j", 0, T0);
+    assert_int_equal(claim(s, "gen", 2, T0, "o", jobs), 1);
+    u.job_id = jobs[0]->id;
+    free_jobs(jobs, 1);
+    u.owner = "o";
+    u.state = JOB_SUCCEEDED;
+    u.http_status = 200;
+    u.finished_at = T0 + 5;
+    u.output_urls = urls;
+    u.noutput_urls = 2;
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_outputs_counts(s, &pending, &stored, &failed), 0);
+    assert_int_equal(pending, 2);
+    assert_int_equal(store_outputs_next_due(s, &due), 0);
+    assert_int_equal(due, T0 + 5);
+    assert_int_equal(store_outputs_claim(s, 4, T0 + 10, LEASE_MS, "o", oc, &n),
+                     0);
+    assert_int_equal(n, 2);
+    assert_string_equal(oc[1].url, "https://cdn.example/b\"q.png");
+    assert_string_equal(oc[0].provider, "gen");
+    assert_int_equal(oc[0].attempts, 1);
+    res.id = oc[0].id;
+    res.state = "stored";
+    res.path = "/out/ab/abc";
+    res.sha256 = "abc";
+    res.bytes = 3;
+    assert_int_equal(store_output_record(s, &res, T0 + 20), 0);
+    memset(&res, 0, sizeof(res));
+    res.id = oc[1].id;
+    res.state = "failed";
+    res.error = "404";
+    assert_int_equal(store_output_record(s, &res, T0 + 20), 0);
+    output_claim_clear(&oc[0]);
+    output_claim_clear(&oc[1]);
+    assert_int_equal(store_outputs_counts(s, &pending, &stored, &failed), 0);
+    assert_int_equal(stored, 1);
+    assert_int_equal(failed, 1);
+    list = store_outputs_json(s, NULL, "stored");
+    assert_int_equal(json_array_size(list), 1);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_array_get(list, 0), "bytes")),
+        3);
+    json_decref(list);
+    assert_int_equal(store_outputs_retry(s, NULL, T0 + 30, &changed), 0);
+    assert_int_equal(changed, 1);
+    assert_int_equal(store_outputs_counts(s, &pending, &stored, &failed), 0);
+    assert_int_equal(pending, 1);
+    store_close(s);
+}
+
+/* --- wakeups ------------------------------------------------------------- */
+
+static void
+test_data_version_changes_when_another_process_enqueues(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *a = open_store(f), *b = open_store(f);
+    int64_t v0, v = 0;
+
+    assert_int_equal(store_data_version(a, &v0), 0);
+    insert(b, "gen", "k", 0, T0);
+    /* PostgreSQL's wakeup travels asynchronously: a bounded wait */
+    for (int i = 0; i < 500; i++) {
+        assert_int_equal(store_data_version(a, &v), 0);
+        if (v != v0)
+            break;
+        usleep(10000);
+    }
+    assert_true(v != v0);
+    store_close(a);
+    store_close(b);
+}
+
+struct wake {
+    int calls;
+    uv_timer_t deadline;
+};
+
+static void
+on_wake(void *arg)
+{
+    struct wake *w = arg;
+    w->calls++;
+    uv_stop(w->deadline.loop);
+}
+
+static void
+on_uv_deadline(uv_timer_t *t)
+{
+    uv_stop(t->loop);
+}
+
+static void
+test_watch_wakes_the_loop_on_enqueue_where_the_backend_pushes(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *a = open_store(f), *b = open_store(f);
+    uv_loop_t loop;
+    struct wake w = {0};
+    int rc;
+
+    uv_loop_init(&loop);
+    uv_timer_init(&loop, &w.deadline);
+    rc = store_watch(a, &loop, on_wake, &w);
+    if (f->kind == SQLITE) {
+        assert_int_equal(rc, -ENOTSUP); /* it polls data_version */
+    } else {
+        assert_int_equal(rc, 0);
+        insert(b, "gen", "k", 0, T0);
+        uv_timer_start(&w.deadline, on_uv_deadline, 10000, 0);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        assert_true(w.calls >= 1);
+        assert_int_equal(store_watch(a, NULL, NULL, NULL), 0);
+    }
+    uv_close((uv_handle_t *)&w.deadline, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    store_close(a);
+    store_close(b);
+}
+
+static enum kind sqlite_kind = SQLITE, postgres_kind = POSTGRES;
+
+#define BOTH(t)                                                                \
+    cmocka_unit_test_prestate_setup_teardown(t, setup, teardown,               \
+                                             &sqlite_kind),                    \
+        cmocka_unit_test_prestate_setup_teardown(t, setup, teardown,           \
+                                                 &postgres_kind)
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        BOTH(test_open_migrates_to_latest_and_reopen_keeps_rows),
+        BOTH(test_read_only_open_reads_and_never_writes),
+        BOTH(test_insert_skips_duplicates_within_and_across_files),
+        BOTH(test_insert_keeps_text_byte_for_byte),
+        BOTH(test_claim_takes_due_jobs_by_priority_and_charges_an_attempt),
+        BOTH(test_two_connections_never_claim_the_same_job),
+        BOTH(test_polls_are_claimed_apart_and_stay_waiting),
+        BOTH(test_flush_writes_success_failure_and_attempt_rows),
+        BOTH(test_outcome_of_a_job_cancelled_meanwhile_keeps_it_cancelled),
+        BOTH(
+            test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted),
+        BOTH(test_daemons_register_beat_and_reap),
+        BOTH(test_late_outcome_of_a_job_taken_back_is_not_written),
+        BOTH(test_kept_counts_follow_every_move),
+        BOTH(test_outputs_of_a_success_are_claimed_recorded_and_retried),
+        BOTH(test_counts_and_next_due),
+        BOTH(test_failures_retry_and_cancel_by_selection),
+        BOTH(test_queries_status_jobs_progress_export_purge),
+        BOTH(test_data_version_changes_when_another_process_enqueues),
+        BOTH(test_watch_wakes_the_loop_on_enqueue_where_the_backend_pushes),
+    };
+    if (getenv("SLUICE_TEST_PG") == NULL)
+        fprintf(stderr, "test_store_contract: SLUICE_TEST_PG unset: the "
+                        "PostgreSQL runs are skipped (scripts/test.sh "
+                        "starts a server)\n");
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -44,6 +44,7 @@
 #include "sluice/log.h"
 #include "sluice/metrics.h"
 #include "sluice/outputs.h"
+#include "sluice/permit.h"
 #include "sluice/spend.h"
 #include "sluice/store.h"
 #include "sluice/url.h"
@@ -102,6 +103,10 @@ struct dlane {
                                     yet committed: claimable once flushed */
     int64_t resume_seen;         /* last resume request acted on */
     bool removed;                /* gone from the config (SIGHUP) */
+    int concurrency_max;         /* configured: our view of the shared cap */
+    int slots_put;               /* slots our permits row says we hold; -1
+                                    before the first take (permit.h) */
+    bool unmet_put;              /* it says our last take fell short */
     struct dlane *next;
 };
 
@@ -232,6 +237,7 @@ dlane_apply(struct dlane *dl, const struct provider_config *pc)
     dl->timeout_ms = pc->timeout_ms;
     dl->connect_timeout_ms = pc->connect_timeout_ms;
     dl->max_response = pc->max_response;
+    dl->concurrency_max = pc->concurrency_max;
     dl->outputs_download = pc->outputs_download;
     free_strv(dl->output_pointers);
     dl->output_pointers = xcalloc(pc->noutput_pointers + 1, sizeof(char *));
@@ -281,6 +287,7 @@ dlane_new(struct dispatch *d, const struct provider_config *pc)
     dl->resume_seen = resume;
     dl->next_check_ms = 0;
     dl->recorded_due_ms = NEVER;
+    dl->slots_put = -1;
     return dl;
 }
 
@@ -750,6 +757,69 @@ pump_polls(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
         send_job(d, dl, jobs[i]);
 }
 
+/* --- permits shared with other daemons on the database (permit.h) ------ */
+
+/* What this daemon publishes about the provider: its configured cap and
+ * the rate its lane paces at when that rate is the provider's (configured
+ * or advertised). A learned rate is not shared: it is what this daemon's
+ * own share delivered, a fraction of the provider's. */
+static void
+permit_view_of(const struct dlane *dl, struct permit_view *v)
+{
+    const char *src = lane_rate_source(dl->lane);
+    v->cap = dl->concurrency_max;
+    v->rate = strcmp(src, "configured") == 0 || strcmp(src, "advertised") == 0
+                  ? lane_rate(dl->lane)
+                  : 0;
+}
+
+/* Gives back the slots of requests that finished since the last take, so
+ * other daemons may use them (a loop turn after the answer). Alone on the
+ * database, only the housekeeping tick does (force): a stale count is
+ * only ever too high, which costs a daemon that joins a second at most. */
+static void
+permits_sync(struct dispatch *d, struct dlane *dl, bool force)
+{
+    int in_flight = lane_in_flight(dl->lane);
+    if (dl->slots_put < 0 ||
+        (dl->slots_put == in_flight && !dl->unmet_put) ||
+        (!force && liveness_peers(d->live) == 0))
+        return;
+    if (store_permit_put(d->store, dl->name, liveness_owner(d->live),
+                         in_flight, 0) == 0) {
+        dl->slots_put = in_flight;
+        dl->unmet_put = false;
+    }
+}
+
+/* Narrows *n, what the lane admits, to the permits the pool grants.
+ * Returns false (and sets *wake) when nothing may start now. Taken alone
+ * on the database too: a daemon that starts beside this one must find
+ * what this one holds, from its first claim on. */
+static bool
+permits_take(struct dispatch *d, struct dlane *dl, int64_t now, int *n,
+             int64_t *wake)
+{
+    struct permit_view v;
+    int granted = 0;
+    int64_t at = 0;
+
+    permit_view_of(dl, &v);
+    int in_flight = lane_in_flight(dl->lane);
+    if (store_permit_take(d->store, dl->name, liveness_owner(d->live), &v,
+                          in_flight, *n, now, &granted, &at) < 0) {
+        at = now + FLUSH_RETRY_MS; /* locked: look again shortly */
+        granted = 0;
+    } else {
+        dl->slots_put = in_flight + granted;
+        dl->unmet_put = granted < *n;
+    }
+    if (granted < *n && at > 0 && at < *wake)
+        *wake = at;
+    *n = granted;
+    return granted > 0;
+}
+
 /* Claims up to n jobs of dl within the spend caps (spend.c): polls of
  * runs already sent always; new jobs as far as the provider's and its
  * batches' budgets allow, none of a batch held at its cap. *capped: the
@@ -795,6 +865,7 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     if (lane_state(dl->lane) != before)
         log_info("%s %s", dl->name, lane_last_change(dl->lane));
     if (n <= 0) {
+        permits_sync(d, dl, false);
         if (lane_wake > 0 && lane_wake < *wake)
             *wake = lane_wake;
         if (lane_state(dl->lane) == LANE_ACTIVE && lane_wake == 0)
@@ -807,10 +878,14 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     int batch = lane_limit(dl->lane) >= CLAIM_BATCH_MIN_LIMIT
                     ? lane_limit(dl->lane) / CLAIM_BATCH_DIVISOR
                     : 0;
-    if (n < batch && lane_wake == 0 && lane_requests(dl->lane) > 0)
+    if (n < batch && lane_wake == 0 && lane_requests(dl->lane) > 0) {
+        permits_sync(d, dl, false);
         return;
+    }
     if (n > CLAIM_MAX)
         n = CLAIM_MAX;
+    if (!permits_take(d, dl, now, &n, wake))
+        return;
     struct job *jobs[CLAIM_MAX];
     int got = 0;
     const char *owner = liveness_owner(d->live);
@@ -818,12 +893,20 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     int rc = claim_jobs(d, dl, n, now, owner, jobs, &got, &capped);
     if (rc < 0) {
         /* Locked by an operator or another daemon: try again shortly. */
+        got = 0;
         if (now + FLUSH_RETRY_MS < *wake)
             *wake = now + FLUSH_RETRY_MS;
-        return;
     }
     for (int i = 0; i < got; i++)
         send_job(d, dl, jobs[i]);
+    if (got < n && dl->slots_put >= 0 &&
+        store_permit_put(d->store, dl->name, liveness_owner(d->live),
+                         lane_in_flight(dl->lane), n - got) == 0) {
+        dl->slots_put = lane_in_flight(dl->lane); /* the rest goes back */
+        dl->unmet_put = false;
+    }
+    if (rc < 0)
+        return;
     if (capped) {
         /* held at a budget: a job that ends (a cost known), a resume, a
          * reload or another process's commit looks again */
@@ -1046,6 +1129,8 @@ on_uv_house(uv_timer_t *t)
         reconcile_waiting(d);
     if (liveness_reap(d->live, now, clock_mono_ms(), &n) == 0 && n > 0)
         recheck_lanes(d);
+    for (struct dlane *dl = d->lanes; dl; dl = dl->next)
+        permits_sync(d, dl, true);
     if (now - d->last_reclaim >= RECLAIM_MS) {
         d->last_reclaim = now;
         if (store_reclaim_expired(d->store, now, &n) == 0 && n > 0) {

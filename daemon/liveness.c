@@ -54,6 +54,7 @@ struct liveness {
     int lock_fd;      /* our flock, -1 without one */
     int64_t timeout_ms;
     long beats;       /* our heartbeats committed */
+    int peers;        /* other daemons at the last look */
     struct watch *w;
     size_t nw, capw;
 };
@@ -314,10 +315,12 @@ liveness_reap(struct liveness *l, int64_t now_ms, int64_t mono_ms, long *n)
     *n = 0;
     if (rc < 0)
         return rc;
+    l->peers = 0;
     for (size_t i = 0; i < nrows && rc == 0; i++) {
         const struct daemon_row *d = &rows[i];
         if (strcmp(d->owner, l->owner) == 0)
             continue;
+        l->peers++;
         struct watch *w = watch_observe(l, d->owner, d->heartbeat_at,
                                         mono_ms);
         long got = 0;
@@ -345,6 +348,12 @@ liveness_reap(struct liveness *l, int64_t now_ms, int64_t mono_ms, long *n)
     store_daemons_free(rows, nrows);
     watch_sweep(l);
     return rc;
+}
+
+int
+liveness_peers(const struct liveness *l)
+{
+    return l->peers;
 }
 
 void

@@ -11,6 +11,7 @@
  * the provider like a 402. `x-should-retry: true|false` (OpenAI's SDK
  * contract) is an explicit verdict.
  */
+#define _GNU_SOURCE /* memmem: a body is counted bytes, not a C string */
 #include <string.h>
 
 #include "internal.h"
@@ -76,7 +77,8 @@ openai_error(const struct http_response *r, struct outcome *o)
 static void
 openai_usage(const struct http_response *r, struct outcome *o)
 {
-    if (r->body == NULL || strstr(r->body, "\"usage\"") == NULL)
+    if (r->body == NULL ||
+        memmem(r->body, r->body_len, "\"usage\"", 7) == NULL)
         return;
     json_t *body = dialect_parse_body(r);
     json_t *n = json_object_get(json_object_get(body, "usage"), "total_tokens");

@@ -86,6 +86,12 @@ struct store_ops {
     int (*daemons)(struct store *s, struct daemon_row **rows, size_t *n);
     int (*daemon_reap)(struct store *s, const char *owner, int64_t seen,
                        int64_t now_ms, long *n);
+    int (*permit_take)(struct store *s, const char *provider,
+                       const char *owner, const struct permit_view *view,
+                       int in_flight, int want, int64_t now_ms, int *granted,
+                       int64_t *wake_ms);
+    int (*permit_put)(struct store *s, const char *provider,
+                      const char *owner, int slots, int tokens);
     /* Claims up to max jobs of one kind, appended to out + *nout, in
      * priority, run_after, id order. */
     int (*claim)(struct store *s, enum store_claim_kind kind,

@@ -44,6 +44,7 @@
 #include "sluice/clock.h"
 #include "sluice/jobspec.h"
 #include "sluice/log.h"
+#include "sluice/permit.h"
 #include "sluice/xmalloc.h"
 
 /* Generated from sql/postgres/ by cmake/embed_sql.cmake. */
@@ -153,6 +154,13 @@ enum pst {
     P_DAEMONS,
     P_DAEMON_HEARTBEAT,
     P_DAEMON_DELETE,
+    P_PERMITS_DELETE,
+    P_PERMIT_VIEW,
+    P_PERMIT_POOL,
+    P_PERMIT_SET,
+    P_BUCKET_ROW,
+    P_BUCKET_LOCK,
+    P_BUCKET_PUT,
     P_COUNTS,
     P_CLAIM_WAITING,
     P_CLAIM,
@@ -184,6 +192,14 @@ enum pst {
     P_PURGE_ATTEMPTS,
     P_PURGE_JOBS,
     P_PROGRESS_BATCH,
+    P_OLDEST_QUEUED,
+    P_CLAIM_EXCEPT,
+    P_SPEND_PROVIDER,
+    P_SPEND_BATCH,
+    P_BATCH_BUDGET_SET,
+    P_BATCH_BUDGETS,
+    P_SPEND_ROWS,
+    P_BATCH_STATE,
     P_OUT_CLAIM,
     P_OUT_RECORD,
     P_OUT_NEXT_DUE,
@@ -242,6 +258,33 @@ static const char *const pst_sql[P_COUNT] = {
                            "WHERE owner = $1::text FOR UPDATE",
     [P_DAEMON_DELETE] = "DELETE FROM daemons WHERE owner = $2::text "
                         "AND $1::bigint IS NOT NULL",
+    [P_PERMITS_DELETE] = "DELETE FROM permits WHERE owner = $2::text "
+                         "AND $1::bigint IS NOT NULL",
+    [P_PERMIT_VIEW] =
+        "INSERT INTO permits (provider, owner, cap, rate) "
+        "VALUES ($1::text, $2::text, $3::int, $4::double precision) "
+        "ON CONFLICT (provider, owner) "
+        "DO UPDATE SET cap = excluded.cap, rate = excluded.rate",
+    /* Live daemons only: a row whose owner is gone holds nothing. */
+    [P_PERMIT_POOL] =
+        "SELECT COALESCE(SUM(CASE WHEN p.owner <> $2::text THEN p.slots END), "
+        "0), MIN(NULLIF(p.cap, 0)), MIN(NULLIF(p.rate, 0)), "
+        "COUNT(CASE WHEN p.owner <> $2::text "
+        "  AND (p.slots > 0 OR p.unmet > 0) THEN 1 END), "
+        "COUNT(CASE WHEN p.owner <> $2::text AND p.unmet > 0 THEN 1 END) "
+        "FROM permits p JOIN daemons d ON d.owner = p.owner "
+        "WHERE p.provider = $1::text",
+    [P_PERMIT_SET] = "UPDATE permits SET slots = $3::int, unmet = $4::int "
+                     "WHERE provider = $1::text AND owner = $2::text",
+    [P_BUCKET_ROW] = "INSERT INTO providers (name, updated_at) "
+                     "VALUES ($1::text, $2::bigint) "
+                     "ON CONFLICT (name) DO NOTHING",
+    /* The takes of one provider queue on this lock. */
+    [P_BUCKET_LOCK] = "SELECT rate_tokens, rate_tokens_at FROM providers "
+                      "WHERE name = $1::text FOR UPDATE",
+    [P_BUCKET_PUT] = "UPDATE providers SET rate_tokens = $2::double "
+                     "precision, rate_tokens_at = $3::bigint "
+                     "WHERE name = $1::text",
     [P_CLAIM_WAITING] =
         "UPDATE jobs SET lease_until = $1::bigint, lease_owner = $2::text, "
         "updated_at = $3::bigint "
@@ -420,6 +463,42 @@ static const char *const pst_sql[P_COUNT] = {
     [P_PURGE_JOBS] = "DELETE FROM jobs WHERE id IN " PURGE_PICK,
     [P_PROGRESS_BATCH] = "SELECT * FROM batch_progress WHERE batch = $1::text "
                          "ORDER BY provider",
+    [P_OLDEST_QUEUED] = "SELECT MIN(run_after) FROM jobs "
+                        "WHERE provider = $1::text AND state = 'queued'",
+    /* P_CLAIM but not for jobs of the batches in $6 (a JSON array), held
+     * at their budget; jobs without a batch are never held. */
+    [P_CLAIM_EXCEPT] =
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+        "lease_until = $1::bigint, lease_owner = $2::text, "
+        "updated_at = $3::bigint "
+        "WHERE id IN (SELECT id FROM jobs "
+        "  WHERE provider = $4::text AND state IN ('queued', 'retrying') "
+        "  AND run_after <= $3::bigint AND (batch IS NULL OR batch NOT IN "
+        "    (SELECT json_array_elements_text($6::json))) "
+        "  ORDER BY priority DESC, run_after, id LIMIT $5::int "
+        "  FOR UPDATE SKIP LOCKED) "
+        "RETURNING " CLAIM_COLUMNS,
+    [P_SPEND_PROVIDER] = "SELECT coalesce(sum(cost), 0), count(cost) "
+                         "FROM jobs WHERE provider = $1::text",
+    [P_SPEND_BATCH] = "SELECT coalesce(sum(cost), 0), count(cost) "
+                      "FROM jobs WHERE batch = $1::text",
+    [P_BATCH_BUDGET_SET] =
+        "INSERT INTO batches (name, budget, updated_at) "
+        "VALUES ($1::text, $2::double precision, $3::bigint) "
+        "ON CONFLICT (name) DO UPDATE SET budget = excluded.budget, "
+        "state = 'active', reason = NULL, updated_at = excluded.updated_at",
+    [P_BATCH_BUDGETS] = "SELECT name, budget FROM batches "
+                        "WHERE budget IS NOT NULL ORDER BY name",
+    [P_SPEND_ROWS] = "SELECT s.provider, s.batch, s.spent, s.spent_last_hour, "
+                     "  b.budget AS batch_budget, b.state AS batch_state, "
+                     "  b.reason AS batch_reason FROM spend s "
+                     "LEFT JOIN batches b ON b.name = s.batch "
+                     "WHERE ($1::text IS NULL OR s.batch = $1::text) "
+                     "AND (s.jobs_costed > 0 OR b.budget IS NOT NULL) "
+                     "ORDER BY s.provider, s.batch",
+    [P_BATCH_STATE] = "UPDATE batches SET state = $2::text, "
+                      "reason = $3::text, updated_at = $4::bigint "
+                      "WHERE name = $1::text",
     /* The outputs table (DESIGN §13), as sqlite.c's OS_* statements; a
      * download's lease is its claim. */
     [P_OUT_CLAIM] =
@@ -1404,6 +1483,8 @@ pg_daemon_reap(struct store *base, const char *owner, int64_t seen,
     }
     if ((rc = pg_run_changes(s, P_DAEMON_DELETE, &p, "reap: daemon row",
                              NULL)) < 0 ||
+        (rc = pg_run_changes(s, P_PERMITS_DELETE, &p, "reap: permits",
+                             NULL)) < 0 ||
         (rc = pg_run_changes(s, P_RECLAIM_OWNER_RUNNING, &p,
                              "reap: running jobs", n)) < 0 ||
         (rc = pg_run_changes(s, P_RECLAIM_OWNER_POLLS, &p, "reap: poll leases",
@@ -1415,6 +1496,143 @@ pg_daemon_reap(struct store *base, const char *owner, int64_t seen,
     return 0;
 fail:
     *n = 0;
+    pg_rollback(base);
+    return rc;
+}
+
+/* --- permits shared by the daemons of one database ----------------------- */
+
+static double
+value_double(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? 0 : strtod(PQgetvalue(r, row, col), NULL);
+}
+
+/* Locks provider's row (made when missing) and reads the pool of the live
+ * daemons' permits as owner sees it, inside the caller's transaction. */
+static int
+pg_permit_pool(struct pg_store *s, const char *provider, const char *owner,
+               int64_t now_ms, struct permit_pool *pool)
+{
+    struct params p = {0}, q = {0};
+    PGresult *r;
+    int rc, err;
+
+    *pool = (struct permit_pool){0};
+    p_text(&p, provider);
+    p_int(&p, now_ms);
+    if ((rc = pg_run_changes(s, P_BUCKET_ROW, &p, "permits: provider row",
+                             NULL)) < 0)
+        return rc;
+    p_text(&q, provider);
+    if ((r = pg_run(s, P_BUCKET_LOCK, &q, "permits: bucket", &err)) == NULL)
+        return err;
+    if (PQntuples(r) > 0) {
+        pool->tokens = value_double(r, 0, 0);
+        pool->tokens_at = value_int(r, 0, 1);
+    }
+    PQclear(r);
+    p_text(&q, owner);
+    if ((r = pg_run(s, P_PERMIT_POOL, &q, "permits: pool", &err)) == NULL)
+        return err;
+    if (PQntuples(r) > 0) {
+        pool->others = (int)value_int(r, 0, 0);
+        pool->cap = (int)value_int(r, 0, 1);
+        pool->rate = value_double(r, 0, 2);
+        pool->active = (int)value_int(r, 0, 3);
+        pool->waiting = (int)value_int(r, 0, 4);
+    }
+    PQclear(r);
+    return 0;
+}
+
+static int
+pg_permit_slots(struct pg_store *s, const char *provider, const char *owner,
+                int slots, int unmet)
+{
+    struct params p = {0};
+
+    p_text(&p, provider);
+    p_text(&p, owner);
+    p_int(&p, slots);
+    p_int(&p, unmet);
+    return pg_run_changes(s, P_PERMIT_SET, &p, "permits: slots", NULL);
+}
+
+static int
+pg_permit_bucket(struct pg_store *s, const char *provider,
+                 const struct permit_pool *pool)
+{
+    struct params p = {0};
+
+    p_text(&p, provider);
+    p_double(&p, pool->tokens);
+    p_int(&p, pool->tokens_at);
+    return pg_run_changes(s, P_BUCKET_PUT, &p, "permits: bucket", NULL);
+}
+
+static int
+pg_permit_take(struct store *base, const char *provider, const char *owner,
+               const struct permit_view *view, int in_flight, int want,
+               int64_t now_ms, int *granted, int64_t *wake_ms)
+{
+    struct pg_store *s = pq(base);
+    struct permit_pool pool;
+    struct params p = {0};
+    int rc, n;
+
+    *granted = 0;
+    *wake_ms = 0;
+    p_text(&p, provider);
+    p_text(&p, owner);
+    p_int(&p, view->cap);
+    p_double(&p, view->rate);
+    if ((rc = pg_begin(base)) < 0)
+        return rc;
+    if ((rc = pg_run_changes(s, P_PERMIT_VIEW, &p, "permits: view", NULL)) <
+            0 ||
+        (rc = pg_permit_pool(s, provider, owner, now_ms, &pool)) < 0)
+        goto fail;
+    n = permit_grant(&pool, in_flight, want, now_ms, wake_ms);
+    if ((rc = pg_permit_slots(s, provider, owner, in_flight + n, want - n)) <
+            0 ||
+        (pool.rate > 0 && (rc = pg_permit_bucket(s, provider, &pool)) < 0) ||
+        (rc = pg_commit(base)) < 0)
+        goto fail;
+    *granted = n;
+    return 0;
+fail:
+    *wake_ms = 0;
+    pg_rollback(base);
+    return rc;
+}
+
+static int
+pg_permit_put(struct store *base, const char *provider, const char *owner,
+              int slots, int tokens)
+{
+    struct pg_store *s = pq(base);
+    struct permit_pool pool;
+    int rc;
+
+    if (tokens <= 0)
+        return pg_permit_slots(s, provider, owner, slots, 0);
+    if ((rc = pg_begin(base)) < 0)
+        return rc;
+    if ((rc = pg_permit_pool(s, provider, owner, 0, &pool)) < 0 ||
+        (rc = pg_permit_slots(s, provider, owner, slots, 0)) < 0)
+        goto fail;
+    if (pool.rate > 0 && pool.tokens_at != 0) {
+        pool.tokens += tokens;
+        if (pool.tokens > permit_burst(pool.rate))
+            pool.tokens = permit_burst(pool.rate);
+        if ((rc = pg_permit_bucket(s, provider, &pool)) < 0)
+            goto fail;
+    }
+    if ((rc = pg_commit(base)) < 0)
+        goto fail;
+    return 0;
+fail:
     pg_rollback(base);
     return rc;
 }
@@ -1446,12 +1664,12 @@ claim_row(const PGresult *r, int i)
     return j;
 }
 
+/* Runs one claim statement (held_json: $6 of P_CLAIM_EXCEPT). */
 static int
-pg_claim(struct store *base, enum store_claim_kind kind, const char *provider,
-         int max, int64_t now_ms, int64_t lease_ms, const char *owner,
-         struct job **out, int *nout)
+claim_run(struct pg_store *s, enum pst id, const char *provider, int max,
+          int64_t now_ms, int64_t lease_ms, const char *owner,
+          const char *held_json, struct job **out, int *nout)
 {
-    struct pg_store *s = pq(base);
     struct params p = {0};
     struct backend_claimed *c;
     PGresult *r;
@@ -1462,8 +1680,9 @@ pg_claim(struct store *base, enum store_claim_kind kind, const char *provider,
     p_int(&p, now_ms);
     p_text(&p, provider);
     p_int(&p, max);
-    r = pg_run(s, kind == STORE_CLAIM_POLLS ? P_CLAIM_WAITING : P_CLAIM, &p,
-               "claim", &err);
+    if (held_json != NULL)
+        p_text(&p, held_json);
+    r = pg_run(s, id, &p, "claim", &err);
     if (r == NULL)
         return err; /* one statement: nothing was claimed */
     n = PQntuples(r);
@@ -1480,6 +1699,104 @@ pg_claim(struct store *base, enum store_claim_kind kind, const char *provider,
     for (int i = 0; i < n; i++)
         out[(*nout)++] = c[i].job;
     free(c);
+    return 0;
+}
+
+static int
+pg_claim(struct store *base, enum store_claim_kind kind, const char *provider,
+         int max, int64_t now_ms, int64_t lease_ms, const char *owner,
+         struct job **out, int *nout)
+{
+    return claim_run(pq(base),
+                     kind == STORE_CLAIM_POLLS ? P_CLAIM_WAITING : P_CLAIM,
+                     provider, max, now_ms, lease_ms, owner, NULL, out, nout);
+}
+
+static int
+pg_claim_except(struct store *base, const char *provider, int max,
+                int64_t now_ms, int64_t lease_ms, const char *owner,
+                const char *held_json, struct job **out, int *nout)
+{
+    return claim_run(pq(base), P_CLAIM_EXCEPT, provider, max, now_ms, lease_ms,
+                     owner, held_json, out, nout);
+}
+
+static int
+pg_oldest_queued(struct store *base, const char *provider, int64_t *since_ms)
+{
+    struct params p = {0};
+
+    p_text(&p, provider);
+    return pg_run_int(pq(base), P_OLDEST_QUEUED, &p, "oldest queued", since_ms);
+}
+
+/* --- spend and budgets (DESIGN §13) --------------------------------------- */
+
+static int
+pg_spend(struct store *base, const char *provider, const char *batch,
+         double *spent, long *costed)
+{
+    struct params p = {0};
+    PGresult *r;
+    int err;
+
+    *spent = 0;
+    *costed = 0;
+    p_text(&p, provider ? provider : batch);
+    if ((r = pg_run(pq(base), provider ? P_SPEND_PROVIDER : P_SPEND_BATCH, &p,
+                    "spend", &err)) == NULL)
+        return err;
+    if (PQntuples(r) > 0) {
+        *spent = strtod(PQgetvalue(r, 0, 0), NULL);
+        *costed = (long)value_int(r, 0, 1);
+    }
+    PQclear(r);
+    return 0;
+}
+
+static int
+pg_batch_budget_set(struct store *base, const char *batch, double budget,
+                    int64_t now_ms)
+{
+    struct params p = {0};
+
+    p_text(&p, batch);
+    if (budget > 0)
+        p_double(&p, budget);
+    else
+        p_text(&p, NULL);
+    p_int(&p, now_ms);
+    return pg_run_changes(pq(base), P_BATCH_BUDGET_SET, &p, "batch budget",
+                          NULL);
+}
+
+static int
+pg_batch_pause(struct store *base, const char *batch, bool paused,
+               int64_t now_ms)
+{
+    struct params p = {0};
+
+    p_text(&p, batch);
+    p_text(&p, paused ? "paused" : "active");
+    p_text(&p, paused ? "budget" : NULL);
+    p_int(&p, now_ms);
+    return pg_run_changes(pq(base), P_BATCH_STATE, &p, "batch state", NULL);
+}
+
+static int
+pg_batch_budgets(struct store *base,
+                 void (*cb)(const char *batch, double budget, void *data),
+                 void *data)
+{
+    int err;
+    PGresult *r =
+        pg_run(pq(base), P_BATCH_BUDGETS, NULL, "batch budgets", &err);
+
+    if (r == NULL)
+        return err;
+    for (int i = 0; i < PQntuples(r); i++)
+        cb(PQgetvalue(r, i, 0), strtod(PQgetvalue(r, i, 1), NULL), data);
+    PQclear(r);
     return 0;
 }
 
@@ -2149,6 +2466,15 @@ pg_progress_json(struct store *base, const char *batch)
 }
 
 static json_t *
+pg_spend_json(struct store *base, const char *batch)
+{
+    struct params p = {0};
+
+    p_text(&p, batch);
+    return array_json(pq(base), P_SPEND_ROWS, &p, "spend");
+}
+
+static json_t *
 pg_providers_json(struct store *base)
 {
     return array_json(pq(base), P_LANES, NULL, "providers");
@@ -2311,6 +2637,8 @@ const struct store_ops store_postgres_ops = {
     .daemon_beat = pg_daemon_beat,
     .daemons = pg_daemons,
     .daemon_reap = pg_daemon_reap,
+    .permit_take = pg_permit_take,
+    .permit_put = pg_permit_put,
     .claim = pg_claim,
     .next_due = pg_next_due,
     .pending_count = pg_pending_count,
@@ -2318,6 +2646,13 @@ const struct store_ops store_postgres_ops = {
     .count_waiting = pg_count_waiting,
     .has_unfinished = pg_has_unfinished,
     .counts = pg_counts,
+    .oldest_queued = pg_oldest_queued,
+    .claim_except = pg_claim_except,
+    .spend = pg_spend,
+    .batch_budget_set = pg_batch_budget_set,
+    .batch_budgets = pg_batch_budgets,
+    .spend_json = pg_spend_json,
+    .batch_pause = pg_batch_pause,
     .data_version = pg_data_version,
     .watch = pg_watch,
     .flush = pg_flush,

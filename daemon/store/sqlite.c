@@ -34,6 +34,7 @@
 #include "sluice/fstype.h"
 #include "sluice/jobspec.h"
 #include "sluice/log.h"
+#include "sluice/permit.h"
 #include "sluice/xmalloc.h"
 
 /* Generated from sql/ by cmake/embed_sql.cmake, in file-name order. */
@@ -154,6 +155,7 @@ enum stmt {
     ST_COMMIT,
     ST_ROLLBACK,
     ST_INSERT_JOB,
+    ST_COUNT_INSERTED,
     ST_RECLAIM_RUNNING,
     ST_RECLAIM_POLLS,
     ST_RECLAIM_OWNER_RUNNING,
@@ -163,6 +165,12 @@ enum stmt {
     ST_DAEMONS,
     ST_DAEMON_HEARTBEAT,
     ST_DAEMON_DELETE,
+    ST_PERMITS_DELETE,
+    ST_PERMIT_VIEW,
+    ST_PERMIT_POOL,
+    ST_PERMIT_SET,
+    ST_BUCKET_GET,
+    ST_BUCKET_PUT,
     ST_CLAIM_WAITING,
     ST_CLAIM,
     ST_NEXT_DUE,
@@ -218,6 +226,12 @@ static const char *const stmt_sql[ST_COUNT] = {
         "created_at, updated_at) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?10, ?10) "
         "ON CONFLICT (provider, idempotency_key) DO NOTHING",
+    /* Enqueued jobs are counted here, once per statement of inserts,
+     * rather than by a trigger per row (sql/008_counted_enqueue.sql). */
+    [ST_COUNT_INSERTED] =
+        "INSERT INTO job_counts (provider, batch, state, n) "
+        "VALUES (?1, coalesce(?2, ''), 'queued', ?3) "
+        "ON CONFLICT (provider, batch, state) DO UPDATE SET n = n + ?3",
     [ST_RECLAIM_RUNNING] = RECLAIM_RUNNING_SET
         "WHERE state = 'running' AND lease_until <= ?1 " UNREGISTERED_OWNER,
     [ST_RECLAIM_POLLS] =
@@ -241,6 +255,29 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_DAEMON_HEARTBEAT] = "SELECT heartbeat_at FROM daemons WHERE owner = ?1",
     /* ?2 like the lease statements that run beside it (daemon_reap) */
     [ST_DAEMON_DELETE] = "DELETE FROM daemons WHERE owner = ?2",
+    [ST_PERMITS_DELETE] = "DELETE FROM permits WHERE owner = ?2",
+    [ST_PERMIT_VIEW] =
+        "INSERT INTO permits (provider, owner, cap, rate) "
+        "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (provider, owner) "
+        "DO UPDATE SET cap = excluded.cap, rate = excluded.rate",
+    /* Live daemons only: a row whose owner is gone holds nothing. */
+    [ST_PERMIT_POOL] =
+        "SELECT COALESCE(SUM(CASE WHEN p.owner <> ?2 THEN p.slots END), 0), "
+        "MIN(NULLIF(p.cap, 0)), MIN(NULLIF(p.rate, 0)), "
+        "COUNT(CASE WHEN p.owner <> ?2 AND (p.slots > 0 OR p.unmet > 0) "
+        "  THEN 1 END), "
+        "COUNT(CASE WHEN p.owner <> ?2 AND p.unmet > 0 THEN 1 END) "
+        "FROM permits p JOIN daemons d ON d.owner = p.owner "
+        "WHERE p.provider = ?1",
+    [ST_PERMIT_SET] = "UPDATE permits SET slots = ?3, unmet = ?4 "
+                      "WHERE provider = ?1 AND owner = ?2",
+    [ST_BUCKET_GET] = "SELECT rate_tokens, rate_tokens_at FROM providers "
+                      "WHERE name = ?1",
+    [ST_BUCKET_PUT] =
+        "INSERT INTO providers (name, updated_at, rate_tokens, "
+        "rate_tokens_at) VALUES (?1, ?3, ?2, ?3) ON CONFLICT (name) "
+        "DO UPDATE SET rate_tokens = excluded.rate_tokens, "
+        "rate_tokens_at = excluded.rate_tokens_at",
     [ST_CLAIM_WAITING] =
         "UPDATE jobs SET lease_until = ?1, lease_owner = ?2, updated_at = ?3 "
         "WHERE id IN (SELECT id FROM jobs "
@@ -930,6 +967,25 @@ bind_jobspec(sqlite3_stmt *st, int at, const struct jobspec *j, int64_t now_ms)
     sqlite3_bind_int64(st, at + 10, now_ms);
 }
 
+/* Adds n new queued jobs of provider and batch to the kept counts. */
+static int
+count_inserted(struct sqlite_store *s, const char *provider,
+               const char *batch, int64_t n)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    if (n == 0)
+        return 0;
+    st = stmt(s, ST_COUNT_INSERTED);
+    bind_text(st, 1, provider);
+    bind_text(st, 2, batch);
+    sqlite3_bind_int64(st, 3, n);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "count jobs");
+}
+
 static int
 sqlite_insert_job(struct store *base, const struct jobspec *j, int64_t now_ms)
 {
@@ -942,7 +998,28 @@ sqlite_insert_job(struct store *base, const struct jobspec *j, int64_t now_ms)
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return sqlite_fail(s, rc, "insert job");
-    return sqlite3_changes(s->db) == 1 ? 0 : 1;
+    if (sqlite3_changes(s->db) == 0)
+        return 1;
+    return (rc = count_inserted(s, j->provider, j->batch, 1)) < 0 ? rc : 0;
+}
+
+static bool
+same_text(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Whether jobs[0..n) share one provider and batch: then the statement's
+ * changes() is their count. */
+static bool
+one_count_key(const struct jobspec *jobs, size_t n)
+{
+    for (size_t i = 1; i < n; i++) {
+        if (!same_text(jobs[i].provider, jobs[0].provider) ||
+            !same_text(jobs[i].batch, jobs[0].batch))
+            return false;
+    }
+    return true;
 }
 
 static int
@@ -956,16 +1033,24 @@ sqlite_insert_jobs(struct store *base, const struct jobspec *jobs, size_t n,
     *inserted = 0;
     /* Whole statements of STORE_INSERT_ROWS rows; changes() counts the
      * rows ON CONFLICT DO NOTHING let through, duplicates within the
-     * statement included. The tail goes row by row. */
+     * statement included, and count_inserted adds them to the kept
+     * counts. The tail, and statements mixing providers or batches, go
+     * row by row. */
     for (; i + STORE_INSERT_ROWS <= n; i += STORE_INSERT_ROWS) {
         sqlite3_stmt *st = s->insert_many;
+        const struct jobspec *row = &jobs[i];
+        if (!one_count_key(row, STORE_INSERT_ROWS))
+            break; /* mixed: row by row, each counted */
         for (int r = 0; r < STORE_INSERT_ROWS; r++)
-            bind_jobspec(st, 10 * r, &jobs[i + (size_t)r], now_ms);
+            bind_jobspec(st, 10 * r, &row[r], now_ms);
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_DONE)
             return sqlite_fail(s, rc, "insert jobs");
-        *inserted += (size_t)sqlite3_changes(s->db);
+        int64_t k = sqlite3_changes(s->db);
+        if ((rc = count_inserted(s, row->provider, row->batch, k)) < 0)
+            return rc;
+        *inserted += (size_t)k;
     }
     for (; i < n; i++) {
         if ((rc = sqlite_insert_job(&s->base, &jobs[i], now_ms)) < 0)
@@ -1118,6 +1203,8 @@ sqlite_daemon_reap(struct store *base, const char *owner, int64_t seen,
     }
     if ((rc = owner_stmt(s, ST_DAEMON_DELETE, owner, now_ms,
                          "reap: daemon row")) < 0 ||
+        (rc = owner_stmt(s, ST_PERMITS_DELETE, owner, now_ms,
+                         "reap: permits")) < 0 ||
         (rc = owner_stmt(s, ST_RECLAIM_OWNER_RUNNING, owner, now_ms,
                          "reap: running jobs")) < 0)
         goto fail;
@@ -1138,6 +1225,141 @@ sqlite_daemon_reap(struct store *base, const char *owner, int64_t seen,
     return 0;
 fail:
     *n = 0;
+    sqlite_rollback(&s->base);
+    return rc;
+}
+
+/* --- permits shared by the daemons of one database ----------------------- */
+
+/* Reads the pool of provider as owner sees it (p->tokens, p->tokens_at
+ * from the providers row) inside the caller's transaction. */
+static int
+permit_pool_read(struct sqlite_store *s, const char *provider,
+                 const char *owner, struct permit_pool *p)
+{
+    sqlite3_stmt *st = stmt(s, ST_PERMIT_POOL);
+    int rc;
+
+    *p = (struct permit_pool){0};
+    bind_text(st, 1, provider);
+    bind_text(st, 2, owner);
+    if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        p->others = sqlite3_column_int(st, 0);
+        p->cap = sqlite3_column_int(st, 1);
+        p->rate = sqlite3_column_double(st, 2);
+        p->active = sqlite3_column_int(st, 3);
+        p->waiting = sqlite3_column_int(st, 4);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW)
+        return sqlite_fail(s, rc, "permits: pool");
+    st = stmt(s, ST_BUCKET_GET);
+    bind_text(st, 1, provider);
+    if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        p->tokens = sqlite3_column_double(st, 0);
+        p->tokens_at = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE
+               ? 0
+               : sqlite_fail(s, rc, "permits: bucket");
+}
+
+static int
+permit_slots_set(struct sqlite_store *s, const char *provider,
+                 const char *owner, int slots, int unmet)
+{
+    sqlite3_stmt *st = stmt(s, ST_PERMIT_SET);
+    bind_text(st, 1, provider);
+    bind_text(st, 2, owner);
+    sqlite3_bind_int(st, 3, slots);
+    sqlite3_bind_int(st, 4, unmet);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "permits: slots");
+}
+
+static int
+permit_bucket_put(struct sqlite_store *s, const char *provider,
+                  const struct permit_pool *p)
+{
+    sqlite3_stmt *st = stmt(s, ST_BUCKET_PUT);
+    bind_text(st, 1, provider);
+    sqlite3_bind_double(st, 2, p->tokens);
+    sqlite3_bind_int64(st, 3, p->tokens_at);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "permits: bucket");
+}
+
+static int
+sqlite_permit_take(struct store *base, const char *provider,
+                   const char *owner, const struct permit_view *view,
+                   int in_flight, int want, int64_t now_ms, int *granted,
+                   int64_t *wake_ms)
+{
+    struct sqlite_store *s = sq(base);
+    struct permit_pool pool;
+    sqlite3_stmt *st;
+    int rc;
+
+    *granted = 0;
+    *wake_ms = 0;
+    if ((rc = exec_stmt(s, ST_BEGIN, "permits: begin")) < 0)
+        return rc;
+    st = stmt(s, ST_PERMIT_VIEW);
+    bind_text(st, 1, provider);
+    bind_text(st, 2, owner);
+    sqlite3_bind_int(st, 3, view->cap);
+    sqlite3_bind_double(st, 4, view->rate);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        rc = sqlite_fail(s, rc, "permits: view");
+        goto fail;
+    }
+    if ((rc = permit_pool_read(s, provider, owner, &pool)) < 0)
+        goto fail;
+    int n = permit_grant(&pool, in_flight, want, now_ms, wake_ms);
+    if ((rc = permit_slots_set(s, provider, owner, in_flight + n,
+                               want - n)) < 0 ||
+        (pool.rate > 0 && (rc = permit_bucket_put(s, provider, &pool)) < 0) ||
+        (rc = exec_stmt(s, ST_COMMIT, "permits: commit")) < 0)
+        goto fail;
+    *granted = n;
+    return 0;
+fail:
+    *wake_ms = 0;
+    sqlite_rollback(&s->base);
+    return rc;
+}
+
+static int
+sqlite_permit_put(struct store *base, const char *provider,
+                  const char *owner, int slots, int tokens)
+{
+    struct sqlite_store *s = sq(base);
+    struct permit_pool pool;
+    int rc;
+
+    if (tokens <= 0)
+        return permit_slots_set(s, provider, owner, slots, 0);
+    if ((rc = exec_stmt(s, ST_BEGIN, "permits: begin")) < 0)
+        return rc;
+    if ((rc = permit_pool_read(s, provider, owner, &pool)) < 0 ||
+        (rc = permit_slots_set(s, provider, owner, slots, 0)) < 0)
+        goto fail;
+    if (pool.rate > 0 && pool.tokens_at != 0) {
+        pool.tokens += tokens;
+        if (pool.tokens > permit_burst(pool.rate))
+            pool.tokens = permit_burst(pool.rate);
+        if ((rc = permit_bucket_put(s, provider, &pool)) < 0)
+            goto fail;
+    }
+    if ((rc = exec_stmt(s, ST_COMMIT, "permits: commit")) < 0)
+        goto fail;
+    return 0;
+fail:
     sqlite_rollback(&s->base);
     return rc;
 }
@@ -2256,6 +2478,8 @@ const struct store_ops store_sqlite_ops = {
     .daemon_beat = sqlite_daemon_beat,
     .daemons = sqlite_daemons,
     .daemon_reap = sqlite_daemon_reap,
+    .permit_take = sqlite_permit_take,
+    .permit_put = sqlite_permit_put,
     .claim = sqlite_claim,
     .next_due = sqlite_next_due,
     .pending_count = sqlite_pending_count,

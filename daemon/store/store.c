@@ -183,6 +183,24 @@ store_daemon_reap(struct store *s, const char *owner, int64_t seen,
     return s->ops->daemon_reap(s, owner, seen, now_ms, n);
 }
 
+/* --- permits shared by the daemons of one database ----------------------- */
+
+int
+store_permit_take(struct store *s, const char *provider, const char *owner,
+                  const struct permit_view *view, int in_flight, int want,
+                  int64_t now_ms, int *granted, int64_t *wake_ms)
+{
+    return s->ops->permit_take(s, provider, owner, view, in_flight, want,
+                               now_ms, granted, wake_ms);
+}
+
+int
+store_permit_put(struct store *s, const char *provider, const char *owner,
+                 int slots, int tokens)
+{
+    return s->ops->permit_put(s, provider, owner, slots, tokens);
+}
+
 int
 store_claim(struct store *s, const char *provider, int max, int64_t now_ms,
             int64_t lease_ms, const char *owner, struct job **out, int *nout)

@@ -52,6 +52,9 @@ int liveness_beat(struct liveness *l, int64_t now_ms);
  * on. *n = jobs returned to the queue. Returns 0 or a negative errno. */
 int liveness_reap(struct liveness *l, int64_t now_ms, int64_t mono_ms,
                   long *n);
+/* How many other daemons were registered at the last liveness_reap: 0
+ * means this one is alone on the database (nothing to share). */
+int liveness_peers(const struct liveness *l);
 /* A clean stop: takes back whatever this daemon still holds (nothing once
  * its work is recorded), deletes its row and lock file. NULL accepted. */
 void liveness_leave(struct liveness *l, int64_t now_ms);

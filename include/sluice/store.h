@@ -112,9 +112,31 @@ void store_daemons_free(struct daemon_row *rows, size_t n);
  * With seen != 0, only while its heartbeat_at still equals seen: a beat
  * since the verdict proves it alive, and -ESTALE says nothing was done.
  * seen = 0 is unconditional (its lock file proved it dead, or a daemon
- * leaving cleanly). *n = jobs returned to the queue or failed. */
+ * leaving cleanly). Its permits go too (store_permit_take). *n = jobs
+ * returned to the queue or failed. */
 int store_daemon_reap(struct store *s, const char *owner, int64_t seen,
                       int64_t now_ms, long *n);
+
+/* --- permits: a provider's limits shared by the daemons (permit.h) ------ */
+
+struct permit_view;
+
+/* In one transaction: publishes owner's view of provider, reads the pool
+ * of the live daemons' permits and the provider's shared token bucket,
+ * grants up to want new requests with in_flight of owner's out now
+ * (permit_grant), and sets owner's slots to in_flight + *granted and its
+ * unmet demand to want - *granted. *wake_ms
+ * as permit_grant (0 when all of want was granted). Returns 0 or a
+ * negative errno (-EBUSY: locked; nothing taken). */
+int store_permit_take(struct store *s, const char *provider, const char *owner,
+                      const struct permit_view *view, int in_flight, int want,
+                      int64_t now_ms, int *granted, int64_t *wake_ms);
+/* Sets owner's slots of provider (the requests it has out), clears its
+ * unmet demand, and gives tokens granted but not used back to the bucket
+ * (at most its burst).
+ * A no-op for an owner that never took. */
+int store_permit_put(struct store *s, const char *provider, const char *owner,
+                     int slots, int tokens);
 
 /* Claims up to max due jobs of provider in one UPDATE … RETURNING:
  * queued/retrying with run_after <= now become running (attempts + 1), and

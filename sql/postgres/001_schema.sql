@@ -1,5 +1,5 @@
 -- sluice schema on PostgreSQL, version 1: the tables, columns and views of
--- sql/ (SQLite, up to its 006) under the same names (CONTRACT.md). Times are unix
+-- sql/ (SQLite, up to its 007) under the same names (CONTRACT.md). Times are unix
 -- milliseconds (BIGINT); body, result and fields are JSON text, as on
 -- SQLite, so both backends hand sluicectl the same values.
 
@@ -291,3 +291,24 @@ FROM (
                 AS now) t
     ) AS p
 ) AS q;
+
+-- Budgets and spend, as sql/007: a batch's spend cap, and what each
+-- provider and batch has cost, in all and over the last hour.
+CREATE TABLE batches (
+    name       TEXT PRIMARY KEY,
+    budget     DOUBLE PRECISION,
+    state      TEXT    NOT NULL DEFAULT 'active'
+        CHECK (state IN ('active', 'paused')),
+    reason     TEXT,
+    updated_at BIGINT  NOT NULL
+);
+
+CREATE VIEW spend AS
+SELECT provider, batch, coalesce(sum(cost), 0) AS spent,
+       coalesce(sum(CASE WHEN finished_at >= now - 3600000 THEN cost END),
+                0) AS spent_last_hour,
+       count(cost) AS jobs_costed
+FROM jobs,
+     (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+             AS now) AS clock
+GROUP BY provider, batch, now;

@@ -2220,6 +2220,25 @@ test_counts_are_kept_through_every_change(void **state)
     for (int i = 0; i < 3; i++)
         free(many[i].idempotency_key);
     assert_counts_kept(s, t.path);
+    /* a whole statement of one provider and batch, one that mixes them
+     * (row by row), and a tail; fed twice (all duplicates) */
+    struct jobspec big[260];
+    for (int i = 0; i < 260; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "big-%d", i);
+        big[i] = (struct jobspec){
+            .provider = i >= 128 && i % 2 ? "b" : "a",
+            .batch = i < 128 ? "big" : NULL,
+            .method = "POST", .path = "/v1/run",
+            .idempotency_key = strdup(key), .max_attempts = 3};
+    }
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(store_insert_jobs(s, big, 260, T0, &inserted), 0);
+        assert_int_equal(inserted, k == 0 ? 260 : 0);
+        assert_counts_kept(s, t.path);
+    }
+    for (int i = 0; i < 260; i++)
+        free(big[i].idempotency_key);
 
     assert_int_equal(claim(s, "a", 8, T0, "d1", out), 8);
     free_jobs(out, 8);
@@ -2247,7 +2266,7 @@ test_counts_are_kept_through_every_change(void **state)
     assert_int_equal(jobs, 2);
     assert_counts_kept(s, t.path);
     assert_int_equal(store_pending_count(s, "a", &n), 0);
-    assert_int_equal(n, 7);
+    assert_int_equal(n, 7 + 128 + 66);
     store_close(s);
     tmpdb_remove(&t);
 }

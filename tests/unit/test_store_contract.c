@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "sluice/jobspec.h"
+#include "sluice/permit.h"
 #include "sluice/store.h"
 
 /* 2023-11-14T22:13:20Z: any fixed "now" will do. */
@@ -973,6 +974,70 @@ test_outputs_of_a_success_are_claimed_recorded_and_retried(void **state)
     store_close(s);
 }
 
+static void
+budget_cb(const char *batch, double budget, void *data)
+{
+    json_object_set_new(data, batch, json_real(budget));
+}
+
+static void
+test_spend_budgets_and_held_batches(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct jobspec jobs[3] = {spec("gen", "a", "a", 0),
+                              spec("gen", "b", "b", 0),
+                              spec("gen", "c", "c", 0)};
+    const char *held = "capped";
+    struct job *claimed[4];
+    struct job_update u = {0};
+    json_t *budgets = json_object(), *rows;
+    double spent;
+    long costed;
+    int64_t since;
+    size_t in;
+    int n = 0;
+
+    jobs[0].batch = (char *)"capped";
+    jobs[1].batch = (char *)"open";
+    assert_int_equal(store_begin(s), 0);
+    assert_int_equal(store_insert_jobs(s, jobs, 3, T0, &in), 0);
+    assert_int_equal(store_commit(s), 0);
+    assert_int_equal(store_oldest_queued(s, "gen", &since), 0);
+    assert_int_equal(since, T0);
+    assert_int_equal(store_batch_budget_set(s, "capped", 2.5, T0), 0);
+    assert_int_equal(store_batch_budgets(s, budget_cb, budgets), 0);
+    assert_true(json_real_value(json_object_get(budgets, "capped")) == 2.5);
+    json_decref(budgets);
+    assert_int_equal(store_claim_except(s, "gen", 4, T0, LEASE_MS, "o", &held,
+                                        1, claimed, &n),
+                     0);
+    assert_int_equal(n, 2); /* b (open) and c (no batch), not a */
+    for (int i = 0; i < n; i++)
+        assert_string_not_equal(claimed[i]->custom_id, "a");
+    u.job_id = claimed[0]->id;
+    free_jobs(claimed, n);
+    u.owner = "o";
+    u.state = JOB_SUCCEEDED;
+    u.http_status = 200;
+    u.finished_at = T0 + 1;
+    u.cost = 0.75;
+    u.has_cost = true;
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_spend(s, "gen", NULL, &spent, &costed), 0);
+    assert_true(spent == 0.75);
+    assert_int_equal(costed, 1);
+    assert_int_equal(store_batch_pause(s, "capped", true, T0 + 2), 0);
+    rows = store_spend_json(s, "capped");
+    assert_int_equal(json_array_size(rows), 1);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(rows, 0), "batch_state")),
+                        "paused");
+    json_decref(rows);
+    store_close(s);
+}
+
 /* --- wakeups ------------------------------------------------------------- */
 
 static void
@@ -1044,6 +1109,57 @@ test_watch_wakes_the_loop_on_enqueue_where_the_backend_pushes(void **state)
     store_close(b);
 }
 
+/* Permits for want requests of provider as owner (cap, rate: its view),
+ * with in_flight of its own out. */
+static int
+take(struct store *s, const char *provider, const char *owner, int cap,
+     double rate, int in_flight, int want, int64_t now)
+{
+    struct permit_view v = {.cap = cap, .rate = rate};
+    int granted = -1;
+    int64_t wake;
+    assert_int_equal(store_permit_take(s, provider, owner, &v, in_flight,
+                                       want, now, &granted, &wake),
+                     0);
+    return granted;
+}
+
+static void
+test_permits_share_a_cap_and_a_bucket_between_connections(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *a = open_store(f), *b = open_store(f);
+    struct daemon_row da = {.owner = (char *)"A", .host = (char *)"h",
+                            .pid = 1, .started_at = T0};
+    struct daemon_row db = {.owner = (char *)"B", .host = (char *)"h",
+                            .pid = 2, .started_at = T0};
+    long n;
+
+    assert_int_equal(store_daemon_register(a, &da), 0);
+    assert_int_equal(store_daemon_register(b, &db), 0);
+    /* one cap of 6 for both; the lowest view is the pool's */
+    assert_int_equal(take(a, "gen", "A", 6, 0, 0, 6, T0), 6);
+    assert_int_equal(take(b, "gen", "B", 8, 0, 0, 6, T0), 0);
+    assert_int_equal(store_permit_put(a, "gen", "A", 2, 0), 0);
+    /* B waits, so A keeps to its share (3) and B gets the rest */
+    assert_int_equal(take(a, "gen", "A", 6, 0, 2, 4, T0), 1);
+    assert_int_equal(take(b, "gen", "B", 8, 0, 0, 6, T0), 3);
+
+    /* one bucket: 100/s is a burst of 10, drawn by both */
+    assert_int_equal(take(a, "img", "A", 0, 100, 0, 8, T0), 8);
+    assert_int_equal(take(b, "img", "B", 0, 100, 0, 8, T0), 2);
+    assert_int_equal(take(b, "img", "B", 0, 100, 2, 8, T0 + 10), 1);
+    /* granted, not used: back in the bucket */
+    assert_int_equal(store_permit_put(a, "img", "A", 3, 5), 0);
+    assert_int_equal(take(b, "img", "B", 0, 100, 3, 8, T0 + 10), 5);
+
+    /* a dead daemon's slots (and its view) go with its row */
+    assert_int_equal(store_daemon_reap(b, "A", 0, T0, &n), 0);
+    assert_int_equal(take(b, "gen", "B", 8, 0, 3, 8, T0), 5);
+    store_close(a);
+    store_close(b);
+}
+
 static enum kind sqlite_kind = SQLITE, postgres_kind = POSTGRES;
 
 #define BOTH(t)                                                                \
@@ -1069,8 +1185,10 @@ main(void)
             test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted),
         BOTH(test_daemons_register_beat_and_reap),
         BOTH(test_late_outcome_of_a_job_taken_back_is_not_written),
+        BOTH(test_permits_share_a_cap_and_a_bucket_between_connections),
         BOTH(test_kept_counts_follow_every_move),
         BOTH(test_outputs_of_a_success_are_claimed_recorded_and_retried),
+        BOTH(test_spend_budgets_and_held_batches),
         BOTH(test_counts_and_next_due),
         BOTH(test_failures_retry_and_cancel_by_selection),
         BOTH(test_queries_status_jobs_progress_export_purge),

@@ -303,7 +303,12 @@ main(int argc, char **argv)
 
     if (dm.config->metrics &&
         metrics_start(dm.config->metrics, &dm.metrics) < 0) {
+        /* nothing claimed yet: the start ends here, cleanly */
         dispatch_free(dm.dispatch);
+        uv_run(dm.loop, UV_RUN_DEFAULT);
+        uv_loop_close(dm.loop);
+        free(dm.loop);
+        liveness_leave(dm.live, clock_now_ms());
         store_close(dm.store);
         config_free(dm.config);
         return 1;

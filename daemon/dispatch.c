@@ -539,8 +539,9 @@ log_outcome(const struct req *r, const struct outcome *o, const char *what,
                  lane_change ? lane_change : "");
 }
 
-/* The job's cost (DESIGN §13): the dialect's (FLORA's charged_cost), else
- * from the result by the provider's cost_pointer or token_price. */
+/* The job's cost (docs/design.md §13): the dialect's (FLORA's
+ * charged_cost), else from the result by the provider's cost_pointer or
+ * token_price. */
 static bool
 job_cost(const struct dlane *dl, const struct outcome *o, double *cost)
 {

@@ -1,8 +1,8 @@
 /*
- * metrics: /metrics in the Prometheus text exposition format, version
- * 0.0.4 (docs/design.md §14), written by hand: no C client library for Prometheus
- * is maintained or packaged in Debian, and the format is a few lines of
- * text per metric. Tests check the output with `promtool check metrics`.
+ * metrics: /metrics in the Prometheus text exposition format, version 0.0.4
+ * (docs/design.md §14), written by hand: no C client library for Prometheus is
+ * maintained or packaged in Debian, and the format is a few lines of text per
+ * metric. Tests check the output with `promtool check metrics`.
  *
  * How it works: the loop thread keeps the counters (requests and failures
  * by class, spend, the commit latency histogram) and, once a second,

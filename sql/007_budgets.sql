@@ -1,4 +1,4 @@
--- Budgets and spend (version 7, DESIGN section 13).
+-- Budgets and spend (version 7, docs/design.md section 13).
 
 -- A batch's spend cap, set by sluicectl enqueue --budget. The daemon
 -- holds a batch's jobs once their costs reach it; sluicectl resume --batch

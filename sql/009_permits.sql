@@ -1,5 +1,5 @@
 -- Permits: one provider's limits shared by the daemons of one database
--- (see DESIGN, flow control: several daemons on one database). Version 9.
+-- (docs/design.md section 6: several daemons on one database). Version 9.
 
 -- What each live daemon holds and knows of each provider: slots are its
 -- requests in flight plus waiting runs (set at every take), unmet what its

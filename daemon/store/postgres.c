@@ -499,8 +499,8 @@ static const char *const pst_sql[P_COUNT] = {
     [P_BATCH_STATE] = "UPDATE batches SET state = $2::text, "
                       "reason = $3::text, updated_at = $4::bigint "
                       "WHERE name = $1::text",
-    /* The outputs table (DESIGN §13), as sqlite.c's OS_* statements; a
-     * download's lease is its claim. */
+    /* The outputs table (docs/design.md §13), as sqlite.c's OS_*
+     * statements; a download's lease is its claim. */
     [P_OUT_CLAIM] =
         "UPDATE outputs SET attempts = attempts + 1, "
         "lease_until = $1::bigint, lease_owner = $2::text "
@@ -1730,7 +1730,7 @@ pg_oldest_queued(struct store *base, const char *provider, int64_t *since_ms)
     return pg_run_int(pq(base), P_OLDEST_QUEUED, &p, "oldest queued", since_ms);
 }
 
-/* --- spend and budgets (DESIGN §13) --------------------------------------- */
+/* --- spend and budgets (docs/design.md §13) ------------------------------ */
 
 static int
 pg_spend(struct store *base, const char *provider, const char *batch,
@@ -2480,7 +2480,7 @@ pg_providers_json(struct store *base)
     return array_json(pq(base), P_LANES, NULL, "providers");
 }
 
-/* --- outputs (DESIGN §13) ------------------------------------------------ */
+/* --- outputs (docs/design.md §13) ---------------------------------------- */
 
 static int
 pg_outputs_claim(struct store *base, int max, int64_t now_ms, int64_t lease_ms,

@@ -28,6 +28,7 @@
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend.h"
 #include "sluice/clock.h"
@@ -145,9 +146,18 @@ extern const size_t sql_nfiles;
     "created_at, updated_at) VALUES "
 #define INSERT_JOB_TAIL " ON CONFLICT (provider, idempotency_key) DO NOTHING"
 
-/* incremental_vacuum step of purge: 4096 pages (16 MiB at the default
- * page size) per call keeps each write lock short. */
-#define STORE_VACUUM_STEP 4096
+/* incremental_vacuum step of purge: 2048 pages (8 MiB at the default
+ * page size) per transaction, each holding the write lock for about a
+ * tenth of a second on a file far larger than the page cache
+ * (bench/scale). */
+#define STORE_VACUUM_STEP 2048
+/* The gap purge leaves between two of its write transactions. SQLite
+ * queues nobody for the write lock: a writer waiting in the busy handler
+ * (which polls every 100 ms once it has waited a while) could miss every
+ * short gap while purge takes the lock again and again (bench/scale saw
+ * the daemon's kind of write held off 4 s by steps of 80 ms each). A gap
+ * as long as that poll lets every waiter in. */
+#define STORE_PURGE_GAP_MS 100
 
 /* Every prepared statement; SQL text in stmt_sql below, same order. */
 enum stmt {
@@ -2221,6 +2231,14 @@ purge_step(struct sqlite_store *s, const struct store_select *sel, long limit,
     return rc;
 }
 
+/* Sleeps STORE_PURGE_GAP_MS between two write transactions of purge. */
+static void
+purge_gap(void)
+{
+    struct timespec ts = {0, STORE_PURGE_GAP_MS * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
 /* Gives freed pages back: incremental_vacuum in steps when the file
  * allows it, then the WAL truncated. */
 static int
@@ -2249,6 +2267,8 @@ purge_reclaim(struct sqlite_store *s, long *freed)
             if (now_left >= left)
                 break; /* nothing more to give back */
             left = now_left;
+            if (left > 0)
+                purge_gap();
         }
         free(sql);
         if (rc < 0)
@@ -2257,10 +2277,17 @@ purge_reclaim(struct sqlite_store *s, long *freed)
     if ((rc = pragma_int(s, ST_FREELIST, &after)) < 0)
         return rc;
     *freed = (long)(before - after);
-    /* A reader (the daemon) may keep part of the WAL alive: SQLITE_BUSY
-     * here only means the file shrinks at a later checkpoint. */
-    rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE,
+    /* PASSIVE first: it copies the WAL back without keeping writers out,
+     * so the TRUNCATE after it (which does keep them out while pending)
+     * has almost nothing left to copy. A reader (the daemon) may keep
+     * part of the WAL alive: SQLITE_BUSY here only means the file shrinks
+     * at a later checkpoint. */
+    rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
                                    NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_wal_checkpoint_v2(s->db, NULL,
+                                       SQLITE_CHECKPOINT_TRUNCATE, NULL,
+                                       NULL);
     if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
         return sqlite_fail(s, rc, "wal_checkpoint");
     return 0;
@@ -2280,6 +2307,8 @@ sqlite_purge(struct store *base, const struct store_select *sel,
             return rc;
         *jobs += nj;
         *attempts += na;
+        if (nj == batch_rows)
+            purge_gap();
     } while (nj == batch_rows);
     return purge_reclaim(s, freed_pages);
 }

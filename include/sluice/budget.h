@@ -1,6 +1,6 @@
 /*
- * budget: the spend-cap policy of a provider or a batch (DESIGN §13), pure
- * arithmetic on numbers: no clock, no I/O, no names. The daemon keeps one
+ * budget: the spend-cap policy of a provider or a batch (docs/design.md §13),
+ * pure arithmetic on numbers: no clock, no I/O, no names. The daemon keeps one
  * account per capped provider and per capped batch (spend.c) and asks it,
  * before a claim, how many more jobs may go out.
  *

@@ -1,6 +1,6 @@
 /*
  * cost: what one job cost, read from its result when the dialect did not
- * say (DESIGN §13): at the provider's cost_pointer, else the result's
+ * say (docs/design.md §13): at the provider's cost_pointer, else the result's
  * usage.total_tokens times its token_price. FLORA's charged_cost is read
  * by its dialect and comes first.
  */

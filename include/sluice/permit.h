@@ -1,6 +1,6 @@
 /*
  * permit: one provider's limits shared by the daemons of one database
- * (DESIGN §6, "several daemons on one database"). Pure: the clock is a
+ * (docs/design.md §6, "several daemons on one database"). Pure: the clock is a
  * parameter; the store reads and writes the shared state around
  * permit_grant in one transaction (store_permit_take).
  *

@@ -1,9 +1,9 @@
 /*
- * spend: the daemon's spend accounts, one per capped provider and per
- * capped batch, each a budget (budget.h) the dispatcher consults before a
- * claim (DESIGN §13). A provider at its cap is paused with reason budget;
- * a batch at its cap is held (its jobs are not claimed; the provider's
- * other batches go on), and its row in batches says paused, budget.
+ * spend: the daemon's spend accounts, one per capped provider and per capped
+ * batch, each a budget (budget.h) the dispatcher consults before a claim
+ * (docs/design.md §13). A provider at its cap is paused with reason budget; a
+ * batch at its cap is held (its jobs are not claimed; the provider's other
+ * batches go on), and its row in batches says paused, budget.
  *
  * The spend of an account is read from the database when the daemon
  * starts to watch it (store_spend), then grows with every cost this

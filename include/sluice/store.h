@@ -181,7 +181,7 @@ int store_count_waiting(struct store *s, const char *provider, long *n);
 int store_oldest_queued(struct store *s, const char *provider,
                         int64_t *since_ms);
 /* Like store_claim_new, but no job of the batches held[0..nheld) (capped
- * batches at their budget: DESIGN §13); jobs without a batch are never
+ * batches at their budget: docs/design.md §13); jobs without a batch are never
  * held. */
 int store_claim_except(struct store *s, const char *provider, int max,
                        int64_t now_ms, int64_t lease_ms, const char *owner,

@@ -2,7 +2,7 @@
  * text: untrusted text (a provider's message, a job's custom_id) made safe
  * to show on one line of a log or a terminal table: no line break to
  * forge a log line (or, under journald, a priority), no escape sequence
- * for the terminal to act on (DESIGN §11).
+ * for the terminal to act on (docs/design.md §11).
  */
 #ifndef SLUICE_TEXT_H
 #define SLUICE_TEXT_H

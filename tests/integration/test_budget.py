@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Spend and budgets (DESIGN section 13) with the real sluiced against the
+"""Spend and budgets (docs/design.md §13) with the real sluiced against the
 fake provider: each job's cost lands in jobs.cost (FLORA's charged_cost, a
 cost_pointer, tokens x token_price); a provider budget stops the lane
 within one claim of its cap, paused with reason budget, and a raised

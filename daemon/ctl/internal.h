@@ -2,8 +2,9 @@
  * ctl/internal.h: what sluicectl's command files share and nothing else
  * sees. Each file in daemon/ctl/ holds one family of commands (enqueue.c;
  * inspect.c: status, jobs, show; triage.c: failures, retry, cancel,
- * resume, export, purge; watch.c; outputs.c) and exports one function per command,
- * listed here and registered in the command table of ctl/main.c. The
+ * resume, export, purge; watch.c; outputs.c; migrate.c) and exports one
+ * function per command, listed here and registered in the command table
+ * of ctl/main.c. The
  * helpers below do what every command repeats: options (common.c), the
  * config and the database (common.c), tables and JSON output (format.c).
  *
@@ -55,6 +56,7 @@ int ctl_export(struct ctl *c, int argc, char **argv);
 int ctl_purge(struct ctl *c, int argc, char **argv);
 int ctl_watch(struct ctl *c, int argc, char **argv);
 int ctl_outputs(struct ctl *c, int argc, char **argv);
+int ctl_migrate(struct ctl *c, int argc, char **argv);
 
 /* The command called name, or NULL (ctl/main.c). */
 const struct ctl_cmd *ctl_find(const char *name);

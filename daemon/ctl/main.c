@@ -57,6 +57,8 @@ static const struct ctl_cmd ctl_cmds[] = {
      "[--batch B] [--state pending|stored|failed] [--json] | --retry "
      "[--batch B] [--json]",
      "downloaded outputs of succeeded jobs; --retry: failed ones again"},
+    {"migrate", ctl_migrate, "--from DATABASE --to DATABASE [--json]",
+     "move a stopped queue into an empty database (SQLite to PostgreSQL)"},
     {"help", ctl_help, "[COMMAND]", "this text, or one command's usage"},
 };
 #define CTL_NCMDS (sizeof(ctl_cmds) / sizeof(ctl_cmds[0]))

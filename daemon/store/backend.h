@@ -160,6 +160,14 @@ struct store_ops {
     json_t *(*progress_json)(struct store *s, const char *batch);
     json_t *(*providers_json)(struct store *s);
 
+    int (*is_empty)(struct store *s, bool *empty);
+    /* table is one of store_tables (checked by store.c). */
+    int (*dump)(struct store *s, const char *table, store_row_fn fn,
+                void *arg);
+    /* table and every key of row checked by store.c: identifiers only. */
+    int (*load)(struct store *s, const char *table, const json_t *row);
+    int (*load_done)(struct store *s);
+
     int (*outputs_claim)(struct store *s, int max, int64_t now_ms,
                          int64_t lease_ms, const char *owner,
                          struct output_claim *out, int *nout);

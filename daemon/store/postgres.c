@@ -2480,6 +2480,168 @@ pg_providers_json(struct store *base)
     return array_json(pq(base), P_LANES, NULL, "providers");
 }
 
+/* --- moving a queue ------------------------------------------------------- */
+
+static int
+pg_is_empty(struct store *base, bool *empty)
+{
+    struct pg_store *s = pq(base);
+    int64_t v = 0;
+    int rc;
+
+    *empty = false;
+    if ((rc = pg_ready(s)) < 0 ||
+        (rc = pg_exec_int(s,
+                          "SELECT (NOT (EXISTS (SELECT 1 FROM jobs) "
+                          "OR EXISTS (SELECT 1 FROM providers) "
+                          "OR EXISTS (SELECT 1 FROM batches) "
+                          "OR EXISTS (SELECT 1 FROM outputs) "
+                          "OR EXISTS (SELECT 1 FROM daemons)))::int",
+                          &v, "empty check")) < 0)
+        return rc;
+    *empty = v != 0;
+    return 0;
+}
+
+/* Row i of r with text verbatim (no JSON parsing): what a load writes
+ * back. */
+static json_t *
+row_raw_json(const PGresult *r, int i)
+{
+    json_t *o = json_object();
+
+    for (int c = 0; c < PQnfields(r); c++) {
+        const char *t = PQgetvalue(r, i, c);
+        json_t *v;
+
+        if (PQgetisnull(r, i, c)) {
+            v = json_null();
+        } else {
+            switch (PQftype(r, c)) {
+            case OID_INT2:
+            case OID_INT4:
+            case OID_INT8:
+                v = json_integer(strtoll(t, NULL, 10));
+                break;
+            case OID_FLOAT4:
+            case OID_FLOAT8:
+            case OID_NUMERIC:
+                v = json_real(strtod(t, NULL));
+                break;
+            default:
+                v = json_stringn(t, (size_t)PQgetlength(r, i, c));
+                break;
+            }
+        }
+        json_object_set_new(o, PQfname(r, c), v);
+    }
+    return o;
+}
+
+static int
+pg_dump(struct store *base, const char *table, store_row_fn fn, void *arg)
+{
+    struct pg_store *s = pq(base);
+    char *sql = xasprintf("SELECT * FROM %s ORDER BY 1", table);
+    PGresult *r;
+    int rc, stop = 0;
+
+    if ((rc = pg_ready(s)) < 0) {
+        free(sql);
+        return rc;
+    }
+    rc = PQsendQuery(s->conn, sql) && PQsetSingleRowMode(s->conn) ? 0 : -1;
+    free(sql);
+    if (rc < 0)
+        return pg_fail(s, NULL, "dump");
+    while ((r = PQgetResult(s->conn)) != NULL) {
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_SINGLE_TUPLE && stop == 0) {
+            json_t *row = row_raw_json(r, 0);
+            stop = fn(row, arg);
+            json_decref(row);
+        } else if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK &&
+                   rc == 0) {
+            rc = pg_fail(s, r, "dump");
+        }
+        PQclear(r);
+    }
+    return stop != 0 ? stop : rc;
+}
+
+static int
+pg_load(struct store *base, const char *table, const json_t *row)
+{
+    struct pg_store *s = pq(base);
+    size_t n = json_object_size(row);
+    const char **vals = xcalloc(n, sizeof(*vals));
+    char(*num)[32] = xcalloc(n, sizeof(*num));
+    struct buf b = {0};
+    const char *key;
+    json_t *v;
+    PGresult *r;
+    size_t i = 0;
+    int rc;
+
+    buf_appendf(&b, "INSERT INTO %s (", table);
+    json_object_foreach((json_t *)row, key, v)
+    {
+        buf_appendf(&b, "%s%s", i ? ", " : "", key);
+        if (json_is_integer(v))
+            snprintf(num[i], sizeof(num[i]), "%lld",
+                     (long long)json_integer_value(v));
+        else if (json_is_real(v))
+            snprintf(num[i], sizeof(num[i]), "%.17g", json_real_value(v));
+        else if (json_is_boolean(v))
+            snprintf(num[i], sizeof(num[i]), "%d", json_is_true(v));
+        vals[i] = json_is_string(v) ? json_string_value(v)
+                  : json_is_null(v) ? NULL
+                                    : num[i];
+        i++;
+    }
+    buf_appendf(&b, ") VALUES (");
+    for (size_t k = 0; k < n; k++)
+        buf_appendf(&b, "%s$%zu", k ? ", " : "", k + 1);
+    buf_appendf(&b, ")");
+    if ((rc = pg_ready(s)) == 0) {
+        /* Types come from the columns: every value goes as text. */
+        r = PQexecParams(s->conn, b.data, (int)n, NULL, vals, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            rc = pg_fail(s, r, "load");
+        PQclear(r);
+    }
+    buf_free(&b);
+    free(vals);
+    free(num);
+    return rc;
+}
+
+/* New ids continue past the loaded ones; the kept counts from the jobs. */
+static int
+pg_load_done(struct store *base)
+{
+    return pg_exec(
+        pq(base),
+        "SELECT setval(pg_get_serial_sequence('jobs', 'id'), "
+        "  coalesce((SELECT max(id) FROM jobs), 0) + 1, false); "
+        "SELECT setval(pg_get_serial_sequence('attempts', 'id'), "
+        "  coalesce((SELECT max(id) FROM attempts), 0) + 1, false); "
+        "SELECT setval(pg_get_serial_sequence('outputs', 'id'), "
+        "  coalesce((SELECT max(id) FROM outputs), 0) + 1, false); "
+        "DELETE FROM job_counts; "
+        "INSERT INTO job_counts (provider, batch, state, n) "
+        "SELECT provider, coalesce(batch, ''), state, count(*) "
+        "FROM jobs GROUP BY 1, 2, 3; "
+        "DELETE FROM job_done_minutes; "
+        "INSERT INTO job_done_minutes (provider, batch, minute, n, "
+        "first_at, last_at) "
+        "SELECT provider, coalesce(batch, ''), finished_at / 60000, "
+        "count(*), min(finished_at), max(finished_at) FROM jobs "
+        "WHERE finished_at IS NOT NULL AND state IN (" JOB_TERMINAL_SQL ") "
+        "GROUP BY 1, 2, 3",
+        "load: ids and kept counts");
+}
+
 /* --- outputs (docs/design.md §13) ---------------------------------------- */
 
 static int
@@ -2671,6 +2833,10 @@ const struct store_ops store_postgres_ops = {
     .purge = pg_purge,
     .progress_json = pg_progress_json,
     .providers_json = pg_providers_json,
+    .is_empty = pg_is_empty,
+    .dump = pg_dump,
+    .load = pg_load,
+    .load_done = pg_load_done,
     .outputs_claim = pg_outputs_claim,
     .output_record = pg_output_record,
     .outputs_next_due = pg_outputs_next_due,

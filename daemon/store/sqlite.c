@@ -561,6 +561,8 @@ struct sqlite_store {
     sqlite3_stmt *st[ST_COUNT];
     sqlite3_stmt *ost[OS_COUNT];
     sqlite3_stmt *insert_many; /* STORE_INSERT_ROWS rows of INSERT_JOB */
+    char *load_sql;            /* store_load: the last INSERT prepared */
+    sqlite3_stmt *load_st;
 };
 
 static struct sqlite_store *
@@ -918,6 +920,8 @@ sqlite_close(struct store *base)
     for (int i = 0; i < OS_COUNT; i++)
         sqlite3_finalize(s->ost[i]);
     sqlite3_finalize(s->insert_many);
+    sqlite3_finalize(s->load_st);
+    free(s->load_sql);
     sqlite3_close_v2(s->db);
     free(s->path);
     free(s);
@@ -2489,6 +2493,162 @@ sqlite_spend_json(struct store *base, const char *batch)
     return arr;
 }
 
+/* --- moving a queue ------------------------------------------------------- */
+
+static int
+sqlite_is_empty(struct store *base, bool *empty)
+{
+    struct sqlite_store *s = sq(base);
+    sqlite3_stmt *st;
+    int rc;
+
+    *empty = false;
+    rc = sqlite3_prepare_v2(
+        s->db,
+        "SELECT NOT (EXISTS (SELECT 1 FROM jobs) "
+        "OR EXISTS (SELECT 1 FROM providers) "
+        "OR EXISTS (SELECT 1 FROM batches) "
+        "OR EXISTS (SELECT 1 FROM outputs) "
+        "OR EXISTS (SELECT 1 FROM daemons))",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return sqlite_fail(s, rc, "empty check");
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *empty = sqlite3_column_int(st, 0) != 0;
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : sqlite_fail(s, rc, "empty check");
+}
+
+/* The current row with text verbatim (no JSON parsing): what a load
+ * writes back. */
+static json_t *
+row_raw_json(sqlite3_stmt *st)
+{
+    json_t *o = json_object();
+
+    for (int i = 0; i < sqlite3_column_count(st); i++) {
+        json_t *v;
+        switch (sqlite3_column_type(st, i)) {
+        case SQLITE_INTEGER:
+            v = json_integer(sqlite3_column_int64(st, i));
+            break;
+        case SQLITE_FLOAT:
+            v = json_real(sqlite3_column_double(st, i));
+            break;
+        case SQLITE_NULL:
+            v = json_null();
+            break;
+        default:
+            v = json_stringn((const char *)sqlite3_column_text(st, i),
+                             (size_t)sqlite3_column_bytes(st, i));
+            if (v == NULL) /* not UTF-8: JSON cannot carry it */
+                v = json_string("");
+            break;
+        }
+        json_object_set_new(o, sqlite3_column_name(st, i), v);
+    }
+    return o;
+}
+
+static int
+sqlite_dump(struct store *base, const char *table, store_row_fn fn, void *arg)
+{
+    struct sqlite_store *s = sq(base);
+    char *sql = xasprintf("SELECT * FROM %s ORDER BY rowid", table);
+    sqlite3_stmt *st;
+    int rc, stop = 0;
+
+    rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    free(sql);
+    if (rc != SQLITE_OK)
+        return sqlite_fail(s, rc, "dump");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *row = row_raw_json(st);
+        stop = fn(row, arg);
+        json_decref(row);
+        if (stop != 0)
+            break;
+    }
+    sqlite3_finalize(st);
+    if (stop != 0)
+        return stop;
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "dump");
+}
+
+static int
+sqlite_load(struct store *base, const char *table, const json_t *row)
+{
+    struct sqlite_store *s = sq(base);
+    struct buf b = {0};
+    const char *key;
+    json_t *v;
+    int i = 0, rc;
+
+    buf_appendf(&b, "INSERT INTO %s (", table);
+    json_object_foreach((json_t *)row, key, v)
+        buf_appendf(&b, "%s%s", i++ ? ", " : "", key);
+    buf_appendf(&b, ") VALUES (");
+    for (int k = 0; k < i; k++)
+        buf_appendf(&b, "%s?", k ? ", " : "");
+    buf_appendf(&b, ")");
+    /* Rows of one table share their columns: prepared once per table. */
+    if (s->load_sql == NULL || strcmp(s->load_sql, b.data) != 0) {
+        sqlite3_finalize(s->load_st);
+        free(s->load_sql);
+        s->load_sql = buf_steal(&b);
+        rc = sqlite3_prepare_v2(s->db, s->load_sql, -1, &s->load_st, NULL);
+        if (rc != SQLITE_OK) {
+            s->load_st = NULL;
+            free(s->load_sql);
+            s->load_sql = NULL;
+            return sqlite_fail(s, rc, "load");
+        }
+    }
+    buf_free(&b);
+    sqlite3_reset(s->load_st);
+    sqlite3_clear_bindings(s->load_st);
+    i = 0;
+    json_object_foreach((json_t *)row, key, v)
+    {
+        i++;
+        if (json_is_integer(v))
+            sqlite3_bind_int64(s->load_st, i, json_integer_value(v));
+        else if (json_is_real(v))
+            sqlite3_bind_double(s->load_st, i, json_real_value(v));
+        else if (json_is_string(v))
+            sqlite3_bind_text(s->load_st, i, json_string_value(v),
+                              (int)json_string_length(v), SQLITE_STATIC);
+        else if (json_is_boolean(v))
+            sqlite3_bind_int(s->load_st, i, json_is_true(v));
+    }
+    rc = sqlite3_step(s->load_st);
+    sqlite3_reset(s->load_st);
+    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "load");
+}
+
+/* The kept counts from the jobs, as sql/006 first filled them. */
+static int
+sqlite_load_done(struct store *base)
+{
+    struct sqlite_store *s = sq(base);
+    int rc = sqlite3_exec(
+        s->db,
+        "DELETE FROM job_counts; "
+        "INSERT INTO job_counts (provider, batch, state, n) "
+        "SELECT provider, coalesce(batch, ''), state, count(*) "
+        "FROM jobs GROUP BY 1, 2, 3; "
+        "DELETE FROM job_done_minutes; "
+        "INSERT INTO job_done_minutes (provider, batch, minute, n, "
+        "first_at, last_at) "
+        "SELECT provider, coalesce(batch, ''), finished_at / 60000, "
+        "count(*), min(finished_at), max(finished_at) FROM jobs "
+        "WHERE finished_at IS NOT NULL AND state IN (" JOB_TERMINAL_SQL ") "
+        "GROUP BY 1, 2, 3",
+        NULL, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : sqlite_fail(s, rc, "load: kept counts");
+}
+
 const struct store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = sqlite_open,
@@ -2541,6 +2701,10 @@ const struct store_ops store_sqlite_ops = {
     .purge = sqlite_purge,
     .progress_json = sqlite_progress_json,
     .providers_json = sqlite_providers_json,
+    .is_empty = sqlite_is_empty,
+    .dump = sqlite_dump,
+    .load = sqlite_load,
+    .load_done = sqlite_load_done,
     .outputs_claim = sqlite_outputs_claim,
     .output_record = sqlite_output_record,
     .outputs_next_due = sqlite_outputs_next_due,

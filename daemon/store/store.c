@@ -526,6 +526,68 @@ store_providers_json(struct store *s)
     return s->ops->providers_json(s);
 }
 
+/* --- moving a queue ------------------------------------------------------- */
+
+const char *const store_tables[] = {"jobs",      "attempts", "outputs",
+                                    "providers", "batches",  NULL};
+
+static bool
+store_table_known(const char *table)
+{
+    for (const char *const *t = store_tables; *t; t++) {
+        if (strcmp(*t, table) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* A column name that may go into SQL text as it is. */
+static bool
+store_identifier(const char *name)
+{
+    if (*name == '\0' || strchr("0123456789", *name))
+        return false;
+    return strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_") ==
+           strlen(name);
+}
+
+int
+store_is_empty(struct store *s, bool *empty)
+{
+    return s->ops->is_empty(s, empty);
+}
+
+int
+store_dump(struct store *s, const char *table, store_row_fn fn, void *arg)
+{
+    if (!store_table_known(table))
+        return -EINVAL;
+    return s->ops->dump(s, table, fn, arg);
+}
+
+int
+store_load(struct store *s, const char *table, const json_t *row)
+{
+    const char *key;
+    json_t *v;
+
+    if (!store_table_known(table) || !json_is_object(row) ||
+        json_object_size(row) == 0)
+        return -EINVAL;
+    json_object_foreach((json_t *)row, key, v)
+    {
+        if (!store_identifier(key) || json_is_object(v) || json_is_array(v))
+            return -EINVAL;
+    }
+    return s->ops->load(s, table, row);
+}
+
+int
+store_load_done(struct store *s)
+{
+    return s->ops->load_done(s);
+}
+
 void
 output_claim_clear(struct output_claim *c)
 {
@@ -537,9 +599,8 @@ output_claim_clear(struct output_claim *c)
 }
 
 int
-store_outputs_claim(struct store *s, int max, int64_t now_ms,
-                    int64_t lease_ms, const char *owner,
-                    struct output_claim *out, int *nout)
+store_outputs_claim(struct store *s, int max, int64_t now_ms, int64_t lease_ms,
+                    const char *owner, struct output_claim *out, int *nout)
 {
     return s->ops->outputs_claim(s, max, now_ms, lease_ms, owner, out, nout);
 }
@@ -558,8 +619,7 @@ store_outputs_next_due(struct store *s, int64_t *due_ms)
 }
 
 int
-store_outputs_counts(struct store *s, long *pending, long *stored,
-                     long *failed)
+store_outputs_counts(struct store *s, long *pending, long *stored, long *failed)
 {
     return s->ops->outputs_counts(s, pending, stored, failed);
 }

@@ -470,4 +470,27 @@ json_t *store_outputs_json(struct store *s, const char *batch,
 int store_outputs_retry(struct store *s, const char *batch, int64_t now_ms,
                         long *changed);
 
+/* --- moving a queue between databases (sluicectl migrate) ----------------- */
+
+/* The tables store_dump and store_load move, in the order a load follows
+ * (what a row refers to comes first); NULL-terminated. The daemons table
+ * is not among them: a queue is moved stopped. */
+extern const char *const store_tables[];
+/* *empty = the database holds no job, attempt, output, provider, batch or
+ * daemon row. */
+int store_is_empty(struct store *s, bool *empty);
+/* Calls fn for every row of table (one of store_tables), in key order,
+ * as an object of all its columns: integers, reals, text verbatim (JSON
+ * text columns stay strings), null. Returns 0, fn's non-zero value, or a
+ * negative errno (-EINVAL for another table). */
+int store_dump(struct store *s, const char *table, store_row_fn fn,
+               void *arg);
+/* Inserts row (as store_dump gives it: ids included) into table. Call
+ * inside store_begin/store_commit, then store_load_done. -EINVAL for a
+ * table not in store_tables or a column name that is not an identifier. */
+int store_load(struct store *s, const char *table, const json_t *row);
+/* After the loads, in the same transaction: new ids continue past the
+ * highest loaded, and the kept counts are rebuilt from the jobs. */
+int store_load_done(struct store *s);
+
 #endif

@@ -12,6 +12,7 @@ that can hold hundreds of thousands of entries, which the tests do not.
 """
 
 import atexit
+import contextlib
 import datetime
 import json
 import os
@@ -20,6 +21,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -307,15 +309,22 @@ class Sluice:
             conn.close()
 
 
-def write_jobs(path, n, prefix, start=0):
+def token_size(i):
+    """max_tokens of job i when sizes are mixed 10x: 100, 200, ... 1000."""
+    return 100 * (1 + i % 10)
+
+
+def write_jobs(path, n, prefix, start=0, tokens=False):
     """n OpenAI-Batch-style lines with custom ids PREFIX-<i> (the
-    idempotency key, so the fake's log tells whose request it was)."""
+    idempotency key, so the fake's log tells whose request it was).
+    tokens: each body asks for max_tokens = token_size(i)."""
     with open(path, "w") as f:
         for i in range(start, start + n):
+            extra = ',"max_tokens":%d' % token_size(i) if tokens else ""
             f.write('{"custom_id":"%s-%d","url":"/v1/images/generations",'
                     '"body":{"model":"bench-1","prompt":"a lighthouse at '
-                    'dusk, variant %d","size":"1024x1024"}}\n'
-                    % (prefix, i, i))
+                    'dusk, variant %d","size":"1024x1024"%s}}\n'
+                    % (prefix, i, i, extra))
     return path
 
 
@@ -361,6 +370,12 @@ def table(header, rows):
 
 
 def tempdir(prefix):
+    """A scratch directory, removed afterwards unless $BENCH_KEEP is set
+    (then its path is printed on stderr, logs and databases kept)."""
+    if os.environ.get("BENCH_KEEP"):
+        path = tempfile.mkdtemp(prefix=prefix)
+        print("bench: keeping %s" % path, file=sys.stderr)
+        return contextlib.nullcontext(path)
     return tempfile.TemporaryDirectory(prefix=prefix)
 
 

@@ -35,6 +35,7 @@ class Client:
         self.deadline = time.monotonic() + args.duration
         self.jobs = collections.deque(range(args.jobs))
         self.prefix = args.prefix
+        self.tokens = args.tokens
         self.lock = threading.Lock()
         self.pause_until = 0.0
         self.counts = collections.Counter()
@@ -67,9 +68,12 @@ class Client:
             job = self.next_job()
             if job is None:
                 break
-            body = json.dumps({"model": "bench-1",
-                               "prompt": "a lighthouse at dusk, variant %d"
-                               % job, "size": "1024x1024"})
+            b = {"model": "bench-1",
+                 "prompt": "a lighthouse at dusk, variant %d" % job,
+                 "size": "1024x1024"}
+            if self.tokens:
+                b["max_tokens"] = 100 * (1 + job % 10)  # as benchlib's
+            body = json.dumps(b)
             headers = {"Content-Type": "application/json",
                        "Authorization": "Bearer sk-bench",
                        "Idempotency-Key": "%s-%d" % (self.prefix, job)}
@@ -100,6 +104,8 @@ def main():
     ap.add_argument("--prefix", default="p15")
     ap.add_argument("--duration", type=float, default=40.0,
                     help="stop sending after this many seconds")
+    ap.add_argument("--tokens", action="store_true",
+                    help="bodies ask for max_tokens 100..1000 (mixed 10x)")
     ap.add_argument("--pause", type=float, default=15.0,
                     help="seconds everything stops after a 429")
     args = ap.parse_args()

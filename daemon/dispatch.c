@@ -1048,6 +1048,10 @@ write_provider_rows(struct dispatch *d, int64_t now)
             .succeeded = lane_succeeded(l),
             .failed = lane_failed(l),
             .throttled = lane_throttled(l),
+            .rate_per_s = lane_rate(l),
+            .rate_source = lane_rate_source(l),
+            .token_limit = (int64_t)lane_token_limit(l),
+            .tokens_available = lane_tokens_available(l),
         };
         if (lane_state(l) == LANE_ACTIVE && spend_paused(d->spend, dl->name)) {
             p.state = lane_state_name(LANE_PAUSED);

@@ -23,8 +23,9 @@
  *     job by its hint, and the other slots keep working.
  *   - Losses are congestion only when they rise above the background rate
  *     (noise): in a round (the requests sent since the round began, about
- *     one RTT), k losses are congestion when k ≥ 1 + n·bg + 3·√(n·bg),
- *     where bg is the loss rate of the lane's earlier answers. A provider
+ *     one RTT), k losses are congestion when k > n·bg + 3·√(n·bg),
+ *     where bg is the loss rate of the lane's earlier answers below the
+ *     knee (n: the round's answers, at least the in-flight count). A provider
  *     that fails 4 % of requests at random, whatever the load, has bg ≈
  *     0.04 and is left alone; one whose slots are all taken loses a request
  *     at a load where it lost none before, and that is a cut.
@@ -140,6 +141,7 @@
 #define TOKEN_COST_DEFAULT 1000.0
 /* α = 1/8 for the average token cost of a request. */
 #define TOKEN_COST_ALPHA 0.125
+#define TOKEN_PEAK_DECAY 64.0
 /* Room for "<class>: <code> (request <id>)" with the outcome's maxima. */
 #define LANE_REASON_MAX 384
 #define LANE_LINE_MAX 512
@@ -190,6 +192,7 @@ struct lane {
     double tok_adv;       /* advertised tokens/min; 0 unknown */
     double tok_level;     /* tokens available; negative = overdrawn */
     double tok_cost;      /* average tokens per request */
+    double tok_peak;      /* the largest recent estimate */
     int64_t tok_seq;      /* tokens estimated for all sends so far */
 
     /* gate 1: paused and breaker */
@@ -462,58 +465,73 @@ admit_state(struct lane *l, int64_t now_ms, int64_t *wake, bool *event)
     return 0;
 }
 
+/* One time gate: it admits `k` now and more at `open_ms`. The smallest
+ * answer binds; its opening (the latest among gates tied at it) is when
+ * to ask again. */
+static void
+gate(int *n, int64_t *wake, int k, int64_t open_ms)
+{
+    if (k < *n) {
+        *n = k;
+        *wake = open_ms;
+    } else if (k == *n) {
+        *wake = later(*wake, open_ms);
+    }
+}
+
 int
 lane_admit(struct lane *l, int64_t now_ms, int64_t *wake_ms)
 {
-    int64_t wake = 0;   /* latest opening time of the time gates that hold */
+    int64_t wake = 0;   /* when the binding time gates admit more */
     bool event = false; /* a gate waits for a request to finish */
     int n = admit_state(l, now_ms, &wake, &event);
 
     /* 2. pause-until (also the end of parking) */
-    if (now_ms < l->pause_until) {
-        n = 0;
-        wake = later(wake, l->pause_until);
-    }
+    if (now_ms < l->pause_until)
+        gate(&n, &wake, 0, l->pause_until);
 
     /* 3. pacers: the provider's window, requests, tokens */
     if (l->win_reset != 0 && now_ms >= l->win_reset) {
         l->win_reset = 0; /* the window reset: what is left is unknown */
         l->win_left = -1;
     }
-    if (l->win_reset != 0 && l->win_left >= 0 && l->win_left < n) {
-        n = (int)l->win_left;
-        wake = later(wake, l->win_reset);
-    }
+    if (l->win_reset != 0 && l->win_left >= 0 && l->win_left < n)
+        gate(&n, &wake, (int)l->win_left, l->win_reset);
     refill(l, now_ms);
     double rate = pace_rate(l);
     if (rate > 0 && l->tokens < (double)n) {
-        n = l->tokens < 1.0 ? 0 : (int)l->tokens;
         /* when the next whole token is there */
         double missing = floor(l->tokens) + 1.0 - l->tokens;
-        wake = later(wake, now_ms + 1 + (int64_t)(missing * 1000.0 / rate));
+        gate(&n, &wake, l->tokens < 1.0 ? 0 : (int)l->tokens,
+             now_ms + 1 + (int64_t)(missing * 1000.0 / rate));
     }
     double tpm = token_limit(l);
     if (tpm > 0) {
-        double k = l->tok_level <= 0 ? 0 : ceil(l->tok_level / l->tok_cost);
+        /* A provider admits a request only with its whole cost in the
+         * bucket: the next one may be as large as the largest lately. */
+        double need = l->tok_peak > l->tok_cost ? l->tok_peak : l->tok_cost;
+        double k = l->tok_level < need
+                       ? 0
+                       : 1 + floor((l->tok_level - need) / l->tok_cost);
         if (k < (double)n) {
-            n = (int)k;
-            double missing = l->tok_level <= 0 ? 1.0 - l->tok_level
-                                               : l->tok_cost;
-            wake = later(wake, now_ms + 1 + (int64_t)(missing * 60000.0 / tpm));
+            double missing = l->tok_level < need ? need - l->tok_level
+                                                 : l->tok_cost;
+            gate(&n, &wake, (int)k,
+                 now_ms + 1 + (int64_t)(missing * 60000.0 / tpm));
         }
     }
 
-    /* 4. concurrency */
+    /* 4. concurrency: only requests finishing open it, and a time gate
+     * behind it needs no timer. */
     int free_slots = l->limit - lane_in_flight(l);
-    if (free_slots <= n) {
-        n = free_slots > 0 ? free_slots : 0;
+    if (free_slots < 0)
+        free_slots = 0;
+    if (free_slots < n || (free_slots == n && n == 0)) {
+        n = free_slots;
         event = true;
     }
-
-    /* Only requests finishing can open the concurrency gate: a time gate
-     * behind it needs no timer. */
     if (wake_ms != NULL)
-        *wake_ms = event && n == 0 ? 0 : wake;
+        *wake_ms = event ? 0 : wake;
     return n;
 }
 
@@ -528,6 +546,11 @@ lane_on_send(struct lane *l, int64_t now_ms, int64_t tokens,
         l->win_left--;
     if (token_limit(l) > 0 && tokens > 0)
         l->tok_level -= (double)tokens;
+    /* The peak decays by 1/64 per request, so one huge job is forgotten
+     * within a few hundred. */
+    l->tok_peak -= l->tok_peak / TOKEN_PEAK_DECAY;
+    if ((double)tokens > l->tok_peak)
+        l->tok_peak = (double)tokens;
     l->tok_seq += tokens > 0 ? tokens : 0;
     l->requests++;
     l->sent++;

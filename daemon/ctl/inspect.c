@@ -72,6 +72,8 @@ ctl_status(struct ctl *c, int argc, char **argv)
         {"name", "PROVIDER"},       {"state", "STATE"},
         {"reason", "REASON"},       {"concurrency_limit", "LIMIT"},
         {"in_flight", "IN FLIGHT"}, {"pause_until", "PAUSED UNTIL"},
+        {"rate_per_s", "RATE/S"},   {"rate_source", "RATE FROM"},
+        {"token_limit", "TOKENS/MIN"}, {"tokens_available", "TOKENS LEFT"},
         {"updated_at", "UPDATED"},
     };
 

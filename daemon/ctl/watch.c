@@ -121,6 +121,14 @@ ctl_watch_lane(FILE *f, const json_t *l, bool tty, const char *stamp,
             ctl_int(l, "in_flight"));
     if (strcmp(until, "-") != 0)
         fprintf(f, " paused until %s", until);
+    double rate = json_number_value(json_object_get(l, "rate_per_s"));
+    const char *source = json_string_value(json_object_get(l, "rate_source"));
+    if (rate > 0)
+        fprintf(f, " rate %.1f/s %s", rate, source ? source : "");
+    if (ctl_int(l, "token_limit") > 0)
+        fprintf(f, " tokens %" JSON_INTEGER_FORMAT "/min, %" JSON_INTEGER_FORMAT
+                   " left",
+                ctl_int(l, "token_limit"), ctl_int(l, "tokens_available"));
     ctl_spend_note(f, spend, "providers", "provider",
                    json_string_value(json_object_get(l, "name")));
     fputc('\n', f);

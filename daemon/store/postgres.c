@@ -393,16 +393,21 @@ static const char *const pst_sql[P_COUNT] = {
     [P_PROVIDER_PUT] =
         "INSERT INTO providers (name, state, reason, concurrency_limit, "
         "in_flight, pause_until, sent, succeeded, failed, throttled, "
-        "updated_at) VALUES ($1::text, $2::text, $3::text, $4::int, "
+        "updated_at, rate_per_s, rate_source, token_limit, tokens_available) "
+        "VALUES ($1::text, $2::text, $3::text, $4::int, "
         "$5::int, $6::bigint, $7::bigint, $8::bigint, $9::bigint, "
-        "$10::bigint, $11::bigint) "
+        "$10::bigint, $11::bigint, $12::float8, $13::text, $14::bigint, "
+        "$15::bigint) "
         "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
         "reason = excluded.reason, "
         "concurrency_limit = excluded.concurrency_limit, "
         "in_flight = excluded.in_flight, pause_until = excluded.pause_until, "
         "sent = excluded.sent, succeeded = excluded.succeeded, "
         "failed = excluded.failed, throttled = excluded.throttled, "
-        "updated_at = excluded.updated_at",
+        "updated_at = excluded.updated_at, rate_per_s = excluded.rate_per_s, "
+        "rate_source = excluded.rate_source, "
+        "token_limit = excluded.token_limit, "
+        "tokens_available = excluded.tokens_available",
     [P_PROVIDER_GET] =
         "SELECT concurrency_limit, COALESCE(resume_requested_at, 0) "
         "FROM providers WHERE name = $1::text",
@@ -2112,6 +2117,18 @@ pg_provider_put(struct store *base, const struct provider_row *pr,
     p_int(&p, pr->failed);
     p_int(&p, pr->throttled);
     p_int(&p, now_ms);
+    if (pr->rate_per_s > 0) {
+        p_double(&p, pr->rate_per_s);
+        p_text(&p, pr->rate_source);
+    } else {
+        p_text_or_null(&p, NULL);
+        p_text_or_null(&p, NULL);
+    }
+    p_int_or_null(&p, pr->token_limit);
+    if (pr->token_limit > 0)
+        p_int(&p, pr->tokens_available);
+    else
+        p_text_or_null(&p, NULL);
     return pg_run_changes(pq(base), P_PROVIDER_PUT, &p, "provider row", NULL);
 }
 

@@ -379,14 +379,19 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_PROVIDER_PUT] =
         "INSERT INTO providers (name, state, reason, concurrency_limit, "
         "in_flight, pause_until, sent, succeeded, failed, throttled, "
-        "updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
+        "updated_at, rate_per_s, rate_source, token_limit, "
+        "tokens_available) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
+        "?11, ?12, ?13, ?14, ?15) "
         "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
         "reason = excluded.reason, "
         "concurrency_limit = excluded.concurrency_limit, "
         "in_flight = excluded.in_flight, pause_until = excluded.pause_until, "
         "sent = excluded.sent, succeeded = excluded.succeeded, "
         "failed = excluded.failed, throttled = excluded.throttled, "
-        "updated_at = excluded.updated_at",
+        "updated_at = excluded.updated_at, rate_per_s = excluded.rate_per_s, "
+        "rate_source = excluded.rate_source, "
+        "token_limit = excluded.token_limit, "
+        "tokens_available = excluded.tokens_available",
     [ST_PROVIDER_GET] =
         "SELECT concurrency_limit, resume_requested_at FROM providers "
         "WHERE name = ?1",
@@ -1823,6 +1828,18 @@ sqlite_provider_put(struct store *base, const struct provider_row *p,
     sqlite3_bind_int64(st, 9, p->failed);
     sqlite3_bind_int64(st, 10, p->throttled);
     sqlite3_bind_int64(st, 11, now_ms);
+    if (p->rate_per_s > 0) {
+        sqlite3_bind_double(st, 12, p->rate_per_s);
+        bind_text(st, 13, p->rate_source);
+    } else {
+        sqlite3_bind_null(st, 12);
+        sqlite3_bind_null(st, 13);
+    }
+    bind_int64_or_null(st, 14, p->token_limit);
+    if (p->token_limit > 0)
+        sqlite3_bind_int64(st, 15, p->tokens_available);
+    else
+        sqlite3_bind_null(st, 15);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "provider row");

@@ -309,6 +309,10 @@ struct provider_row {
     int in_flight;
     int64_t pause_until;      /* unix ms, 0 none */
     long sent, succeeded, failed, throttled; /* counters since start */
+    double rate_per_s;        /* the pacer's rate, 0 none */
+    const char *rate_source;  /* configured, advertised, learned */
+    int64_t token_limit;      /* tokens per minute, 0 none */
+    int64_t tokens_available; /* what the token gate holds now */
 };
 int store_provider_put(struct store *s, const struct provider_row *p,
                        int64_t now_ms);

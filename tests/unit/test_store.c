@@ -1284,6 +1284,27 @@ test_provider_rows_upsert_and_resume_requests(void **state)
     assert_int_equal(store_provider_put(s, &p, T0 + 3000), 0);
     assert_int_equal(store_provider_get(s, "flora", &limit, &resume), 0);
     assert_int_equal(resume, T0 + 2000);
+    /* the pacer's rate and the token budget, NULL when there are none */
+    json_t *rows = store_providers_json(s);
+    json_t *r = json_array_get(rows, 0);
+    assert_true(json_is_null(json_object_get(r, "rate_per_s")));
+    assert_true(json_is_null(json_object_get(r, "token_limit")));
+    json_decref(rows);
+    p.rate_per_s = 9.5;
+    p.rate_source = "advertised";
+    p.token_limit = 90000;
+    p.tokens_available = -120;
+    assert_int_equal(store_provider_put(s, &p, T0 + 4000), 0);
+    rows = store_providers_json(s);
+    r = json_array_get(rows, 0);
+    assert_true(json_real_value(json_object_get(r, "rate_per_s")) == 9.5);
+    assert_string_equal(json_string_value(json_object_get(r, "rate_source")),
+                        "advertised");
+    assert_int_equal(json_integer_value(json_object_get(r, "token_limit")),
+                     90000);
+    assert_int_equal(
+        json_integer_value(json_object_get(r, "tokens_available")), -120);
+    json_decref(rows);
     store_close(s);
 }
 
@@ -2007,6 +2028,12 @@ test_migration_3_upgrades_a_version_2_database(void **state)
                      1);
     /* and migration 5: the daemons table, empty */
     assert_int_equal(sql_int(t.path, "SELECT count(*) FROM daemons"), 0);
+    /* and migration 9: the providers row's rate and token columns */
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM "
+                                     "pragma_table_info('providers') WHERE "
+                                     "name IN ('rate_per_s', 'rate_source', "
+                                     "'token_limit', 'tokens_available')"),
+                     4);
     tmpdb_remove(&t);
 }
 

@@ -102,12 +102,16 @@ def test_sighup_changes_the_concurrency_limit():
         env.enqueue_lines(jobs(80), "--provider", "gen")
         d = env.daemon()
         wait_for(lambda: count(env, "state = 'running'") == 2, 10)
-        seen = []
+        at_provider, running = [], []
         for _ in range(10):
-            seen.append(count(env, "state = 'running'"))
-            seen.append(fake.ledger()["in_flight"])
+            running.append(count(env, "state = 'running'"))
+            at_provider.append(fake.ledger()["in_flight"])
             time.sleep(0.1)
-        assert max(seen) == 2, seen
+        assert max(at_provider) == 2, at_provider
+        # The rows lag the requests by a group commit: a job whose answer
+        # is buffered still reads running beside the one claimed in its
+        # slot, so up to twice the limit.
+        assert 2 <= max(running) <= 4, running
         env.write_config(providers={"gen": provider(
             fake, concurrency_start=8, concurrency_max=8)})
         d.signal(signal.SIGHUP)

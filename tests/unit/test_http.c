@@ -1087,19 +1087,26 @@ fold_cpu(struct fixture *f, int lines)
 
 /* Linear, not quadratic: four times the lines cost about four times the
  * CPU (a copy of the value per line would cost sixteen times). A ratio
- * measured in the same run, so a slow machine or a sanitizer build
- * judges the same; the small absolute slack absorbs the fixed cost. */
+ * measured in the same run, so a slow machine judges the same; the small
+ * absolute slack absorbs the fixed cost. Under AddressSanitizer only the
+ * value is checked: its realloc always moves the block, which makes
+ * libcurl's own unfolding (one realloc per continuation line, in its
+ * headers API) quadratic there, whatever our code does. */
 static void
 test_many_folded_lines_cost_linear_time(void **state)
 {
     struct fixture *f = *state;
-    enum { LINES = 70000 };
+    enum { LINES = 32000 };
 
+#if defined(__SANITIZE_ADDRESS__)
+    fold_cpu(f, LINES / 4);
+#else
     double quarter = fold_cpu(f, LINES / 4);
     double full = fold_cpu(f, LINES);
     if (full > 8.0 * quarter + 0.25)
         fail_msg("folding %d lines took %.2f s of the loop's CPU, %d lines "
                  "%.2f s: not linear", LINES, full, LINES / 4, quarter);
+#endif
 }
 
 #define T(fn)                                                                  \

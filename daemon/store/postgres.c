@@ -364,7 +364,7 @@ static const char *const pst_sql[P_COUNT] = {
         "  ELSE waiting_since END, "
         "finished_at = CASE WHEN state = 'cancelled' "
         "  THEN COALESCE(finished_at, $18::bigint) "
-        "  WHEN $2::text IN ('succeeded', 'failed', 'cancelled') "
+        "  WHEN $2::text IN (" JOB_TERMINAL_SQL ") "
         "  THEN $18::bigint ELSE NULL END, "
         "lease_until = CASE WHEN state <> 'cancelled' "
         "  AND $2::text = 'running' THEN lease_until ELSE NULL END, "

@@ -766,6 +766,127 @@ test_failures_retry_and_cancel_by_selection(void **state)
     store_close(s);
 }
 
+/* --- the state machine's table ----------------------------------------- */
+
+/* The state of each job keys[i] names. */
+static void
+states_of(struct store *s, const char *const *keys, size_t n,
+          enum job_state *out)
+{
+    char t[64];
+
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(
+            job_state_parse(job_text(s, keys[i], "state", t, sizeof(t)),
+                            &out[i]),
+            0);
+}
+
+/* Every job that moved between the two snapshots moved as job.h's table
+ * allows; *moved counts them. */
+static void
+assert_moves_allowed(const char *const *keys, const enum job_state *before,
+                     const enum job_state *after, size_t n, int *moved)
+{
+    *moved = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (before[i] == after[i])
+            continue;
+        (*moved)++;
+        if (!job_transition_allowed(before[i], after[i]))
+            fail_msg("%s: %s -> %s is not an allowed transition", keys[i],
+                     job_state_name(before[i]), job_state_name(after[i]));
+    }
+}
+
+static void
+record_as(struct store *s, const char *key, enum job_state state)
+{
+    struct job_update u = {
+        .job_id = job_int(s, key, "id"),
+        .state = state,
+        .run_after = T0,
+        .uncharge = state == JOB_QUEUED,
+        .remote_id = state == JOB_WAITING ? "run" : NULL,
+        .poll_url = state == JOB_WAITING ? "/runs/run" : NULL,
+        .cls = state == JOB_FAILED ? ERR_INVALID_REQUEST : ERR_NONE,
+        .finished_at = T0 + 1,
+    };
+    store_record(s, &u);
+}
+
+/* The moves the store makes by itself (claim, reclaim, cancel, retry) are
+ * the ones job.h's table lists; the daemon's own are asserted in
+ * store_record. */
+static void
+test_every_move_the_store_makes_is_in_the_table(void **state)
+{
+    static const char *const keys[] = {"q", "r", "w", "s", "f", "run", "one"};
+    enum { N = sizeof(keys) / sizeof(keys[0]) };
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct store_select sel = {.provider = "gen"};
+    enum job_state before[N], after[N];
+    struct job *jobs[N];
+    struct jobspec one = spec("gen", "one", "one", 0);
+    int64_t later = T0 + 10 * LEASE_MS;
+    long n;
+    int moved;
+
+    one.max_attempts = 1;
+    for (size_t i = 0; i + 1 < N; i++)
+        insert(s, "gen", keys[i], 0, T0);
+    assert_int_equal(store_insert_job(s, &one, T0), 0);
+    states_of(s, keys, N, before);
+    assert_int_equal(claim(s, "gen", N, T0, "gone", jobs), N);
+    free_jobs(jobs, N);
+    states_of(s, keys, N, after);
+    assert_moves_allowed(keys, before, after, N, &moved);
+    assert_int_equal(moved, N); /* queued -> running, all of them */
+
+    record_as(s, "q", JOB_QUEUED);
+    record_as(s, "r", JOB_RETRYING);
+    record_as(s, "w", JOB_WAITING);
+    record_as(s, "s", JOB_SUCCEEDED);
+    record_as(s, "f", JOB_FAILED);
+    assert_int_equal(store_flush(s), 0);
+
+    /* a lost lease: back to queued, or failed with no attempt left */
+    states_of(s, keys, N, before);
+    assert_int_equal(store_reclaim_expired(s, later, &n), 0);
+    states_of(s, keys, N, after);
+    assert_moves_allowed(keys, before, after, N, &moved);
+    assert_int_equal(moved, 2);
+    assert_int_equal(after[5], JOB_QUEUED);
+    assert_int_equal(after[6], JOB_FAILED);
+
+    /* a claim takes queued and retrying jobs, never a waiting one */
+    states_of(s, keys, N, before);
+    assert_int_equal(claim(s, "gen", N, later, "again", jobs), 3);
+    free_jobs(jobs, 3);
+    states_of(s, keys, N, after);
+    assert_moves_allowed(keys, before, after, N, &moved);
+    assert_int_equal(moved, 3);
+    assert_int_equal(after[2], JOB_WAITING);
+
+    /* cancel: every unfinished job, running and waiting ones too */
+    states_of(s, keys, N, before);
+    assert_int_equal(store_cancel(s, NULL, 0, &sel, later, &n), 0);
+    states_of(s, keys, N, after);
+    assert_moves_allowed(keys, before, after, N, &moved);
+    assert_int_equal(moved, 4);
+
+    /* retry: failed and cancelled back to queued; succeeded stays */
+    sel.states = JOB_TERMINAL_MASK;
+    states_of(s, keys, N, before);
+    assert_int_equal(store_retry(s, NULL, 0, &sel, later, &n), 0);
+    states_of(s, keys, N, after);
+    assert_moves_allowed(keys, before, after, N, &moved);
+    assert_int_equal(moved, 6);
+    assert_int_equal(after[3], JOB_SUCCEEDED);
+    store_close(s);
+}
+
 struct export_seen {
     int rows;
     int stop_at;
@@ -1191,6 +1312,7 @@ main(void)
         BOTH(test_spend_budgets_and_held_batches),
         BOTH(test_counts_and_next_due),
         BOTH(test_failures_retry_and_cancel_by_selection),
+        BOTH(test_every_move_the_store_makes_is_in_the_table),
         BOTH(test_queries_status_jobs_progress_export_purge),
         BOTH(test_data_version_changes_when_another_process_enqueues),
         BOTH(test_watch_wakes_the_loop_on_enqueue_where_the_backend_pushes),

@@ -66,6 +66,13 @@
 #define FLUSH_BATCH 256
 /* A commit that met a lock is retried this often; nothing is dropped. */
 #define FLUSH_RETRY_MS 50
+/* Any other failure (a full disk, an I/O error) will not pass in 50 ms:
+ * retries back off, doubling up to this, and claims wait as long. */
+#define STORE_TROUBLE_MS 2000
+/* After SIGTERM, outcomes the database will not take (a full disk) are
+ * given up after this much trying: their jobs stay leased and are taken
+ * back, with the same keys, at the next start. */
+#define STOP_FLUSH_MS 5000
 /* The providers table, cancellation checks, the heartbeat and the verdict
  * on other daemons run once a second (the beat liveness.h expects). */
 #define HOUSEKEEPING_MS LIVENESS_BEAT_MS
@@ -143,6 +150,8 @@ struct dispatch {
     uv_timer_t grace_timer;
     int64_t pump_at;             /* when pump_timer fires, NEVER if idle */
     int64_t last_reclaim;
+    int64_t flush_retry_ms;      /* the next retry's delay after a failure */
+    int64_t stop_flush_until;    /* stopping: when to give up flushing */
     bool flush_scheduled;
     bool flush_busy_logged;
     bool started;
@@ -748,10 +757,13 @@ pump_polls(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
 {
     struct job *jobs[CLAIM_MAX];
     int got = 0;
-    if (store_claim_polls(d->store, dl->name, CLAIM_MAX, now, d->lease_ms,
-                          liveness_owner(d->live), jobs, &got) < 0) {
-        if (now + FLUSH_RETRY_MS < *wake)
-            *wake = now + FLUSH_RETRY_MS;
+    int rc = store_claim_polls(d->store, dl->name, CLAIM_MAX, now,
+                               d->lease_ms, liveness_owner(d->live), jobs,
+                               &got);
+    if (rc < 0) {
+        int64_t at = now + (rc == -EBUSY ? FLUSH_RETRY_MS : STORE_TROUBLE_MS);
+        if (at < *wake)
+            *wake = at;
         return;
     }
     for (int i = 0; i < got; i++)
@@ -893,10 +905,12 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     bool capped = false;
     int rc = claim_jobs(d, dl, n, now, owner, jobs, &got, &capped);
     if (rc < 0) {
-        /* Locked by an operator or another daemon: try again shortly. */
+        /* Locked by an operator or another daemon: try again shortly; a
+         * full disk or an I/O error: not before it may have passed. */
         got = 0;
-        if (now + FLUSH_RETRY_MS < *wake)
-            *wake = now + FLUSH_RETRY_MS;
+        int64_t at = now + (rc == -EBUSY ? FLUSH_RETRY_MS : STORE_TROUBLE_MS);
+        if (at < *wake)
+            *wake = at;
     }
     for (int i = 0; i < got; i++)
         send_job(d, dl, jobs[i]);
@@ -983,9 +997,15 @@ flush_now(struct dispatch *d)
                       n, rc == -EBUSY ? "database locked" : strerror(-rc));
         d->flush_busy_logged = true;
         d->flush_scheduled = true;
-        uv_timer_start(&d->flush_timer, on_uv_flush, FLUSH_RETRY_MS, 0);
+        if (rc == -EBUSY || d->flush_retry_ms < FLUSH_RETRY_MS)
+            d->flush_retry_ms = FLUSH_RETRY_MS;
+        else if ((d->flush_retry_ms *= 2) > STORE_TROUBLE_MS)
+            d->flush_retry_ms = STORE_TROUBLE_MS;
+        uv_timer_start(&d->flush_timer, on_uv_flush,
+                       (uint64_t)d->flush_retry_ms, 0);
         return;
     }
+    d->flush_retry_ms = 0;
     if (d->flush_busy_logged)
         log_info("store: delayed outcomes committed");
     d->flush_busy_logged = false;
@@ -1370,8 +1390,14 @@ maybe_stopped(struct dispatch *d)
         return;
     if (store_pending(d->store) > 0) {
         flush_now(d); /* retries itself while the database is locked */
-        if (store_pending(d->store) > 0)
+        if (store_pending(d->store) > 0 &&
+            clock_now_ms() < d->stop_flush_until)
             return;
+        if (store_pending(d->store) > 0)
+            log_warnx("store: %zu outcomes not committed by the stop: their "
+                      "jobs stay leased and are taken back, with the same "
+                      "keys, at the next start",
+                      store_pending(d->store));
     }
     write_provider_rows(d, clock_now_ms());
     /* Nothing of ours keeps the loop alive once stopped. */
@@ -1412,6 +1438,7 @@ dispatch_stop(struct dispatch *d, int64_t grace_ms,
     d->stopping = true;
     d->on_stopped = on_stopped;
     d->stopped_data = data;
+    d->stop_flush_until = clock_now_ms() + grace_ms + STOP_FLUSH_MS;
     uv_timer_stop(&d->pump_timer);
     uv_timer_stop(&d->version_timer);
     store_watch(d->store, NULL, NULL, NULL); /* or the loop stays up */

@@ -10,6 +10,7 @@
 
 #include "backend.h"
 #include "sluice/job.h"
+#include "sluice/xmalloc.h"
 
 static int
 claimed_cmp(const void *a, const void *b)
@@ -46,6 +47,31 @@ backend_pending_clear(struct store_pending *p)
     for (size_t i = 0; i < u->noutput_urls; i++)
         free((char *)u->output_urls[i]);
     free((void *)u->output_urls);
+}
+
+void
+backend_pending_unstorable(struct store_pending *p, const char *why)
+{
+    struct job_update *u = &p->u;
+
+    free((char *)u->code);
+    free((char *)u->message);
+    free((char *)u->fields);
+    free((char *)u->result);
+    free((char *)u->remote_id);
+    free((char *)u->poll_url);
+    for (size_t i = 0; i < u->noutput_urls; i++)
+        free((char *)u->output_urls[i]);
+    free((void *)u->output_urls);
+    u->output_urls = NULL;
+    u->noutput_urls = 0;
+    u->fields = u->result = u->remote_id = u->poll_url = NULL;
+    u->state = JOB_FAILED;
+    u->cls = ERR_PROTOCOL;
+    u->code = xstrdup("unstorable");
+    u->message = xasprintf("the outcome could not be stored: %s", why);
+    u->has_cost = false;
+    p->unstorable = true;
 }
 
 bool

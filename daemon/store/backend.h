@@ -37,6 +37,7 @@ struct uv_loop_s;
 struct store_pending {
     struct job_update u;
     int64_t at; /* when it was recorded: updated_at / finished_at */
+    bool unstorable; /* made a failure by backend_pending_unstorable */
 };
 
 /* The part of every backend's store that store.c reads: a backend's
@@ -205,6 +206,12 @@ void backend_claimed_sort(struct backend_claimed *c, int n);
 
 /* Frees the strings a buffered update owns. */
 void backend_pending_clear(struct store_pending *p);
+/* A buffered update the database refused for its own content (a value too
+ * big, a constraint) becomes the job's terminal failure, class protocol,
+ * code "unstorable", message why: without the result, fields, run or
+ * output URLs that may be what could not be written. The attempt row and
+ * the key stay. Sets p->unstorable. */
+void backend_pending_unstorable(struct store_pending *p, const char *why);
 
 /* The id a job reference names when it is all digits and fits: true and
  * *id; false for anything else (then it can only be a custom_id). */

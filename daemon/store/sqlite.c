@@ -25,6 +25,8 @@
  * explicit transaction and races between daemons for nothing).
  */
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +55,8 @@ extern const size_t sql_nfiles;
  * five indexes; with the 2 MiB default, pages spill to the WAL mid-
  * transaction and inserts slow down several times. */
 #define STORE_CACHE_KIB 65536
+/* A failure repeated within this is counted, not logged again. */
+#define STORE_ERROR_REPEAT_MS 60000
 
 /* The columns a claim returns, in the order claim_row reads them. The key
  * to send is the derived one when a failed run was retried (send_key). */
@@ -568,6 +572,10 @@ struct sqlite_store {
     sqlite3_stmt *insert_many; /* STORE_INSERT_ROWS rows of INSERT_JOB */
     char *load_sql;            /* store_load: the last INSERT prepared */
     sqlite3_stmt *load_st;
+    /* sqlite_fail's memory of the last error it logged */
+    int last_err;
+    int64_t last_logged_ms;
+    long repeats;
 };
 
 static struct sqlite_store *
@@ -596,6 +604,12 @@ sqlite_errno(int rc)
         return -ENOSPC;
     case SQLITE_CONSTRAINT:
         return -EEXIST;
+    case SQLITE_TOOBIG:
+        return -E2BIG;
+    case SQLITE_MISMATCH:
+        return -EDOM;
+    case SQLITE_RANGE:
+        return -ERANGE;
     case SQLITE_NOTADB:
     case SQLITE_CORRUPT:
         return -EPROTO;
@@ -605,15 +619,33 @@ sqlite_errno(int rc)
 }
 
 /* Logs a failed call (busy at debug level: callers retry it) and returns
- * the errno. */
+ * the errno. The same failure again within STORE_ERROR_REPEAT_MS, of any
+ * call, is counted, not logged: a full disk fails every retry of a flush,
+ * every claim and every heartbeat, and one line a minute says it. */
 static int
 sqlite_fail(struct sqlite_store *s, int rc, const char *what)
 {
     int err = sqlite_errno(rc);
-    if (err == -EBUSY)
+    int64_t now = clock_now_ms();
+
+    if (err == -EBUSY) {
         log_debug("store: %s: %s", what, sqlite3_errmsg(s->db));
+        return err;
+    }
+    if (err == s->last_err && now - s->last_logged_ms < STORE_ERROR_REPEAT_MS) {
+        s->repeats++;
+        log_debug("store: %s: %s: %s", s->path, what, sqlite3_errmsg(s->db));
+        return err;
+    }
+    if (s->repeats > 0)
+        log_error("store: %s: %s: %s (and %ld failures like it since the "
+                  "last such line)",
+                  s->path, what, sqlite3_errmsg(s->db), s->repeats);
     else
         log_error("store: %s: %s: %s", s->path, what, sqlite3_errmsg(s->db));
+    s->last_err = err;
+    s->last_logged_ms = now;
+    s->repeats = 0;
     return err;
 }
 
@@ -1707,7 +1739,11 @@ flush_one(struct sqlite_store *s, const struct store_pending *p,
         bind_text(st, 13, u->fields);
     }
     bind_text_or_null(st, 12, u->request_id);
-    bind_text(st, 14, u->result);
+    /* A value over SQLite's length limit fails its bind, not the step:
+     * caught here, or the row would be written without it. */
+    if (u->result && (rc = sqlite3_bind_text(st, 14, u->result, -1,
+                                             SQLITE_STATIC)) != SQLITE_OK)
+        return sqlite_fail(s, rc, "update job");
     if (u->has_cost)
         sqlite3_bind_double(st, 15, u->cost);
     bind_text(st, 16, u->remote_id);
@@ -1756,30 +1792,82 @@ flush_one(struct sqlite_store *s, const struct store_pending *p,
     return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "insert attempt");
 }
 
+/* Whether a failed write is about the row itself (a value too big, a
+ * constraint), so that writing it again fails again, rather than about
+ * the database (locked, full, unreadable). */
+static bool
+row_error(int err)
+{
+    return err == -E2BIG || err == -EEXIST || err == -EDOM || err == -ERANGE;
+}
+
+/* One transaction over the whole buffer; on failure *bad is the index of
+ * the update that failed (nbuf when it was the transaction itself). */
+static int
+flush_all(struct sqlite_store *s, size_t *bad, size_t *dropped, char *why,
+          size_t whylen)
+{
+    struct store *base = &s->base;
+    int rc;
+
+    *bad = base->nbuf;
+    *dropped = 0;
+    if ((rc = exec_stmt(s, ST_BEGIN, "flush: begin")) < 0)
+        return rc;
+    for (size_t i = 0; i < base->nbuf; i++) {
+        if ((rc = flush_one(s, &base->buf[i], dropped)) < 0) {
+            *bad = i;
+            goto fail;
+        }
+    }
+    if ((rc = exec_stmt(s, ST_COMMIT, "flush: commit")) < 0)
+        goto fail;
+    return 0;
+fail:
+    /* All or nothing: the buffer is kept and written by a later flush. */
+    snprintf(why, whylen, "%s", sqlite3_errmsg(s->db));
+    sqlite_rollback(&s->base);
+    return rc;
+}
+
+/* A row the database refuses for its content must not hold back the
+ * others: its update becomes the job's failure (protocol, unstorable) and
+ * the flush goes again; if even that is refused (an operator's trigger),
+ * the update is dropped: the job stays leased and is taken back later. */
 static int
 sqlite_flush(struct store *base)
 {
     struct sqlite_store *s = sq(base);
-    size_t dropped = 0;
+    size_t dropped, bad;
+    char why[256];
     int rc;
 
-    if ((rc = exec_stmt(s, ST_BEGIN, "flush: begin")) < 0)
-        return rc;
-    for (size_t i = 0; i < base->nbuf; i++) {
-        if ((rc = flush_one(s, &base->buf[i], &dropped)) < 0)
-            goto fail;
+    while ((rc = flush_all(s, &bad, &dropped, why, sizeof(why))) < 0) {
+        if (!row_error(rc) || bad >= base->nbuf)
+            return rc;
+        struct store_pending *p = &base->buf[bad];
+        if (!p->unstorable) {
+            log_error("store: job %" PRId64 ": outcome cannot be stored "
+                      "(%s): the job fails as unstorable",
+                      p->u.job_id, why);
+            backend_pending_unstorable(p, why);
+            continue;
+        }
+        log_error("store: job %" PRId64 ": not even its failure can be "
+                  "stored: dropped, the job is taken back when its lease "
+                  "ends",
+                  p->u.job_id);
+        backend_pending_clear(p);
+        memmove(p, p + 1, (base->nbuf - bad - 1) * sizeof(*p));
+        base->nbuf--;
+        if (base->nbuf == 0)
+            return 0;
     }
-    if ((rc = exec_stmt(s, ST_COMMIT, "flush: commit")) < 0)
-        goto fail;
     if (dropped > 0)
         log_info("store: %zu outcomes not written: job purged, or taken "
                  "back from this daemon meanwhile",
                  dropped);
     return 0;
-fail:
-    /* All or nothing: the buffer is kept and written by a later flush. */
-    sqlite_rollback(&s->base);
-    return rc;
 }
 
 static int

@@ -376,6 +376,7 @@ store_record(struct store *s, const struct job_update *u)
         s->buf = xrealloc(s->buf, s->capbuf * sizeof(*s->buf));
     }
     p = &s->buf[s->nbuf++];
+    memset(p, 0, sizeof(*p));
     p->u = *u;
     p->u.owner = xstrdup(u->owner);
     p->u.new_key = xstrdup(u->new_key);

@@ -290,6 +290,66 @@ test_readonly_open_never_migrates_or_writes(void **state)
     tmpdb_remove(&t);
 }
 
+/* A row the database refuses (here an operator's trigger; in the field a
+ * value over SQLite's length limit) must not hold back the other outcomes
+ * of its commit, and must not be retried for ever: it becomes the job's
+ * failure, protocol / unstorable; if even that is refused, it is dropped
+ * and the job stays leased, to be taken back. */
+static void
+test_a_row_the_database_refuses_does_not_hold_back_the_others(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct job *out[4];
+    sqlite3 *db;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    insert_n(s, "a", 4, T0);
+    assert_int_equal(claim(s, "a", 4, T0, "d1", out), 4);
+    free_jobs(out, 4);
+    assert_int_equal(sqlite3_open(t.path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "CREATE TRIGGER no_result BEFORE UPDATE OF state ON jobs "
+                     "WHEN NEW.id = 2 AND NEW.state = 'succeeded' BEGIN "
+                     "SELECT RAISE(ABORT, 'refused'); END; "
+                     "CREATE TRIGGER refuse_all BEFORE UPDATE ON jobs "
+                     "WHEN NEW.id = 4 BEGIN "
+                     "SELECT RAISE(ABORT, 'refused'); END;",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    for (int64_t id = 1; id <= 4; id++) {
+        struct job_update u = {
+            .job_id = id, .state = JOB_SUCCEEDED, .has_attempt = true,
+            .attempt = 1, .key_sent = "k", .started_at = T0 + 10,
+            .finished_at = T0 + 20, .http_status = 200,
+            .request_id = "req_ok", .result = "{\"url\":\"https://x/1\"}",
+        };
+        store_record(s, &u);
+    }
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_pending(s), 0);
+    assert_job_str(s, "1", "state", "succeeded");
+    assert_job_str(s, "3", "state", "succeeded");
+    assert_job_str(s, "2", "state", "failed");
+    assert_job_str(s, "2", "error_class", "protocol");
+    assert_job_str(s, "2", "error_code", "unstorable");
+    assert_job_null(s, "2", "result");
+    assert_int_equal(
+        sql_int(t.path, "SELECT count(*) FROM attempts WHERE job_id = 2"), 1);
+    /* refused even as a failure: dropped, still leased for a reclaim */
+    assert_job_str(s, "4", "state", "running");
+    assert_int_equal(
+        sql_int(t.path, "SELECT lease_until IS NOT NULL FROM jobs "
+                        "WHERE id = 4"),
+        1);
+    store_close(s);
+    tmpdb_remove(&t);
+}
+
 /* --- enqueue ------------------------------------------------------------ */
 
 static void
@@ -2385,6 +2445,8 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_applies_migrations_and_sets_user_version),
         cmocka_unit_test(test_readonly_open_never_migrates_or_writes),
+        cmocka_unit_test(
+            test_a_row_the_database_refuses_does_not_hold_back_the_others),
         cmocka_unit_test(test_reopen_is_idempotent_and_keeps_rows),
         cmocka_unit_test(test_open_refuses_a_newer_schema),
         cmocka_unit_test(test_duplicate_key_returns_1_and_inserts_nothing),

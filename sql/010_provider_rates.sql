@@ -1,4 +1,4 @@
--- What each lane paces at (version 9): the request rate and where it came
+-- What each lane paces at (version 10): the request rate and where it came
 -- from (configured, advertised by the provider, or learned from what it
 -- delivered when it refused), and the token budget per minute with what
 -- the gate holds now. NULL when the lane has none.

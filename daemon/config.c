@@ -40,6 +40,7 @@
 #include "sluice/jsonptr.h"
 #include "sluice/log.h"
 #include "sluice/metrics.h"
+#include "sluice/url.h"
 #include "sluice/xmalloc.h"
 
 /* Longest accepted line, newline included. Debian's inih reads lines into
@@ -502,7 +503,8 @@ parse_url(const char *s)
     n = strlen(s);
     while (n > scheme && s[n - 1] == '/')
         n--;
-    if (n == scheme || s[scheme] == '/')
+    /* A host, as the daemon will read it: "https://?x" has none. */
+    if (n == scheme || s[scheme] == '/' || url_origin_len(s) == 0)
         return NULL;
     return xstrndup(s, n);
 }

@@ -31,6 +31,9 @@ if [ "${SLUICE_QUICK:-0}" != 1 ]; then
             [ -x "$f" ] || continue
             echo "-- $(basename "$f")"
             corpus=$(mktemp -d)
+            # seeded with the checked-in inputs, so the run starts deep
+            seeds="tests/fuzz/corpus/$(basename "$f" | sed 's/^fuzz_//')"
+            [ -d "$seeds" ] && cp "$seeds"/* "$corpus"/
             "$f" -max_total_time="${SLUICE_FUZZ_SECONDS:-20}" -rss_limit_mb=2048 \
                 "$corpus" 2>&1 | tail -n 2 || status=1
             rm -rf "$corpus"

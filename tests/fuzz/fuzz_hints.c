@@ -4,7 +4,8 @@
  * each hint header alone, and in all of them at once (with the value as
  * the Date too, so date-relative conversions see garbage on both sides).
  * Besides the sanitizers, it aborts on a hint that breaks the contract:
- * a retry time before now, a negative delay, a window or reset below 0.
+ * a retry time before now or beyond HINT_CAP_MS, a negative delay, a
+ * window or reset below 0.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -38,6 +39,10 @@ static void
 fuzz_check(const struct hints *h)
 {
     if (h->retry_at_ms != 0 && h->retry_at_ms < FUZZ_NOW)
+        abort();
+    /* no hint pushes anything more than a day ahead */
+    if (h->retry_at_ms > FUZZ_NOW + HINT_CAP_MS ||
+        h->rl_reset_ms > FUZZ_NOW + HINT_CAP_MS)
         abort();
     if (h->rl_window_ms < 0 || h->rl_reset_ms < 0)
         abort();

@@ -312,6 +312,13 @@ static const struct {
     {"[provider \"x\"]\nbase_url = ftp://x.test\n",
      "sluice.conf:2: base_url: bad URL 'ftp://x.test' (use http://HOST or "
      "https://HOST)"},
+    /* no host for the daemon to send to (found by fuzz_config) */
+    {"[provider \"x\"]\nbase_url = https://?x.test/v1\n",
+     "sluice.conf:2: base_url: bad URL 'https://?x.test/v1' (use "
+     "http://HOST or https://HOST)"},
+    /* a header value only the request builder would refuse (DESIGN §4) */
+    {"[provider \"x\"]\nbase_url = https://x.test\nheader = x-a: caf\xc3\xa9\n",
+     "sluice.conf:3: header: bad header (use \"Name: value\")"},
     {"[provider \"x\"]\nbase_url = https://x.test\nauth = basic\n",
      "sluice.conf:3: auth: bad auth 'basic' (use bearer, header:NAME or "
      "none)"},

@@ -105,8 +105,9 @@
  * time (8 rounds: a loss in ~170 requests at a 16-slot provider). */
 #define KNEE_HOLD_ROUNDS 8
 /* Clean rounds at or above the knee after which it is forgotten: the
- * provider's capacity has grown, so the limit may grow fast again. */
-#define KNEE_FORGET_ROUNDS 16
+ * provider's capacity has grown (or noise set the knee before the
+ * background was known), so the limit may grow fast again. */
+#define KNEE_FORGET_ROUNDS 8
 /* A shut window: at least this many 429s in a row with no success. */
 #define SHUT_RUN_MIN 4
 /* Retry-After jitter of a shut window: up to 10 % of the wait, at most
@@ -168,32 +169,32 @@ struct lane {
     double srtt_ms;  /* smoothed RTT; 0 before the first sample */
 
     /* noise vs congestion */
-    double bg;           /* loss rate of earlier answers at lower load */
-    int64_t bg_n;        /* answers in bg, up to 1 / BG_ALPHA */
-    uint64_t round_seq;  /* the round began after this send */
-    int64_t round_ms;    /* ... at this unix ms */
-    int round_n;         /* fresh answers in the round */
-    int round_losses;    /* fresh losses in the round */
-    bool round_cut;      /* the round ended in congestion */
-    int run;             /* fresh 429s in a row, no success between */
-    int64_t run_hint;    /* the latest hint of the run, unix ms; 0 */
+    double bg;          /* loss rate of earlier answers at lower load */
+    int64_t bg_n;       /* answers in bg, up to 1 / BG_ALPHA */
+    uint64_t round_seq; /* the round began after this send */
+    int64_t round_ms;   /* ... at this unix ms */
+    int round_n;        /* fresh answers in the round */
+    int round_losses;   /* fresh losses in the round */
+    bool round_cut;     /* the round ended in congestion */
+    int run;            /* fresh 429s in a row, no success between */
+    int64_t run_hint;   /* the latest hint of the run, unix ms; 0 */
 
     /* gate 2 */
     int64_t pause_until; /* also the end of parking, unix ms; 0 */
 
     /* gate 3: request pacer and the provider's window */
-    double adv_rate;      /* advertised requests/s; 0 unknown */
-    double tokens;        /* request bucket; may go below 0 */
-    int64_t refill_ms;    /* unix ms the buckets were last refilled */
-    long win_left;        /* the provider's window: requests left; -1 */
-    int64_t win_reset;    /* ... until this unix ms; 0 unknown */
+    double adv_rate;   /* advertised requests/s; 0 unknown */
+    double tokens;     /* request bucket; may go below 0 */
+    int64_t refill_ms; /* unix ms the buckets were last refilled */
+    long win_left;     /* the provider's window: requests left; -1 */
+    int64_t win_reset; /* ... until this unix ms; 0 unknown */
 
     /* gate 3: tokens */
-    double tok_adv;       /* advertised tokens/min; 0 unknown */
-    double tok_level;     /* tokens available; negative = overdrawn */
-    double tok_cost;      /* average tokens per request */
-    double tok_peak;      /* the largest recent estimate */
-    int64_t tok_seq;      /* tokens estimated for all sends so far */
+    double tok_adv;   /* advertised tokens/min; 0 unknown */
+    double tok_level; /* tokens available; negative = overdrawn */
+    double tok_cost;  /* average tokens per request */
+    double tok_peak;  /* the largest recent estimate */
+    int64_t tok_seq;  /* tokens estimated for all sends so far */
 
     /* gate 1: paused and breaker */
     int64_t probe_ms;          /* paused: unix ms of the pause or probe */
@@ -211,8 +212,8 @@ struct lane {
 };
 
 static const char *const state_names[] = {
-    [LANE_ACTIVE] = "active",       [LANE_PAUSED] = "paused",
-    [LANE_OPEN] = "open",           [LANE_HALF_OPEN] = "half-open",
+    [LANE_ACTIVE] = "active", [LANE_PAUSED] = "paused",
+    [LANE_OPEN] = "open",     [LANE_HALF_OPEN] = "half-open",
     [LANE_PARKED] = "parked",
 };
 
@@ -514,8 +515,8 @@ lane_admit(struct lane *l, int64_t now_ms, int64_t *wake_ms)
                        ? 0
                        : 1 + floor((l->tok_level - need) / l->tok_cost);
         if (k < (double)n) {
-            double missing = l->tok_level < need ? need - l->tok_level
-                                                 : l->tok_cost;
+            double missing =
+                l->tok_level < need ? need - l->tok_level : l->tok_cost;
             gate(&n, &wake, (int)k,
                  now_ms + 1 + (int64_t)(missing * 60000.0 / tpm));
         }
@@ -734,7 +735,8 @@ learn_limits(struct lane *l, const struct lane_ticket *t,
         l->tok_level += (double)(t->tokens - o->tokens_used);
     }
     if (o->tokens_used > 0)
-        l->tok_cost += TOKEN_COST_ALPHA * ((double)o->tokens_used - l->tok_cost);
+        l->tok_cost +=
+            TOKEN_COST_ALPHA * ((double)o->tokens_used - l->tok_cost);
     else if (t->tokens > 0)
         l->tok_cost += TOKEN_COST_ALPHA * ((double)t->tokens - l->tok_cost);
     (void)capped; /* a far reset parks the lane (lane_on_done) */
@@ -983,8 +985,8 @@ on_loss(struct lane *l, const struct lane_ticket *t, const struct outcome *o,
         l->run++;
         l->run_hint = later(l->run_hint, o->hints.retry_at_ms);
         if (l->run >= run_min) {
-            int64_t at = l->run_hint > now_ms ? l->run_hint
-                                              : now_ms + SHUT_DEFAULT_MS;
+            int64_t at =
+                l->run_hint > now_ms ? l->run_hint : now_ms + SHUT_DEFAULT_MS;
             shut(l, o, at, now_ms, u);
             return;
         }
@@ -1084,8 +1086,8 @@ lane_on_done(struct lane *l, const struct lane_ticket *t,
         grow(l, lane_in_flight(l) + 1);
 
     /* Facts, fresh or not: a dead key, a shut window. */
-    if (is_key_failure(o) && (l->state != LANE_PAUSED || t->probe ||
-                              !stale(l, t)))
+    if (is_key_failure(o) &&
+        (l->state != LANE_PAUSED || t->probe || !stale(l, t)))
         key_pause(l, o, now_ms);
     int64_t hint = shut_hint(o, now_ms);
     if (hint == 0 && o->hints.rl_remaining == 0 &&

@@ -31,6 +31,17 @@ permit_burst(double rate)
     return b > 1.0 ? b : 1.0;
 }
 
+bool
+permit_return(struct permit_pool *p, int tokens)
+{
+    if (p->rate <= 0 || p->tokens_at == 0 || tokens <= 0)
+        return false;
+    p->tokens += tokens;
+    if (p->tokens > permit_burst(p->rate))
+        p->tokens = permit_burst(p->rate);
+    return true;
+}
+
 int
 permit_grant(struct permit_pool *p, int in_flight, int want, int64_t now_ms,
              int64_t *wake_ms)

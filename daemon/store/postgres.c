@@ -1627,13 +1627,9 @@ pg_permit_put(struct store *base, const char *provider, const char *owner,
     if ((rc = pg_permit_pool(s, provider, owner, 0, &pool)) < 0 ||
         (rc = pg_permit_slots(s, provider, owner, slots, 0)) < 0)
         goto fail;
-    if (pool.rate > 0 && pool.tokens_at != 0) {
-        pool.tokens += tokens;
-        if (pool.tokens > permit_burst(pool.rate))
-            pool.tokens = permit_burst(pool.rate);
-        if ((rc = pg_permit_bucket(s, provider, &pool)) < 0)
-            goto fail;
-    }
+    if (permit_return(&pool, tokens) &&
+        (rc = pg_permit_bucket(s, provider, &pool)) < 0)
+        goto fail;
     if ((rc = pg_commit(base)) < 0)
         goto fail;
     return 0;

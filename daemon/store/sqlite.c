@@ -1400,13 +1400,9 @@ sqlite_permit_put(struct store *base, const char *provider,
     if ((rc = permit_pool_read(s, provider, owner, &pool)) < 0 ||
         (rc = permit_slots_set(s, provider, owner, slots, 0)) < 0)
         goto fail;
-    if (pool.rate > 0 && pool.tokens_at != 0) {
-        pool.tokens += tokens;
-        if (pool.tokens > permit_burst(pool.rate))
-            pool.tokens = permit_burst(pool.rate);
-        if ((rc = permit_bucket_put(s, provider, &pool)) < 0)
-            goto fail;
-    }
+    if (permit_return(&pool, tokens) &&
+        (rc = permit_bucket_put(s, provider, &pool)) < 0)
+        goto fail;
     if ((rc = exec_stmt(s, ST_COMMIT, "permits: commit")) < 0)
         goto fail;
     return 0;

@@ -2,8 +2,8 @@
  * lane: per-provider flow control (docs/design.md §6). Gates in order: the
  * provider state (active / paused / open / half-open / parked), pause-until,
  * the pacers (requests per second and tokens per minute, with the
- * provider's window) and the concurrency limit. Pure: the clock and random draws are
- * parameters, no I/O, so every rule is unit-tested without sleeping.
+ * provider's window) and the concurrency limit. Pure: the clock and random
+ * draws are parameters, no I/O, so every rule is unit-tested without sleeping.
  *
  * A request's life: lane_admit says how many may start, lane_on_send
  * records one that did (filling a ticket the caller keeps with the
@@ -47,13 +47,13 @@ struct lane_params {
 /* What a request carries from lane_on_send to lane_on_done/abort. Filled
  * by the lane; the caller only stores it. */
 struct lane_ticket {
-    int64_t sent_ms;   /* unix ms of lane_on_send */
-    uint64_t epoch;    /* the lane's change count at the send */
-    uint64_t seq;      /* the lane's send count at the send, this one in */
-    int64_t tok_seq;   /* tokens estimated for all sends up to this one */
-    int64_t tokens;    /* this request's token estimate; 0 none */
-    int in_flight;     /* requests + waiting runs at the send, this one in */
-    bool probe;        /* sent as a probe (paused or half-open lane) */
+    int64_t sent_ms; /* unix ms of lane_on_send */
+    uint64_t epoch;  /* the lane's change count at the send */
+    uint64_t seq;    /* the lane's send count at the send, this one in */
+    int64_t tok_seq; /* tokens estimated for all sends up to this one */
+    int64_t tokens;  /* this request's token estimate; 0 none */
+    int in_flight;   /* requests + waiting runs at the send, this one in */
+    bool probe;      /* sent as a probe (paused or half-open lane) */
 };
 
 struct lane;
@@ -66,10 +66,10 @@ void lane_configure(struct lane *l, const struct lane_params *p);
 
 /* How many requests may start now. When a time gate (pause, window,
  * pacer, tokens) holds the answer down, *wake_ms is set to the unix ms at
- * which it admits more; 0 when only a request finishing can. The answer is what the lane wants, not a
- * reservation: a caller may start fewer (another gate beside this one,
- * such as permits shared with other daemons, may grant less); only
- * lane_on_send takes a slot, a request token and tokens. */
+ * which it admits more; 0 when only a request finishing can. The answer is what
+ * the lane wants, not a reservation: a caller may start fewer (another gate
+ * beside this one, such as permits shared with other daemons, may grant less);
+ * only lane_on_send takes a slot, a request token and tokens. */
 int lane_admit(struct lane *l, int64_t now_ms, int64_t *wake_ms);
 /* A request went out: takes a slot, a request token and `tokens` (the
  * job's estimate, 0 when unknown) and fills *t. */
@@ -95,9 +95,9 @@ void lane_resume(struct lane *l, int64_t now_ms);
 enum lane_state lane_state(const struct lane *l);
 const char *lane_reason(const struct lane *l); /* "" when active */
 int lane_limit(const struct lane *l);
-int lane_requests(const struct lane *l);     /* requests in flight */
-int lane_waiting(const struct lane *l);      /* async runs in waiting */
-int lane_in_flight(const struct lane *l);    /* requests + waiting runs */
+int lane_requests(const struct lane *l);        /* requests in flight */
+int lane_waiting(const struct lane *l);         /* async runs in waiting */
+int lane_in_flight(const struct lane *l);       /* requests + waiting runs */
 int64_t lane_pause_until(const struct lane *l); /* unix ms, 0 none */
 /* One line for logs and STATUS=: "flora limit 24 (3 in flight)",
  * "firemoon paused: insufficient_balance". Borrowed until the next call

@@ -28,6 +28,7 @@
 #ifndef SLUICE_PERMIT_H
 #define SLUICE_PERMIT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* What one daemon publishes about a provider: its configured cap and the
@@ -58,5 +59,8 @@ double permit_burst(double rate);
  * or a short retry while others hold the slots. */
 int permit_grant(struct permit_pool *p, int in_flight, int want,
                  int64_t now_ms, int64_t *wake_ms);
+/* Puts tokens granted but not used back in the bucket of *p, at most its
+ * burst. Returns false when there is no bucket to put them in. */
+bool permit_return(struct permit_pool *p, int tokens);
 
 #endif

@@ -252,11 +252,11 @@ test_503_408_and_timeouts_are_losses(void **state)
  * once, silent: no rate headers); no limit but every `noise`-th answer a
  * 429 with Retry-After: 1. */
 struct sim {
-    int cap;       /* 0 = no concurrency cap */
-    double rate;   /* 0 = no bucket */
+    int cap;     /* 0 = no concurrency cap */
+    double rate; /* 0 = no bucket */
     double burst;
-    int noise;     /* every noise-th answer fails; 0 none */
-    int64_t rtt;   /* answer time of accepted requests */
+    int noise;   /* every noise-th answer fails; 0 none */
+    int64_t rtt; /* answer time of accepted requests */
     /* state */
     double bucket;
     int64_t refill;
@@ -335,9 +335,8 @@ sim_run(struct lane *l, struct sim *sm, int secs, int from_s)
             sm->busy--;
         sm->answers++;
         bool noisy = sm->noise > 0 && sm->answers % sm->noise == 0;
-        struct outcome o = e.ok && !noisy
-                               ? ok()
-                               : failed_with(ERR_RATE_LIMITED, 429, NULL);
+        struct outcome o =
+            e.ok && !noisy ? ok() : failed_with(ERR_RATE_LIMITED, 429, NULL);
         if (!e.ok || noisy)
             o.hints.retry_at_ms = now + 1000;
         if (now >= T0 + from_s * 1000LL) {
@@ -365,8 +364,8 @@ test_16_slot_provider_sees_15_to_16_in_flight_and_few_429s(void **state)
     /* capacity: 16 per 100 ms over 25 s = 4000 */
     double goodput = (double)sm.ok_in_window / 4000.0;
     double throttled = (double)sm.refused_in_window / (double)sm.all_in_window;
-    print_message("16 slots: goodput %.3f, throttled %.4f, limit %d\n",
-                  goodput, throttled, lane_limit(l));
+    print_message("16 slots: goodput %.3f, throttled %.4f, limit %d\n", goodput,
+                  throttled, lane_limit(l));
     assert_true(goodput >= 0.95);
     assert_true(throttled <= 0.02);
     lane_free(l);
@@ -623,7 +622,8 @@ test_firemoon_reset_at_pauses_lane(void **state)
 {
     (void)state;
     struct lane *l = lane_make(8, 64, true, 0);
-    struct outcome r = failed_with(ERR_RATE_LIMITED, 429, "Rate limit exceeded");
+    struct outcome r =
+        failed_with(ERR_RATE_LIMITED, 429, "Rate limit exceeded");
 
     r.hints.retry_at_ms = T0 + 20000;
     r.hints.shut_until_ms = T0 + 20000;

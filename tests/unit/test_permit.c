@@ -111,6 +111,21 @@ test_a_clock_step_lets_at_most_one_burst_through(void **state)
 }
 
 static void
+test_unused_tokens_go_back_up_to_a_burst(void **state)
+{
+    (void)state;
+    struct permit_pool p = {.rate = 100};
+    int64_t wake;
+
+    assert_false(permit_return(&p, 3)); /* no bucket yet */
+    assert_int_equal(permit_grant(&p, 0, 8, T0, &wake), 8);
+    assert_true(permit_return(&p, 5));
+    assert_int_equal(permit_grant(&p, 0, 20, T0, &wake), 7);
+    assert_true(permit_return(&p, 50));
+    assert_int_equal(permit_grant(&p, 0, 20, T0, &wake), 10);
+}
+
+static void
 test_burst_is_a_tenth_of_a_second_and_at_least_one(void **state)
 {
     (void)state;
@@ -244,6 +259,7 @@ main(void)
             test_a_waiting_daemon_limits_the_others_to_their_share),
         cmocka_unit_test(test_the_bucket_starts_full_and_refills_at_the_rate),
         cmocka_unit_test(test_a_clock_step_lets_at_most_one_burst_through),
+        cmocka_unit_test(test_unused_tokens_go_back_up_to_a_burst),
         cmocka_unit_test(test_burst_is_a_tenth_of_a_second_and_at_least_one),
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
         T(test_two_daemons_share_one_cap),

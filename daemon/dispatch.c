@@ -1503,7 +1503,10 @@ dispatch_status(struct dispatch *d)
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         if (dl->removed)
             continue;
-        if (lane_state(dl->lane) == LANE_ACTIVE)
+        if (lane_state(dl->lane) == LANE_ACTIVE &&
+            spend_paused(d->spend, dl->name))
+            buf_appendf(&d->status, ", %s paused: budget", dl->name);
+        else if (lane_state(dl->lane) == LANE_ACTIVE)
             buf_appendf(&d->status, ", %s limit %d", dl->name,
                         lane_limit(dl->lane));
         else

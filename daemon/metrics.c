@@ -395,6 +395,42 @@ render_requests(struct metrics *m, struct buf *b)
                      m->provs[i].spend);
 }
 
+static double
+get_throttled(const struct lane *l)
+{
+    return (double)lane_throttled(l);
+}
+
+static double
+get_limit(const struct lane *l)
+{
+    return lane_limit(l);
+}
+
+static double
+get_in_flight(const struct lane *l)
+{
+    return lane_in_flight(l);
+}
+
+/* One number per lane, one family each. */
+static const struct lane_family {
+    const char *name, *type, *help;
+    double (*get)(const struct lane *l);
+} lane_families[] = {
+    {"sluice_throttled_requests_total", "counter",
+     "Requests the provider throttled (429, or 503 with a retry hint).",
+     get_throttled},
+    {"sluice_lane_limit", "gauge",
+     "The lane's concurrency limit (learned or fixed).", get_limit},
+    {"sluice_lane_in_flight", "gauge",
+     "Requests in flight and async runs waiting, per lane.", get_in_flight},
+    {"sluice_lane_rate_per_second", "gauge",
+     "The lane's pacing rate in requests per second (configured, advertised "
+     "or learned); 0 when none.",
+     lane_rate},
+};
+
 static void
 render_lanes(struct buf *b, const struct lane *const *lanes, size_t n,
              struct store *s, struct spend *sp, int64_t now)
@@ -402,28 +438,13 @@ render_lanes(struct buf *b, const struct lane *const *lanes, size_t n,
     static const enum lane_state states[] = {LANE_ACTIVE, LANE_PAUSED,
                                              LANE_OPEN, LANE_PARKED};
 
-    put_family(b, "sluice_throttled_requests_total", "counter",
-               "Requests the provider throttled (429, or 503 with a retry "
-               "hint).");
-    for (size_t i = 0; i < n; i++)
-        put_provider(b, "sluice_throttled_requests_total", lane_name(lanes[i]),
-                     (double)lane_throttled(lanes[i]));
-    put_family(b, "sluice_lane_limit", "gauge",
-               "The lane's concurrency limit (learned or fixed).");
-    for (size_t i = 0; i < n; i++)
-        put_provider(b, "sluice_lane_limit", lane_name(lanes[i]),
-                     lane_limit(lanes[i]));
-    put_family(b, "sluice_lane_in_flight", "gauge",
-               "Requests in flight and async runs waiting, per lane.");
-    for (size_t i = 0; i < n; i++)
-        put_provider(b, "sluice_lane_in_flight", lane_name(lanes[i]),
-                     lane_in_flight(lanes[i]));
-    put_family(b, "sluice_lane_rate_per_second", "gauge",
-               "The lane's pacing rate in requests per second (configured, "
-               "advertised or learned); 0 when none.");
-    for (size_t i = 0; i < n; i++)
-        put_provider(b, "sluice_lane_rate_per_second", lane_name(lanes[i]),
-                     lane_rate(lanes[i]));
+    for (size_t f = 0; f < sizeof(lane_families) / sizeof(lane_families[0]);
+         f++) {
+        const struct lane_family *lf = &lane_families[f];
+        put_family(b, lf->name, lf->type, lf->help);
+        for (size_t i = 0; i < n; i++)
+            put_provider(b, lf->name, lane_name(lanes[i]), lf->get(lanes[i]));
+    }
     put_family(b, "sluice_lane_state", "gauge",
                "1 for the lane's current state, 0 for the others.");
     for (size_t i = 0; i < n; i++) {

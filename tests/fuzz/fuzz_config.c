@@ -2,8 +2,8 @@
  * fuzz_config: a whole config file through the parser sluiced and
  * sluicectl use. Besides the sanitizers, it aborts when an accepted config
  * breaks what the daemon relies on: a provider without a name, dialect or
- * base_url, an extra header the request builder would refuse (DESIGN §4),
- * or a rejection without a message naming the file.
+ * base_url, an extra header the request builder would refuse
+ * (docs/design.md §4), or a rejection without a message naming the file.
  */
 #include <stddef.h>
 #include <stdint.h>

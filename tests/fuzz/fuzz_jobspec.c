@@ -3,9 +3,9 @@
  * providers with and without a base path, with and without --unique.
  * Besides the sanitizers, it aborts on a row that breaks the rules of the
  * request builder: an idempotency key or a path outside visible ASCII
- * (DESIGN §4: nothing from a job reaches a header unchecked), a path the
- * daemon could not resolve on the provider's origin, a rejection without
- * a message naming the field.
+ * (docs/design.md §4: nothing from a job reaches a header unchecked), a
+ * path the daemon could not resolve on the provider's origin, a rejection
+ * without a message naming the field.
  */
 #include <stddef.h>
 #include <stdint.h>

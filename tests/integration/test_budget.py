@@ -99,7 +99,11 @@ def test_raised_budget_on_sighup_and_resume_continue():
         wait_for(lambda: (provider_row(env, "flora") or {}).get("reason")
                  == "budget", 30, message="paused for its budget")
         assert states(env).get("succeeded") == 2
-        page = scrape(url)
+        # the page is a snapshot of up to a second ago: wait for the pause
+        page = wait_for(lambda: (lambda p: p if value(
+            parse(p), "sluice_budget_paused", provider="flora") == 1
+            else None)(scrape(url)), 30, interval=0.2,
+            message="sluice_budget_paused 1 on /metrics")
         check_promtool(page)
         m = parse(page)
         assert value(m, "sluice_budget", provider="flora") == 0.10

@@ -79,7 +79,10 @@ def test_scraped_while_a_batch_runs_and_valid_for_promtool():
             providers={"gen": provider_conf(fake, concurrency_start=4)},
             daemon={"metrics": "127.0.0.1:%d" % port},
             env={"GEN_KEY": "k"})
-        ok = job_lines(30, "ok")
+        # one job answers after 6 s: the batch is surely running when a
+        # snapshot (once a second) is taken, however loaded the machine
+        ok = job_lines(29, "ok") + job_lines(1, "slow",
+                                             script=[{"delay_ms": 6000}])
         bad = job_lines(3, "bad", script=[{"status": 400}])
         # one throttle each, then success: a deferral, not a failure of
         # the job (the request still failed, class rate_limited)
@@ -162,9 +165,9 @@ def test_oldest_queued_age_grows_while_jobs_wait_for_a_slot():
         env.write_config(providers={"gen": conf},
                          daemon={"metrics": "%s:%d" % (host, port)},
                          env={"GEN_KEY": "k"})
-        # every job waits 2 s at the provider: with one slot, the third
-        # job stays queued for seconds
-        enqueue_ok(env, job_lines(3, "w", script=[{"delay_ms": 2000}]),
+        # every job waits 2 s at the provider: with one slot, the last
+        # one stays queued for 6 s
+        enqueue_ok(env, job_lines(4, "w", script=[{"delay_ms": 2000}]),
                    "--provider", "gen")
         d = env.daemon()
 

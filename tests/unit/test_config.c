@@ -316,7 +316,8 @@ static const struct {
     {"[provider \"x\"]\nbase_url = https://?x.test/v1\n",
      "sluice.conf:2: base_url: bad URL 'https://?x.test/v1' (use "
      "http://HOST or https://HOST)"},
-    /* a header value only the request builder would refuse (DESIGN §4) */
+    /* a header value only the request builder would refuse
+     * (docs/design.md §4) */
     {"[provider \"x\"]\nbase_url = https://x.test\nheader = x-a: caf\xc3\xa9\n",
      "sluice.conf:3: header: bad header (use \"Name: value\")"},
     {"[provider \"x\"]\nbase_url = https://x.test\nauth = basic\n",

@@ -903,7 +903,10 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     int got = 0;
     const char *owner = liveness_owner(d->live);
     bool capped = false;
+    uint64_t t0 = uv_hrtime();
     int rc = claim_jobs(d, dl, n, now, owner, jobs, &got, &capped);
+    if (rc == 0)
+        metrics_observe_claim(d->metrics, (double)(uv_hrtime() - t0) / 1e9);
     if (rc < 0) {
         /* Locked by an operator or another daemon: try again shortly; a
          * full disk or an I/O error: not before it may have passed. */

@@ -51,6 +51,13 @@
 static const double commit_buckets[] = {
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5};
 #define NBUCKETS (sizeof(commit_buckets) / sizeof(commit_buckets[0]))
+/* Claim latency buckets, in seconds: a claim is one statement, a tenth
+ * of a millisecond on a local file or socket, milliseconds across a
+ * network or behind another daemon's commit. */
+static const double claim_buckets[] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0};
+#define NCLAIM_BUCKETS (sizeof(claim_buckets) / sizeof(claim_buckets[0]))
 /* Most lanes rendered; a config names a handful. */
 #define METRICS_MAX_LANES 256
 
@@ -75,6 +82,9 @@ struct metrics {
     int64_t commit_counts[NBUCKETS + 1]; /* per bucket; last is +Inf */
     int64_t commits;
     double commit_sum;
+    int64_t claim_counts[NCLAIM_BUCKETS + 1]; /* per bucket; last +Inf */
+    int64_t claims;
+    double claim_sum;
     bool counted;       /* the last job count worked */
     long outputs[3];    /* pending, stored, failed */
     int64_t outputs_at; /* unix ms of the last output count, 0 never */
@@ -274,6 +284,19 @@ metrics_observe_commit(struct metrics *m, double seconds)
     m->commit_counts[i]++;
     m->commits++;
     m->commit_sum += seconds;
+}
+
+void
+metrics_observe_claim(struct metrics *m, double seconds)
+{
+    if (m == NULL)
+        return;
+    size_t i = 0;
+    while (i < NCLAIM_BUCKETS && seconds > claim_buckets[i])
+        i++;
+    m->claim_counts[i]++;
+    m->claims++;
+    m->claim_sum += seconds;
 }
 
 /* --- rendering
@@ -518,6 +541,27 @@ render_budgets(struct buf *b, struct spend *sp)
 }
 
 static void
+render_claims(struct metrics *m, struct buf *b)
+{
+    int64_t cum = 0;
+    put_family(b, "sluice_claim_duration_seconds", "histogram",
+               "Time a claim of jobs took.");
+    for (size_t i = 0; i < NCLAIM_BUCKETS; i++) {
+        cum += m->claim_counts[i];
+        buf_appendf(b,
+                    "sluice_claim_duration_seconds_bucket{le=\"%g\"} "
+                    "%" PRId64 "\n",
+                    claim_buckets[i], cum);
+    }
+    buf_appendf(
+        b, "sluice_claim_duration_seconds_bucket{le=\"+Inf\"} %" PRId64 "\n",
+        m->claims);
+    buf_appendf(b, "sluice_claim_duration_seconds_sum %.9f\n", m->claim_sum);
+    buf_appendf(b, "sluice_claim_duration_seconds_count %" PRId64 "\n",
+                m->claims);
+}
+
+static void
 render_commits(struct metrics *m, struct buf *b)
 {
     int64_t cum = 0;
@@ -562,6 +606,7 @@ metrics_refresh(struct metrics *m, struct dispatch *d, struct store *s,
     render_budgets(b, dispatch_spend(d));
     render_outputs(m, b, s, now_ms);
     render_commits(m, b);
+    render_claims(m, b);
 
     char *page = buf_steal(b);
     size_t len = strlen(page);

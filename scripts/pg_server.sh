@@ -6,6 +6,7 @@
 #   eval "$(scripts/pg_server.sh start)"   prints the exports below
 #   scripts/pg_server.sh stop DIR          stops it and removes DIR
 #   scripts/pg_server.sh ctl DIR stop|start    pg_ctl as the owner
+# SLUICE_PG_DURABLE=1: fsync on, synchronous_commit off (benchmarks).
 # Exports: SLUICE_TEST_PG (a libpq connection string to database
 # "sluice"), SLUICE_TEST_PGDIR (the directory), SLUICE_TEST_PGCTL (this
 # script, for stop and start from tests).
@@ -33,9 +34,15 @@ start)
         { cat "$dir/initdb.log" >&2; exit 1; }
     # In the config, so a restart (ctl DIR start) keeps it. fsync off: a
     # throwaway server, the tests' durability is the daemon's, not the
-    # disk's.
+    # disk's. SLUICE_PG_DURABLE=1 (benchmarks): fsync on, commits not
+    # waiting for their WAL flush, as SQLite's synchronous=NORMAL.
+    if [ "${SLUICE_PG_DURABLE:-0}" = 1 ]; then
+        sync="synchronous_commit = off"
+    else
+        sync="fsync = off"
+    fi
     printf "%s\n" "unix_socket_directories = '$dir'" "listen_addresses = ''" \
-        "fsync = off" "max_connections = 200" |
+        "$sync" "max_connections = 200" |
         as_owner tee -a "$dir/data/postgresql.conf" >/dev/null
     as_owner "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
         start >/dev/null ||

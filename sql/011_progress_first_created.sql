@@ -1,4 +1,4 @@
--- batch_progress without a scan (version 10). For jobs without a batch,
+-- batch_progress without a scan (version 11). For jobs without a batch,
 -- version 6 looked up first_created_at through jobs_state (provider = ?)
 -- and sorted every job of the provider by id: `sluicectl status` took
 -- 0.6 s at 500k jobs (bench/scale). "+j.provider" keeps the index out, so

@@ -41,6 +41,8 @@ void metrics_count_request(struct metrics *m, const char *provider,
 void metrics_count_cost(struct metrics *m, const char *provider, double cost);
 /* A group commit of the outcomes took seconds. */
 void metrics_observe_commit(struct metrics *m, double seconds);
+/* A claim of new jobs (one statement, or two with polls) took seconds. */
+void metrics_observe_claim(struct metrics *m, double seconds);
 
 /* Renders a new snapshot from the counters, the dispatcher's lanes and the
  * store (kept counts and index seeks only: the cost does not grow with the

@@ -145,6 +145,10 @@ def test_scraped_while_a_batch_runs_and_valid_for_promtool():
         assert commits and commits >= 1, commits
         assert value(after, "sluice_commit_duration_seconds_bucket",
                      le="+Inf") == commits
+        claims = value(after, "sluice_claim_duration_seconds_count")
+        assert claims and claims >= 1, claims
+        assert value(after, "sluice_claim_duration_seconds_bucket",
+                     le="+Inf") == claims
         assert len(fake.log()) == 37
 
         status, _, _ = http("GET", "http://127.0.0.1:%d/other" % port)

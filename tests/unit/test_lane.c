@@ -132,6 +132,30 @@ admit(struct lane *l, int64_t now, int64_t *wake)
     return lane_admit(l, now, wake);
 }
 
+/* Sends as many requests of `tokens` each as the lane admits, from `now`
+ * until `until`, moving time only to the wake times it gives (requests
+ * never finish). Returns how many went out. */
+static long
+drive_by_wake(struct lane *l, int64_t now, int64_t until, int64_t tokens)
+{
+    long sent = 0;
+    int64_t wake;
+
+    while (now < until) {
+        int n = admit(l, now, &wake);
+        for (int i = 0; i < n; i++) {
+            assert_true(qtail < QMAX);
+            lane_on_send(l, now, tokens, &q[qtail++]);
+        }
+        sent += n;
+        if (n == 0) {
+            assert_true(wake > now);
+            now = wake;
+        }
+    }
+    return sent;
+}
+
 /* One round trip of a saturated lane ending at `now`: the requests in
  * flight succeed one after the other over the RTT before it, and like the
  * dispatcher, each freed slot is refilled at once (as far as the pacer
@@ -752,7 +776,7 @@ test_pacer_spaces_requests_at_1_0_of_rate(void **state)
     (void)state;
     struct lane *l = lane_make(1000, 1000, false, 10.0);
     int64_t now = T0, wake;
-    int sent = 0;
+    long sent;
 
     assert_true(lane_rate(l) > 9.999 && lane_rate(l) < 10.001);
     assert_string_equal(lane_rate_source(l), "configured");
@@ -765,18 +789,7 @@ test_pacer_spaces_requests_at_1_0_of_rate(void **state)
 
     /* Ten seconds driven by wake_ms alone: 10 per second, never more
      * than the rate plus the burst in any one second. */
-    now += 101;
-    sent = 1;
-    while (now < T0 + 10000) {
-        int n = admit(l, now, &wake);
-        if (n > 0) {
-            send_n(l, n, now);
-            sent += n;
-        } else {
-            assert_true(wake > now);
-            now = wake;
-        }
-    }
+    sent = 1 + drive_by_wake(l, now + 101, T0 + 10000, 0);
     assert_in_range(sent, 98, 101);
     lane_free(l);
 }
@@ -881,22 +894,9 @@ test_token_gate_spends_the_budget_per_minute(void **state)
 {
     (void)state;
     struct lane *l = token_lane(60000); /* 1000 tokens/s */
-    int64_t now = T0, wake;
-    long tokens = 0;
 
     /* Requests of 500 tokens each for 60 s, driven by wake alone. */
-    while (now < T0 + 60000) {
-        int n = admit(l, now, &wake);
-        for (int i = 0; i < n; i++) {
-            assert_true(qtail < QMAX);
-            lane_on_send(l, now, 500, &q[qtail++]);
-            tokens += 500;
-        }
-        if (n == 0) {
-            assert_true(wake > now);
-            now = wake;
-        }
-    }
+    long tokens = 500 * drive_by_wake(l, T0, T0 + 60000, 500);
     /* At most the minute's budget plus one request's overdraft. */
     assert_in_range(tokens, 58000, 60500);
     lane_free(l);

@@ -560,7 +560,7 @@ static const char *const ostmt_sql[OS_COUNT] = {
         "fetched_at = CASE WHEN ?2 = 'pending' THEN fetched_at ELSE ?8 END, "
         "run_after = ?9, attempts = MAX(attempts - ?10, 0), "
         "lease_until = NULL, lease_owner = NULL "
-        "WHERE id = ?1",
+        "WHERE id = ?1 AND lease_owner = ?11",
     [OS_NEXT_DUE] =
         "SELECT MIN(CASE WHEN lease_until > run_after THEN lease_until "
         "  ELSE run_after END) FROM outputs WHERE state = 'pending'",
@@ -2572,9 +2572,12 @@ sqlite_output_record(struct store *base, const struct output_result *r,
     sqlite3_bind_int64(st, 8, now_ms);
     sqlite3_bind_int64(st, 9, r->run_after);
     sqlite3_bind_int(st, 10, r->uncharge);
+    bind_text(st, 11, r->owner);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
-    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "record output");
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "record output");
+    return sqlite3_changes(s->db) == 1 ? 0 : -ESTALE;
 }
 
 static int

@@ -459,8 +459,11 @@ struct output_result {
     const char *error;        /* pending/failed: why, NULL when stored */
     int64_t run_after;        /* pending: not before, unix ms */
     bool uncharge;            /* the fetch did not count (shutdown) */
+    const char *owner;        /* the lease it was claimed under */
 };
-/* Writes it (autocommit) and frees the lease. -EBUSY when the database is
+/* Writes it (autocommit) and frees the lease, only while the row is still
+ * leased to r->owner: -ESTALE when it is not (taken back from a daemon
+ * judged dead, or purged), nothing written. -EBUSY when the database is
  * locked: keep it and call again. */
 int store_output_record(struct store *s, const struct output_result *r,
                         int64_t now_ms);

@@ -2199,12 +2199,15 @@ test_outputs_rows_from_success_to_stored_or_failed(void **state)
     int64_t first = c[0].id, second = c[1].id;
     struct output_result ok = {
         .id = first, .state = "stored", .path = "/o/ab/ab", .sha256 = "ab",
-        .bytes = 42, .content_type = "image/png",
+        .bytes = 42, .content_type = "image/png", .owner = "h:2",
     };
+    /* only the lease holder writes */
+    assert_int_equal(store_output_record(s, &ok, T0 + 40), -ESTALE);
+    ok.owner = "h:1";
     assert_int_equal(store_output_record(s, &ok, T0 + 40), 0);
     struct output_result lost = {
         .id = second, .state = "failed", .error = "HTTP 404",
-        .run_after = T0 + 40,
+        .run_after = T0 + 40, .owner = "h:1",
     };
     assert_int_equal(store_output_record(s, &lost, T0 + 40), 0);
     for (int i = 0; i < n; i++)

@@ -559,6 +559,55 @@ test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted(
     store_close(s);
 }
 
+/* Running jobs of a provider without idempotency taken back (an expired
+ * lease, a dead daemon's) fail as unknown_outcome with the attempt given
+ * back; the others return to the queue (docs/design.md §4). */
+static void
+test_taken_back_jobs_without_idempotency_fail_as_unknown_outcome(
+    void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct job *jobs[2];
+    static const char *const unsafe[] = {"raw"};
+    struct daemon_row dead = {.owner = (char *)"dead",
+                              .host = (char *)"h",
+                              .pid = 8,
+                              .started_at = T0};
+    long n;
+    char t[64];
+
+    insert(s, "gen", "keyed", 0, T0);
+    insert(s, "raw", "expired", 0, T0);
+    insert(s, "raw", "reaped", 0, T0);
+    store_set_unsafe_resend(s, unsafe, 1);
+    assert_int_equal(claim(s, "gen", 1, T0, "gone", jobs), 1);
+    free_jobs(jobs, 1);
+    assert_int_equal(claim(s, "raw", 1, T0, "gone", jobs), 1);
+    free_jobs(jobs, 1);
+    assert_int_equal(store_daemon_register(s, &dead), 0);
+    assert_int_equal(claim(s, "raw", 1, T0, "dead", jobs), 1);
+    free_jobs(jobs, 1);
+
+    assert_int_equal(store_reclaim_expired(s, T0 + 10 * LEASE_MS, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(job_text(s, "keyed", "state", t, sizeof(t)), "queued");
+    assert_string_equal(job_text(s, "expired", "state", t, sizeof(t)),
+                        "failed");
+    assert_string_equal(job_text(s, "expired", "error_class", t, sizeof(t)),
+                        "unknown_outcome");
+    assert_int_equal(job_int(s, "expired", "attempt_count"), 0);
+    assert_string_equal(job_text(s, "reaped", "state", t, sizeof(t)),
+                        "running");
+    assert_int_equal(store_daemon_reap(s, "dead", 0, T0 + 1, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(job_text(s, "reaped", "error_class", t, sizeof(t)),
+                        "unknown_outcome");
+    assert_string_equal(job_text(s, "reaped", "error_code", t, sizeof(t)),
+                        "lease_lost");
+    store_close(s);
+}
+
 static void
 test_daemons_register_beat_and_reap(void **state)
 {
@@ -1437,6 +1486,7 @@ main(void)
         BOTH(
             test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted),
         BOTH(test_daemons_register_beat_and_reap),
+        BOTH(test_taken_back_jobs_without_idempotency_fail_as_unknown_outcome),
         BOTH(test_late_outcome_of_a_job_taken_back_is_not_written),
         BOTH(test_permits_share_a_cap_and_a_bucket_between_connections),
         BOTH(test_kept_counts_follow_every_move),

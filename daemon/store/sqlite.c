@@ -166,11 +166,12 @@ extern const size_t sql_nfiles;
     "created_at, updated_at) VALUES "
 #define INSERT_JOB_TAIL " ON CONFLICT (provider, idempotency_key) DO NOTHING"
 
-/* incremental_vacuum step of purge: 2048 pages (8 MiB at the default
- * page size) per transaction, each holding the write lock for about a
- * tenth of a second on a file far larger than the page cache
- * (bench/scale). */
-#define STORE_VACUUM_STEP 2048
+/* incremental_vacuum step of purge: 512 pages (2 MiB at the default page
+ * size) per transaction. The first steps after a large delete hold the
+ * write lock longest: with 2048-page steps the first took 0.23 s at 2M
+ * jobs and 1.4-3 s at 10M (bench/scale); with 512 no vacuum step of the
+ * 2M purge held a writer off more than 0.1 s. */
+#define STORE_VACUUM_STEP 512
 /* The gap purge leaves between two of its write transactions. SQLite
  * queues nobody for the write lock: a writer waiting in the busy handler
  * (which polls every 100 ms once it has waited a while) could miss every

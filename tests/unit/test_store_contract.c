@@ -572,6 +572,55 @@ test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted(
     store_close(s);
 }
 
+/* Running jobs of a provider without idempotency taken back (an expired
+ * lease, a dead daemon's) fail as unknown_outcome with the attempt given
+ * back; the others return to the queue (docs/design.md §4). */
+static void
+test_taken_back_jobs_without_idempotency_fail_as_unknown_outcome(
+    void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct job *jobs[2];
+    static const char *const unsafe[] = {"raw"};
+    struct daemon_row dead = {.owner = (char *)"dead",
+                              .host = (char *)"h",
+                              .pid = 8,
+                              .started_at = T0};
+    long n;
+    char t[64];
+
+    insert(s, "gen", "keyed", 0, T0);
+    insert(s, "raw", "expired", 0, T0);
+    insert(s, "raw", "reaped", 0, T0);
+    store_set_unsafe_resend(s, unsafe, 1);
+    assert_int_equal(claim(s, "gen", 1, T0, "gone", jobs), 1);
+    free_jobs(jobs, 1);
+    assert_int_equal(claim(s, "raw", 1, T0, "gone", jobs), 1);
+    free_jobs(jobs, 1);
+    assert_int_equal(store_daemon_register(s, &dead), 0);
+    assert_int_equal(claim(s, "raw", 1, T0, "dead", jobs), 1);
+    free_jobs(jobs, 1);
+
+    assert_int_equal(store_reclaim_expired(s, T0 + 10 * LEASE_MS, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(job_text(s, "keyed", "state", t, sizeof(t)), "queued");
+    assert_string_equal(job_text(s, "expired", "state", t, sizeof(t)),
+                        "failed");
+    assert_string_equal(job_text(s, "expired", "error_class", t, sizeof(t)),
+                        "unknown_outcome");
+    assert_int_equal(job_int(s, "expired", "attempt_count"), 0);
+    assert_string_equal(job_text(s, "reaped", "state", t, sizeof(t)),
+                        "running");
+    assert_int_equal(store_daemon_reap(s, "dead", 0, T0 + 1, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(job_text(s, "reaped", "error_class", t, sizeof(t)),
+                        "unknown_outcome");
+    assert_string_equal(job_text(s, "reaped", "error_code", t, sizeof(t)),
+                        "lease_lost");
+    store_close(s);
+}
+
 static void
 test_daemons_register_beat_and_reap(void **state)
 {
@@ -725,6 +774,46 @@ fail_job(struct store *s, const char *key, const char *code, int64_t at)
     u.request_id = key;
     store_record(s, &u);
     assert_int_equal(store_flush(s), 0);
+}
+
+/* A retried job never sends a key whose run failure the provider has
+ * cached: after a failed run under <key>.2, retry sends <key>.3; after an
+ * ambiguous failure it keeps the last key (docs/design.md §4). */
+static void
+test_retry_keeps_or_advances_the_derived_key(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct job *out[2];
+    long changed;
+
+    insert(s, "gen", "run", 0, T0);
+    insert(s, "gen", "cut", 0, T0);
+    assert_int_equal(claim(s, "gen", 2, T0, "d1", out), 2);
+    free_jobs(out, 2);
+    for (int i = 0; i < 2; i++) {
+        struct job_update u = {0};
+        u.job_id = job_int(s, i ? "cut" : "run", "id");
+        u.owner = "d1";
+        u.state = JOB_FAILED;
+        u.new_key = i ? "cut.2" : "run.2";
+        u.http_status = i ? 504 : 200;
+        u.cls = i ? ERR_TIMEOUT : ERR_RUN_FAILED;
+        u.code = "failed";
+        u.remote_id = i ? NULL : "run_9";
+        store_record(s, &u);
+    }
+    assert_int_equal(store_flush(s), 0);
+    struct store_select sel = {.states = 1u << JOB_FAILED};
+    assert_int_equal(store_retry(s, NULL, 0, &sel, T0 + 100, &changed), 0);
+    assert_int_equal(changed, 2);
+    assert_int_equal(claim(s, "gen", 2, T0 + 100, "d1", out), 2);
+    for (int i = 0; i < 2; i++)
+        assert_string_equal(out[i]->idempotency_key,
+                            strcmp(out[i]->base_key, "run") == 0 ? "run.3"
+                                                                 : "cut.2");
+    free_jobs(out, 2);
+    store_close(s);
 }
 
 static void
@@ -1544,6 +1633,7 @@ main(void)
         BOTH(
             test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted),
         BOTH(test_daemons_register_beat_and_reap),
+        BOTH(test_taken_back_jobs_without_idempotency_fail_as_unknown_outcome),
         BOTH(test_late_outcome_of_a_job_taken_back_is_not_written),
         BOTH(test_permits_share_a_cap_and_a_bucket_between_connections),
         BOTH(test_kept_counts_follow_every_move),
@@ -1553,6 +1643,7 @@ main(void)
         BOTH(test_dump_and_load_move_every_row),
         BOTH(test_counts_and_next_due),
         BOTH(test_failures_retry_and_cancel_by_selection),
+        BOTH(test_retry_keeps_or_advances_the_derived_key),
         BOTH(test_every_move_the_store_makes_is_in_the_table),
         BOTH(test_queries_status_jobs_progress_export_purge),
         BOTH(test_data_version_changes_when_another_process_enqueues),

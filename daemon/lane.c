@@ -11,7 +11,9 @@
  *              resetAt, a run of 429s with no success among them) stops
  *              the lane until it opens again.
  *   3. pacers  requests at 1.0 × the configured, advertised or learned
- *              rate (burst a tenth of a second); never more than the
+ *              rate (burst a tenth of a second), or at a share of a known
+ *              rate that other daemons on the same key use too; never
+ *              more than the
  *              provider's window has left; tokens per minute (estimated
  *              per job, corrected by the answer's usage).
  *   4. limit   requests in flight plus waiting async runs stay below the
@@ -35,6 +37,12 @@
  *     slow start's pace to just under the knee, holds there
  *     KNEE_HOLD_ROUNDS clean rounds, then probes one above; a knee not met
  *     again for KNEE_FORGET_ROUNDS is forgotten (slow start).
+ *   - A 429 to a request the pacer sent under a known rate, the limit not
+ *     full, says the provider's bucket is shared (a lone daemon pacing at
+ *     1.0 × is never refused): the pacer's share of the rate is cut ×0.8,
+ *     once per epoch, and grows back by a twentieth of the rate per
+ *     second (AIMD on the share: daemons refused in proportion to what
+ *     they send converge to equal shares).
  *   - Without a configured or advertised rate, requests are spaced at the
  *     rate the limit delivers, limit / SRTT: after a loss, the rate the
  *     provider accepted when it refused (learned), probed upward with the
@@ -88,6 +96,15 @@
 /* ×0.7: the multiplicative decrease of AWS SDKs' adaptive retry (CUBIC's
  * beta): gentler than TCP's halving. */
 #define AIMD_BETA 0.7
+/* The pacer's share of a known rate (several independent daemons on one
+ * key): a 429 the pacer's own rate cannot explain (the bucket is shared)
+ * cuts the share ×0.8, once per epoch; it grows back by 0.05 of the rate
+ * per second, the same for every daemon, so that daemons refused at
+ * random converge to equal shares (Chiu–Jain). A share never goes below
+ * a twentieth: four daemons need a quarter each. */
+#define SHARE_BETA 0.8
+#define SHARE_GROW_PER_S 0.05
+#define SHARE_MIN 0.05
 /* α = 1/8: TCP's SRTT gain (RFC 6298), smooth yet quick to follow. */
 #define SRTT_ALPHA 0.125
 /* Background loss rate: an average over the last ~256 answers, long
@@ -184,6 +201,7 @@ struct lane {
 
     /* gate 3: request pacer and the provider's window */
     double adv_rate;   /* advertised requests/s; 0 unknown */
+    double share;      /* the pacer's share of the known rate, ≤ 1 */
     double tokens;     /* request bucket; may go below 0 */
     int64_t refill_ms; /* unix ms the buckets were last refilled */
     long win_left;     /* the provider's window: requests left; -1 */
@@ -286,6 +304,8 @@ pace_rate(const struct lane *l)
 {
     double rate = full_rate(l);
 
+    if (rate > 0 && l->p.adaptive)
+        return rate * l->share;
     if (rate > 0 || !l->p.adaptive || l->srtt_ms <= 0)
         return rate;
     return (double)l->limit * 1000.0 / l->srtt_ms;
@@ -323,6 +343,11 @@ refill(struct lane *l, int64_t now_ms)
     if (now_ms <= l->refill_ms)
         return;
     double dt = (double)(now_ms - l->refill_ms);
+    if (l->share < 1.0) {
+        l->share += dt * SHARE_GROW_PER_S / 1000.0;
+        if (l->share > 1.0)
+            l->share = 1.0;
+    }
     if (rate > 0) {
         l->tokens += dt * rate / 1000.0;
         if (l->tokens > bucket_capacity(rate))
@@ -387,6 +412,7 @@ lane_new(const char *name, const struct lane_params *p, int64_t now_ms)
      * a burst on a provider whose window our last run already used. The
      * token budget starts empty for the same reason. */
     l->tokens = 1.0;
+    l->share = 1.0;
     l->tok_cost = TOKEN_COST_DEFAULT;
     l->refill_ms = now_ms;
     l->probe_ms = now_ms;
@@ -573,6 +599,7 @@ lane_on_send(struct lane *l, int64_t now_ms, int64_t tokens,
     t->tok_seq = l->tok_seq;
     t->tokens = tokens > 0 ? tokens : 0;
     t->in_flight = lane_in_flight(l);
+    t->paced = full_rate(l) > 0;
 }
 
 static bool
@@ -969,6 +996,25 @@ congestion(struct lane *l, const struct lane_ticket *t)
     bump(l);
 }
 
+/* A fresh 429 to a request sent under a known rate, the limit not full:
+ * the pacer sent no more than the rate, so the provider's bucket is shared with others
+ * (other daemons on the same key). The share yields ×SHARE_BETA; answers
+ * already on their way are stale. Refused at random in proportion to
+ * what each sends, daemons that all cut this way and grow back alike
+ * converge to equal shares; a lone daemon is never refused and keeps the
+ * whole rate. */
+static void
+share_cut(struct lane *l)
+{
+    l->share *= SHARE_BETA;
+    if (l->share < SHARE_MIN)
+        l->share = SHARE_MIN;
+    double cap = bucket_capacity(pace_rate(l));
+    if (l->tokens > cap)
+        l->tokens = cap;
+    bump(l);
+}
+
 /* A fresh loss: noise, congestion, or part of a shut window. */
 static void
 on_loss(struct lane *l, const struct lane_ticket *t, const struct outcome *o,
@@ -980,6 +1026,9 @@ on_loss(struct lane *l, const struct lane_ticket *t, const struct outcome *o,
     bool congested =
         (double)l->round_losses > expect + NOISE_SIGMAS * sqrt(expect);
 
+    if (is_throttle(o, now_ms) && l->p.adaptive && t->paced &&
+        t->in_flight < l->limit)
+        share_cut(l);
     if (is_throttle(o, now_ms)) {
         int run_min = l->limit / 2 > SHUT_RUN_MIN ? l->limit / 2 : SHUT_RUN_MIN;
         l->run++;

@@ -1154,6 +1154,98 @@ test_spend_budgets_and_held_batches(void **state)
     store_close(s);
 }
 
+struct load_into {
+    struct store *to;
+    const char *table;
+    int rows;
+};
+
+static int
+load_row(const json_t *row, void *arg)
+{
+    struct load_into *l = arg;
+    assert_int_equal(store_load(l->to, l->table, row), 0);
+    l->rows++;
+    return 0;
+}
+
+/* What sluicectl migrate does, from this backend into a SQLite file: every
+ * row kept (ids, states, keys, attempts), counts rebuilt, new ids after. */
+static void
+test_dump_and_load_move_every_row(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f), *to;
+    struct job *jobs[4];
+    struct job_update u = {0};
+    char dir[64], path[96];
+    bool empty;
+    json_t *a, *b;
+    int64_t n = 0;
+
+    insert(s, "gen", "a", 3, T0);
+    insert(s, "gen", "b", 0, T0);
+    assert_int_equal(claim(s, "gen", 1, T0, "o", jobs), 1);
+    u.job_id = jobs[0]->id;
+    free_jobs(jobs, 1);
+    u.owner = "o";
+    u.state = JOB_RETRYING;
+    u.run_after = T0 + 500;
+    u.new_key = "a.2";
+    u.has_attempt = true;
+    u.attempt = 1;
+    u.key_sent = "a";
+    u.started_at = T0;
+    u.finished_at = T0 + 9;
+    u.http_status = 500;
+    u.cls = ERR_SERVER_ERROR;
+    u.code = "boom";
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_is_empty(s, &empty), 0);
+    assert_false(empty);
+
+    snprintf(dir, sizeof(dir), "/tmp/test_contract_to.XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/to.db", dir);
+    assert_int_equal(store_open(path, &to), 0);
+    assert_int_equal(store_is_empty(to, &empty), 0);
+    assert_true(empty);
+    assert_int_equal(store_begin(to), 0);
+    for (const char *const *t = store_tables; *t; t++) {
+        struct load_into l = {.to = to, .table = *t};
+        assert_int_equal(store_dump(s, *t, load_row, &l), 0);
+        n += l.rows;
+    }
+    assert_int_equal(n, 3); /* two jobs, one attempt */
+    assert_int_equal(store_load_done(to), 0);
+    assert_int_equal(store_commit(to), 0);
+
+    a = store_job_json(s, "a");
+    b = store_job_json(to, "a");
+    assert_true(json_equal(a, b));
+    json_decref(a);
+    json_decref(b);
+    long unfinished;
+    assert_int_equal(store_pending_count(to, "gen", &unfinished), 0);
+    assert_int_equal(unfinished, 2);
+    assert_int_equal(claim(to, "gen", 4, T0 + 500, "p", jobs), 2);
+    assert_string_equal(jobs[0]->custom_id, "a");
+    assert_string_equal(jobs[0]->idempotency_key, "a.2"); /* derived key */
+    assert_int_equal(jobs[0]->attempts, 2);
+    free_jobs(jobs, 2);
+    insert(to, "gen", "c", 0, T0);
+    assert_int_equal(job_int(to, "c", "id"), 3);
+    store_close(to);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/to.db-wal", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/to.db-shm", dir);
+    unlink(path);
+    rmdir(dir);
+    store_close(s);
+}
+
 /* --- wakeups ------------------------------------------------------------- */
 
 static void
@@ -1234,8 +1326,8 @@ take(struct store *s, const char *provider, const char *owner, int cap,
     struct permit_view v = {.cap = cap, .rate = rate};
     int granted = -1;
     int64_t wake;
-    assert_int_equal(store_permit_take(s, provider, owner, &v, in_flight,
-                                       want, now, &granted, &wake),
+    assert_int_equal(store_permit_take(s, provider, owner, &v, in_flight, want,
+                                       now, &granted, &wake),
                      0);
     return granted;
 }
@@ -1245,10 +1337,10 @@ test_permits_share_a_cap_and_a_bucket_between_connections(void **state)
 {
     struct fixture *f = fx(state);
     struct store *a = open_store(f), *b = open_store(f);
-    struct daemon_row da = {.owner = (char *)"A", .host = (char *)"h",
-                            .pid = 1, .started_at = T0};
-    struct daemon_row db = {.owner = (char *)"B", .host = (char *)"h",
-                            .pid = 2, .started_at = T0};
+    struct daemon_row da = {
+        .owner = (char *)"A", .host = (char *)"h", .pid = 1, .started_at = T0};
+    struct daemon_row db = {
+        .owner = (char *)"B", .host = (char *)"h", .pid = 2, .started_at = T0};
     long n;
 
     assert_int_equal(store_daemon_register(a, &da), 0);
@@ -1305,6 +1397,7 @@ main(void)
         BOTH(test_kept_counts_follow_every_move),
         BOTH(test_outputs_of_a_success_are_claimed_recorded_and_retried),
         BOTH(test_spend_budgets_and_held_batches),
+        BOTH(test_dump_and_load_move_every_row),
         BOTH(test_counts_and_next_due),
         BOTH(test_failures_retry_and_cancel_by_selection),
         BOTH(test_every_move_the_store_makes_is_in_the_table),

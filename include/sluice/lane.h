@@ -54,7 +54,7 @@ struct lane_ticket {
     int64_t tokens;  /* this request's token estimate; 0 none */
     int in_flight;   /* requests + waiting runs at the send, this one in */
     bool probe;      /* sent as a probe (paused or half-open lane) */
-    bool paced;      /* sent under a known rate's pacer */
+    bool paced;      /* sent under a rate known for a while */
 };
 
 struct lane;

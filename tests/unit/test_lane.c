@@ -453,37 +453,53 @@ test_lone_daemon_keeps_whole_known_rate(void **state)
 }
 
 /* A 429 to a request the pacer sent under a known rate: the bucket is
- * shared, so the pacer yields ×0.8 of its rate, once per change (stale
- * 429s do not cut again), and grows back by a twentieth of the rate per
- * second. A 429 with the concurrency limit full is not the pacer's. */
+ * shared. One alone may be our own burst arriving bunched, so a second
+ * within 2 s cuts the pacer's rate ×0.8, once per change (stale 429s do
+ * not cut again); it grows back by a twentieth of the rate per second,
+ * faster after 2 s without a cut. A 429 with the concurrency limit full
+ * is not the pacer's. */
 static void
-test_429_under_known_rate_cuts_pacer_share_once(void **state)
+test_429s_under_known_rate_cut_pacer_share_once(void **state)
 {
     (void)state;
     struct lane *l = lane_make(4, 64, true, 10.0);
     struct outcome r = failed_with(ERR_RATE_LIMITED, 429, NULL);
     struct outcome s = ok();
+    int64_t b = T0 + 2000, wake;
 
+    /* Within a second of knowing the rate: our own earlier sends may
+     * explain it. */
     r.hints.retry_at_ms = T0 + 1000;
     send_n(l, 1, T0);
-    send_n(l, 1, T0 + 100);
-    done1(l, &r, T0 + 150, 0.5);
+    done1(l, &r, T0 + 50, 0.5);
+    assert_true(lane_rate(l) > 9.999 && lane_rate(l) < 10.001);
+
+    r.hints.retry_at_ms = b + 1000;
+    send_n(l, 1, b);
+    done1(l, &r, b + 50, 0.5); /* the first: no cut yet */
+    assert_true(lane_rate(l) > 9.999 && lane_rate(l) < 10.001);
+    send_n(l, 1, b + 100);
+    send_n(l, 1, b + 200);
+    done1(l, &r, b + 250, 0.5); /* the second: a cut */
     assert_true(lane_rate(l) > 7.99 && lane_rate(l) < 8.01);
     assert_int_equal(lane_limit(l), 4); /* the pacer's, not the limit's */
-    done1(l, &r, T0 + 160, 0.5); /* sent before the cut: stale */
+    done1(l, &r, b + 260, 0.5);         /* sent before the cut: stale */
     assert_true(lane_rate(l) > 7.99 && lane_rate(l) < 8.01);
-    /* Growth: +0.05 of the rate per second, up to the whole rate. */
-    int64_t wake;
-    admit(l, T0 + 2160, &wake);
+    /* +0.05 of the rate per second for 2 s ... */
+    admit(l, b + 2250, &wake);
     assert_true(lane_rate(l) > 8.99 && lane_rate(l) < 9.01);
-    admit(l, T0 + 10000, &wake);
+    /* ... then faster: 0.1 more in the next second, not 0.05. */
+    admit(l, b + 3250, &wake);
+    assert_true(lane_rate(l) > 9.74 && lane_rate(l) < 9.76);
+    admit(l, b + 10000, &wake);
     assert_true(lane_rate(l) > 9.999 && lane_rate(l) < 10.001);
     /* Four in flight of a limit of four: the limit's business. */
-    send_n(l, 4, T0 + 10000);
-    r.hints.retry_at_ms = T0 + 11000;
-    done_last(l, &r, T0 + 10050); /* the fourth */
+    send_n(l, 4, b + 10000);
+    r.hints.retry_at_ms = b + 11000;
+    done_last(l, &r, b + 10050); /* the fourth */
+    done_last(l, &r, b + 10060); /* the third, sent as the limit filled */
     assert_true(lane_rate(l) > 9.999 && lane_rate(l) < 10.001);
-    done_n(l, 3, &s, T0 + 10060);
+    done_n(l, 2, &s, b + 10070);
     lane_free(l);
 }
 
@@ -500,8 +516,8 @@ struct pair_event {
 };
 
 static void
-sim_shared(struct lane **lanes, int nl, int64_t stagger, double rate,
-           int secs, int from_s, long *ok_in_window, long *refused, long *all)
+sim_shared(struct lane **lanes, int nl, int64_t stagger, double rate, int secs,
+           int from_s, long *ok_in_window, long *refused, long *all)
 {
     static struct pair_event ev[SIM_EVENTS];
     int n = 0;
@@ -554,7 +570,8 @@ sim_shared(struct lane **lanes, int nl, int64_t stagger, double rate,
             continue;
         struct pair_event e = ev[b];
         ev[b] = ev[--n];
-        struct outcome o = e.ok ? ok() : failed_with(ERR_RATE_LIMITED, 429, NULL);
+        struct outcome o =
+            e.ok ? ok() : failed_with(ERR_RATE_LIMITED, 429, NULL);
         if (!e.ok) {
             o.hints.retry_at_ms = now + 1000;
             o.hints.rl_limit = (long)(rate * 60.0);
@@ -584,8 +601,8 @@ test_daemons_sharing_a_bucket_converge_to_equal_shares(void **state)
         double sum = 0, sq = 0;
 
         for (int i = 0; i < nl; i++)
-            lanes[i] = lane_new("flora", &(struct lane_params){4, 64, true, 0,
-                                                               0, 60000},
+            lanes[i] = lane_new("flora",
+                                &(struct lane_params){4, 64, true, 0, 0, 60000},
                                 T0 + i * 2000);
         sim_shared(lanes, nl, 2000, 200.0, 40, 20, okw, &refused, &all);
         for (int i = 0; i < nl; i++) {
@@ -1677,8 +1694,9 @@ main(void)
         cmocka_unit_test(test_pacer_spaces_requests_at_1_0_of_rate),
         cmocka_unit_test(test_pacer_burst_is_a_tenth_of_a_second),
         cmocka_unit_test(test_lone_daemon_keeps_whole_known_rate),
-        cmocka_unit_test(test_429_under_known_rate_cuts_pacer_share_once),
-        cmocka_unit_test(test_daemons_sharing_a_bucket_converge_to_equal_shares),
+        cmocka_unit_test(test_429s_under_known_rate_cut_pacer_share_once),
+        cmocka_unit_test(
+            test_daemons_sharing_a_bucket_converge_to_equal_shares),
         cmocka_unit_test(test_advertised_rate_only_lowers_configured_rate),
         cmocka_unit_test(test_remaining_zero_waits_for_reset),
         cmocka_unit_test(test_window_never_sends_more_than_it_has_left),

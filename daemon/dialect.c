@@ -183,6 +183,7 @@ classify_transport(const struct http_response *r, struct outcome *o)
 {
     char code[32];
 
+    o->unsent = r->request_bytes == 0;
     if (r->cancelled) {
         dialect_fail(o, ERR_NETWORK, "cancelled", "cancelled");
     } else if (r->timed_out) {

@@ -243,6 +243,7 @@ dlane_apply(struct dlane *dl, const struct provider_config *pc)
     dl->policy.poll_interval_ms = pc->poll_interval_ms;
     dl->policy.poll_interval_max_ms = pc->poll_interval_max_ms;
     dl->policy.base_url = dl->base_url;
+    dl->policy.idem_none = pc->idem == IDEM_NONE;
     dl->timeout_ms = pc->timeout_ms;
     dl->connect_timeout_ms = pc->connect_timeout_ms;
     dl->max_response = pc->max_response;
@@ -674,6 +675,11 @@ record_event(struct dispatch *d, struct req *r, const struct job_event *ev)
     if (ev->kind == JOB_EVENT_CANCEL)
         log_info("job %" PRId64 ": %s cancelled in flight", r->job->id,
                  r->dl->name);
+    else if (dec.cls == ERR_UNKNOWN_OUTCOME)
+        log_warnx("job %" PRId64 ": %s request cut short by the stop, and "
+                  "the provider takes no idempotency key: failed as "
+                  "unknown_outcome, not sent again",
+                  r->job->id, r->dl->name);
     apply_decision(d, r, NULL, &dec, ev->now_ms);
 }
 
@@ -690,6 +696,7 @@ on_http_done(const struct http_response *resp, void *data)
         struct job_event ev = {
             .kind = r->cancel_job ? JOB_EVENT_CANCEL : JOB_EVENT_RELEASE,
             .now_ms = now,
+            .sent = resp->request_bytes > 0,
         };
         record_event(d, r, &ev);
     } else {
@@ -1194,10 +1201,28 @@ on_store_wakeup(void *arg)
 
 /* --- life cycle ----------------------------------------------------------- */
 
+/* Tells the store which providers' running jobs must not go back to the
+ * queue when their lease is taken back (no idempotency: DESIGN §4). */
+static void
+guard_resends(struct store *s, const struct config *c)
+{
+    const char **names = xcalloc(c->nproviders + 1, sizeof(char *));
+    size_t n = 0;
+
+    for (size_t i = 0; i < c->nproviders; i++) {
+        if (c->providers[i].idem == IDEM_NONE)
+            names[n++] = c->providers[i].name;
+    }
+    store_set_unsafe_resend(s, names, n);
+    free(names);
+}
+
 long
-dispatch_recover(struct store *s, struct liveness *live)
+dispatch_recover(struct store *s, struct liveness *live,
+                 const struct config *c)
 {
     long expired = 0, reaped = 0;
+    guard_resends(s, c);
     int rc = store_reclaim_expired(s, clock_now_ms(), &expired);
     if (rc == 0)
         rc = liveness_reap(live, clock_now_ms(), clock_mono_ms(), &reaped);
@@ -1335,6 +1360,7 @@ dispatch_reload(struct dispatch *d, const struct config *c)
         explicit_bzero(key, strlen(key));
         free(key);
     }
+    guard_resends(d->store, c);
     for (struct dlane *dl = d->lanes; dl; dl = dl->next)
         dl->removed = true;
     for (size_t i = 0; i < c->nproviders; i++) {

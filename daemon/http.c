@@ -248,6 +248,7 @@ xfer_finish(struct http_xfer *x, CURLcode code, bool cancelled)
 
     r->finished_ms = clock_now_ms();
     r->cancelled = cancelled;
+    curl_easy_getinfo(x->easy, CURLINFO_REQUEST_SIZE, &r->request_bytes);
     if (cancelled) {
         r->curl_code = CURLE_ABORTED_BY_CALLBACK;
         snprintf(r->error, sizeof(r->error), "transfer cancelled");

@@ -117,6 +117,7 @@ static const struct {
     [ERR_NETWORK] = {"network", true},
     [ERR_PROTOCOL] = {"protocol", true},
     [ERR_RUN_FAILED] = {"run_failed", true},
+    [ERR_UNKNOWN_OUTCOME] = {"unknown_outcome", false},
 };
 
 const char *
@@ -307,6 +308,21 @@ next_failed(const struct job *j, const struct job_event *ev,
     }
 }
 
+/* A submission to a provider without idempotency may have reached it, and
+ * no answer says what became of it: sending it again could run (and bill)
+ * it twice, so it fails for the operator to look (DESIGN §4). */
+static void
+fail_unknown(struct job_decision *d, const char *code)
+{
+    d->state = JOB_FAILED;
+    d->cls = ERR_UNKNOWN_OUTCOME;
+    d->code = code;
+    d->message = "the request may have reached the provider, which takes no "
+                 "idempotency key: not sent again; check with the provider, "
+                 "then sluicectl retry";
+    d->verb = "failed";
+}
+
 static void
 next_answer(const struct job *j, const struct job_event *ev,
             const struct job_policy *p, struct job_decision *d)
@@ -327,7 +343,9 @@ next_answer(const struct job *j, const struct job_event *ev,
         /* The run definitively failed at the provider when the poll was
          * answered and named the run's failure. An unreadable answer says
          * nothing about the run. */
-        if (!poll)
+        if (!poll && p->idem_none && o->http_status == 0 && !o->unsent)
+            fail_unknown(d, o->code[0] ? o->code : "no_response");
+        else if (!poll)
             next_failed(j, ev, p, false, d);
         else if (o->http_status >= 200 && o->http_status < 300 &&
                  o->cls != ERR_PROTOCOL)
@@ -359,6 +377,10 @@ job_next(const struct job *j, const struct job_event *ev,
         d.state = poll ? JOB_WAITING : JOB_QUEUED;
         d.run_after = ev->now_ms;
         d.uncharge = !poll;
+        /* Cut short by our own stop: not charged, but not resent either
+         * when it may have reached a provider without idempotency. */
+        if (!poll && p->idem_none && ev->sent)
+            fail_unknown(&d, "released");
         break;
     case JOB_EVENT_CANCEL:
         d.state = JOB_CANCELLED;

@@ -279,7 +279,7 @@ main(int argc, char **argv)
         config_free(dm.config);
         return 1;
     }
-    long reclaimed = dispatch_recover(dm.store, dm.live);
+    long reclaimed = dispatch_recover(dm.store, dm.live, dm.config);
     if (reclaimed > 0)
         log_info("store: %ld jobs returned to the queue at start",
                  reclaimed);

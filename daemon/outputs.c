@@ -250,12 +250,17 @@ dl_record(struct dl *d)
 
     d->phase = DL_RECORD;
     d->res.id = d->c.id;
+    d->res.owner = o->owner;
     rc = store_output_record(o->store, &d->res, clock_now_ms());
     if (rc == -EBUSY && !o->stopping) {
         schedule(o, clock_now_ms() + OUTPUTS_BUSY_RETRY_MS);
         return;
     }
-    if (rc < 0)
+    if (rc == -ESTALE)
+        log_warnx("output %" PRId64 ": lease lost (taken back or purged), "
+                  "this fetch not recorded",
+                  d->c.id);
+    else if (rc < 0)
         log_warnx("output %" PRId64 ": not recorded (%s); fetched again "
                   "once its lease ends",
                   d->c.id, strerror(-rc));

@@ -79,6 +79,9 @@ struct store_ops {
     int (*insert_jobs)(struct store *s, const struct jobspec *jobs, size_t n,
                        int64_t now_ms, size_t *inserted);
 
+    /* store_set_unsafe_resend; NULL: not supported (a no-op) */
+    void (*set_unsafe_resend)(struct store *s, const char *const *providers,
+                              size_t n);
     int (*reclaim_expired)(struct store *s, int64_t now_ms, long *n);
     int (*daemon_register)(struct store *s, const struct daemon_row *d);
     int (*daemon_beat)(struct store *s, const char *owner, int64_t now_ms,

@@ -528,7 +528,8 @@ static const char *const pst_sql[P_COUNT] = {
         "  THEN fetched_at ELSE $8::bigint END, "
         "run_after = $9::bigint, "
         "attempts = GREATEST(attempts - $10::int, 0), "
-        "lease_until = NULL, lease_owner = NULL WHERE id = $1::bigint",
+        "lease_until = NULL, lease_owner = NULL WHERE id = $1::bigint "
+        "AND lease_owner = $11::text",
     [P_OUT_NEXT_DUE] =
         "SELECT MIN(CASE WHEN lease_until > run_after THEN lease_until "
         "  ELSE run_after END) FROM outputs WHERE state = 'pending'",
@@ -2683,7 +2684,13 @@ pg_output_record(struct store *base, const struct output_result *o,
     p_int(&p, now_ms);
     p_int(&p, o->run_after);
     p_int(&p, o->uncharge);
-    return pg_run_changes(pq(base), P_OUT_RECORD, &p, "record output", NULL);
+    p_text(&p, o->owner);
+    long changed = 0;
+    int rc = pg_run_changes(pq(base), P_OUT_RECORD, &p, "record output",
+                            &changed);
+    if (rc < 0)
+        return rc;
+    return changed == 1 ? 0 : -ESTALE;
 }
 
 static int

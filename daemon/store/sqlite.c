@@ -86,6 +86,22 @@ extern const size_t sql_nfiles;
     "run_after = ?1, lease_until = NULL, lease_owner = NULL, "                 \
     "updated_at = ?1 "
 
+/* A running job of a provider without idempotency whose lease is taken
+ * back: its request may have reached the provider, and sending it again
+ * could run it twice, so it fails for the operator (DESIGN §4). Our crash
+ * is not the job's fault: the attempt is given back. ?1 is now, ?3 the
+ * JSON array of such providers (store_set_unsafe_resend). */
+#define RECLAIM_UNKNOWN_SET                                                    \
+    "UPDATE jobs SET state = 'failed', attempts = MAX(attempts - 1, 0), "      \
+    "error_class = 'unknown_outcome', error_code = 'lease_lost', "             \
+    "error_message = 'the request may have reached the provider, which "       \
+    "takes no idempotency key: not sent again; check with the provider, "      \
+    "then sluicectl retry', http_status = NULL, request_id = NULL, "           \
+    "finished_at = ?1, lease_until = NULL, lease_owner = NULL, "               \
+    "updated_at = ?1 "                                                         \
+    "WHERE provider IN (SELECT value FROM json_each(?3)) "                     \
+    "AND state = 'running' "
+
 /* Lease expiry is for owners that are not registered in daemons (leases
  * from before that table): a registered daemon's leases go only when it is
  * judged dead, never because a wall clock says they expired. */
@@ -170,6 +186,8 @@ enum stmt {
     ST_ROLLBACK,
     ST_INSERT_JOB,
     ST_COUNT_INSERTED,
+    ST_UNKNOWN_EXPIRED,
+    ST_UNKNOWN_OWNER,
     ST_RECLAIM_RUNNING,
     ST_RECLAIM_POLLS,
     ST_RECLAIM_OWNER_RUNNING,
@@ -246,6 +264,10 @@ static const char *const stmt_sql[ST_COUNT] = {
         "INSERT INTO job_counts (provider, batch, state, n) "
         "VALUES (?1, coalesce(?2, ''), 'queued', ?3) "
         "ON CONFLICT (provider, batch, state) DO UPDATE SET n = n + ?3",
+    [ST_UNKNOWN_EXPIRED] = RECLAIM_UNKNOWN_SET
+        "AND lease_until <= ?1 " UNREGISTERED_OWNER,
+    [ST_UNKNOWN_OWNER] = RECLAIM_UNKNOWN_SET
+        "AND lease_until IS NOT NULL AND lease_owner = ?2",
     [ST_RECLAIM_RUNNING] = RECLAIM_RUNNING_SET
         "WHERE state = 'running' AND lease_until <= ?1 " UNREGISTERED_OWNER,
     [ST_RECLAIM_POLLS] =
@@ -538,7 +560,7 @@ static const char *const ostmt_sql[OS_COUNT] = {
         "fetched_at = CASE WHEN ?2 = 'pending' THEN fetched_at ELSE ?8 END, "
         "run_after = ?9, attempts = MAX(attempts - ?10, 0), "
         "lease_until = NULL, lease_owner = NULL "
-        "WHERE id = ?1",
+        "WHERE id = ?1 AND lease_owner = ?11",
     [OS_NEXT_DUE] =
         "SELECT MIN(CASE WHEN lease_until > run_after THEN lease_until "
         "  ELSE run_after END) FROM outputs WHERE state = 'pending'",
@@ -572,6 +594,7 @@ struct sqlite_store {
     sqlite3_stmt *insert_many; /* STORE_INSERT_ROWS rows of INSERT_JOB */
     char *load_sql;            /* store_load: the last INSERT prepared */
     sqlite3_stmt *load_st;
+    char *unsafe_json;         /* store_set_unsafe_resend, JSON array */
     /* sqlite_fail's memory of the last error it logged */
     int last_err;
     int64_t last_logged_ms;
@@ -957,6 +980,7 @@ sqlite_close(struct store *base)
     for (int i = 0; i < OS_COUNT; i++)
         sqlite3_finalize(s->ost[i]);
     sqlite3_finalize(s->insert_many);
+    free(s->unsafe_json);
     sqlite3_finalize(s->load_st);
     free(s->load_sql);
     sqlite3_close_v2(s->db);
@@ -1113,20 +1137,65 @@ sqlite_insert_jobs(struct store *base, const struct jobspec *jobs, size_t n,
 
 /* --- the daemon ----------------------------------------------------------- */
 
+static void
+sqlite_set_unsafe_resend(struct store *base, const char *const *providers,
+                         size_t n)
+{
+    struct sqlite_store *s = sq(base);
+    json_t *arr = json_array();
+
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_string(providers[i]));
+    char *text = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    free(s->unsafe_json);
+    s->unsafe_json = text ? xstrdup(text) : NULL;
+    free(text);
+}
+
+/* Fails the running jobs of unsafe providers among those a reclaim takes
+ * back (RECLAIM_UNKNOWN_SET); owner NULL: expired leases. Adds to *n. */
+static int
+reclaim_unknown(struct sqlite_store *s, const char *owner, int64_t now_ms,
+                long *n)
+{
+    if (s->unsafe_json == NULL)
+        return 0;
+    sqlite3_stmt *st = stmt(s, owner ? ST_UNKNOWN_OWNER : ST_UNKNOWN_EXPIRED);
+    sqlite3_bind_int64(st, 1, now_ms);
+    bind_text(st, 2, owner);
+    bind_text(st, 3, s->unsafe_json);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "fail unknown outcomes");
+    long k = sqlite3_changes(s->db);
+    if (k > 0)
+        log_warnx("store: %ld running jobs of providers without idempotency "
+                  "taken back: failed as unknown_outcome, not sent again",
+                  k);
+    *n += k;
+    return 0;
+}
+
 static int
 sqlite_reclaim_expired(struct store *base, int64_t now_ms, long *n)
 {
     struct sqlite_store *s = sq(base);
-    sqlite3_stmt *st = stmt(s, ST_RECLAIM_RUNNING);
+    sqlite3_stmt *st;
     int rc;
+    long unknown = 0;
 
     *n = 0;
+    if ((rc = reclaim_unknown(s, NULL, now_ms, &unknown)) < 0)
+        return rc;
+    st = stmt(s, ST_RECLAIM_RUNNING);
     sqlite3_bind_int64(st, 1, now_ms);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return sqlite_fail(s, rc, "reclaim expired leases");
-    *n = sqlite3_changes(s->db);
+    *n = sqlite3_changes(s->db) + unknown;
     st = stmt(s, ST_RECLAIM_POLLS);
     sqlite3_bind_int64(st, 1, now_ms);
     rc = sqlite3_step(st);
@@ -1252,14 +1321,16 @@ sqlite_daemon_reap(struct store *base, const char *owner, int64_t seen,
             goto fail;
         }
     }
+    long unknown = 0;
     if ((rc = owner_stmt(s, ST_DAEMON_DELETE, owner, now_ms,
                          "reap: daemon row")) < 0 ||
         (rc = owner_stmt(s, ST_PERMITS_DELETE, owner, now_ms,
                          "reap: permits")) < 0 ||
+        (rc = reclaim_unknown(s, owner, now_ms, &unknown)) < 0 ||
         (rc = owner_stmt(s, ST_RECLAIM_OWNER_RUNNING, owner, now_ms,
                          "reap: running jobs")) < 0)
         goto fail;
-    *n = sqlite3_changes(s->db);
+    *n = sqlite3_changes(s->db) + unknown;
     if ((rc = owner_stmt(s, ST_RECLAIM_OWNER_POLLS, owner, now_ms,
                          "reap: poll leases")) < 0)
         goto fail;
@@ -2501,9 +2572,12 @@ sqlite_output_record(struct store *base, const struct output_result *r,
     sqlite3_bind_int64(st, 8, now_ms);
     sqlite3_bind_int64(st, 9, r->run_after);
     sqlite3_bind_int(st, 10, r->uncharge);
+    bind_text(st, 11, r->owner);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
-    return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "record output");
+    if (rc != SQLITE_DONE)
+        return sqlite_fail(s, rc, "record output");
+    return sqlite3_changes(s->db) == 1 ? 0 : -ESTALE;
 }
 
 static int
@@ -2760,6 +2834,7 @@ const struct store_ops store_sqlite_ops = {
     .rollback = sqlite_rollback,
     .insert_job = sqlite_insert_job,
     .insert_jobs = sqlite_insert_jobs,
+    .set_unsafe_resend = sqlite_set_unsafe_resend,
     .reclaim_expired = sqlite_reclaim_expired,
     .daemon_register = sqlite_daemon_register,
     .daemon_beat = sqlite_daemon_beat,

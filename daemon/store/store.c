@@ -362,6 +362,14 @@ store_watch(struct store *s, uv_loop_t *loop, void (*cb)(void *arg), void *arg)
 }
 
 void
+store_set_unsafe_resend(struct store *s, const char *const *providers,
+                        size_t n)
+{
+    if (s->ops->set_unsafe_resend)
+        s->ops->set_unsafe_resend(s, providers, n);
+}
+
+void
 store_record(struct store *s, const struct job_update *u)
 {
     struct store_pending *p;

@@ -20,9 +20,12 @@ struct spend;
 
 /* Start-up recovery (docs/design.md §8): returns to the queue the jobs of
  * daemons that are provably dead (liveness.h: at once when their lock file is
- * free) and those whose lease expired with no registered owner. Returns the
- * number of jobs reclaimed, or a negative errno. */
-long dispatch_recover(struct store *s, struct liveness *live);
+ * free) and those whose lease expired with no registered owner; those of
+ * c's providers with idempotency = none fail as unknown_outcome instead
+ * (store_set_unsafe_resend). Returns the number of jobs reclaimed, or a
+ * negative errno. */
+long dispatch_recover(struct store *s, struct liveness *live,
+                      const struct config *c);
 
 /* Builds lanes for the config's providers on loop. The store, liveness
  * (this daemon's owner token and heartbeat, beaten and used to judge the

@@ -49,6 +49,8 @@ struct http_response {
     bool timed_out;       /* curl_code was CURLE_OPERATION_TIMEDOUT */
     bool too_large;       /* body exceeded max_response */
     bool cancelled;       /* aborted by http_cancel() */
+    long request_bytes;   /* bytes of the request sent (curl's
+                             CURLINFO_REQUEST_SIZE): 0 means none left */
     struct http_header *headers; /* of the final response */
     size_t nheaders;
     char *body;           /* NUL-terminated, may contain NULs ("" when a

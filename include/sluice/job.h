@@ -73,8 +73,10 @@ enum err_class {
     ERR_NETWORK,              /* DNS, connect, TLS, reset */
     ERR_PROTOCOL,             /* unreadable or unexpected response */
     ERR_RUN_FAILED,           /* async run failed, nothing more specific */
+    ERR_UNKNOWN_OUTCOME,      /* sent to a provider without idempotency,
+                                 outcome never recorded: not resent */
 };
-#define ERR_CLASS_COUNT 17
+#define ERR_CLASS_COUNT 18
 
 /* "invalid_request", …; ERR_NONE is "" . */
 const char *err_class_name(enum err_class c);
@@ -137,6 +139,7 @@ struct job_event {
                            then held like an auth failure) */
     int64_t now_ms;     /* unix ms */
     double u;           /* uniform draw in [0, 1) for the backoff jitter */
+    bool sent;          /* RELEASE: some of the request went out */
     enum err_class cls; /* REFUSED: the failure to record */
     const char *code, *message; /* REFUSED: static text */
 };
@@ -148,6 +151,9 @@ struct job_policy {
     int64_t poll_interval_max_ms; /* polls grow with the run's age to this */
     const char *base_url; /* poll urls must be on its scheme://host:port:
                              credentials are never sent elsewhere */
+    bool idem_none;       /* the provider takes no idempotency key: a
+                             submission that may have reached it without
+                             an answer is never sent again on our own */
 };
 
 /* The answer: where the job goes and what to record with it. Strings are

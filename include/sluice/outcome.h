@@ -45,6 +45,8 @@ struct outcome {
     int64_t tokens_used; /* usage.total_tokens of the answer; 0 unknown */
     double cost;     /* charged cost when has_cost */
     bool has_cost;
+    bool unsent;     /* a transport failure before any byte of the request
+                        went out: sending again cannot run it twice */
 };
 
 /* Zeroes o and sets hints to "unknown". */

@@ -280,6 +280,15 @@ struct job_update {
     size_t noutput_urls;
 };
 
+/* Providers whose requests must not be sent twice on our own (idempotency
+ * = none, DESIGN §4): from now on, a running job of theirs whose lease is
+ * taken back (its daemon died, or an old lease lapsed) fails with class
+ * unknown_outcome, that attempt uncharged, instead of returning to the
+ * queue: its request may have reached the provider. Copies the names; a
+ * backend without it keeps returning such jobs to the queue. */
+void store_set_unsafe_resend(struct store *s, const char *const *providers,
+                             size_t n);
+
 /* Buffers an update for the next group commit. Never fails. At flush: a
  * failure (cls != ERR_NONE) is copied onto the job row, a success clears it
  * (http_status and request_id kept), other updates leave it; a job an
@@ -450,8 +459,11 @@ struct output_result {
     const char *error;        /* pending/failed: why, NULL when stored */
     int64_t run_after;        /* pending: not before, unix ms */
     bool uncharge;            /* the fetch did not count (shutdown) */
+    const char *owner;        /* the lease it was claimed under */
 };
-/* Writes it (autocommit) and frees the lease. -EBUSY when the database is
+/* Writes it (autocommit) and frees the lease, only while the row is still
+ * leased to r->owner: -ESTALE when it is not (taken back from a daemon
+ * judged dead, or purged), nothing written. -EBUSY when the database is
  * locked: keep it and call again. */
 int store_output_record(struct store *s, const struct output_result *r,
                         int64_t now_ms);

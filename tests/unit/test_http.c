@@ -679,6 +679,104 @@ test_redirect_is_not_followed(void **state)
     result_clear(&res);
 }
 
+/* A download's sink (http.h): a 2xx body goes to the sink chunk by chunk
+ * and not to memory, under the same cap; an error body stays in memory;
+ * a sink's error aborts the transfer. */
+struct sink {
+    struct buf got;
+    int calls;
+    int fail_at; /* the call that fails with -ENOSPC, 0 never */
+};
+
+static int
+on_sink(const void *data, size_t len, void *arg)
+{
+    struct sink *k = arg;
+    if (++k->calls == k->fail_at)
+        return -ENOSPC;
+    buf_append(&k->got, data, len);
+    return 0;
+}
+
+static void
+sink_get(struct fixture *f, const char *path, size_t cap, struct sink *k,
+         struct result *res)
+{
+    char *u = url(path);
+    struct http_request req = {.method = "GET",
+                               .url = u,
+                               .timeout_ms = WAIT_MS,
+                               .max_response = cap,
+                               .sink = on_sink,
+                               .sink_arg = k};
+    submit(f, &req, res, NULL);
+    run_until(f, called, res);
+    free(u);
+}
+
+static void
+test_sink_takes_a_2xx_body(void **state)
+{
+    struct fixture *f = *state;
+    struct result res = {0};
+    struct sink k = {0};
+
+    sink_get(f, "/chunked?n=50000", 0, &k, &res);
+    assert_int_equal(res.status, 200);
+    assert_int_equal(res.curl_code, 0);
+    assert_int_equal(k.got.len, 50000);
+    assert_true(k.calls > 1);
+    assert_int_equal(res.body_len, 0); /* nothing kept in memory */
+    result_clear(&res);
+    buf_free(&k.got);
+}
+
+/* Its own client: a second request on the connection of a large answer
+ * sometimes stalls against this test server (seen with and without a
+ * sink, not yet understood). */
+static void
+test_sink_leaves_an_error_body_in_memory(void **state)
+{
+    struct fixture *f = *state;
+    struct result res = {0};
+    struct sink k = {0};
+
+    sink_get(f, "/nowhere", 0, &k, &res);
+    assert_int_equal(res.status, 404);
+    assert_int_equal(k.calls, 0);
+    assert_string_equal(res.body, "no");
+    result_clear(&res);
+}
+
+static void
+test_sink_error_aborts_the_transfer(void **state)
+{
+    struct fixture *f = *state;
+    struct result res = {0};
+    struct sink k = {.fail_at = 2};
+
+    sink_get(f, "/chunked?n=50000", 0, &k, &res);
+    assert_int_equal(res.curl_code, CURLE_WRITE_ERROR);
+    assert_false(res.too_large);
+    assert_true(k.got.len < 50000);
+    result_clear(&res);
+    buf_free(&k.got);
+}
+
+static void
+test_sink_is_under_the_body_cap(void **state)
+{
+    struct fixture *f = *state;
+    struct result res = {0};
+    struct sink k = {0};
+
+    sink_get(f, "/chunked?n=50000", 4096, &k, &res);
+    assert_true(res.too_large);
+    assert_true(k.got.len <= 4096);
+    result_clear(&res);
+    buf_free(&k.got);
+}
+
 /* A one-shot raw server: reads one request and writes answer whole, for
  * what libmicrohttpd will not send (interim answers, folded headers). */
 struct raw_server {
@@ -1029,6 +1127,10 @@ main(void)
         T(test_chunked_body_over_cap_is_too_large),
         T(test_body_at_cap_is_accepted),
         T(test_redirect_is_not_followed),
+        T(test_sink_takes_a_2xx_body),
+        T(test_sink_leaves_an_error_body_in_memory),
+        T(test_sink_error_aborts_the_transfer),
+        T(test_sink_is_under_the_body_cap),
         T(test_interim_response_headers_are_dropped),
         T(test_many_folded_lines_cost_linear_time),
         T(test_cancel_runs_callback_once_with_cancelled),

@@ -480,6 +480,71 @@ test_derived_key_goes_past_the_key_in_use_after_a_retry(void **state)
     free(key);
 }
 
+/* A provider without idempotency (DESIGN §4): a submission that may have
+ * reached it and got no answer is never sent again on our own; one that
+ * never left (DNS, connect) is, and an answer (even a 503) is an answer. */
+static void
+test_no_answer_from_a_provider_without_idempotency_is_unknown_outcome(
+    void **state)
+{
+    (void)state;
+    struct job_policy none = policy;
+    none.idem_none = true;
+    struct job j = claimed(JOB_RUNNING);
+    struct outcome o = answer(OUTCOME_FAILURE, 0, ERR_NETWORK);
+    struct job_event ev = {
+        .kind = JOB_EVENT_ANSWER, .outcome = &o, .now_ms = NOW, .u = 0.5};
+    struct job_decision d;
+
+    outcome_fail(&o, ERR_NETWORK, "curl_56", "Recv failure");
+    d = job_next(&j, &ev, &none);
+    assert_int_equal(d.state, JOB_FAILED);
+    assert_int_equal(d.cls, ERR_UNKNOWN_OUTCOME);
+    assert_string_equal(d.code, "curl_56");
+    assert_true(d.has_attempt);
+    assert_false(err_class_retryable(ERR_UNKNOWN_OUTCOME));
+    assert_string_equal(err_class_name(d.cls), "unknown_outcome");
+
+    outcome_fail(&o, ERR_TIMEOUT, "client_timeout", "timed out");
+    d = job_next(&j, &ev, &none);
+    assert_int_equal(d.cls, ERR_UNKNOWN_OUTCOME);
+
+    /* nothing left our side: safe to send again */
+    o.unsent = true;
+    d = job_next(&j, &ev, &none);
+    assert_int_equal(d.state, JOB_RETRYING);
+    /* with idempotency, the same key makes a resend safe */
+    o.unsent = false;
+    d = job_next(&j, &ev, &policy);
+    assert_int_equal(d.state, JOB_RETRYING);
+    /* an answer is an answer */
+    struct outcome busy = answer(OUTCOME_FAILURE, 503, ERR_UNAVAILABLE);
+    ev.outcome = &busy;
+    d = job_next(&j, &ev, &none);
+    assert_int_equal(d.state, JOB_RETRYING);
+    /* polls are GETs of a run: always safe */
+    struct job w = claimed(JOB_WAITING);
+    ev.outcome = &o;
+    d = job_next(&w, &ev, &none);
+    assert_int_equal(d.state, JOB_WAITING);
+
+    /* cut short by our own stop: uncharged, and failed if it had left */
+    struct job_event rel = {.kind = JOB_EVENT_RELEASE, .now_ms = NOW,
+                            .sent = true};
+    d = job_next(&j, &rel, &none);
+    assert_int_equal(d.state, JOB_FAILED);
+    assert_int_equal(d.cls, ERR_UNKNOWN_OUTCOME);
+    assert_true(d.uncharge);
+    rel.sent = false;
+    d = job_next(&j, &rel, &none);
+    assert_int_equal(d.state, JOB_QUEUED);
+    rel.sent = true;
+    d = job_next(&j, &rel, &policy);
+    assert_int_equal(d.state, JOB_QUEUED);
+    outcome_clear(&o);
+    outcome_clear(&busy);
+}
+
 /* --- no answer
  * ---------------------------------------------------------------- */
 
@@ -613,6 +678,8 @@ main(void)
         cmocka_unit_test(test_failed_polls_are_bounded_by_max_deferrals),
         cmocka_unit_test(test_final_poll_failure_fails_the_job),
         cmocka_unit_test(test_failed_run_retries_with_a_derived_key),
+        cmocka_unit_test(
+            test_no_answer_from_a_provider_without_idempotency_is_unknown_outcome),
         cmocka_unit_test(
             test_derived_key_goes_past_the_key_in_use_after_a_retry),
         cmocka_unit_test(test_unsent_request_gives_the_job_back_uncharged),

@@ -350,6 +350,38 @@ test_a_row_the_database_refuses_does_not_hold_back_the_others(void **state)
     tmpdb_remove(&t);
 }
 
+/* A dead daemon's running jobs go back to the queue, except those of a
+ * provider without idempotency: their requests may have reached it, so
+ * they fail as unknown_outcome, the attempt cut short by the crash given
+ * back (DESIGN §4). */
+static void
+test_reclaim_fails_unsafe_providers_jobs_as_unknown_outcome(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[2];
+    static const char *const unsafe[] = {"b"};
+    long n = -1;
+
+    insert_n(s, "a", 1, T0);
+    insert_n(s, "b", 1, T0);
+    assert_int_equal(claim(s, "a", 1, T0, "dead-owner", out), 1);
+    free_jobs(out, 1);
+    assert_int_equal(claim(s, "b", 1, T0, "dead-owner", out), 1);
+    free_jobs(out, 1);
+    store_set_unsafe_resend(s, unsafe, 1);
+    assert_int_equal(store_reclaim_expired(s, T0 + LEASE_MS + 1, &n), 0);
+    assert_int_equal(n, 2);
+    assert_job_str(s, "1", "state", "queued");
+    assert_int_equal(job_int(s, "1", "attempt_count"), 1);
+    assert_job_str(s, "2", "state", "failed");
+    assert_job_str(s, "2", "error_class", "unknown_outcome");
+    assert_job_str(s, "2", "error_code", "lease_lost");
+    assert_int_equal(job_int(s, "2", "attempt_count"), 0);
+    assert_job_null(s, "2", "lease_until");
+    store_close(s);
+}
+
 /* --- enqueue ------------------------------------------------------------ */
 
 static void
@@ -2167,12 +2199,15 @@ test_outputs_rows_from_success_to_stored_or_failed(void **state)
     int64_t first = c[0].id, second = c[1].id;
     struct output_result ok = {
         .id = first, .state = "stored", .path = "/o/ab/ab", .sha256 = "ab",
-        .bytes = 42, .content_type = "image/png",
+        .bytes = 42, .content_type = "image/png", .owner = "h:2",
     };
+    /* only the lease holder writes */
+    assert_int_equal(store_output_record(s, &ok, T0 + 40), -ESTALE);
+    ok.owner = "h:1";
     assert_int_equal(store_output_record(s, &ok, T0 + 40), 0);
     struct output_result lost = {
         .id = second, .state = "failed", .error = "HTTP 404",
-        .run_after = T0 + 40,
+        .run_after = T0 + 40, .owner = "h:1",
     };
     assert_int_equal(store_output_record(s, &lost, T0 + 40), 0);
     for (int i = 0; i < n; i++)
@@ -2442,6 +2477,8 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_applies_migrations_and_sets_user_version),
         cmocka_unit_test(test_readonly_open_never_migrates_or_writes),
+        cmocka_unit_test(
+            test_reclaim_fails_unsafe_providers_jobs_as_unknown_outcome),
         cmocka_unit_test(
             test_a_row_the_database_refuses_does_not_hold_back_the_others),
         cmocka_unit_test(test_reopen_is_idempotent_and_keeps_rows),

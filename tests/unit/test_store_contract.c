@@ -1066,11 +1066,16 @@ test_outputs_of_a_success_are_claimed_recorded_and_retried(void **state)
     res.path = "/out/ab/abc";
     res.sha256 = "abc";
     res.bytes = 3;
+    /* only under the lease it was claimed with */
+    res.owner = "other";
+    assert_int_equal(store_output_record(s, &res, T0 + 20), -ESTALE);
+    res.owner = "o";
     assert_int_equal(store_output_record(s, &res, T0 + 20), 0);
     memset(&res, 0, sizeof(res));
     res.id = oc[1].id;
     res.state = "failed";
     res.error = "404";
+    res.owner = "o";
     assert_int_equal(store_output_record(s, &res, T0 + 20), 0);
     output_claim_clear(&oc[0]);
     output_claim_clear(&oc[1]);

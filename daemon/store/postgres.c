@@ -125,9 +125,18 @@ extern const size_t pg_sql_nfiles;
     "AND ($" #f "::bigint IS NULL OR finished_at >= $" #f "::bigint) "         \
     "AND ($" #g "::bigint IS NULL OR finished_at < $" #g "::bigint) "
 
+/* As sqlite.c's: the last key sent stays, or the next derived one goes
+ * out when its run definitively failed (docs/design.md §4). */
 #define RETRY_SET                                                              \
     "UPDATE jobs SET state = 'queued', attempts = 0, deferrals = 0, "          \
-    "send_key = NULL, run_after = $1::bigint, lease_until = NULL, "            \
+    "send_key = CASE WHEN remote_id IS NOT NULL "                              \
+    "  AND http_status BETWEEN 200 AND 299 AND error_class IS NOT NULL "       \
+    "  AND error_class <> 'protocol' "                                         \
+    "  THEN idempotency_key || '.' || (1 + CASE WHEN send_key IS NULL "        \
+    "    THEN 1 ELSE CAST(substr(send_key, length(idempotency_key) + 2) "      \
+    "    AS integer) END) "                                                    \
+    "  ELSE send_key END, "                                                    \
+    "run_after = $1::bigint, lease_until = NULL, "                             \
     "lease_owner = NULL, remote_id = NULL, poll_url = NULL, "                  \
     "waiting_since = NULL, finished_at = NULL, updated_at = $1::bigint "       \
     "WHERE state IN ('failed', 'cancelled') "

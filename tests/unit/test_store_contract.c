@@ -714,6 +714,46 @@ fail_job(struct store *s, const char *key, const char *code, int64_t at)
     assert_int_equal(store_flush(s), 0);
 }
 
+/* A retried job never sends a key whose run failure the provider has
+ * cached: after a failed run under <key>.2, retry sends <key>.3; after an
+ * ambiguous failure it keeps the last key (docs/design.md §4). */
+static void
+test_retry_keeps_or_advances_the_derived_key(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct job *out[2];
+    long changed;
+
+    insert(s, "gen", "run", 0, T0);
+    insert(s, "gen", "cut", 0, T0);
+    assert_int_equal(claim(s, "gen", 2, T0, "d1", out), 2);
+    free_jobs(out, 2);
+    for (int i = 0; i < 2; i++) {
+        struct job_update u = {0};
+        u.job_id = job_int(s, i ? "cut" : "run", "id");
+        u.owner = "d1";
+        u.state = JOB_FAILED;
+        u.new_key = i ? "cut.2" : "run.2";
+        u.http_status = i ? 504 : 200;
+        u.cls = i ? ERR_TIMEOUT : ERR_RUN_FAILED;
+        u.code = "failed";
+        u.remote_id = i ? NULL : "run_9";
+        store_record(s, &u);
+    }
+    assert_int_equal(store_flush(s), 0);
+    struct store_select sel = {.states = 1u << JOB_FAILED};
+    assert_int_equal(store_retry(s, NULL, 0, &sel, T0 + 100, &changed), 0);
+    assert_int_equal(changed, 2);
+    assert_int_equal(claim(s, "gen", 2, T0 + 100, "d1", out), 2);
+    for (int i = 0; i < 2; i++)
+        assert_string_equal(out[i]->idempotency_key,
+                            strcmp(out[i]->base_key, "run") == 0 ? "run.3"
+                                                                 : "cut.2");
+    free_jobs(out, 2);
+    store_close(s);
+}
+
 static void
 test_failures_retry_and_cancel_by_selection(void **state)
 {
@@ -1405,6 +1445,7 @@ main(void)
         BOTH(test_dump_and_load_move_every_row),
         BOTH(test_counts_and_next_due),
         BOTH(test_failures_retry_and_cancel_by_selection),
+        BOTH(test_retry_keeps_or_advances_the_derived_key),
         BOTH(test_every_move_the_store_makes_is_in_the_table),
         BOTH(test_queries_status_jobs_progress_export_purge),
         BOTH(test_data_version_changes_when_another_process_enqueues),

@@ -33,6 +33,8 @@
 /* Size of an output file unless the run says output_bytes: 64 KiB, a
  * thumbnail, enough to span many reads. */
 #define SERVER_FILE_BYTES 65536
+/* Where download_redirect sends a file: /files/redirected/<the path>. */
+#define SERVER_REDIRECTED "/redirected"
 
 /* One request being received. */
 struct req {
@@ -605,8 +607,9 @@ file_bytes(struct fake *f, const char *rel, struct answer *a)
 
 /* GET /files/<rel>: an output file, as a CDN would serve it. The run's
  * "then" scripts it: the first download_fail fetches answer
- * download_status (default 503), and download_stall_ms stalls the first
- * successful answer halfway. Fetches are counted per path. */
+ * download_status (default 503), download_stall_ms stalls the first
+ * successful answer halfway, and download_redirect = HOST answers 302 to
+ * the same file on HOST (this fake's port). Fetches are counted per path. */
 static void
 file_get(struct fake *f, const char *rel, struct answer *a)
 {
@@ -615,10 +618,25 @@ file_get(struct fake *f, const char *rel, struct answer *a)
     json_t *fail = json_object_get(then, "download_fail");
     json_t *status = json_object_get(then, "download_status");
     json_t *stall = json_object_get(then, "download_stall_ms");
+    const char *hop = json_string_value(json_object_get(then,
+                                                        "download_redirect"));
     char key[600];
     struct ledger_entry *e;
     long k;
 
+    if (strncmp(rel, SERVER_REDIRECTED, strlen(SERVER_REDIRECTED)) == 0) {
+        /* the far end of a redirect: the same file's bytes */
+        file_bytes(f, rel + strlen(SERVER_REDIRECTED), a);
+        return;
+    }
+    if (hop != NULL) {
+        char loc[600];
+        snprintf(loc, sizeof(loc), "http://%s:%u/files%s%s", hop, f->port,
+                 SERVER_REDIRECTED, rel);
+        answer_json(a, 302, json_pack("{s:s}", "moved", loc));
+        answer_header(a, "Location", loc);
+        return;
+    }
     snprintf(key, sizeof(key), "#file%s", rel);
     e = ledger_get(&f->ledger, key);
     e->hidden = true;

@@ -264,6 +264,24 @@ def test_flymyai_images_and_credentials_only_to_the_providers_origin():
                 assert "authorization" not in h, h
 
 
+def test_redirect_is_followed_and_credentials_stay_on_the_origin():
+    with Fake("--quiet") as fake, Env() as env:
+        env.write_config({"flora": flora(fake)}, daemon=daemon_conf(env))
+        # the file moved to "localhost": another origin than 127.0.0.1
+        enqueue_ok(env, [run_job("moved", {"download_redirect":
+                                           "localhost"})])
+        drain_ok(env, timeout=60)
+        [row] = outputs_of(env, "moved")
+        assert_stored(env, fake, row)
+        assert row["url"].startswith(fake.url + "/files/flora/"), row
+        hops = downloads(fake)
+        assert [e["status"] for e in hops] == [302, 200], hops
+        assert hops[1]["path"].startswith("/files/redirected/"), hops
+        assert hops[0]["headers"].get("authorization") == \
+            "Bearer sk-test-flora"
+        assert "authorization" not in hops[1]["headers"], hops[1]
+
+
 def test_keep_urls_is_the_default_and_downloads_nothing():
     with Fake("--quiet") as fake, Env() as env:
         conf = flora(fake)

@@ -19,9 +19,11 @@
  * which providers each capped batch has unfinished jobs with, so a claim
  * of one provider is limited by its own batches' caps only.
  *
- * Rejected: keeping the spend in its own table, added to in the commit
- * of each cost (one more write per job for every provider, capped or
- * not); and a claim per capped batch (the queue's priority order across
+ * store_spend reads the kept spend (job_spend, added to by a trigger in
+ * the commit of each cost), so starting to watch an account costs the
+ * same at any queue size, and a purge does not give money back.
+ *
+ * Rejected: a claim per capped batch (the queue's priority order across
  * batches would be lost).
  */
 #include <stdlib.h>

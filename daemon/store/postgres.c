@@ -106,6 +106,22 @@ extern const size_t pg_sql_nfiles;
     "run_after = $1::bigint, lease_until = NULL, lease_owner = NULL, "         \
     "updated_at = $1::bigint "
 
+/* As RECLAIM_UNKNOWN_SET of sqlite.c: a running job of a provider without
+ * idempotency taken back fails as unknown_outcome, its attempt given back.
+ * $1 is now, $2 the owner (NULL for expired leases), $3 the JSON array of
+ * such providers. */
+#define RECLAIM_UNKNOWN_SET                                                    \
+    "UPDATE jobs SET state = 'failed', "                                       \
+    "attempts = GREATEST(attempts - 1, 0), "                                   \
+    "error_class = 'unknown_outcome', error_code = 'lease_lost', "             \
+    "error_message = 'the request may have reached the provider, which "       \
+    "takes no idempotency key: not sent again; check with the provider, "      \
+    "then sluicectl retry', http_status = NULL, request_id = NULL, "           \
+    "finished_at = $1::bigint, lease_until = NULL, lease_owner = NULL, "       \
+    "updated_at = $1::bigint "                                                 \
+    "WHERE provider IN (SELECT json_array_elements_text($3::json)) "           \
+    "AND state = 'running' "
+
 /* Lease expiry is for owners not registered in daemons, as on SQLite: a
  * registered daemon's leases go only when it is judged dead
  * (store_daemon_reap). */
@@ -160,6 +176,8 @@ enum pst {
     P_INSERT_JOB,
     P_MOVE_IN,
     P_NOTIFY,
+    P_UNKNOWN_EXPIRED,
+    P_UNKNOWN_OWNER,
     P_RECLAIM_RUNNING,
     P_RECLAIM_POLLS,
     P_RECLAIM_OWNER_RUNNING,
@@ -244,6 +262,10 @@ static const char *const pst_sql[P_COUNT] = {
         "$1::bigint, $1::bigint FROM jobs_in ORDER BY seq "
         "ON CONFLICT (provider, idempotency_key) DO NOTHING",
     [P_NOTIFY] = "SELECT pg_notify('" PG_CHANNEL "', $1::text)",
+    [P_UNKNOWN_EXPIRED] = RECLAIM_UNKNOWN_SET
+    "AND lease_until <= $1::bigint AND $2::text IS NULL " UNREGISTERED_OWNER,
+    [P_UNKNOWN_OWNER] = RECLAIM_UNKNOWN_SET
+    "AND lease_until IS NOT NULL AND lease_owner = $2::text",
     [P_RECLAIM_RUNNING] = RECLAIM_RUNNING_SET
     "WHERE state = 'running' AND lease_until <= $1::bigint " UNREGISTERED_OWNER,
     [P_RECLAIM_POLLS] =
@@ -370,7 +392,8 @@ static const char *const pst_sql[P_COUNT] = {
         "  ELSE $12::text END, "
         "fields = CASE $7::int WHEN 0 THEN fields ELSE $13::text END, "
         "result = COALESCE($14::text, result), "
-        "cost = COALESCE($15::double precision, cost), "
+        "cost = CASE WHEN $15::double precision IS NULL THEN cost "
+        "  ELSE COALESCE(cost, 0) + $15::double precision END, "
         "remote_id = COALESCE($16::text, remote_id), "
         "poll_url = COALESCE($17::text, poll_url), "
         "waiting_since = CASE WHEN $2::text = 'waiting' "
@@ -498,10 +521,12 @@ static const char *const pst_sql[P_COUNT] = {
         "  ORDER BY priority DESC, run_after, id LIMIT $5::int "
         "  FOR UPDATE SKIP LOCKED) "
         "RETURNING " CLAIM_COLUMNS,
-    [P_SPEND_PROVIDER] = "SELECT coalesce(sum(cost), 0), count(cost) "
-                         "FROM jobs WHERE provider = $1::text",
-    [P_SPEND_BATCH] = "SELECT coalesce(sum(cost), 0), count(cost) "
-                      "FROM jobs WHERE batch = $1::text",
+    [P_SPEND_PROVIDER] = "SELECT coalesce(sum(spent), 0), "
+                         "coalesce(sum(jobs_costed), 0) "
+                         "FROM job_spend WHERE provider = $1::text",
+    [P_SPEND_BATCH] = "SELECT coalesce(sum(spent), 0), "
+                      "coalesce(sum(jobs_costed), 0) "
+                      "FROM job_spend WHERE batch = $1::text",
     [P_BATCH_BUDGET_SET] =
         "INSERT INTO batches (name, budget, updated_at) "
         "VALUES ($1::text, $2::double precision, $3::bigint) "
@@ -582,6 +607,7 @@ struct pg_store {
     uv_poll_t *poll;
     void (*wake_cb)(void *arg);
     void *wake_arg;
+    char *unsafe_json; /* store_set_unsafe_resend, JSON array, or NULL */
 };
 
 static struct pg_store *
@@ -1178,6 +1204,7 @@ pg_close(struct store *base)
         explicit_bzero(s->conninfo, strlen(s->conninfo));
     free(s->conninfo);
     free(s->name);
+    free(s->unsafe_json);
     free(s);
 }
 
@@ -1395,20 +1422,66 @@ value_int(const PGresult *r, int row, int col)
                : strtoll(PQgetvalue(r, row, col), NULL, 10);
 }
 
+static void
+pg_set_unsafe_resend(struct store *base, const char *const *providers,
+                     size_t n)
+{
+    struct pg_store *s = pq(base);
+    json_t *arr = json_array();
+
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_string(providers[i]));
+    char *text = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    free(s->unsafe_json);
+    s->unsafe_json = text ? xstrdup(text) : NULL;
+    free(text);
+}
+
+/* Fails the running jobs of unsafe providers a reclaim takes back; owner
+ * NULL: expired leases. Adds to *n. */
+static int
+pg_reclaim_unknown(struct pg_store *s, const char *owner, int64_t now_ms,
+                   long *n)
+{
+    struct params p = {0};
+    long k = 0;
+    int rc;
+
+    if (s->unsafe_json == NULL)
+        return 0;
+    p_int(&p, now_ms);
+    p_text(&p, owner);
+    p_text(&p, s->unsafe_json);
+    rc = pg_run_changes(s, owner ? P_UNKNOWN_OWNER : P_UNKNOWN_EXPIRED, &p,
+                        "fail unknown outcomes", &k);
+    if (rc < 0)
+        return rc;
+    if (k > 0)
+        log_warnx("store: %ld running jobs of providers without idempotency "
+                  "taken back: failed as unknown_outcome, not sent again",
+                  k);
+    *n += k;
+    return 0;
+}
+
 static int
 pg_reclaim_expired(struct store *base, int64_t now_ms, long *n)
 {
     struct pg_store *s = pq(base);
     struct params p = {0};
+    long unknown = 0;
     int rc;
 
     *n = 0;
     p_int(&p, now_ms);
-    if ((rc = pg_run_changes(s, P_RECLAIM_RUNNING, &p, "reclaim expired leases",
+    if ((rc = pg_reclaim_unknown(s, NULL, now_ms, &unknown)) < 0 ||
+        (rc = pg_run_changes(s, P_RECLAIM_RUNNING, &p, "reclaim expired leases",
                              n)) < 0 ||
         (rc = pg_run_changes(s, P_RECLAIM_POLLS, &p, "free expired poll leases",
                              NULL)) < 0)
         return rc;
+    *n += unknown;
     return pg_run_changes(s, P_OUT_RELEASE_EXPIRED, &p,
                           "free expired download leases", NULL);
 }
@@ -1476,6 +1549,7 @@ pg_daemon_reap(struct store *base, const char *owner, int64_t seen,
 {
     struct pg_store *s = pq(base);
     struct params p = {0};
+    long unknown = 0;
     int rc;
 
     *n = 0;
@@ -1505,6 +1579,7 @@ pg_daemon_reap(struct store *base, const char *owner, int64_t seen,
                              NULL)) < 0 ||
         (rc = pg_run_changes(s, P_PERMITS_DELETE, &p, "reap: permits",
                              NULL)) < 0 ||
+        (rc = pg_reclaim_unknown(s, owner, now_ms, &unknown)) < 0 ||
         (rc = pg_run_changes(s, P_RECLAIM_OWNER_RUNNING, &p,
                              "reap: running jobs", n)) < 0 ||
         (rc = pg_run_changes(s, P_RECLAIM_OWNER_POLLS, &p, "reap: poll leases",
@@ -1513,6 +1588,7 @@ pg_daemon_reap(struct store *base, const char *owner, int64_t seen,
                              "reap: download leases", NULL)) < 0 ||
         (rc = pg_commit(base)) < 0)
         goto fail;
+    *n += unknown;
     return 0;
 fail:
     *n = 0;
@@ -2193,15 +2269,18 @@ pg_provider_request_resume(struct store *base, const char *name, int64_t now_ms)
 #define OID_FLOAT8 701
 #define OID_NUMERIC 1700
 
-/* Row i of r as an object keyed by column name. */
+/* Row i of r as an object keyed by column name: numbers as numbers, and
+ * text verbatim when raw (what a load writes back), else as
+ * backend_text_json gives it (JSON columns parsed). */
 static json_t *
-row_json(const PGresult *r, int i)
+row_to_json(const PGresult *r, int i, bool raw)
 {
     json_t *o = json_object();
 
     for (int c = 0; c < PQnfields(r); c++) {
         const char *name = PQfname(r, c);
         const char *t = PQgetvalue(r, i, c);
+        size_t len = (size_t)PQgetlength(r, i, c);
         json_t *v;
 
         if (PQgetisnull(r, i, c)) {
@@ -2219,13 +2298,20 @@ row_json(const PGresult *r, int i)
                 v = json_real(strtod(t, NULL));
                 break;
             default:
-                v = backend_text_json(name, t, (size_t)PQgetlength(r, i, c));
+                v = raw ? json_stringn(t, len)
+                        : backend_text_json(name, t, len);
                 break;
             }
         }
         json_object_set_new(o, name, v);
     }
     return o;
+}
+
+static json_t *
+row_json(const PGresult *r, int i)
+{
+    return row_to_json(r, i, false);
 }
 
 /* Runs id and appends every row to arr. */
@@ -2531,41 +2617,6 @@ pg_is_empty(struct store *base, bool *empty)
     return 0;
 }
 
-/* Row i of r with text verbatim (no JSON parsing): what a load writes
- * back. */
-static json_t *
-row_raw_json(const PGresult *r, int i)
-{
-    json_t *o = json_object();
-
-    for (int c = 0; c < PQnfields(r); c++) {
-        const char *t = PQgetvalue(r, i, c);
-        json_t *v;
-
-        if (PQgetisnull(r, i, c)) {
-            v = json_null();
-        } else {
-            switch (PQftype(r, c)) {
-            case OID_INT2:
-            case OID_INT4:
-            case OID_INT8:
-                v = json_integer(strtoll(t, NULL, 10));
-                break;
-            case OID_FLOAT4:
-            case OID_FLOAT8:
-            case OID_NUMERIC:
-                v = json_real(strtod(t, NULL));
-                break;
-            default:
-                v = json_stringn(t, (size_t)PQgetlength(r, i, c));
-                break;
-            }
-        }
-        json_object_set_new(o, PQfname(r, c), v);
-    }
-    return o;
-}
-
 static int
 pg_dump(struct store *base, const char *table, store_row_fn fn, void *arg)
 {
@@ -2585,7 +2636,7 @@ pg_dump(struct store *base, const char *table, store_row_fn fn, void *arg)
     while ((r = PQgetResult(s->conn)) != NULL) {
         ExecStatusType st = PQresultStatus(r);
         if (st == PGRES_SINGLE_TUPLE && stop == 0) {
-            json_t *row = row_raw_json(r, 0);
+            json_t *row = row_to_json(r, 0, true);
             stop = fn(row, arg);
             json_decref(row);
         } else if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK &&
@@ -2666,8 +2717,17 @@ pg_load_done(struct store *base)
         "SELECT provider, coalesce(batch, ''), finished_at / 60000, "
         "count(*), min(finished_at), max(finished_at) FROM jobs "
         "WHERE finished_at IS NOT NULL AND state IN (" JOB_TERMINAL_SQL ") "
-        "GROUP BY 1, 2, 3",
-        "load: ids and kept counts");
+        "GROUP BY 1, 2, 3; "
+        "DELETE FROM job_spend; "
+        "INSERT INTO job_spend (provider, batch, spent, jobs_costed) "
+        "SELECT provider, coalesce(batch, ''), sum(cost), count(cost) "
+        "FROM jobs WHERE cost IS NOT NULL GROUP BY 1, 2; "
+        "DELETE FROM job_spend_minutes; "
+        "INSERT INTO job_spend_minutes (provider, batch, minute, spent) "
+        "SELECT provider, coalesce(batch, ''), "
+        "coalesce(finished_at, updated_at) / 60000, sum(cost) FROM jobs "
+        "WHERE cost IS NOT NULL GROUP BY 1, 2, 3",
+        "load: ids, kept counts and spend");
 }
 
 /* --- outputs (docs/design.md §13) ---------------------------------------- */
@@ -2822,6 +2882,7 @@ const struct store_ops store_postgres_ops = {
     .rollback = pg_rollback,
     .insert_job = pg_insert_job,
     .insert_jobs = pg_insert_jobs,
+    .set_unsafe_resend = pg_set_unsafe_resend,
     .reclaim_expired = pg_reclaim_expired,
     .daemon_register = pg_daemon_register,
     .daemon_beat = pg_daemon_beat,

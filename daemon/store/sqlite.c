@@ -377,7 +377,8 @@ static const char *const stmt_sql[ST_COUNT] = {
         "request_id = CASE ?7 WHEN 0 THEN request_id ELSE ?12 END, "
         "fields = CASE ?7 WHEN 0 THEN fields ELSE ?13 END, "
         "result = COALESCE(?14, result), "
-        "cost = COALESCE(?15, cost), "
+        "cost = CASE WHEN ?15 IS NULL THEN cost "
+        "  ELSE COALESCE(cost, 0) + ?15 END, "
         "remote_id = COALESCE(?16, remote_id), "
         "poll_url = COALESCE(?17, poll_url), "
         "waiting_since = CASE WHEN ?2 = 'waiting' "
@@ -499,12 +500,13 @@ static const char *const stmt_sql[ST_COUNT] = {
         "    (SELECT value FROM json_each(?6))) "
         "  ORDER BY priority DESC, run_after, id LIMIT ?5) "
         "RETURNING " CLAIM_COLUMNS,
-    /* Spend of one provider, or one batch (jobs_batch): once per capped
-     * provider or batch, when the daemon starts to watch it. */
-    [ST_SPEND_PROVIDER] =
-        "SELECT total(cost), count(cost) FROM jobs WHERE provider = ?1",
-    [ST_SPEND_BATCH] =
-        "SELECT total(cost), count(cost) FROM jobs WHERE batch = ?1",
+    /* Spend of one provider, or one batch, from the kept spend (sql/012):
+     * once per capped provider or batch, when the daemon starts to watch
+     * it. */
+    [ST_SPEND_PROVIDER] = "SELECT total(spent), coalesce(sum(jobs_costed), 0) "
+                          "FROM job_spend WHERE provider = ?1",
+    [ST_SPEND_BATCH] = "SELECT total(spent), coalesce(sum(jobs_costed), 0) "
+                       "FROM job_spend WHERE batch = ?1",
     [ST_BATCH_BUDGET_SET] =
         "INSERT INTO batches (name, budget, updated_at) VALUES (?1, ?2, ?3) "
         "ON CONFLICT (name) DO UPDATE SET budget = excluded.budget, "
@@ -2800,7 +2802,8 @@ sqlite_load(struct store *base, const char *table, const json_t *row)
     return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "load");
 }
 
-/* The kept counts from the jobs, as sql/006 first filled them. */
+/* The kept counts and spend from the jobs, as sql/006 and sql/012 first
+ * filled them (the spend of jobs purged before the move stays behind). */
 static int
 sqlite_load_done(struct store *base)
 {
@@ -2817,7 +2820,16 @@ sqlite_load_done(struct store *base)
         "SELECT provider, coalesce(batch, ''), finished_at / 60000, "
         "count(*), min(finished_at), max(finished_at) FROM jobs "
         "WHERE finished_at IS NOT NULL AND state IN (" JOB_TERMINAL_SQL ") "
-        "GROUP BY 1, 2, 3",
+        "GROUP BY 1, 2, 3; "
+        "DELETE FROM job_spend; "
+        "INSERT INTO job_spend (provider, batch, spent, jobs_costed) "
+        "SELECT provider, coalesce(batch, ''), total(cost), count(cost) "
+        "FROM jobs WHERE cost IS NOT NULL GROUP BY 1, 2; "
+        "DELETE FROM job_spend_minutes; "
+        "INSERT INTO job_spend_minutes (provider, batch, minute, spent) "
+        "SELECT provider, coalesce(batch, ''), "
+        "coalesce(finished_at, updated_at) / 60000, total(cost) FROM jobs "
+        "WHERE cost IS NOT NULL GROUP BY 1, 2, 3",
         NULL, NULL, NULL);
     return rc == SQLITE_OK ? 0 : sqlite_fail(s, rc, "load: kept counts");
 }

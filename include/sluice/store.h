@@ -187,10 +187,10 @@ int store_claim_except(struct store *s, const char *provider, int max,
                        int64_t now_ms, int64_t lease_ms, const char *owner,
                        const char *const *held, size_t nheld,
                        struct job **out, int *nout);
-/* The spend (sum of jobs.cost) and the number of jobs with a cost, of
- * provider (batch NULL) or of batch (provider NULL). A scan of that
- * provider's jobs (a batch's: through its index): once per capped
- * provider or batch, not per claim. */
+/* The spend and the number of jobs with a cost, of provider (batch NULL)
+ * or of batch (provider NULL), from the kept spend: every cost recorded,
+ * purged jobs' included (docs/design.md §13). A few rows at any queue
+ * size. */
 int store_spend(struct store *s, const char *provider, const char *batch,
                 double *spent, long *costed);
 /* Sets batch's spend cap (batches table) and makes it active again (the
@@ -205,8 +205,8 @@ int store_batch_budgets(struct store *s,
                         void *data);
 /* Rows of the spend view (of batch; NULL all) that have a cost or a batch
  * budget: {provider, batch, spent, spent_last_hour, batch_budget,
- * batch_state, batch_reason}. A scan of the jobs (operators' views, not
- * the loop). NULL on a database error. */
+ * batch_state, batch_reason}. Reads the kept spend and counts, not the
+ * jobs. NULL on a database error. */
 json_t *store_spend_json(struct store *s, const char *batch);
 /* The daemon's word on a capped batch: paused with reason budget, or
  * active again. */
@@ -270,7 +270,7 @@ struct job_update {
     const char *fields;       /* JSON [{"field","message"}] or NULL */
     int64_t retry_after_ms;   /* hint the response gave, 0 none */
     const char *result;       /* success body (or partial data) */
-    double cost;
+    double cost;              /* this run's: added to jobs.cost */
     bool has_cost;
     const char *remote_id, *poll_url; /* async run, kept on the job */
     bool is_poll;             /* the request was a poll of remote_id */

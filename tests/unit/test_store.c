@@ -2427,6 +2427,57 @@ test_migration_7_adds_batches_and_the_spend_view(void **state)
     tmpdb_remove(&t);
 }
 
+/* A database at version 11 gets migration 12: the kept spend filled from
+ * the costs already there, the spend view's answers unchanged, and from
+ * then on kept by its trigger, a purge leaving it. */
+static void
+test_migration_12_keeps_the_spend_of_the_costs_already_there(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    sqlite3 *db;
+
+    tmpdb_make(&t);
+    assert_int_equal(sqlite3_open(t.path, &db), SQLITE_OK);
+    for (int i = 0; i < 11; i++)
+        assert_int_equal(
+            sqlite3_exec(db, sql_files[i].text, NULL, NULL, NULL),
+            SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "PRAGMA user_version = 11; INSERT INTO jobs (provider, "
+                     "batch, path, idempotency_key, state, cost, created_at, "
+                     "updated_at, finished_at) VALUES "
+                     "('a', 'x', '/', 'k1', 'succeeded', 0.25, 1, 1, 5), "
+                     "('a', 'x', '/', 'k2', 'succeeded', 0.5, 1, 1, 5), "
+                     "('a', NULL, '/', 'k3', 'succeeded', 2, 1, 1, 5), "
+                     "('a', 'x', '/', 'k4', 'queued', NULL, 1, 1, NULL)",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    s = open_store(t.path);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "SELECT spent * 100 + jobs_costed "
+                                     "FROM spend WHERE batch = 'x'"),
+                     77);
+    assert_int_equal(sql_int(t.path, "SELECT spent * 100 + jobs_costed "
+                                     "FROM spend WHERE batch IS NULL"),
+                     201);
+    /* a cost set by hand is kept; a purge (a delete) leaves the spend */
+    assert_int_equal(sql_int(t.path, "UPDATE jobs SET cost = 1 "
+                                     "WHERE idempotency_key = 'k4' "
+                                     "RETURNING 0"),
+                     0);
+    assert_int_equal(sql_int(t.path, "DELETE FROM jobs RETURNING 0"), 0);
+    assert_int_equal(sql_int(t.path, "SELECT spent * 100 + jobs_costed "
+                                     "FROM spend WHERE batch = 'x'"),
+                     178);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM spend"), 2);
+    tmpdb_remove(&t);
+}
+
 /* A database at version 5 gets migration 6: counts of the jobs already
  * there, and batch_progress read from them. */
 static void
@@ -2549,6 +2600,8 @@ main(void)
         cmocka_unit_test(test_counts_are_kept_through_every_change),
         cmocka_unit_test(test_migration_6_counts_the_jobs_already_there),
         cmocka_unit_test(test_migration_7_adds_batches_and_the_spend_view),
+        cmocka_unit_test(
+            test_migration_12_keeps_the_spend_of_the_costs_already_there),
         cmocka_unit_test(test_outputs_rows_from_success_to_stored_or_failed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

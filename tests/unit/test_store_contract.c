@@ -163,6 +163,19 @@ job_int(struct store *s, const char *key, const char *column)
     return v;
 }
 
+/* A number column of the job (0 for NULL). */
+static double
+job_real(struct store *s, const char *key, const char *column)
+{
+    json_t *j = store_job_json(s, key);
+    double v;
+
+    assert_non_null(j);
+    v = json_number_value(json_object_get(j, column));
+    json_decref(j);
+    return v;
+}
+
 /* A text column of the job ("" for NULL), copied into out. */
 static const char *
 job_text(struct store *s, const char *key, const char *column, char *out,
@@ -556,6 +569,55 @@ test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted(
     assert_string_equal(job_text(s, "one", "state", t, sizeof(t)), "failed");
     assert_string_equal(job_text(s, "one", "error_code", t, sizeof(t)),
                         "lease_expired");
+    store_close(s);
+}
+
+/* Running jobs of a provider without idempotency taken back (an expired
+ * lease, a dead daemon's) fail as unknown_outcome with the attempt given
+ * back; the others return to the queue (docs/design.md §4). */
+static void
+test_taken_back_jobs_without_idempotency_fail_as_unknown_outcome(
+    void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct job *jobs[2];
+    static const char *const unsafe[] = {"raw"};
+    struct daemon_row dead = {.owner = (char *)"dead",
+                              .host = (char *)"h",
+                              .pid = 8,
+                              .started_at = T0};
+    long n;
+    char t[64];
+
+    insert(s, "gen", "keyed", 0, T0);
+    insert(s, "raw", "expired", 0, T0);
+    insert(s, "raw", "reaped", 0, T0);
+    store_set_unsafe_resend(s, unsafe, 1);
+    assert_int_equal(claim(s, "gen", 1, T0, "gone", jobs), 1);
+    free_jobs(jobs, 1);
+    assert_int_equal(claim(s, "raw", 1, T0, "gone", jobs), 1);
+    free_jobs(jobs, 1);
+    assert_int_equal(store_daemon_register(s, &dead), 0);
+    assert_int_equal(claim(s, "raw", 1, T0, "dead", jobs), 1);
+    free_jobs(jobs, 1);
+
+    assert_int_equal(store_reclaim_expired(s, T0 + 10 * LEASE_MS, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(job_text(s, "keyed", "state", t, sizeof(t)), "queued");
+    assert_string_equal(job_text(s, "expired", "state", t, sizeof(t)),
+                        "failed");
+    assert_string_equal(job_text(s, "expired", "error_class", t, sizeof(t)),
+                        "unknown_outcome");
+    assert_int_equal(job_int(s, "expired", "attempt_count"), 0);
+    assert_string_equal(job_text(s, "reaped", "state", t, sizeof(t)),
+                        "running");
+    assert_int_equal(store_daemon_reap(s, "dead", 0, T0 + 1, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(job_text(s, "reaped", "error_class", t, sizeof(t)),
+                        "unknown_outcome");
+    assert_string_equal(job_text(s, "reaped", "error_code", t, sizeof(t)),
+                        "lease_lost");
     store_close(s);
 }
 
@@ -1199,6 +1261,140 @@ test_spend_budgets_and_held_batches(void **state)
     store_close(s);
 }
 
+/* The sum of jobs.cost over the jobs still there, and how many have one. */
+struct cost_sum {
+    double spent;
+    long costed;
+};
+
+static int
+cost_row(const json_t *row, void *arg)
+{
+    struct cost_sum *c = arg;
+    const json_t *v = json_object_get(row, "cost");
+
+    if (json_is_number(v)) {
+        c->spent += json_number_value(v);
+        c->costed++;
+    }
+    return 0;
+}
+
+/* The kept spend of provider "gen" and of batch "b" is checked against
+ * the sum over the jobs, and the spend view's rows against both. */
+static void
+assert_spend(struct store *s, double want, long want_costed, bool purged)
+{
+    struct store_select all = {0};
+    struct cost_sum sum = {0, 0};
+    double spent, rows_spent = 0, rows_hour = 0;
+    long costed;
+    json_t *rows, *r;
+    size_t i;
+
+    assert_int_equal(store_spend(s, "gen", NULL, &spent, &costed), 0);
+    assert_true(spent > want - 1e-9 && spent < want + 1e-9);
+    assert_int_equal(costed, want_costed);
+    assert_int_equal(store_spend(s, NULL, "b", &spent, &costed), 0);
+    assert_true(spent > want - 1e-9 && spent < want + 1e-9);
+    assert_int_equal(costed, want_costed);
+    assert_int_equal(store_export(s, &all, cost_row, &sum), 0);
+    if (purged) {
+        assert_int_equal(sum.costed, 0); /* the jobs are gone, not the spend */
+    } else {
+        assert_true(sum.spent > want - 1e-9 && sum.spent < want + 1e-9);
+        assert_int_equal(sum.costed, want_costed);
+    }
+    rows = store_spend_json(s, NULL);
+    assert_non_null(rows);
+    json_array_foreach(rows, i, r)
+    {
+        rows_spent += json_number_value(json_object_get(r, "spent"));
+        rows_hour += json_number_value(json_object_get(r, "spent_last_hour"));
+    }
+    json_decref(rows);
+    assert_true(rows_spent > want - 1e-9 && rows_spent < want + 1e-9);
+    /* every cost was recorded within the last minute */
+    assert_true(rows_hour > want - 1e-9 && rows_hour < want + 1e-9);
+}
+
+/* One run's outcome for job id, recorded and committed at now. */
+static void
+record_run(struct store *s, int64_t id, enum job_state state, double cost,
+           bool has_cost, int64_t now)
+{
+    struct job_update u = {.job_id = id,
+                           .owner = "o",
+                           .state = state,
+                           .http_status = state == JOB_SUCCEEDED ? 200 : 400,
+                           .finished_at = now,
+                           .cost = cost,
+                           .has_cost = has_cost};
+    if (state == JOB_FAILED)
+        u.cls = ERR_INVALID_REQUEST;
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+}
+
+/* The spend is kept in the transactions that record costs (sql/012):
+ * equal to the sum of jobs.cost after costs, runs without one, and a
+ * retried job costed again (money spent twice is spent twice); a purge
+ * leaves it as it was. */
+static void
+test_kept_spend_follows_costs_retries_and_purge(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct jobspec jobs[3] = {spec("gen", "a", "a", 0),
+                              spec("gen", "b", "b", 0),
+                              spec("gen", "c", "c", 0)};
+    struct store_select sel = {0};
+    struct job *claimed[4];
+    int64_t now = (int64_t)time(NULL) * 1000, d;
+    long changed, purged, attempts, pages;
+    size_t in;
+    int n;
+
+    for (int i = 0; i < 3; i++)
+        jobs[i].batch = (char *)"b";
+    assert_int_equal(store_begin(s), 0);
+    assert_int_equal(store_insert_jobs(s, jobs, 3, now, &in), 0);
+    assert_int_equal(store_commit(s), 0);
+    assert_spend(s, 0, 0, false);
+
+    n = claim(s, "gen", 4, now, "o", claimed);
+    assert_int_equal(n, 3);
+    record_run(s, claimed[0]->id, JOB_SUCCEEDED, 0.5, true, now);
+    record_run(s, claimed[1]->id, JOB_FAILED, 0, false, now);
+    d = claimed[2]->id;
+    free_jobs(claimed, n);
+    assert_spend(s, 0.5, 1, false);
+
+    /* cancelled while running, answered anyway: the cost is kept */
+    assert_int_equal(store_cancel(s, &d, 1, NULL, now, &changed), 0);
+    assert_int_equal(changed, 1);
+    record_run(s, d, JOB_SUCCEEDED, 0.25, true, now);
+    assert_spend(s, 0.75, 2, false);
+
+    /* retried and costed again: both runs were paid for */
+    assert_int_equal(store_retry(s, &d, 1, NULL, now, &changed), 0);
+    assert_int_equal(changed, 1);
+    assert_spend(s, 0.75, 2, false);
+    n = claim(s, "gen", 4, now, "o", claimed);
+    assert_int_equal(n, 1);
+    free_jobs(claimed, n);
+    record_run(s, d, JOB_SUCCEEDED, 0.25, true, now);
+    assert_spend(s, 1.0, 2, false);
+    assert_true(job_real(s, "c", "cost") == 0.5);
+
+    sel.finished_before = now + 1;
+    assert_int_equal(store_purge(s, &sel, 100, &purged, &attempts, &pages),
+                     0);
+    assert_int_equal(purged, 3);
+    assert_spend(s, 1.0, 2, true);
+    store_close(s);
+}
+
 struct load_into {
     struct store *to;
     const char *table;
@@ -1437,11 +1633,13 @@ main(void)
         BOTH(
             test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted),
         BOTH(test_daemons_register_beat_and_reap),
+        BOTH(test_taken_back_jobs_without_idempotency_fail_as_unknown_outcome),
         BOTH(test_late_outcome_of_a_job_taken_back_is_not_written),
         BOTH(test_permits_share_a_cap_and_a_bucket_between_connections),
         BOTH(test_kept_counts_follow_every_move),
         BOTH(test_outputs_of_a_success_are_claimed_recorded_and_retried),
         BOTH(test_spend_budgets_and_held_batches),
+        BOTH(test_kept_spend_follows_costs_retries_and_purge),
         BOTH(test_dump_and_load_move_every_row),
         BOTH(test_counts_and_next_due),
         BOTH(test_failures_retry_and_cancel_by_selection),

@@ -1202,7 +1202,8 @@ on_store_wakeup(void *arg)
 /* --- life cycle ----------------------------------------------------------- */
 
 /* Tells the store which providers' running jobs must not go back to the
- * queue when their lease is taken back (no idempotency: DESIGN §4). */
+ * queue when their lease is taken back (no idempotency: docs/design.md
+ * §4). */
 static void
 guard_resends(struct store *s, const struct config *c)
 {

@@ -310,7 +310,7 @@ next_failed(const struct job *j, const struct job_event *ev,
 
 /* A submission to a provider without idempotency may have reached it, and
  * no answer says what became of it: sending it again could run (and bill)
- * it twice, so it fails for the operator to look (DESIGN §4). */
+ * it twice, so it fails for the operator to look (docs/design.md §4). */
 static void
 fail_unknown(struct job_decision *d, const char *code)
 {

@@ -11,7 +11,9 @@
  *              resetAt, a run of 429s with no success among them) stops
  *              the lane until it opens again.
  *   3. pacers  requests at 1.0 × the configured, advertised or learned
- *              rate (burst a tenth of a second); never more than the
+ *              rate (burst a tenth of a second), or at a share of a known
+ *              rate that other daemons on the same key use too; never
+ *              more than the
  *              provider's window has left; tokens per minute (estimated
  *              per job, corrected by the answer's usage).
  *   4. limit   requests in flight plus waiting async runs stay below the
@@ -35,6 +37,13 @@
  *     slow start's pace to just under the knee, holds there
  *     KNEE_HOLD_ROUNDS clean rounds, then probes one above; a knee not met
  *     again for KNEE_FORGET_ROUNDS is forgotten (slow start).
+ *   - 429s to requests the pacer sent under a known rate, the limit not
+ *     full, say the provider's bucket is shared (a lone daemon pacing at
+ *     1.0 × is not refused): a second one within 2 s cuts the pacer's
+ *     share of the rate ×0.8, once per epoch; the share grows back by a
+ *     twentieth of the rate per second, faster after 2 s without a cut
+ *     (AIMD on the share: daemons refused in proportion to what they send
+ *     converge to equal shares).
  *   - Without a configured or advertised rate, requests are spaced at the
  *     rate the limit delivers, limit / SRTT: after a loss, the rate the
  *     provider accepted when it refused (learned), probed upward with the
@@ -88,6 +97,27 @@
 /* ×0.7: the multiplicative decrease of AWS SDKs' adaptive retry (CUBIC's
  * beta): gentler than TCP's halving. */
 #define AIMD_BETA 0.7
+/* The pacer's share of a known rate (several independent daemons on one
+ * key): 429s the pacer's own rate cannot explain (the bucket is shared)
+ * cut the share ×0.8, once per epoch; it grows back by 0.05 of the rate
+ * per second, the same for every daemon, so that daemons refused at
+ * random converge to equal shares (Chiu–Jain). A share never goes below
+ * a twentieth of the rate. */
+#define SHARE_BETA 0.8
+#define SHARE_GROW_PER_S 0.05
+#define SHARE_MIN 0.05
+/* Requests sent within a second of learning the rate say nothing of
+ * others: the provider's bucket may still lack what this lane sent before
+ * it knew the rate. */
+#define SHARE_GRACE_MS 1000
+/* One such 429 alone may be our own burst arriving bunched on a loaded
+ * host: a cut needs a second one within this time of the first. */
+#define SHARE_ARM_MS 2000
+/* After this long without a cut the share grows faster, by one more
+ * SHARE_GROW_PER_S each further second: a daemon left alone regains the
+ * whole rate within seconds; the smallest of several sharing daemons,
+ * refused least often, catches up soonest. */
+#define SHARE_CALM_MS 2000
 /* α = 1/8: TCP's SRTT gain (RFC 6298), smooth yet quick to follow. */
 #define SRTT_ALPHA 0.125
 /* Background loss rate: an average over the last ~256 answers, long
@@ -183,11 +213,15 @@ struct lane {
     int64_t pause_until; /* also the end of parking, unix ms; 0 */
 
     /* gate 3: request pacer and the provider's window */
-    double adv_rate;   /* advertised requests/s; 0 unknown */
-    double tokens;     /* request bucket; may go below 0 */
-    int64_t refill_ms; /* unix ms the buckets were last refilled */
-    long win_left;     /* the provider's window: requests left; -1 */
-    int64_t win_reset; /* ... until this unix ms; 0 unknown */
+    double adv_rate;      /* advertised requests/s; 0 unknown */
+    double share;         /* the pacer's share of the known rate, ≤ 1 */
+    int64_t rate_since;   /* unix ms a rate was first known; 0 none yet */
+    int64_t share_429_ms; /* unix ms of the last 429 the pacer sent; 0 */
+    int64_t share_cut_ms; /* unix ms of the last cut of the share; 0 */
+    double tokens;        /* request bucket; may go below 0 */
+    int64_t refill_ms;    /* unix ms the buckets were last refilled */
+    long win_left;        /* the provider's window: requests left; -1 */
+    int64_t win_reset;    /* ... until this unix ms; 0 unknown */
 
     /* gate 3: tokens */
     double tok_adv;   /* advertised tokens/min; 0 unknown */
@@ -286,6 +320,8 @@ pace_rate(const struct lane *l)
 {
     double rate = full_rate(l);
 
+    if (rate > 0 && l->p.adaptive)
+        return rate * l->share;
     if (rate > 0 || !l->p.adaptive || l->srtt_ms <= 0)
         return rate;
     return (double)l->limit * 1000.0 / l->srtt_ms;
@@ -323,6 +359,17 @@ refill(struct lane *l, int64_t now_ms)
     if (now_ms <= l->refill_ms)
         return;
     double dt = (double)(now_ms - l->refill_ms);
+    if (l->share < 1.0) {
+        /* The calm seconds at both ends of dt: the growth rate rises
+         * linearly through them, so add its integral. */
+        double c1 = (double)(now_ms - l->share_cut_ms - SHARE_CALM_MS);
+        double c0 = c1 - dt;
+        c1 = c1 > 0 ? c1 / 1000.0 : 0;
+        c0 = c0 > 0 ? c0 / 1000.0 : 0;
+        l->share += SHARE_GROW_PER_S * (dt / 1000.0 + (c1 * c1 - c0 * c0) / 2);
+        if (l->share > 1.0)
+            l->share = 1.0;
+    }
     if (rate > 0) {
         l->tokens += dt * rate / 1000.0;
         if (l->tokens > bucket_capacity(rate))
@@ -387,6 +434,8 @@ lane_new(const char *name, const struct lane_params *p, int64_t now_ms)
      * a burst on a provider whose window our last run already used. The
      * token budget starts empty for the same reason. */
     l->tokens = 1.0;
+    l->share = 1.0;
+    l->rate_since = p->rate_per_s > 0 ? now_ms : 0;
     l->tok_cost = TOKEN_COST_DEFAULT;
     l->refill_ms = now_ms;
     l->probe_ms = now_ms;
@@ -408,6 +457,8 @@ void
 lane_configure(struct lane *l, const struct lane_params *p)
 {
     l->p = *p;
+    if (p->rate_per_s > 0 && l->rate_since == 0)
+        l->rate_since = l->refill_ms;
     if (!p->adaptive)
         l->limit = clamp_int(p->concurrency_start, 1, limit_max(l));
     else
@@ -573,6 +624,7 @@ lane_on_send(struct lane *l, int64_t now_ms, int64_t tokens,
     t->tok_seq = l->tok_seq;
     t->tokens = tokens > 0 ? tokens : 0;
     t->in_flight = lane_in_flight(l);
+    t->paced = l->rate_since != 0 && now_ms - l->rate_since >= SHARE_GRACE_MS;
 }
 
 static bool
@@ -710,6 +762,8 @@ learn_limits(struct lane *l, const struct lane_ticket *t,
             capped = true;
         }
         l->adv_rate = (double)h->rl_limit * 1000.0 / (double)window;
+        if (l->rate_since == 0)
+            l->rate_since = now_ms;
         if (l->adv_rate < RATE_MIN_PER_S)
             l->adv_rate = RATE_MIN_PER_S;
         double cap = bucket_capacity(full_rate(l));
@@ -969,6 +1023,32 @@ congestion(struct lane *l, const struct lane_ticket *t)
     bump(l);
 }
 
+/* A fresh 429 to a request sent under a known rate, the limit not full:
+ * the pacer sent no more than the rate, so the provider's bucket is
+ * shared (other daemons on the same key). The second within SHARE_ARM_MS
+ * cuts: the share yields ×SHARE_BETA; answers already on their way are
+ * stale. Refused at random in proportion to what each sends, daemons
+ * that all cut this way and grow back alike converge to equal shares; a
+ * lone daemon is hardly ever refused and keeps the whole rate. */
+static void
+share_refused(struct lane *l, int64_t now_ms)
+{
+    bool armed =
+        l->share_429_ms != 0 && now_ms - l->share_429_ms <= SHARE_ARM_MS;
+
+    l->share_429_ms = now_ms;
+    if (!armed)
+        return;
+    l->share_cut_ms = now_ms;
+    l->share *= SHARE_BETA;
+    if (l->share < SHARE_MIN)
+        l->share = SHARE_MIN;
+    double cap = bucket_capacity(pace_rate(l));
+    if (l->tokens > cap)
+        l->tokens = cap;
+    bump(l);
+}
+
 /* A fresh loss: noise, congestion, or part of a shut window. */
 static void
 on_loss(struct lane *l, const struct lane_ticket *t, const struct outcome *o,
@@ -980,6 +1060,9 @@ on_loss(struct lane *l, const struct lane_ticket *t, const struct outcome *o,
     bool congested =
         (double)l->round_losses > expect + NOISE_SIGMAS * sqrt(expect);
 
+    if (is_throttle(o, now_ms) && l->p.adaptive && t->paced &&
+        t->in_flight < l->limit)
+        share_refused(l, now_ms);
     if (is_throttle(o, now_ms)) {
         int run_min = l->limit / 2 > SHUT_RUN_MIN ? l->limit / 2 : SHUT_RUN_MIN;
         l->run++;

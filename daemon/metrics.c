@@ -540,46 +540,23 @@ render_budgets(struct buf *b, struct spend *sp)
     }
 }
 
+/* One histogram family: name's buckets (le[0..n), then +Inf, from the
+ * n + 1 per-bucket counts), its sum and its count. */
 static void
-render_claims(struct metrics *m, struct buf *b)
+render_histogram(struct buf *b, const char *name, const char *help,
+                 const double *le, size_t n, const int64_t *counts,
+                 int64_t total, double sum)
 {
     int64_t cum = 0;
-    put_family(b, "sluice_claim_duration_seconds", "histogram",
-               "Time a claim of jobs took.");
-    for (size_t i = 0; i < NCLAIM_BUCKETS; i++) {
-        cum += m->claim_counts[i];
-        buf_appendf(b,
-                    "sluice_claim_duration_seconds_bucket{le=\"%g\"} "
-                    "%" PRId64 "\n",
-                    claim_buckets[i], cum);
+    put_family(b, name, "histogram", help);
+    for (size_t i = 0; i < n; i++) {
+        cum += counts[i];
+        buf_appendf(b, "%s_bucket{le=\"%g\"} %" PRId64 "\n", name, le[i],
+                    cum);
     }
-    buf_appendf(
-        b, "sluice_claim_duration_seconds_bucket{le=\"+Inf\"} %" PRId64 "\n",
-        m->claims);
-    buf_appendf(b, "sluice_claim_duration_seconds_sum %.9f\n", m->claim_sum);
-    buf_appendf(b, "sluice_claim_duration_seconds_count %" PRId64 "\n",
-                m->claims);
-}
-
-static void
-render_commits(struct metrics *m, struct buf *b)
-{
-    int64_t cum = 0;
-    put_family(b, "sluice_commit_duration_seconds", "histogram",
-               "Time a group commit of outcomes took.");
-    for (size_t i = 0; i < NBUCKETS; i++) {
-        cum += m->commit_counts[i];
-        buf_appendf(b,
-                    "sluice_commit_duration_seconds_bucket{le=\"%g\"} "
-                    "%" PRId64 "\n",
-                    commit_buckets[i], cum);
-    }
-    buf_appendf(
-        b, "sluice_commit_duration_seconds_bucket{le=\"+Inf\"} %" PRId64 "\n",
-        m->commits);
-    buf_appendf(b, "sluice_commit_duration_seconds_sum %.9f\n", m->commit_sum);
-    buf_appendf(b, "sluice_commit_duration_seconds_count %" PRId64 "\n",
-                m->commits);
+    buf_appendf(b, "%s_bucket{le=\"+Inf\"} %" PRId64 "\n", name, total);
+    buf_appendf(b, "%s_sum %.9f\n", name, sum);
+    buf_appendf(b, "%s_count %" PRId64 "\n", name, total);
 }
 
 void
@@ -605,8 +582,13 @@ metrics_refresh(struct metrics *m, struct dispatch *d, struct store *s,
     render_lanes(b, lanes, n, s, dispatch_spend(d), now_ms);
     render_budgets(b, dispatch_spend(d));
     render_outputs(m, b, s, now_ms);
-    render_commits(m, b);
-    render_claims(m, b);
+    render_histogram(b, "sluice_commit_duration_seconds",
+                     "Time a group commit of outcomes took.", commit_buckets,
+                     NBUCKETS, m->commit_counts, m->commits, m->commit_sum);
+    render_histogram(b, "sluice_claim_duration_seconds",
+                     "Time a claim of jobs took.", claim_buckets,
+                     NCLAIM_BUCKETS, m->claim_counts, m->claims,
+                     m->claim_sum);
 
     char *page = buf_steal(b);
     size_t len = strlen(page);

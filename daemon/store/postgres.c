@@ -2269,15 +2269,18 @@ pg_provider_request_resume(struct store *base, const char *name, int64_t now_ms)
 #define OID_FLOAT8 701
 #define OID_NUMERIC 1700
 
-/* Row i of r as an object keyed by column name. */
+/* Row i of r as an object keyed by column name: numbers as numbers, and
+ * text verbatim when raw (what a load writes back), else as
+ * backend_text_json gives it (JSON columns parsed). */
 static json_t *
-row_json(const PGresult *r, int i)
+row_to_json(const PGresult *r, int i, bool raw)
 {
     json_t *o = json_object();
 
     for (int c = 0; c < PQnfields(r); c++) {
         const char *name = PQfname(r, c);
         const char *t = PQgetvalue(r, i, c);
+        size_t len = (size_t)PQgetlength(r, i, c);
         json_t *v;
 
         if (PQgetisnull(r, i, c)) {
@@ -2295,13 +2298,20 @@ row_json(const PGresult *r, int i)
                 v = json_real(strtod(t, NULL));
                 break;
             default:
-                v = backend_text_json(name, t, (size_t)PQgetlength(r, i, c));
+                v = raw ? json_stringn(t, len)
+                        : backend_text_json(name, t, len);
                 break;
             }
         }
         json_object_set_new(o, name, v);
     }
     return o;
+}
+
+static json_t *
+row_json(const PGresult *r, int i)
+{
+    return row_to_json(r, i, false);
 }
 
 /* Runs id and appends every row to arr. */
@@ -2607,41 +2617,6 @@ pg_is_empty(struct store *base, bool *empty)
     return 0;
 }
 
-/* Row i of r with text verbatim (no JSON parsing): what a load writes
- * back. */
-static json_t *
-row_raw_json(const PGresult *r, int i)
-{
-    json_t *o = json_object();
-
-    for (int c = 0; c < PQnfields(r); c++) {
-        const char *t = PQgetvalue(r, i, c);
-        json_t *v;
-
-        if (PQgetisnull(r, i, c)) {
-            v = json_null();
-        } else {
-            switch (PQftype(r, c)) {
-            case OID_INT2:
-            case OID_INT4:
-            case OID_INT8:
-                v = json_integer(strtoll(t, NULL, 10));
-                break;
-            case OID_FLOAT4:
-            case OID_FLOAT8:
-            case OID_NUMERIC:
-                v = json_real(strtod(t, NULL));
-                break;
-            default:
-                v = json_stringn(t, (size_t)PQgetlength(r, i, c));
-                break;
-            }
-        }
-        json_object_set_new(o, PQfname(r, c), v);
-    }
-    return o;
-}
-
 static int
 pg_dump(struct store *base, const char *table, store_row_fn fn, void *arg)
 {
@@ -2661,7 +2636,7 @@ pg_dump(struct store *base, const char *table, store_row_fn fn, void *arg)
     while ((r = PQgetResult(s->conn)) != NULL) {
         ExecStatusType st = PQresultStatus(r);
         if (st == PGRES_SINGLE_TUPLE && stop == 0) {
-            json_t *row = row_raw_json(r, 0);
+            json_t *row = row_to_json(r, 0, true);
             stop = fn(row, arg);
             json_decref(row);
         } else if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK &&

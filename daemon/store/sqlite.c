@@ -88,9 +88,9 @@ extern const size_t sql_nfiles;
 
 /* A running job of a provider without idempotency whose lease is taken
  * back: its request may have reached the provider, and sending it again
- * could run it twice, so it fails for the operator (DESIGN §4). Our crash
- * is not the job's fault: the attempt is given back. ?1 is now, ?3 the
- * JSON array of such providers (store_set_unsafe_resend). */
+ * could run it twice, so it fails for the operator (docs/design.md §4).
+ * Our crash is not the job's fault: the attempt is given back. ?1 is now,
+ * ?3 the JSON array of such providers (store_set_unsafe_resend). */
 #define RECLAIM_UNKNOWN_SET                                                    \
     "UPDATE jobs SET state = 'failed', attempts = MAX(attempts - 1, 0), "      \
     "error_class = 'unknown_outcome', error_code = 'lease_lost', "             \

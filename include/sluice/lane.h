@@ -54,6 +54,7 @@ struct lane_ticket {
     int64_t tokens;  /* this request's token estimate; 0 none */
     int in_flight;   /* requests + waiting runs at the send, this one in */
     bool probe;      /* sent as a probe (paused or half-open lane) */
+    bool paced;      /* sent under a rate known for a while */
 };
 
 struct lane;
@@ -114,7 +115,9 @@ const char *lane_name(const struct lane *l);
  * and after. */
 const char *lane_last_change(const struct lane *l);
 /* The request pacer's rate in requests/s (1.0 × the lowest known of the
- * configured, advertised and learned rates); 0 when none is known. */
+ * configured, advertised and learned rates, or the share of a known rate
+ * the lane keeps after 429s that say other daemons share the provider's
+ * bucket); 0 when none is known. */
 double lane_rate(const struct lane *l);
 /* Where lane_rate comes from: "configured", "advertised", "learned", or
  * "" when there is none. Static string. */

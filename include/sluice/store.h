@@ -280,12 +280,12 @@ struct job_update {
     size_t noutput_urls;
 };
 
-/* Providers whose requests must not be sent twice on our own (idempotency
- * = none, DESIGN §4): from now on, a running job of theirs whose lease is
+/* Providers whose requests must not be sent twice on our own (idempotency =
+ * none, docs/design.md §4): from now on, a running job of theirs whose lease is
  * taken back (its daemon died, or an old lease lapsed) fails with class
- * unknown_outcome, that attempt uncharged, instead of returning to the
- * queue: its request may have reached the provider. Copies the names; a
- * backend without it keeps returning such jobs to the queue. */
+ * unknown_outcome, that attempt uncharged, instead of returning to the queue:
+ * its request may have reached the provider. Copies the names; a backend
+ * without it keeps returning such jobs to the queue. */
 void store_set_unsafe_resend(struct store *s, const char *const *providers,
                              size_t n);
 

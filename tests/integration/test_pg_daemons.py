@@ -12,28 +12,17 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Fake, job_lines, run, wait_for  # noqa: E402
+from harness import Fake, job_lines, provider_conf, run, wait_for  # noqa: E402
 from pg import PgEnv, PgServer  # noqa: E402
 
 SEED = int(os.environ.get("SLUICE_KILL_SEED") or random.randrange(1 << 30))
 
 
 def provider(fake, **kw):
-    conf = {
-        "dialect": "generic",
-        "base_url": f"{fake.url}/generic",
-        "auth": "bearer",
-        "api_key_env": "GEN_KEY",
-        "concurrency_start": "8",
-        "adaptive": "no",
-        "backoff_base": "20ms",
-        "backoff_cap": "100ms",
-        "timeout": "5s",
-        # injected 5xx and kills each cost attempts: room for all of them
-        "max_attempts": "30",
-    }
-    conf.update({k: str(v) for k, v in kw.items()})
-    return conf
+    # injected 5xx and kills each cost attempts: room for all of them
+    conf = {"concurrency_start": 8, "timeout": "5s", "max_attempts": 30}
+    conf.update(kw)
+    return provider_conf(fake, **conf)
 
 
 def succeeded(env):

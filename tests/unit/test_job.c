@@ -480,8 +480,8 @@ test_derived_key_goes_past_the_key_in_use_after_a_retry(void **state)
     free(key);
 }
 
-/* A provider without idempotency (DESIGN §4): a submission that may have
- * reached it and got no answer is never sent again on our own; one that
+/* A provider without idempotency (docs/design.md §4): a submission that may
+ * have reached it and got no answer is never sent again on our own; one that
  * never left (DNS, connect) is, and an answer (even a 503) is an answer. */
 static void
 test_no_answer_from_a_provider_without_idempotency_is_unknown_outcome(

@@ -431,6 +431,202 @@ test_silent_bucket_is_learned_from_delivery(void **state)
     lane_free(l);
 }
 
+/* A lone daemon under a known rate is never refused by the provider's
+ * bucket: its share stays whole and it paces at 1.0 × the rate. */
+static void
+test_lone_daemon_keeps_whole_known_rate(void **state)
+{
+    (void)state;
+    struct lane *l = lane_make(4, 64, true, 200.0);
+    struct sim sm = {.rate = 200, .burst = 20, .rtt = 50};
+
+    sim_run(l, &sm, 30, 5);
+    /* 200/s over 25 s = 5000 */
+    double goodput = (double)sm.ok_in_window / 5000.0;
+    print_message("lone daemon, 200/s bucket: goodput %.3f, refused %ld, "
+                  "rate %.1f\n",
+                  goodput, sm.refused_in_window, lane_rate(l));
+    assert_true(goodput >= 0.98);
+    assert_int_equal(sm.refused_in_window, 0);
+    assert_true(lane_rate(l) > 199.99 && lane_rate(l) < 200.01);
+    lane_free(l);
+}
+
+/* A 429 to a request the pacer sent under a known rate: the bucket is
+ * shared. One alone may be our own burst arriving bunched, so a second
+ * within 2 s cuts the pacer's rate ×0.8, once per change (stale 429s do
+ * not cut again); it grows back by a twentieth of the rate per second,
+ * faster after 2 s without a cut. A 429 with the concurrency limit full
+ * is not the pacer's. */
+static void
+test_429s_under_known_rate_cut_pacer_share_once(void **state)
+{
+    (void)state;
+    struct lane *l = lane_make(4, 64, true, 10.0);
+    struct outcome r = failed_with(ERR_RATE_LIMITED, 429, NULL);
+    struct outcome s = ok();
+    int64_t b = T0 + 2000, wake;
+
+    /* Within a second of knowing the rate: our own earlier sends may
+     * explain it. */
+    r.hints.retry_at_ms = T0 + 1000;
+    send_n(l, 1, T0);
+    done1(l, &r, T0 + 50, 0.5);
+    assert_true(lane_rate(l) > 9.999 && lane_rate(l) < 10.001);
+
+    r.hints.retry_at_ms = b + 1000;
+    send_n(l, 1, b);
+    done1(l, &r, b + 50, 0.5); /* the first: no cut yet */
+    assert_true(lane_rate(l) > 9.999 && lane_rate(l) < 10.001);
+    send_n(l, 1, b + 100);
+    send_n(l, 1, b + 200);
+    done1(l, &r, b + 250, 0.5); /* the second: a cut */
+    assert_true(lane_rate(l) > 7.99 && lane_rate(l) < 8.01);
+    assert_int_equal(lane_limit(l), 4); /* the pacer's, not the limit's */
+    done1(l, &r, b + 260, 0.5);         /* sent before the cut: stale */
+    assert_true(lane_rate(l) > 7.99 && lane_rate(l) < 8.01);
+    /* +0.05 of the rate per second for 2 s ... */
+    admit(l, b + 2250, &wake);
+    assert_true(lane_rate(l) > 8.99 && lane_rate(l) < 9.01);
+    /* ... then faster: 0.1 more in the next second, not 0.05. */
+    admit(l, b + 3250, &wake);
+    assert_true(lane_rate(l) > 9.74 && lane_rate(l) < 9.76);
+    admit(l, b + 10000, &wake);
+    assert_true(lane_rate(l) > 9.999 && lane_rate(l) < 10.001);
+    /* Four in flight of a limit of four: the limit's business. */
+    send_n(l, 4, b + 10000);
+    r.hints.retry_at_ms = b + 11000;
+    done_last(l, &r, b + 10050); /* the fourth */
+    done_last(l, &r, b + 10060); /* the third, sent as the limit filled */
+    assert_true(lane_rate(l) > 9.999 && lane_rate(l) < 10.001);
+    done_n(l, 2, &s, b + 10070);
+    lane_free(l);
+}
+
+/* Daemons that share one provider bucket, each with its own lane, the
+ * n-th starting `stagger` ms after the one before. The provider's 429s
+ * advertise the rate (X-RateLimit-Limit per minute), as in scenario (g)
+ * of bench/flow. */
+#define PAIR_MAX 4
+struct pair_event {
+    int64_t at;
+    int who;
+    struct lane_ticket t;
+    bool ok;
+};
+
+static void
+sim_shared(struct lane **lanes, int nl, int64_t stagger, double rate, int secs,
+           int from_s, long *ok_in_window, long *refused, long *all)
+{
+    static struct pair_event ev[SIM_EVENTS];
+    int n = 0;
+    int64_t now = T0, end = T0 + secs * 1000LL, refill = T0;
+    int64_t wake[PAIR_MAX];
+    double bucket = rate / 10.0;
+
+    for (int i = 0; i < nl; i++) {
+        wake[i] = T0 + i * stagger; /* its start */
+        ok_in_window[i] = 0;
+    }
+    *refused = *all = 0;
+    while (now < end) {
+        for (int i = 0; i < nl; i++) {
+            if (now < T0 + i * stagger)
+                continue;
+            int k = lane_admit(lanes[i], now, &wake[i]);
+            for (int j = 0; j < k && n < SIM_EVENTS; j++) {
+                struct pair_event *e = &ev[n++];
+                lane_on_send(lanes[i], now, 0, &e->t);
+                bucket += (double)(now - refill) * rate / 1000.0;
+                if (bucket > rate / 10.0)
+                    bucket = rate / 10.0;
+                refill = now;
+                e->who = i;
+                e->ok = bucket >= 1.0;
+                e->at = now + (e->ok ? 50 : 1);
+                if (e->ok)
+                    bucket -= 1.0;
+            }
+        }
+        /* The next moment anything happens: an answer, a lane's wake or
+         * start. */
+        int64_t next = end;
+        int b = -1;
+        for (int i = 0; i < n; i++)
+            if (ev[i].at < next) {
+                next = ev[i].at;
+                b = i;
+            }
+        for (int i = 0; i < nl; i++) {
+            int64_t w = now < T0 + i * stagger ? T0 + i * stagger : wake[i];
+            if (w > now && w < next) {
+                next = w;
+                b = -1;
+            }
+        }
+        now = next > now ? next : now + 1;
+        if (b < 0)
+            continue;
+        struct pair_event e = ev[b];
+        ev[b] = ev[--n];
+        struct outcome o =
+            e.ok ? ok() : failed_with(ERR_RATE_LIMITED, 429, NULL);
+        if (!e.ok) {
+            o.hints.retry_at_ms = now + 1000;
+            o.hints.rl_limit = (long)(rate * 60.0);
+        }
+        if (now >= T0 + from_s * 1000LL) {
+            (*all)++;
+            if (e.ok)
+                ok_in_window[e.who]++;
+            else
+                (*refused)++;
+        }
+        lane_on_done(lanes[e.who], &e.t, &o, now, 0.5);
+    }
+}
+
+/* Independent daemons on one key: the first alone keeps the whole rate;
+ * once others come, the bucket refuses whoever finds it empty, each cuts
+ * its share and all grow back alike, so the shares converge to equal
+ * and together use nearly the whole rate. */
+static void
+test_daemons_sharing_a_bucket_converge_to_equal_shares(void **state)
+{
+    (void)state;
+    for (int nl = 2; nl <= PAIR_MAX; nl += 2) {
+        struct lane *lanes[PAIR_MAX];
+        long okw[PAIR_MAX], refused, all;
+        double sum = 0, sq = 0;
+
+        for (int i = 0; i < nl; i++)
+            lanes[i] = lane_new("flora",
+                                &(struct lane_params){4, 64, true, 0, 0, 60000},
+                                T0 + i * 2000);
+        sim_shared(lanes, nl, 2000, 200.0, 40, 20, okw, &refused, &all);
+        for (int i = 0; i < nl; i++) {
+            double g = (double)okw[i] / 20.0;
+            sum += g;
+            sq += g * g;
+            print_message("%d daemons: daemon %d %.1f/s, rate %.1f (%s)\n", nl,
+                          i, g, lane_rate(lanes[i]),
+                          lane_rate_source(lanes[i]));
+        }
+        double jain = sum * sum / ((double)nl * sq);
+        double share = sum / 200.0;
+        double throttled = (double)refused / (double)all;
+        print_message("%d daemons: total %.3f of the rate, Jain %.3f, "
+                      "throttled %.4f\n",
+                      nl, share, jain, throttled);
+        assert_true(jain >= 0.95);
+        assert_true(share >= 0.9);
+        assert_true(throttled <= 0.05);
+        for (int i = 0; i < nl; i++)
+            lane_free(lanes[i]);
+    }
+}
+
 static void
 test_knee_grows_back_fast_then_holds_then_probes_one_above(void **state)
 {
@@ -1497,6 +1693,10 @@ main(void)
         cmocka_unit_test(test_absurd_advertised_window_is_capped_at_a_day),
         cmocka_unit_test(test_pacer_spaces_requests_at_1_0_of_rate),
         cmocka_unit_test(test_pacer_burst_is_a_tenth_of_a_second),
+        cmocka_unit_test(test_lone_daemon_keeps_whole_known_rate),
+        cmocka_unit_test(test_429s_under_known_rate_cut_pacer_share_once),
+        cmocka_unit_test(
+            test_daemons_sharing_a_bucket_converge_to_equal_shares),
         cmocka_unit_test(test_advertised_rate_only_lowers_configured_rate),
         cmocka_unit_test(test_remaining_zero_waits_for_reset),
         cmocka_unit_test(test_window_never_sends_more_than_it_has_left),

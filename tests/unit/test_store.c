@@ -353,7 +353,7 @@ test_a_row_the_database_refuses_does_not_hold_back_the_others(void **state)
 /* A dead daemon's running jobs go back to the queue, except those of a
  * provider without idempotency: their requests may have reached it, so
  * they fail as unknown_outcome, the attempt cut short by the crash given
- * back (DESIGN §4). */
+ * back (docs/design.md §4). */
 static void
 test_reclaim_fails_unsafe_providers_jobs_as_unknown_outcome(void **state)
 {

@@ -274,6 +274,11 @@ dialect_parse_body(const struct http_response *r)
 {
     if (r->body == NULL || r->body_len == 0)
         return NULL;
+    /* A raw NUL is never valid JSON text (RFC 8259 escapes it even inside
+     * strings), and jansson reads past one: the body would pass here and
+     * then be stored cut at the NUL, no longer JSON. */
+    if (memchr(r->body, '\0', r->body_len) != NULL)
+        return NULL;
     return json_loadb(r->body, r->body_len, JSON_DECODE_ANY, NULL);
 }
 

@@ -180,6 +180,30 @@ test_generic_2xx_with_nul_bytes_stores_readable_json(void **state)
     outcome_clear(&o);
 }
 
+/* Found by fuzz_dialect: jansson reads past a raw NUL, so a body that was
+ * JSON but for one NUL passed the check and was stored cut at the NUL,
+ * no longer JSON. Such a body is bad JSON for every dialect that wants
+ * JSON, and whatever is stored is JSON. */
+static void
+test_2xx_json_with_a_raw_nul_is_bad_json(void **state)
+{
+    static const char body[] =
+        "{\"run_id\":\"run_1\",\"status\":\"completed\","
+        "\"charged_cost\":0.4\0}";
+    static const char *const names[] = {"flora", "openai", "graphql",
+                                        "flymyai", "firemoon", "problem"};
+    struct outcome o;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        classify_body(names[i], false, 200, body, sizeof(body) - 1, &o);
+        assert_int_equal(o.cls, ERR_PROTOCOL);
+        assert_string_equal(o.code, "bad_json");
+        assert_null(o.result);
+        outcome_clear(&o);
+    }
+}
+
 static void
 test_empty_2xx_is_bad_json_except_generic(void **state)
 {
@@ -350,6 +374,7 @@ main(void)
         cmocka_unit_test(test_small_garbage_bodies_never_crash),
         cmocka_unit_test(test_binary_body_with_nuls_and_invalid_utf8),
         cmocka_unit_test(test_generic_2xx_with_nul_bytes_stores_readable_json),
+        cmocka_unit_test(test_2xx_json_with_a_raw_nul_is_bad_json),
         cmocka_unit_test(test_empty_2xx_is_bad_json_except_generic),
         cmocka_unit_test(test_truncated_2xx_json_keeps_readable_excerpt),
         cmocka_unit_test(test_json_that_is_not_an_object_is_unexpected_body),

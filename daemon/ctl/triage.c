@@ -289,6 +289,15 @@ ctl_resume_batch(struct ctl *c, const char *batch, bool json)
 
     if ((rc = ctl_open(c, "resume", false, false)) != 0)
         return rc;
+    /* A mistyped name must not create a batch row and report success. */
+    json_t *rows = store_progress_json(c->store, batch);
+    size_t known = json_array_size(rows);
+    json_decref(rows);
+    if (known == 0) {
+        fprintf(stderr, "sluicectl resume: no batch '%s' in the database\n",
+                batch);
+        return 1;
+    }
     if (store_batch_budget_set(c->store, batch, 0, clock_now_ms()) < 0) {
         fprintf(stderr, "sluicectl resume: batch %s: database error\n", batch);
         return 1;

@@ -174,6 +174,8 @@ def test_batch_budget_on_a_shared_provider_holds_that_batch_only():
         assert rc == 0 and "spent 1.00" in out and "of 1.00, 0.00 left" \
             in out, out
 
+        rc, out, err = env.ctl("resume", "--batch", "caped")
+        assert rc == 1 and "no batch 'caped'" in err, (rc, err)
         rc, out, err = env.ctl("resume", "--batch", "capped")
         assert rc == 0, err
         drain_ok(env, 60)

@@ -49,9 +49,9 @@
 
 #define BATCH 64
 #define LEASE_MS 600000
-/* The probe's period: short against a cycle (~10 ms), long enough that
- * its own wakeups cost the loop little. */
-#define PROBE_MS 2
+/* The probe's period: about a cycle (10-20 ms), so that its own wakeups
+ * (one or two a cycle, in every mode alike) cost the loop little. */
+#define PROBE_MS 10
 #define NMODES 3
 
 static int

@@ -229,6 +229,9 @@ value_double(const PGresult *r, int row, int col)
 
 /* pg_conn.c */
 void pg_lost(struct pg_store *s);
+/* A store closing while its connection is down no longer counts as down
+ * (the once-per-outage log of pg_lost). */
+void pg_forget(struct pg_store *s);
 int pg_fail(struct pg_store *s, const PGresult *r, const char *what);
 int pg_exec(struct pg_store *s, const char *sql, const char *what);
 int pg_exec_int(struct pg_store *s, const char *sql, int64_t *v,

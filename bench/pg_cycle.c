@@ -16,10 +16,10 @@
  * One cycle = claim up to BATCH jobs, record an outcome for each, commit,
  * with the same round trips in every mode: the claim; BEGIN; the outcomes
  * (an UPDATE and an attempt INSERT per job) as one pipeline; COMMIT. The
- * async mode prepares the three statements the store runs for them
- * (P_CLAIM, P_UPDATE_JOB, P_INSERT_ATTEMPT of daemon/store/, text copied
- * below: a bench measures the same SQL or measures nothing) with the same
- * parameters, and builds the same job structs from the claim's rows.
+ * async mode prepares the statements the store runs for them (P_CLAIM,
+ * P_UPDATE_JOB, P_INSERT_ATTEMPT, taken from the backend's own tables in
+ * daemon/store/pg.h), sends the same parameters, and builds the same job
+ * structs from the claim's rows.
  *
  * A probe timer fires every PROBE_MS on the loop; how late it fires is
  * how long the loop was held (what a response waiting to be read, or a
@@ -41,6 +41,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "pg.h"
 #include "sluice/clock.h"
 #include "sluice/job.h"
 #include "sluice/jobspec.h"
@@ -293,78 +294,6 @@ run_thread(struct store *s, struct result *r)
 
 /* --- async: libpq non-blocking on the loop ----------------------------- */
 
-#define A_CLAIM_COLUMNS                                                        \
-    "id, provider, batch, custom_id, method, path, body, "                     \
-    "COALESCE(send_key, idempotency_key), "                                    \
-    "state, attempts, max_attempts, deferrals, remote_id, poll_url, "          \
-    "created_at, waiting_since, priority, run_after, idempotency_key"
-
-static const char *const a_sql_claim =
-    "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
-    "lease_until = $1::bigint, lease_owner = $2::text, "
-    "updated_at = $3::bigint "
-    "WHERE id IN (SELECT id FROM jobs "
-    "  WHERE provider = $4::text AND state IN ('queued', 'retrying') "
-    "  AND run_after <= $3::bigint "
-    "  ORDER BY priority DESC, run_after, id LIMIT $5::int "
-    "  FOR UPDATE SKIP LOCKED) "
-    "RETURNING " A_CLAIM_COLUMNS;
-
-static const char *const a_sql_update =
-    "WITH u AS (UPDATE jobs SET "
-    "state = CASE WHEN state = 'cancelled' THEN state "
-    "  ELSE $2::text END, "
-    "run_after = $3::bigint, "
-    "attempts = GREATEST(attempts - $4::int, 0), "
-    "deferrals = $5::int, "
-    "send_key = COALESCE($6::text, send_key), "
-    "http_status = CASE $7::int WHEN 0 THEN http_status "
-    "  ELSE $8::int END, "
-    "error_class = CASE $7::int WHEN 0 THEN error_class "
-    "  ELSE $9::text END, "
-    "error_code = CASE $7::int WHEN 0 THEN error_code "
-    "  ELSE $10::text END, "
-    "error_message = CASE $7::int WHEN 0 THEN error_message "
-    "  ELSE $11::text END, "
-    "request_id = CASE $7::int WHEN 0 THEN request_id "
-    "  ELSE $12::text END, "
-    "fields = CASE $7::int WHEN 0 THEN fields ELSE $13::text END, "
-    "result = COALESCE($14::text, result), "
-    "cost = CASE WHEN $15::double precision IS NULL THEN cost "
-    "  ELSE COALESCE(cost, 0) + $15::double precision END, "
-    "remote_id = COALESCE($16::text, remote_id), "
-    "poll_url = COALESCE($17::text, poll_url), "
-    "waiting_since = CASE WHEN $2::text = 'waiting' "
-    "  THEN COALESCE(waiting_since, $18::bigint) "
-    "  WHEN $2::text IN ('queued', 'retrying') THEN NULL "
-    "  ELSE waiting_since END, "
-    "finished_at = CASE WHEN state = 'cancelled' "
-    "  THEN COALESCE(finished_at, $18::bigint) "
-    "  WHEN $2::text IN (" JOB_TERMINAL_SQL ") "
-    "  THEN $18::bigint ELSE NULL END, "
-    "lease_until = CASE WHEN state <> 'cancelled' "
-    "  AND $2::text = 'running' THEN lease_until ELSE NULL END, "
-    "lease_owner = CASE WHEN state <> 'cancelled' "
-    "  AND $2::text = 'running' THEN lease_owner ELSE NULL END, "
-    "updated_at = $18::bigint "
-    "WHERE id = $1::bigint AND ($19::text IS NULL "
-    "  OR lease_owner = $19::text "
-    "  OR (state = 'cancelled' AND lease_owner IS NULL)) "
-    "RETURNING id, state), "
-    "o AS (INSERT INTO outputs (job_id, url, run_after, created_at) "
-    "  SELECT u.id, url, $18::bigint, $18::bigint "
-    "  FROM u, unnest($20::text[]) AS url WHERE u.state = 'succeeded' "
-    "  ON CONFLICT (job_id, url) DO NOTHING) "
-    "SELECT count(*) AS written FROM u";
-
-static const char *const a_sql_attempt =
-    "INSERT INTO attempts (job_id, attempt, idempotency_key, started_at, "
-    "finished_at, http_status, error_class, error_code, error_message, "
-    "request_id, retry_after_ms, is_poll) "
-    "SELECT $1::bigint, $2::int, $3::text, $4::bigint, $5::bigint, "
-    "$6::int, $7::text, $8::text, $9::text, $10::text, $11::bigint, "
-    "$12::int WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $1::bigint)";
-
 /* What a cycle waits for: the answers to one pipeline sync. */
 enum astep { A_CLAIM, A_BEGIN, A_OUTCOMES, A_COMMIT };
 
@@ -396,7 +325,7 @@ a_int(const PGresult *r, int row, int col)
                                               10);
 }
 
-/* The claim's rows as the store's claim_row builds them. */
+/* The claim's rows as the backend's claim_row (pg_claim.c) builds them. */
 static void
 a_claimed(struct apq *a, const PGresult *r)
 {
@@ -586,9 +515,9 @@ run_async(const char *conninfo, struct result *r)
 
     a.conn = PQconnectdb(conninfo);
     if (PQstatus(a.conn) != CONNECTION_OK ||
-        a_prepare(a.conn, "claim", a_sql_claim) < 0 ||
-        a_prepare(a.conn, "update", a_sql_update) < 0 ||
-        a_prepare(a.conn, "attempt", a_sql_attempt) < 0 ||
+        a_prepare(a.conn, "claim", pg_claim_sql[P_CLAIM]) < 0 ||
+        a_prepare(a.conn, "update", pg_commit_sql[P_UPDATE_JOB]) < 0 ||
+        a_prepare(a.conn, "attempt", pg_commit_sql[P_INSERT_ATTEMPT]) < 0 ||
         PQsetnonblocking(a.conn, 1) < 0 || !PQenterPipelineMode(a.conn)) {
         fprintf(stderr, "pg_cycle: async: %s", PQerrorMessage(a.conn));
         PQfinish(a.conn);

@@ -3,13 +3,16 @@
  *
  * How a job moves: pump() asks each lane how many requests its gates admit
  * (lane.c), claims that many due jobs of its provider in one statement
- * (store_claim), and sends each through http.c. When a response arrives,
- * the provider's dialect turns it into an outcome; the lane learns from it
- * (limit, pause, breaker), job_next (job.c) decides where the job goes, and
- * the update is buffered for the next group commit (store_flush on a short
- * timer). Nothing is decided from memory alone: every state change is a row
- * update, and a job that was claimed but not recorded is reclaimed by its
- * lease after a crash.
+ * (storeq_claim), and sends each through http.c when the claim answers.
+ * When a response arrives, the provider's dialect turns it into an
+ * outcome; the lane learns from it (limit, pause, breaker), job_next
+ * (job.c) decides where the job goes, and the update is buffered for the
+ * next group commit (storeq_commit on a short timer). Claims and commits
+ * answer through callbacks (storeq.h: inline on SQLite, from a database
+ * thread on PostgreSQL); a lane asks one claim at a time. Nothing is
+ * decided from memory alone: every state change is a row update, and a
+ * job that was claimed but not recorded is reclaimed by its lease after a
+ * crash.
  *
  * Pumping: a completion schedules a pump on the next loop turn, so the
  * completions of one turn share one claim. A lane whose claim came back
@@ -835,24 +838,13 @@ on_polls_claimed(struct storeq_answer *a, void *arg)
  * lane full of them admits nothing; yet only a poll can end a run. Polls
  * due then go out past the concurrency gate: a GET of a run's status costs
  * the provider little, and the pacer's gate still applies before this. */
+static void claim_ask(struct dispatch *d, struct dlane *dl, int n,
+                      int64_t now, int64_t lane_wake, bool polls);
+
 static void
 pump_polls(struct dispatch *d, struct dlane *dl, int64_t now)
 {
-    struct claim_ctx *x = xcalloc(1, sizeof(*x));
-    struct storeq_claim c = {
-        .provider = dl->name,
-        .owner = liveness_owner(d->live),
-        .now_ms = now,
-        .lease_ms = d->lease_ms,
-        .want = CLAIM_MAX,
-        .polls_only = true,
-    };
-
-    x->d = d;
-    x->dl = dl;
-    x->now = now;
-    dl->claiming = true;
-    storeq_claim(d->q, &c, on_polls_claimed, x);
+    claim_ask(d, dl, CLAIM_MAX, now, 0, true);
 }
 
 /* --- permits shared with other daemons on the database (permit.h) ------ */
@@ -971,13 +963,14 @@ on_claimed(struct storeq_answer *a, void *arg)
     claim_done(x);
 }
 
-/* Asks for n jobs of dl: permits first (taken alone on the database too:
- * a daemon that starts beside this one must find what this one holds,
- * from its first claim on), then polls of runs already sent and new
- * jobs as far as the provider's and its batches' budgets allow. */
+/* Asks for n jobs of dl (the answer sends them): with polls, waiting
+ * runs due for a poll only; else permits first (taken alone on the
+ * database too: a daemon that starts beside this one must find what this
+ * one holds, from its first claim on), then polls of runs already sent
+ * and new jobs as far as the provider's and its batches' budgets allow. */
 static void
 claim_ask(struct dispatch *d, struct dlane *dl, int n, int64_t now,
-          int64_t lane_wake)
+          int64_t lane_wake, bool polls)
 {
     struct claim_ctx *x = xcalloc(1, sizeof(*x));
     struct storeq_claim c = {
@@ -986,12 +979,15 @@ claim_ask(struct dispatch *d, struct dlane *dl, int n, int64_t now,
         .now_ms = now,
         .lease_ms = d->lease_ms,
         .want = n,
+        .polls_only = polls,
         .with_polls = dl->dialect->async,
         .in_flight = lane_in_flight(dl->lane),
     };
 
-    permit_view_of(dl, &c.view);
-    c.allowed = spend_admit(d->spend, dl->name, n, &c.held, &c.nheld);
+    if (!polls) {
+        permit_view_of(dl, &c.view);
+        c.allowed = spend_admit(d->spend, dl->name, n, &c.held, &c.nheld);
+    }
     x->d = d;
     x->dl = dl;
     x->want = n;
@@ -999,7 +995,7 @@ claim_ask(struct dispatch *d, struct dlane *dl, int n, int64_t now,
     x->now = now;
     x->lane_wake = lane_wake;
     dl->claiming = true;
-    storeq_claim(d->q, &c, on_claimed, x);
+    storeq_claim(d->q, &c, polls ? on_polls_claimed : on_claimed, x);
 }
 
 static void
@@ -1039,7 +1035,7 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     }
     if (n > CLAIM_MAX)
         n = CLAIM_MAX;
-    claim_ask(d, dl, n, now, lane_wake);
+    claim_ask(d, dl, n, now, lane_wake, false);
 }
 
 static void

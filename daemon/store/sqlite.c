@@ -1866,15 +1866,6 @@ flush_one(struct sqlite_store *s, const struct store_pending *p,
     return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "insert attempt");
 }
 
-/* Whether a failed write is about the row itself (a value too big, a
- * constraint), so that writing it again fails again, rather than about
- * the database (locked, full, unreadable). */
-static bool
-row_error(int err)
-{
-    return err == -E2BIG || err == -EEXIST || err == -EDOM || err == -ERANGE;
-}
-
 /* One transaction over the whole buffer; on failure *bad is the index of
  * the update that failed (nbuf when it was the transaction itself). */
 static int
@@ -1917,23 +1908,9 @@ sqlite_flush(struct store *base)
     int rc;
 
     while ((rc = flush_all(s, &bad, &dropped, why, sizeof(why))) < 0) {
-        if (!row_error(rc) || bad >= base->nbuf)
+        if (!backend_row_error(rc) || bad >= base->nbuf)
             return rc;
-        struct store_pending *p = &base->buf[bad];
-        if (!p->unstorable) {
-            log_error("store: job %" PRId64 ": outcome cannot be stored "
-                      "(%s): the job fails as unstorable",
-                      p->u.job_id, why);
-            backend_pending_unstorable(p, why);
-            continue;
-        }
-        log_error("store: job %" PRId64 ": not even its failure can be "
-                  "stored: dropped, the job is taken back when its lease "
-                  "ends",
-                  p->u.job_id);
-        backend_pending_clear(p);
-        memmove(p, p + 1, (base->nbuf - bad - 1) * sizeof(*p));
-        base->nbuf--;
+        backend_pending_refused(base, bad, why);
         if (base->nbuf == 0)
             return 0;
     }

@@ -373,9 +373,10 @@ static void
 a_send_outcome(struct apq *a, const struct job *j)
 {
     char id[24], attempt[24], started[24], finished[24];
-    const char *up[20] = {id, "succeeded", "0", "0", "0", NULL, "2", "200",
+    const char *up[24] = {id, "succeeded", "0", "0", "0", NULL, "2", "200",
                           NULL, NULL, NULL, NULL, NULL, "{\"ok\":true}",
-                          NULL, NULL, NULL, finished, "async", NULL};
+                          NULL, NULL, NULL, finished, "async", NULL,
+                          attempt, "0", started, finished};
     const char *att[12] = {id, attempt, j->idempotency_key, started,
                            finished, "200", NULL, NULL, NULL, NULL, NULL,
                            "0"};
@@ -384,7 +385,7 @@ a_send_outcome(struct apq *a, const struct job *j)
     snprintf(attempt, sizeof(attempt), "%d", j->attempts);
     snprintf(started, sizeof(started), "%lld", (long long)a->now_ms);
     snprintf(finished, sizeof(finished), "%lld", (long long)a->now_ms + 1);
-    PQsendQueryPrepared(a->conn, "update", 20, up, NULL, NULL, 0);
+    PQsendQueryPrepared(a->conn, "update", 24, up, NULL, NULL, 0);
     PQsendQueryPrepared(a->conn, "attempt", 12, att, NULL, NULL, 0);
 }
 

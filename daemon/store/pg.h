@@ -32,7 +32,7 @@ extern const size_t pg_sql_nfiles;
 /* The NOTIFY channel of enqueue, retry, cancel and resume. */
 #define PG_CHANNEL "sluice"
 /* Most parameters any statement takes. */
-#define PG_MAX_PARAMS 20
+#define PG_MAX_PARAMS 24
 
 /* Lease expiry is for owners not registered in daemons, as on SQLite: a
  * registered daemon's leases go only when it is judged dead
@@ -232,6 +232,9 @@ void pg_lost(struct pg_store *s);
 /* A store closing while its connection is down no longer counts as down
  * (the once-per-outage log of pg_lost). */
 void pg_forget(struct pg_store *s);
+/* SQLSTATE of a failed result (NULL: the connection) as a negative
+ * errno; -ENOTCONN when the connection is gone. */
+int pg_errno(struct pg_store *s, const PGresult *r);
 int pg_fail(struct pg_store *s, const PGresult *r, const char *what);
 int pg_exec(struct pg_store *s, const char *sql, const char *what);
 int pg_exec_int(struct pg_store *s, const char *sql, int64_t *v,

@@ -2113,14 +2113,8 @@ static json_t *
 sqlite_status_json(struct store *base)
 {
     struct sqlite_store *s = sq(base);
-    json_t *status = json_object();
-    json_t *providers = json_object();
-    json_t *batches = json_array();
-    json_t *lanes = json_array();
-
-    json_object_set_new(status, "providers", providers);
-    json_object_set_new(status, "batches", batches);
-    json_object_set_new(status, "lanes", lanes);
+    json_t *providers, *batches, *lanes;
+    json_t *status = backend_status_new(&providers, &batches, &lanes);
     long pending, stored, failed;
     if (rows_json(s, stmt(s, ST_LANES), lanes, "status lanes") < 0 ||
         status_providers(s, providers, lanes) < 0 ||
@@ -2129,11 +2123,7 @@ sqlite_status_json(struct store *base)
         json_decref(status);
         return NULL;
     }
-    json_object_set_new(status, "outputs",
-                        json_pack("{s:I, s:I, s:I}", "pending",
-                                  (json_int_t)pending, "stored",
-                                  (json_int_t)stored, "failed",
-                                  (json_int_t)failed));
+    backend_status_outputs(status, pending, stored, failed);
     return status;
 }
 
@@ -2604,16 +2594,10 @@ sqlite_outputs_counts(struct store *base, long *pending, long *stored,
     int rc;
 
     *pending = *stored = *failed = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *state = (const char *)sqlite3_column_text(st, 0);
-        long n = (long)sqlite3_column_int64(st, 1);
-        if (strcmp(state, "pending") == 0)
-            *pending = n;
-        else if (strcmp(state, "stored") == 0)
-            *stored = n;
-        else
-            *failed = n;
-    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        backend_outputs_count((const char *)sqlite3_column_text(st, 0),
+                              (long)sqlite3_column_int64(st, 1), pending,
+                              stored, failed);
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "output counts");
 }

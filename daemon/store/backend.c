@@ -4,12 +4,15 @@
  * the shape of status and of the output counts. Each one exists so that
  * sqlite.c and postgres.c give the same answer to the same question.
  */
+#include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
 #include "sluice/job.h"
+#include "sluice/log.h"
 #include "sluice/xmalloc.h"
 
 static int
@@ -72,6 +75,32 @@ backend_pending_unstorable(struct store_pending *p, const char *why)
     u->message = xasprintf("the outcome could not be stored: %s", why);
     u->has_cost = false;
     p->unstorable = true;
+}
+
+bool
+backend_row_error(int err)
+{
+    return err == -E2BIG || err == -EEXIST || err == -EDOM || err == -ERANGE;
+}
+
+void
+backend_pending_refused(struct store *s, size_t bad, const char *why)
+{
+    struct store_pending *p = &s->buf[bad];
+
+    if (!p->unstorable) {
+        log_error("store: job %" PRId64 ": outcome cannot be stored (%s): "
+                  "the job fails as unstorable",
+                  p->u.job_id, why);
+        backend_pending_unstorable(p, why);
+        return;
+    }
+    log_error("store: job %" PRId64 ": not even its failure can be stored: "
+              "dropped, the job is taken back when its lease ends",
+              p->u.job_id);
+    backend_pending_clear(p);
+    memmove(p, p + 1, (s->nbuf - bad - 1) * sizeof(*p));
+    s->nbuf--;
 }
 
 bool

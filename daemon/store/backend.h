@@ -217,6 +217,18 @@ void backend_pending_clear(struct store_pending *p);
  * the key stay. Sets p->unstorable. */
 void backend_pending_unstorable(struct store_pending *p, const char *why);
 
+/* Whether a failed write (a negative errno of the backend) is about the
+ * row itself (a value too big, out of range or of the wrong kind, a
+ * constraint or a trigger refusing it), so that writing it again fails
+ * again, rather than about the database (locked, full, gone). */
+bool backend_row_error(int err);
+/* A flush failed on s->buf[bad] for its own content (why): the first
+ * time, the update becomes the job's failure (backend_pending_unstorable);
+ * if even that was refused, it is dropped from the buffer: the job stays
+ * leased and is taken back when its lease ends. Logged once each. The
+ * caller flushes what is left again. */
+void backend_pending_refused(struct store *s, size_t bad, const char *why);
+
 /* The id a job reference names when it is all digits and fits: true and
  * *id; false for anything else (then it can only be a custom_id). */
 bool backend_ref_is_id(const char *ref, int64_t *id);

@@ -229,6 +229,9 @@ value_double(const PGresult *r, int row, int col)
 
 /* pg_conn.c */
 void pg_lost(struct pg_store *s);
+/* SQLSTATE of a failed result (NULL: the connection) as a negative
+ * errno; -ENOTCONN when the connection is gone. */
+int pg_errno(struct pg_store *s, const PGresult *r);
 int pg_fail(struct pg_store *s, const PGresult *r, const char *what);
 int pg_exec(struct pg_store *s, const char *sql, const char *what);
 int pg_exec_int(struct pg_store *s, const char *sql, int64_t *v,

@@ -100,10 +100,12 @@ text_array(struct buf *b, const char *const *urls, size_t n)
     buf_append(b, "}", 1);
 }
 
-/* Queues the statements of one buffered update on the pipeline. */
+/* Queues the statements of buffered update idx on the pipeline; of[k]
+ * is the update statement k of the chunk belongs to. */
 static bool
-flush_send(struct pg_store *s, const struct store_pending *sp, int *nsent)
+flush_send(struct pg_store *s, size_t idx, size_t *of, int *nsent)
 {
+    const struct store_pending *sp = &s->base.buf[idx];
     const struct job_update *u = &sp->u;
     bool failed = u->cls != ERR_NONE;
     int mode = failed ? 1 : u->state == JOB_SUCCEEDED ? 2 : 0;
@@ -142,7 +144,7 @@ flush_send(struct pg_store *s, const struct store_pending *sp, int *nsent)
     buf_free(&urls);
     if (!sent)
         return false;
-    (*nsent)++;
+    of[(*nsent)++] = idx;
     if (!u->has_attempt)
         return true;
 
@@ -162,15 +164,42 @@ flush_send(struct pg_store *s, const struct store_pending *sp, int *nsent)
     snprintf(name, sizeof(name), "p%d", (int)P_INSERT_ATTEMPT);
     if (!PQsendQueryPrepared(s->conn, name, p.n, p.v, NULL, NULL, 0))
         return false;
-    (*nsent)++;
+    of[(*nsent)++] = idx;
     return true;
 }
 
-/* Reads the results of nsent statements and the sync; the first failure's
- * errno, or 0. *dropped counts the updates that wrote nothing (the job
- * purged, or its lease another owner's). */
+/* What one attempt at writing the buffer found. */
+struct flush_result {
+    size_t dropped; /* updates that wrote nothing: the job purged, or its
+                       lease another owner's */
+    size_t bad;     /* the update the database refused for its content,
+                       or nbuf */
+    char why[256];  /* and why (the server's message) */
+};
+
+/* A failed statement of update idx: its errno, logged unless the row
+ * itself was refused (then fr->bad and fr->why say which and why). */
 static int
-flush_collect(struct pg_store *s, int nsent, size_t *dropped)
+flush_failed(struct pg_store *s, const PGresult *r, size_t idx,
+             struct flush_result *fr)
+{
+    int err = pg_errno(s, r);
+    const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+
+    if (!backend_row_error(err) || idx >= s->base.nbuf)
+        return pg_fail(s, r, "flush");
+    fr->bad = idx;
+    snprintf(fr->why, sizeof(fr->why), "%s", msg ? msg : "refused");
+    return err;
+}
+
+/* Reads the results of the nsent statements of a chunk (of: their
+ * updates) and the sync; the first failure's errno, or 0. A refusal of
+ * the row itself is not logged here: the caller sets the row aside and
+ * says so once. */
+static int
+flush_collect(struct pg_store *s, int nsent, const size_t *of,
+              struct flush_result *fr)
 {
     int rc = 0;
 
@@ -183,10 +212,10 @@ flush_collect(struct pg_store *s, int nsent, size_t *dropped)
                 sync = true;
             else if (st == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
                      strcmp(PQgetvalue(r, 0, 0), "0") == 0)
-                (*dropped)++;
+                fr->dropped++;
             else if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK &&
                      st != PGRES_PIPELINE_ABORTED && rc == 0)
-                rc = pg_fail(s, r, "flush");
+                rc = flush_failed(s, r, i < nsent ? of[i] : s->base.nbuf, fr);
             PQclear(r);
             if (sync)
                 break;
@@ -202,13 +231,18 @@ flush_collect(struct pg_store *s, int nsent, size_t *dropped)
     return rc;
 }
 
-int
-pg_flush(struct store *base)
+/* One transaction over the whole buffer, all or nothing. */
+static int
+flush_all(struct pg_store *s, struct flush_result *fr)
 {
-    struct pg_store *s = pq(base);
-    size_t i = 0, dropped = 0;
+    struct store *base = &s->base;
+    size_t of[2 * PG_FLUSH_CHUNK];
+    size_t i = 0;
     int rc;
 
+    fr->dropped = 0;
+    fr->bad = base->nbuf;
+    fr->why[0] = '\0';
     if ((rc = pg_ready(s)) < 0)
         return rc;
     if ((rc = pg_exec(s, "BEGIN", "flush: begin")) < 0)
@@ -222,14 +256,14 @@ pg_flush(struct store *base)
         size_t end =
             i + PG_FLUSH_CHUNK < base->nbuf ? i + PG_FLUSH_CHUNK : base->nbuf;
         for (; i < end; i++) {
-            if (!flush_send(s, &base->buf[i], &nsent))
+            if (!flush_send(s, i, of, &nsent))
                 break;
         }
         if (!PQpipelineSync(s->conn)) {
             rc = pg_fail(s, NULL, "flush: sync");
             break;
         }
-        rc = flush_collect(s, nsent, &dropped);
+        rc = flush_collect(s, nsent, of, fr);
         if (rc == 0 && i < end)
             rc = pg_fail(s, NULL, "flush: send");
     }
@@ -239,10 +273,6 @@ pg_flush(struct store *base)
         goto fail;
     if ((rc = pg_exec(s, "COMMIT", "flush: commit")) < 0)
         goto fail;
-    if (dropped > 0)
-        log_info("store: %zu outcomes not written: job purged, or taken "
-                 "back from this daemon meanwhile",
-                 dropped);
     return 0;
 fail:
     /* All or nothing: the buffer is kept and written by a later flush. */
@@ -250,6 +280,32 @@ fail:
         PQtransactionStatus(s->conn) != PQTRANS_IDLE)
         PQclear(PQexec(s->conn, "ROLLBACK"));
     return rc;
+}
+
+/* A row the database refuses for its content must not hold back the
+ * others, as on SQLite: the failing statement of the pipeline names its
+ * update, which becomes the job's failure (protocol, unstorable), and the
+ * flush goes again; if even that is refused (an operator's trigger), the
+ * update is dropped: the job stays leased and is taken back later. */
+int
+pg_flush(struct store *base)
+{
+    struct pg_store *s = pq(base);
+    struct flush_result fr;
+    int rc;
+
+    while ((rc = flush_all(s, &fr)) < 0) {
+        if (!backend_row_error(rc) || fr.bad >= base->nbuf)
+            return rc;
+        backend_pending_refused(base, fr.bad, fr.why);
+        if (base->nbuf == 0)
+            return 0;
+    }
+    if (fr.dropped > 0)
+        log_info("store: %zu outcomes not written: job purged, or taken "
+                 "back from this daemon meanwhile",
+                 fr.dropped);
+    return 0;
 }
 
 int

@@ -62,7 +62,7 @@ pg_lost(struct pg_store *s)
 }
 
 /* SQLSTATE of a failed result as a negative errno. */
-static int
+int
 pg_errno(struct pg_store *s, const PGresult *r)
 {
     const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
@@ -75,8 +75,18 @@ pg_errno(struct pg_store *s, const PGresult *r)
     if (strcmp(state, "55P03") == 0 || strcmp(state, "40001") == 0 ||
         strcmp(state, "40P01") == 0)
         return -EBUSY;
-    if (strncmp(state, "23", 2) == 0)
+    /* The row itself (backend_row_error): a constraint, or a trigger's
+     * RAISE EXCEPTION (as SQLite's RAISE(ABORT) is a constraint); a
+     * value out of range or not text of the database's encoding; a
+     * program limit (an index row over a page's third). */
+    if (strncmp(state, "23", 2) == 0 || strcmp(state, "P0001") == 0)
         return -EEXIST;
+    if (strcmp(state, "22003") == 0 || strcmp(state, "22008") == 0)
+        return -ERANGE;
+    if (strncmp(state, "22", 2) == 0)
+        return -EDOM;
+    if (strncmp(state, "54", 2) == 0)
+        return -E2BIG;
     if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0)
         return -ENOTCONN;
     if (strcmp(state, "53100") == 0)

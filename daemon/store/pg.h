@@ -32,7 +32,7 @@ extern const size_t pg_sql_nfiles;
 /* The NOTIFY channel of enqueue, retry, cancel and resume. */
 #define PG_CHANNEL "sluice"
 /* Most parameters any statement takes. */
-#define PG_MAX_PARAMS 20
+#define PG_MAX_PARAMS 24
 
 /* Lease expiry is for owners not registered in daemons, as on SQLite: a
  * registered daemon's leases go only when it is judged dead

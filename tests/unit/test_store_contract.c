@@ -634,6 +634,133 @@ test_a_row_the_database_refuses_does_not_hold_back_the_others(void **state)
     store_close(s);
 }
 
+/* The attempt rows of job key (its "attempts" in show). */
+static size_t
+attempt_rows(struct store *s, const char *key)
+{
+    json_t *row = store_job_json(s, key);
+    size_t n;
+
+    assert_non_null(row);
+    n = json_array_size(json_object_get(row, "attempts"));
+    json_decref(row);
+    return n;
+}
+
+/* PostgreSQL: a commit whose acknowledgement is lost with the connection
+ * is sent again after the reconnect, though it was written. Sending it
+ * again changes nothing: no second attempt row, no cost added twice, and
+ * a job the same daemon has claimed again meanwhile keeps its new lease.
+ * (SQLite knows whether its commit was written: never sent again.) */
+static void
+test_a_commit_sent_again_after_a_lost_acknowledgement_changes_nothing(
+    void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s;
+    struct job *jobs[2];
+    struct job_update u[2] = {0};
+    char t[64];
+
+    if (f->kind != POSTGRES)
+        skip();
+    s = open_store(f);
+    insert(s, "gen", "again", 0, T0);
+    insert(s, "gen", "done", 0, T0);
+    assert_int_equal(claim(s, "gen", 2, T0, "h:1", jobs), 2);
+    for (int i = 0; i < 2; i++) {
+        bool done = strcmp(jobs[i]->custom_id, "done") == 0;
+        u[i] = (struct job_update){
+            .job_id = jobs[i]->id,
+            .owner = "h:1",
+            .state = done ? JOB_SUCCEEDED : JOB_RETRYING,
+            .run_after = T0 + 100,
+            .has_attempt = true,
+            .attempt = 1,
+            .key_sent = done ? "done" : "again",
+            .started_at = T0 + 10,
+            .finished_at = T0 + 20,
+            .http_status = done ? 200 : 503,
+            .cls = done ? ERR_NONE : ERR_UNAVAILABLE,
+            .code = done ? NULL : "overloaded",
+            .result = done ? "{\"ok\":true}" : NULL,
+            .cost = 0.5,
+            .has_cost = done,
+        };
+        store_record(s, &u[i]);
+    }
+    free_jobs(jobs, 2);
+    assert_int_equal(store_flush(s), 0);
+    /* claimed again by the same owner before the commit goes again */
+    assert_int_equal(claim(s, "gen", 2, T0 + 200, "h:1", jobs), 1);
+    assert_string_equal(jobs[0]->custom_id, "again");
+    free_jobs(jobs, 1);
+    for (int i = 0; i < 2; i++)
+        store_record(s, &u[i]);
+    assert_int_equal(store_flush(s), 0);
+
+    assert_int_equal(attempt_rows(s, "again"), 1);
+    assert_int_equal(attempt_rows(s, "done"), 1);
+    assert_string_equal(job_text(s, "again", "state", t, sizeof(t)),
+                        "running");
+    assert_string_equal(job_text(s, "again", "lease_owner", t, sizeof(t)),
+                        "h:1");
+    assert_int_equal(job_int(s, "again", "attempt_count"), 2);
+    assert_string_equal(job_text(s, "done", "state", t, sizeof(t)),
+                        "succeeded");
+    assert_true(job_real(s, "done", "cost") == 0.5);
+    store_close(s);
+}
+
+/* The migrations of sql/postgres/, embedded in the build. */
+struct sql_file {
+    const char *name;
+    const char *text;
+};
+extern const struct sql_file pg_sql_files[];
+extern const size_t pg_sql_nfiles;
+
+/* PostgreSQL: attempt rows written twice before the unique key existed
+ * are kept once by the migration that adds it
+ * (sql/postgres/005_attempts_once.sql), run here on such rows. */
+static void
+test_attempts_written_twice_before_the_upgrade_are_kept_once(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s;
+    struct job *jobs[1];
+    const char *migration = NULL;
+    char sql[512];
+
+    if (f->kind != POSTGRES)
+        skip();
+    for (size_t i = 0; i < pg_sql_nfiles; i++) {
+        if (strcmp(pg_sql_files[i].name, "005_attempts_once.sql") == 0)
+            migration = pg_sql_files[i].text;
+    }
+    assert_non_null(migration);
+    s = open_store(f);
+    insert(s, "gen", "twice", 0, T0);
+    assert_int_equal(claim(s, "gen", 1, T0, "h:1", jobs), 1);
+    /* the index as it was, one request's row written twice, and a second
+     * request under the same number (a deferral) */
+    snprintf(sql, sizeof(sql),
+             "DROP INDEX attempts_job; "
+             "CREATE INDEX attempts_job ON attempts (job_id, attempt); "
+             "INSERT INTO attempts (job_id, attempt, started_at, "
+             "  finished_at, http_status) VALUES "
+             "  (%lld, 1, 10, 20, 503), (%lld, 1, 10, 20, 503), "
+             "  (%lld, 1, 30, 40, 200)",
+             (long long)jobs[0]->id, (long long)jobs[0]->id,
+             (long long)jobs[0]->id);
+    free_jobs(jobs, 1);
+    raw_exec(f, NULL, sql);
+    assert_int_equal(attempt_rows(s, "twice"), 3);
+    raw_exec(f, NULL, migration);
+    assert_int_equal(attempt_rows(s, "twice"), 2);
+    store_close(s);
+}
+
 static void
 test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted(
     void **state)
@@ -1731,6 +1858,9 @@ main(void)
         BOTH(test_flush_writes_success_failure_and_attempt_rows),
         BOTH(test_outcome_of_a_job_cancelled_meanwhile_keeps_it_cancelled),
         BOTH(test_a_row_the_database_refuses_does_not_hold_back_the_others),
+        BOTH(
+            test_a_commit_sent_again_after_a_lost_acknowledgement_changes_nothing),
+        BOTH(test_attempts_written_twice_before_the_upgrade_are_kept_once),
         BOTH(
             test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted),
         BOTH(test_daemons_register_beat_and_reap),

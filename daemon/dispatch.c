@@ -35,6 +35,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "sluice/budget.h"
 #include "sluice/clock.h"
 #include "sluice/config.h"
 #include "sluice/cost.h"
@@ -48,6 +49,7 @@
 #include "sluice/metrics.h"
 #include "sluice/outputs.h"
 #include "sluice/permit.h"
+#include "sluice/runcost.h"
 #include "sluice/spend.h"
 #include "sluice/store.h"
 #include "sluice/storeq.h"
@@ -114,7 +116,7 @@ struct dlane {
                                     yet committed: claimable once flushed */
     int64_t committing_due_ms;   /* the same, of the commit out */
     bool claiming;               /* a claim asked of storeq, unanswered */
-    bool putting;                /* a permit put likewise */
+    int putting;                 /* permit puts asked, unanswered */
     bool repump;                 /* a pump passed the lane meanwhile */
     int64_t resume_seen;         /* last resume request acted on */
     bool removed;                /* gone from the config (SIGHUP) */
@@ -132,6 +134,7 @@ struct req {
     struct http_xfer *xfer;
     bool is_poll;
     bool cancel_job;             /* operator cancelled: record cancelled */
+    bool reserved;               /* holds its expected cost (spend.h) */
     char *owner;                 /* the lease owner it was claimed under */
     char *url;
     char *body;
@@ -178,6 +181,7 @@ struct dispatch {
     int64_t unfinished_at;       /* when counted, 0 never */
     struct metrics *metrics;     /* counters for /metrics, or NULL */
     struct spend *spend;         /* spend caps of providers and batches */
+    struct runcost *runcost;     /* run costs the providers state */
 };
 
 static void pump(struct dispatch *d);
@@ -477,8 +481,9 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
     r->job = j;
     r->owner = xstrdup(liveness_owner(d->live));
     r->is_poll = j->state == JOB_WAITING;
-    if (!r->is_poll)
-        spend_on_send(d->spend, j); /* reserved until apply_decision */
+    /* a submission went through spend_reserve (send_claimed): it holds
+     * its expected cost until apply_decision */
+    r->reserved = !r->is_poll;
     int urc = url_resolve(dl->base_url,
                           r->is_poll ? (j->poll_url ? j->poll_url : "")
                                      : j->path,
@@ -630,8 +635,9 @@ apply_decision(struct dispatch *d, struct req *r, const struct outcome *o,
         if (u.has_cost)
             metrics_count_cost(d->metrics, r->dl->name, u.cost);
     }
-    if (dec->state != JOB_WAITING) {
-        /* the job no longer waits for its cost: its reservation ends */
+    if (dec->state != JOB_WAITING && (r->reserved || r->is_poll)) {
+        /* the job no longer waits for its cost: its reservation ends (a
+         * job given back unsent held none) */
         spend_on_end(d->spend, j, u.has_cost, u.cost);
         if (r->dl->budget_wait) {
             r->dl->budget_wait = false;
@@ -840,6 +846,8 @@ on_polls_claimed(struct storeq_answer *a, void *arg)
  * the provider little, and the pacer's gate still applies before this. */
 static void claim_ask(struct dispatch *d, struct dlane *dl, int n,
                       int64_t now, int64_t lane_wake, bool polls);
+static bool send_claimed(struct dispatch *d, struct dlane *dl, struct job *j,
+                         int64_t now);
 
 static void
 pump_polls(struct dispatch *d, struct dlane *dl, int64_t now)
@@ -878,7 +886,7 @@ on_put(int rc, void *arg)
 {
     struct put_ctx *x = arg;
 
-    x->dl->putting = false;
+    x->dl->putting--;
     if (rc == 0) {
         x->dl->slots_put = x->slots;
         x->dl->unmet_put = false;
@@ -888,6 +896,20 @@ on_put(int rc, void *arg)
     free(x);
 }
 
+/* Sets our slots of dl's provider to slots and gives tokens granted but
+ * not used back to its bucket (store_permit_put, on storeq). */
+static void
+permits_put(struct dispatch *d, struct dlane *dl, int slots, int tokens)
+{
+    struct put_ctx *x = xcalloc(1, sizeof(*x));
+    x->d = d;
+    x->dl = dl;
+    x->slots = slots;
+    dl->putting++;
+    storeq_put(d->q, dl->name, liveness_owner(d->live), slots, tokens,
+               on_put, x);
+}
+
 static void
 permits_sync(struct dispatch *d, struct dlane *dl, bool force)
 {
@@ -895,15 +917,9 @@ permits_sync(struct dispatch *d, struct dlane *dl, bool force)
     if (dl->slots_put < 0 ||
         (dl->slots_put == in_flight && !dl->unmet_put) ||
         (!force && liveness_peers(d->live) == 0) || dl->claiming ||
-        dl->putting)
+        dl->putting > 0)
         return;
-    struct put_ctx *x = xcalloc(1, sizeof(*x));
-    x->d = d;
-    x->dl = dl;
-    x->slots = in_flight;
-    dl->putting = true;
-    storeq_put(d->q, dl->name, liveness_owner(d->live), in_flight, 0, on_put,
-               x);
+    permits_put(d, dl, in_flight, 0);
 }
 
 /* A claim's answer: the permits the pool granted (store_permit_take),
@@ -941,13 +957,27 @@ on_claimed(struct storeq_answer *a, void *arg)
           * may have passed */
         schedule_pump(d, x->now + (a->rc == -EBUSY ? FLUSH_RETRY_MS
                                                    : STORE_TROUBLE_MS));
-    for (int i = 0; i < a->got; i++)
-        send_job(d, dl, a->jobs[i]);
+    int sent = 0;
+    bool capped = a->capped;
+    for (int i = 0; i < a->got; i++) {
+        if (send_claimed(d, dl, a->jobs[i], x->now))
+            sent++;
+        else
+            capped = true;
+    }
     if (a->put) {
         dl->slots_put = lane_in_flight(dl->lane); /* the rest went back */
         dl->unmet_put = false;
     }
-    if (a->rc == 0 && a->capped) {
+    /* jobs given back unsent (send_claimed) hold neither a slot nor the
+     * tokens granted for them */
+    if (sent < a->got)
+        permits_put(d, dl, lane_in_flight(dl->lane), a->got - sent);
+    if (runcost_pending(d->runcost, dl->name)) {
+        claim_done(x); /* the stated cost's answer looks again */
+        return;
+    }
+    if (a->rc == 0 && capped) {
         /* held at a budget: a job that ends (a cost known), a resume, a
          * reload or another process's commit looks again */
         dl->next_check_ms = NEVER;
@@ -986,7 +1016,9 @@ claim_ask(struct dispatch *d, struct dlane *dl, int n, int64_t now,
 
     if (!polls) {
         permit_view_of(dl, &c.view);
-        c.allowed = spend_admit(d->spend, dl->name, n, &c.held, &c.nheld);
+        c.allowed = spend_admit(d->spend, dl->name, n,
+                                runcost_least(d->runcost, dl->name), &c.held,
+                                &c.nheld);
     }
     x->d = d;
     x->dl = dl;
@@ -996,6 +1028,64 @@ claim_ask(struct dispatch *d, struct dlane *dl, int n, int64_t now,
     x->lane_wake = lane_wake;
     dl->claiming = true;
     storeq_claim(d->q, &c, polls ? on_polls_claimed : on_claimed, x);
+}
+
+/* A claimed job goes back to the queue untouched (its attempt refunded),
+ * unsent: it must wait for a stated cost or for room under a cap. */
+static void
+give_back(struct dispatch *d, struct dlane *dl, struct job *j, int64_t now)
+{
+    struct req *r = xcalloc(1, sizeof(*r));
+    struct job_event ev = {.kind = JOB_EVENT_RELEASE, .now_ms = now};
+    int64_t due = dl->recorded_due_ms;
+
+    r->d = d;
+    r->dl = dl;
+    r->job = j;
+    r->owner = xstrdup(liveness_owner(d->live));
+    log_debug("job %" PRId64 ": %s held back by its budget", j->id,
+              dl->name);
+    record_event(d, r, &ev);
+    /* due again at once, yet it must not wake the lane that held it:
+     * an end (a cost, room) or the stated cost's answer does */
+    dl->recorded_due_ms = due;
+    schedule_flush(d);
+    req_free(r);
+}
+
+/* Sends a claimed job within the spend caps (docs/design.md §13): a
+ * submission under a cap is expected to cost what its provider states
+ * for it (runcost.h; the first job of a technique waits for the answer),
+ * else the running mean, and goes only when that fits (spend_reserve);
+ * otherwise it is given back. Polls always go. Returns whether it went. */
+static bool
+send_claimed(struct dispatch *d, struct dlane *dl, struct job *j, int64_t now)
+{
+    double stated = BUDGET_UNKNOWN, c;
+
+    if (j->state != JOB_WAITING && spend_capped(d->spend, j)) {
+        struct runcost_source src = {
+            .provider = dl->name,
+            .dialect = dl->dialect,
+            .base_url = dl->base_url,
+            .headers = (const char *const *)dl->headers,
+            .timeout_ms = dl->timeout_ms,
+            .connect_timeout_ms = dl->connect_timeout_ms,
+        };
+        enum runcost_state st = runcost_lookup(d->runcost, &src, j->path, &c);
+        if (st == RUNCOST_PENDING) {
+            give_back(d, dl, j, now);
+            return false;
+        }
+        if (st == RUNCOST_KNOWN)
+            stated = c;
+    }
+    if (j->state != JOB_WAITING && !spend_reserve(d->spend, j, stated)) {
+        give_back(d, dl, j, now);
+        return false;
+    }
+    send_job(d, dl, j);
+    return true;
 }
 
 static void
@@ -1011,6 +1101,9 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
             *wake = dl->next_check_ms;
         return;
     }
+    /* a stated run cost is being asked for: its answer looks again */
+    if (runcost_pending(d->runcost, dl->name))
+        return;
     enum lane_state before = lane_state(dl->lane);
     int n = lane_admit(dl->lane, now, &lane_wake);
     if (lane_state(dl->lane) != before)
@@ -1360,6 +1453,20 @@ warn_unknown_provider(const char *provider, long n, void *data)
                   n, provider);
 }
 
+/* runcost_done_fn: a stated cost was learned or given up; the jobs held
+ * for it may go. */
+static void
+on_runcost_done(const char *provider, void *arg)
+{
+    struct dispatch *d = arg;
+    struct dlane *dl = find_lane(d, provider);
+
+    if (dl != NULL)
+        dl->next_check_ms = 0;
+    if (!d->stopping)
+        schedule_pump(d, 0);
+}
+
 /* outputs_auth_fn: a provider's headers go with a download only to its
  * own origin (docs/design.md §13). */
 static const char *const *
@@ -1445,6 +1552,7 @@ dispatch_new(uv_loop_t *loop, struct store *s, struct liveness *live,
         return NULL;
     }
     d->http = http_new(loop);
+    d->runcost = runcost_new(d->http, on_runcost_done, d);
     uv_timer_t *timers[] = {&d->pump_timer, &d->flush_timer, &d->house_timer,
                             &d->version_timer, &d->grace_timer};
     for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++) {
@@ -1498,6 +1606,10 @@ dispatch_reload(struct dispatch *d, const struct config *c)
         spend_set_provider_budget(d->spend, pc->name, pc->budget);
         if (dl) {
             struct lane_params lp;
+            /* another origin or dialect may state other costs */
+            if (strcmp(dl->base_url, pc->base_url) != 0 ||
+                dl->dialect != dialect_find(pc->dialect))
+                runcost_forget(d->runcost, pc->name);
             dlane_apply(dl, pc);
             dlane_params(pc, 0, &lp);
             lane_configure(dl->lane, &lp);
@@ -1604,6 +1716,7 @@ dispatch_stop(struct dispatch *d, int64_t grace_ms,
     uv_timer_stop(&d->pump_timer);
     uv_timer_stop(&d->version_timer);
     store_watch(d->store, NULL, NULL, NULL); /* or the loop stays up */
+    runcost_forget(d->runcost, NULL); /* no job waits for a cost now */
     if (d->ninflight > 0) {
         log_info("stopping: %d requests in flight, grace %" PRId64 " ms",
                  d->ninflight, grace_ms);
@@ -1715,6 +1828,7 @@ dispatch_free(struct dispatch *d)
     while (d->inflight)
         http_cancel(d->inflight->xfer);
     outputs_free(d->outputs);
+    runcost_free(d->runcost);
     http_free(d->http);
     store_watch(d->store, NULL, NULL, NULL);
     /* Commits what the cancellations above recorded, and closes its

@@ -2,7 +2,7 @@
  * dispatch: the scheduler of sluiced, on one libuv loop.
  *
  * How a job moves: pump() asks each lane how many requests its gates admit
- * (lane.c), claims that many due jobs of its provider in one statement
+ * (daemon/lane/), claims that many due jobs of its provider in one statement
  * (store_claim), and sends each through http.c. When a response arrives,
  * the provider's dialect turns it into an outcome; the lane learns from it
  * (limit, pause, breaker), job_next (job.c) decides where the job goes, and

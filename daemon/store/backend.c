@@ -1,15 +1,18 @@
 /*
  * backend: the SQL-free helpers both store backends call (backend.h):
  * claim order, job references, state filters, JSON of text columns and
- * the shape of status. Each one exists so that sqlite.c and postgres.c
- * give the same answer to the same question.
+ * the shape of status and of the output counts. Each one exists so that
+ * sqlite.c and postgres.c give the same answer to the same question.
  */
+#include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
 #include "sluice/job.h"
+#include "sluice/log.h"
 #include "sluice/xmalloc.h"
 
 static int
@@ -72,6 +75,32 @@ backend_pending_unstorable(struct store_pending *p, const char *why)
     u->message = xasprintf("the outcome could not be stored: %s", why);
     u->has_cost = false;
     p->unstorable = true;
+}
+
+bool
+backend_row_error(int err)
+{
+    return err == -E2BIG || err == -EEXIST || err == -EDOM || err == -ERANGE;
+}
+
+void
+backend_pending_refused(struct store *s, size_t bad, const char *why)
+{
+    struct store_pending *p = &s->buf[bad];
+
+    if (!p->unstorable) {
+        log_error("store: job %" PRId64 ": outcome cannot be stored (%s): "
+                  "the job fails as unstorable",
+                  p->u.job_id, why);
+        backend_pending_unstorable(p, why);
+        return;
+    }
+    log_error("store: job %" PRId64 ": not even its failure can be stored: "
+              "dropped, the job is taken back when its lease ends",
+              p->u.job_id);
+    backend_pending_clear(p);
+    memmove(p, p + 1, (s->nbuf - bad - 1) * sizeof(*p));
+    s->nbuf--;
 }
 
 bool
@@ -169,4 +198,39 @@ backend_job_set_attempts(json_t *job, json_t *attempts)
 {
     json_object_set(job, "attempt_count", json_object_get(job, "attempts"));
     json_object_set_new(job, "attempts", attempts);
+}
+
+json_t *
+backend_status_new(json_t **providers, json_t **batches, json_t **lanes)
+{
+    json_t *status = json_object();
+
+    *providers = json_object();
+    *batches = json_array();
+    *lanes = json_array();
+    json_object_set_new(status, "providers", *providers);
+    json_object_set_new(status, "batches", *batches);
+    json_object_set_new(status, "lanes", *lanes);
+    return status;
+}
+
+void
+backend_status_outputs(json_t *status, long pending, long stored, long failed)
+{
+    json_object_set_new(
+        status, "outputs",
+        json_pack("{s:I, s:I, s:I}", "pending", (json_int_t)pending, "stored",
+                  (json_int_t)stored, "failed", (json_int_t)failed));
+}
+
+void
+backend_outputs_count(const char *state, long n, long *pending, long *stored,
+                      long *failed)
+{
+    if (strcmp(state, "pending") == 0)
+        *pending = n;
+    else if (strcmp(state, "stored") == 0)
+        *stored = n;
+    else
+        *failed = n;
 }

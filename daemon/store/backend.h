@@ -15,9 +15,10 @@
  *      contract both backends keep);
  *   2. add its operation to struct store_ops below, same name without the
  *      store_ prefix, and forward it in store.c (one line);
- *   3. implement it in every backend (sqlite.c; postgres.c as it lands) as
- *      a static <backend>_<name> and list it in that backend's ops table
- *      at the end of the file (a missing entry is a NULL call);
+ *   3. implement it in every backend as <backend>_<name> (sqlite.c: a
+ *      static; PostgreSQL: pg_<name> in the pg_*.c file of its concern,
+ *      declared in pg.h) and list it in that backend's ops table at the
+ *      end of sqlite.c and postgres.c (a missing entry is a NULL call);
  *   4. add a case to tests/unit/test_store.c.
  * SQL-free logic both implementations need goes in backend.c.
  */
@@ -216,6 +217,18 @@ void backend_pending_clear(struct store_pending *p);
  * the key stay. Sets p->unstorable. */
 void backend_pending_unstorable(struct store_pending *p, const char *why);
 
+/* Whether a failed write (a negative errno of the backend) is about the
+ * row itself (a value too big, out of range or of the wrong kind, a
+ * constraint or a trigger refusing it), so that writing it again fails
+ * again, rather than about the database (locked, full, gone). */
+bool backend_row_error(int err);
+/* A flush failed on s->buf[bad] for its own content (why): the first
+ * time, the update becomes the job's failure (backend_pending_unstorable);
+ * if even that was refused, it is dropped from the buffer: the job stays
+ * leased and is taken back when its lease ends. Logged once each. The
+ * caller flushes what is left again. */
+void backend_pending_refused(struct store *s, size_t bad, const char *why);
+
 /* The id a job reference names when it is all digits and fits: true and
  * *id; false for anything else (then it can only be a custom_id). */
 bool backend_ref_is_id(const char *ref, int64_t *id);
@@ -230,6 +243,17 @@ bool backend_is_json_column(const char *name);
  * and the text parses, else a string ("" when not UTF-8). */
 json_t *backend_text_json(const char *column, const char *text, size_t len);
 
+/* status: a new object {"providers": {}, "batches": [], "lanes": []};
+ * the three members, borrowed, for the backend to fill. */
+json_t *backend_status_new(json_t **providers, json_t **batches,
+                           json_t **lanes);
+/* status: sets "outputs" to {"pending": n, "stored": n, "failed": n}. */
+void backend_status_outputs(json_t *status, long pending, long stored,
+                            long failed);
+/* outputs_counts: n outputs in state into the count they belong to
+ * (pending, stored; anything else is failed). */
+void backend_outputs_count(const char *state, long n, long *pending,
+                           long *stored, long *failed);
 /* status: {"queued":0, … every state …, "total":0} */
 json_t *backend_state_counts_new(void);
 /* Adds every provider of lanes (providers rows) to providers with zero

@@ -362,7 +362,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     /* Right-hand sides see the old row: "state" is the state before. A job
      * an operator cancelled meanwhile stays cancelled, but what the
      * provider answered is still kept. Mode ?7: 0 keeps the last failure,
-     * 1 records a failure, 2 a success (clears it). */
+     * 1 records a failure, 2 a success (clears it). ?20: whether ?2 is a
+     * terminal state, bound rather than written "?2 IN (…)": an IN list of
+     * three or more values costs SQLite an ephemeral table built at every
+     * execution, about 2 us a job. */
     [ST_UPDATE_JOB] =
         "UPDATE jobs SET "
         "state = CASE WHEN state = 'cancelled' THEN state ELSE ?2 END, "
@@ -387,7 +390,7 @@ static const char *const stmt_sql[ST_COUNT] = {
         "  ELSE waiting_since END, "
         "finished_at = CASE WHEN state = 'cancelled' "
         "  THEN COALESCE(finished_at, ?18) "
-        "  WHEN ?2 IN (" JOB_TERMINAL_SQL ") THEN ?18 "
+        "  WHEN ?20 THEN ?18 "
         "  ELSE NULL END, "
         "lease_until = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "
         "  THEN lease_until ELSE NULL END, "
@@ -1829,6 +1832,7 @@ flush_one(struct sqlite_store *s, const struct store_pending *p,
     bind_text(st, 17, u->poll_url);
     sqlite3_bind_int64(st, 18, p->at);
     bind_text(st, 19, u->owner);
+    sqlite3_bind_int(st, 20, job_state_terminal(u->state));
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
@@ -1869,15 +1873,6 @@ flush_one(struct sqlite_store *s, const struct store_pending *p,
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "insert attempt");
-}
-
-/* Whether a failed write is about the row itself (a value too big, a
- * constraint), so that writing it again fails again, rather than about
- * the database (locked, full, unreadable). */
-static bool
-row_error(int err)
-{
-    return err == -E2BIG || err == -EEXIST || err == -EDOM || err == -ERANGE;
 }
 
 /* One transaction over the whole buffer; on failure *bad is the index of
@@ -1922,23 +1917,9 @@ sqlite_flush(struct store *base)
     int rc;
 
     while ((rc = flush_all(s, &bad, &dropped, why, sizeof(why))) < 0) {
-        if (!row_error(rc) || bad >= base->nbuf)
+        if (!backend_row_error(rc) || bad >= base->nbuf)
             return rc;
-        struct store_pending *p = &base->buf[bad];
-        if (!p->unstorable) {
-            log_error("store: job %" PRId64 ": outcome cannot be stored "
-                      "(%s): the job fails as unstorable",
-                      p->u.job_id, why);
-            backend_pending_unstorable(p, why);
-            continue;
-        }
-        log_error("store: job %" PRId64 ": not even its failure can be "
-                  "stored: dropped, the job is taken back when its lease "
-                  "ends",
-                  p->u.job_id);
-        backend_pending_clear(p);
-        memmove(p, p + 1, (base->nbuf - bad - 1) * sizeof(*p));
-        base->nbuf--;
+        backend_pending_refused(base, bad, why);
         if (base->nbuf == 0)
             return 0;
     }
@@ -2122,14 +2103,8 @@ static json_t *
 sqlite_status_json(struct store *base)
 {
     struct sqlite_store *s = sq(base);
-    json_t *status = json_object();
-    json_t *providers = json_object();
-    json_t *batches = json_array();
-    json_t *lanes = json_array();
-
-    json_object_set_new(status, "providers", providers);
-    json_object_set_new(status, "batches", batches);
-    json_object_set_new(status, "lanes", lanes);
+    json_t *providers, *batches, *lanes;
+    json_t *status = backend_status_new(&providers, &batches, &lanes);
     long pending, stored, failed;
     if (rows_json(s, stmt(s, ST_LANES), lanes, "status lanes") < 0 ||
         status_providers(s, providers, lanes) < 0 ||
@@ -2138,11 +2113,7 @@ sqlite_status_json(struct store *base)
         json_decref(status);
         return NULL;
     }
-    json_object_set_new(status, "outputs",
-                        json_pack("{s:I, s:I, s:I}", "pending",
-                                  (json_int_t)pending, "stored",
-                                  (json_int_t)stored, "failed",
-                                  (json_int_t)failed));
+    backend_status_outputs(status, pending, stored, failed);
     return status;
 }
 
@@ -2613,16 +2584,10 @@ sqlite_outputs_counts(struct store *base, long *pending, long *stored,
     int rc;
 
     *pending = *stored = *failed = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *state = (const char *)sqlite3_column_text(st, 0);
-        long n = (long)sqlite3_column_int64(st, 1);
-        if (strcmp(state, "pending") == 0)
-            *pending = n;
-        else if (strcmp(state, "stored") == 0)
-            *stored = n;
-        else
-            *failed = n;
-    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        backend_outputs_count((const char *)sqlite3_column_text(st, 0),
+                              (long)sqlite3_column_int64(st, 1), pending,
+                              stored, failed);
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? 0 : sqlite_fail(s, rc, "output counts");
 }

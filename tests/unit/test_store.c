@@ -2617,6 +2617,90 @@ test_migration_6_counts_the_jobs_already_there(void **state)
     tmpdb_remove(&t);
 }
 
+/* How many OpenEphemeral opcodes sql compiles to on a fresh connection. */
+static int
+ephemeral_tables(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    char explain[256];
+    int n = 0;
+
+    snprintf(explain, sizeof(explain), "EXPLAIN %s", sql);
+
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, explain, -1, &st, NULL),
+                     SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        if (strcmp((const char *)sqlite3_column_text(st, 1),
+                   "OpenEphemeral") == 0)
+            n++;
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/* A database at version 12 gets migration 13: the jobs.state CHECK as
+ * comparisons, which a write of one row compiles without an ephemeral
+ * table, accepting the same seven states and refusing anything else; the
+ * rows already there pass the integrity check. */
+static void
+test_migration_13_checks_states_without_an_in_list(void **state)
+{
+    (void)state;
+    static const char *const states[] = {"queued",    "running", "waiting",
+                                         "retrying",  "succeeded", "failed",
+                                         "cancelled"};
+    const char *update = "UPDATE jobs SET state = ?1 WHERE id = ?2";
+    struct tmpdb t;
+    struct store *s;
+    sqlite3 *db;
+    char sql[128];
+
+    tmpdb_make(&t);
+    assert_int_equal(sqlite3_open(t.path, &db), SQLITE_OK);
+    for (int i = 0; i < 12; i++)
+        assert_int_equal(
+            sqlite3_exec(db, sql_files[i].text, NULL, NULL, NULL),
+            SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "PRAGMA user_version = 12; INSERT INTO jobs (provider, "
+                     "path, idempotency_key, state, created_at, updated_at) "
+                     "VALUES ('a', '/', 'k1', 'queued', 1, 1), "
+                     "('a', '/', 'k2', 'running', 1, 1)",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(ephemeral_tables(t.path, update), 1);
+    s = open_store(t.path);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
+    store_close(s);
+    assert_int_equal(ephemeral_tables(t.path, update), 0);
+    assert_int_equal(sql_int(t.path, "SELECT instr(sql, 'state IN (') "
+                                     "FROM sqlite_schema WHERE name = 'jobs'"),
+                     0);
+    assert_int_equal(sql_int(t.path, "SELECT integrity_check = 'ok' "
+                                     "FROM pragma_integrity_check"),
+                     1);
+    assert_int_equal(sqlite3_open(t.path, &db), SQLITE_OK);
+    for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
+        snprintf(sql, sizeof(sql), "UPDATE jobs SET state = '%s' WHERE id = 1",
+                 states[i]);
+        assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    }
+    assert_int_equal(sqlite3_exec(db, "UPDATE jobs SET state = 'done' "
+                                      "WHERE id = 1",
+                                  NULL, NULL, NULL),
+                     SQLITE_CONSTRAINT);
+    sqlite3_close(db);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs "
+                                     "WHERE state = 'cancelled'"),
+                     1);
+    tmpdb_remove(&t);
+}
+
 int
 main(void)
 {
@@ -2698,6 +2782,7 @@ main(void)
         cmocka_unit_test(test_migration_7_adds_batches_and_the_spend_view),
         cmocka_unit_test(
             test_migration_12_keeps_the_spend_of_the_costs_already_there),
+        cmocka_unit_test(test_migration_13_checks_states_without_an_in_list),
         cmocka_unit_test(
             test_migration_14_indexes_only_custom_ids_that_are_not_keys),
         cmocka_unit_test(test_outputs_rows_from_success_to_stored_or_failed),

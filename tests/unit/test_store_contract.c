@@ -3,11 +3,14 @@
  * backend keeps, run once on SQLite (a temp file) and once on PostgreSQL
  * (a fresh database on the server of $SLUICE_TEST_PG, which
  * scripts/test.sh starts; without it the PostgreSQL runs are skipped).
- * Only the store API is used, so the same assertions hold on both.
+ * Only the store API is used, so the same assertions hold on both; a
+ * few cases first make the database misbehave through its own client
+ * (raw_exec), each backend in its own SQL.
  */
 #include <errno.h>
 #include <libpq-fe.h>
 #include <setjmp.h>
+#include <sqlite3.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -106,6 +109,33 @@ teardown(void **state)
     }
     free(f);
     return 0;
+}
+
+/* Runs SQL on the fixture's database behind the store's back: sqlite_sql
+ * on SQLite, pg_sql on PostgreSQL. */
+static void
+raw_exec(struct fixture *f, const char *sqlite_sql, const char *pg_sql)
+{
+    if (f->kind == POSTGRES) {
+        PGconn *c = PQconnectdb(f->database);
+        PGresult *r;
+
+        assert_int_equal(PQstatus(c), CONNECTION_OK);
+        r = PQexec(c, pg_sql);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK &&
+            PQresultStatus(r) != PGRES_TUPLES_OK)
+            fail_msg("%s: %s", pg_sql, PQerrorMessage(c));
+        PQclear(r);
+        PQfinish(c);
+    } else {
+        sqlite3 *db;
+        char *err = NULL;
+
+        assert_int_equal(sqlite3_open(f->database, &db), SQLITE_OK);
+        if (sqlite3_exec(db, sqlite_sql, NULL, NULL, &err) != SQLITE_OK)
+            fail_msg("%s: %s", sqlite_sql, err);
+        sqlite3_close(db);
+    }
 }
 
 /* The fixture, or skip when this backend has no server here. */
@@ -531,6 +561,203 @@ test_outcome_of_a_job_cancelled_meanwhile_keeps_it_cancelled(void **state)
     assert_true(
         json_is_true(json_object_get(json_object_get(row, "result"), "done")));
     json_decref(row);
+    store_close(s);
+}
+
+/* A row the database refuses for its content (a trigger here; a value too
+ * big or not storable in practice) must not hold back the group commit:
+ * the others are written, the refused outcome becomes the job's failure
+ * (protocol, unstorable) with its attempt, and one refused even as a
+ * failure is dropped, its job still leased for a reclaim. */
+static void
+test_a_row_the_database_refuses_does_not_hold_back_the_others(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    static const char *const ids[] = {"j1", "j2", "j3", "j4"};
+    struct job *jobs[4];
+    char t[128];
+    json_t *row;
+
+    for (int i = 0; i < 4; i++)
+        insert(s, "gen", ids[i], 0, T0);
+    assert_int_equal(claim(s, "gen", 4, T0, "h:1", jobs), 4);
+    raw_exec(f,
+             "CREATE TRIGGER no_result BEFORE UPDATE OF state ON jobs "
+             "WHEN NEW.custom_id = 'j2' AND NEW.state = 'succeeded' BEGIN "
+             "SELECT RAISE(ABORT, 'refused'); END; "
+             "CREATE TRIGGER refuse_all BEFORE UPDATE ON jobs "
+             "WHEN NEW.custom_id = 'j4' BEGIN "
+             "SELECT RAISE(ABORT, 'refused'); END;",
+             "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ "
+             "BEGIN IF NEW.custom_id = 'j4' OR (NEW.custom_id = 'j2' "
+             "AND NEW.state = 'succeeded') THEN RAISE EXCEPTION 'refused'; "
+             "END IF; RETURN NEW; END $$; "
+             "CREATE TRIGGER refuse BEFORE UPDATE ON jobs FOR EACH ROW "
+             "EXECUTE FUNCTION refuse()");
+    for (int i = 0; i < 4; i++) {
+        struct job_update u = {
+            .job_id = jobs[i]->id,
+            .state = JOB_SUCCEEDED,
+            .has_attempt = true,
+            .attempt = 1,
+            .key_sent = "k",
+            .started_at = T0 + 10,
+            .finished_at = T0 + 20,
+            .http_status = 200,
+            .request_id = "req_ok",
+            .owner = "h:1",
+            .result = "{\"url\":\"https://x/1\"}",
+        };
+        store_record(s, &u);
+    }
+    free_jobs(jobs, 4);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_pending(s), 0);
+    assert_string_equal(job_text(s, "j1", "state", t, sizeof(t)), "succeeded");
+    assert_string_equal(job_text(s, "j3", "state", t, sizeof(t)), "succeeded");
+    assert_string_equal(job_text(s, "j2", "state", t, sizeof(t)), "failed");
+    assert_string_equal(job_text(s, "j2", "error_class", t, sizeof(t)),
+                        "protocol");
+    assert_string_equal(job_text(s, "j2", "error_code", t, sizeof(t)),
+                        "unstorable");
+    assert_string_equal(job_text(s, "j2", "error_message", t, sizeof(t)),
+                        "the outcome could not be stored: refused");
+    row = store_job_json(s, "j2");
+    assert_non_null(row);
+    assert_true(json_is_null(json_object_get(row, "result")));
+    assert_int_equal(json_array_size(json_object_get(row, "attempts")), 1);
+    json_decref(row);
+    /* refused even as a failure: dropped, still leased for a reclaim */
+    assert_string_equal(job_text(s, "j4", "state", t, sizeof(t)), "running");
+    assert_string_equal(job_text(s, "j4", "lease_owner", t, sizeof(t)), "h:1");
+    store_close(s);
+}
+
+/* The attempt rows of job key (its "attempts" in show). */
+static size_t
+attempt_rows(struct store *s, const char *key)
+{
+    json_t *row = store_job_json(s, key);
+    size_t n;
+
+    assert_non_null(row);
+    n = json_array_size(json_object_get(row, "attempts"));
+    json_decref(row);
+    return n;
+}
+
+/* PostgreSQL: a commit whose acknowledgement is lost with the connection
+ * is sent again after the reconnect, though it was written. Sending it
+ * again changes nothing: no second attempt row, no cost added twice, and
+ * a job the same daemon has claimed again meanwhile keeps its new lease.
+ * (SQLite knows whether its commit was written: never sent again.) */
+static void
+test_a_commit_sent_again_after_a_lost_acknowledgement_changes_nothing(
+    void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s;
+    struct job *jobs[2];
+    struct job_update u[2] = {0};
+    char t[64];
+
+    if (f->kind != POSTGRES)
+        skip();
+    s = open_store(f);
+    insert(s, "gen", "again", 0, T0);
+    insert(s, "gen", "done", 0, T0);
+    assert_int_equal(claim(s, "gen", 2, T0, "h:1", jobs), 2);
+    for (int i = 0; i < 2; i++) {
+        bool done = strcmp(jobs[i]->custom_id, "done") == 0;
+        u[i] = (struct job_update){
+            .job_id = jobs[i]->id,
+            .owner = "h:1",
+            .state = done ? JOB_SUCCEEDED : JOB_RETRYING,
+            .run_after = T0 + 100,
+            .has_attempt = true,
+            .attempt = 1,
+            .key_sent = done ? "done" : "again",
+            .started_at = T0 + 10,
+            .finished_at = T0 + 20,
+            .http_status = done ? 200 : 503,
+            .cls = done ? ERR_NONE : ERR_UNAVAILABLE,
+            .code = done ? NULL : "overloaded",
+            .result = done ? "{\"ok\":true}" : NULL,
+            .cost = 0.5,
+            .has_cost = done,
+        };
+        store_record(s, &u[i]);
+    }
+    free_jobs(jobs, 2);
+    assert_int_equal(store_flush(s), 0);
+    /* claimed again by the same owner before the commit goes again */
+    assert_int_equal(claim(s, "gen", 2, T0 + 200, "h:1", jobs), 1);
+    assert_string_equal(jobs[0]->custom_id, "again");
+    free_jobs(jobs, 1);
+    for (int i = 0; i < 2; i++)
+        store_record(s, &u[i]);
+    assert_int_equal(store_flush(s), 0);
+
+    assert_int_equal(attempt_rows(s, "again"), 1);
+    assert_int_equal(attempt_rows(s, "done"), 1);
+    assert_string_equal(job_text(s, "again", "state", t, sizeof(t)),
+                        "running");
+    assert_string_equal(job_text(s, "again", "lease_owner", t, sizeof(t)),
+                        "h:1");
+    assert_int_equal(job_int(s, "again", "attempt_count"), 2);
+    assert_string_equal(job_text(s, "done", "state", t, sizeof(t)),
+                        "succeeded");
+    assert_true(job_real(s, "done", "cost") == 0.5);
+    store_close(s);
+}
+
+/* The migrations of sql/postgres/, embedded in the build. */
+struct sql_file {
+    const char *name;
+    const char *text;
+};
+extern const struct sql_file pg_sql_files[];
+extern const size_t pg_sql_nfiles;
+
+/* PostgreSQL: attempt rows written twice before the unique key existed
+ * are kept once by the migration that adds it
+ * (sql/postgres/005_attempts_once.sql), run here on such rows. */
+static void
+test_attempts_written_twice_before_the_upgrade_are_kept_once(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s;
+    struct job *jobs[1];
+    const char *migration = NULL;
+    char sql[512];
+
+    if (f->kind != POSTGRES)
+        skip();
+    for (size_t i = 0; i < pg_sql_nfiles; i++) {
+        if (strcmp(pg_sql_files[i].name, "005_attempts_once.sql") == 0)
+            migration = pg_sql_files[i].text;
+    }
+    assert_non_null(migration);
+    s = open_store(f);
+    insert(s, "gen", "twice", 0, T0);
+    assert_int_equal(claim(s, "gen", 1, T0, "h:1", jobs), 1);
+    /* the index as it was, one request's row written twice, and a second
+     * request under the same number (a deferral) */
+    snprintf(sql, sizeof(sql),
+             "DROP INDEX attempts_job; "
+             "CREATE INDEX attempts_job ON attempts (job_id, attempt); "
+             "INSERT INTO attempts (job_id, attempt, started_at, "
+             "  finished_at, http_status) VALUES "
+             "  (%lld, 1, 10, 20, 503), (%lld, 1, 10, 20, 503), "
+             "  (%lld, 1, 30, 40, 200)",
+             (long long)jobs[0]->id, (long long)jobs[0]->id,
+             (long long)jobs[0]->id);
+    free_jobs(jobs, 1);
+    raw_exec(f, NULL, sql);
+    assert_int_equal(attempt_rows(s, "twice"), 3);
+    raw_exec(f, NULL, migration);
+    assert_int_equal(attempt_rows(s, "twice"), 2);
     store_close(s);
 }
 
@@ -1630,6 +1857,10 @@ main(void)
         BOTH(test_polls_are_claimed_apart_and_stay_waiting),
         BOTH(test_flush_writes_success_failure_and_attempt_rows),
         BOTH(test_outcome_of_a_job_cancelled_meanwhile_keeps_it_cancelled),
+        BOTH(test_a_row_the_database_refuses_does_not_hold_back_the_others),
+        BOTH(
+            test_a_commit_sent_again_after_a_lost_acknowledgement_changes_nothing),
+        BOTH(test_attempts_written_twice_before_the_upgrade_are_kept_once),
         BOTH(
             test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted),
         BOTH(test_daemons_register_beat_and_reap),

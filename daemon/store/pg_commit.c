@@ -23,7 +23,11 @@ const char *const pg_commit_sql[P_COUNT] = {
     /* As ST_UPDATE_JOB of sqlite.c (right-hand sides see the old row;
      * written only while $19 holds the lease), and the outputs of a
      * success ($20, a text[]) in the same statement: they exist only
-     * when the update did. Returns whether it did. */
+     * when the update did. An outcome with an attempt ($21-$24: number,
+     * poll, times) is written only while its attempt row is not there
+     * yet: a commit sent again after its acknowledgement was lost
+     * changes nothing, even when the job has been claimed again by the
+     * same owner meanwhile. Returns whether it wrote. */
     [P_UPDATE_JOB] =
         "WITH u AS (UPDATE jobs SET "
         "state = CASE WHEN state = 'cancelled' THEN state "
@@ -64,20 +68,27 @@ const char *const pg_commit_sql[P_COUNT] = {
         "WHERE id = $1::bigint AND ($19::text IS NULL "
         "  OR lease_owner = $19::text "
         "  OR (state = 'cancelled' AND lease_owner IS NULL)) "
+        "AND ($21::int IS NULL OR NOT EXISTS (SELECT 1 FROM attempts "
+        "  WHERE job_id = $1::bigint AND attempt = $21::int "
+        "  AND is_poll = $22::int AND started_at = $23::bigint "
+        "  AND finished_at = $24::bigint)) "
         "RETURNING id, state), "
         "o AS (INSERT INTO outputs (job_id, url, run_after, created_at) "
         "  SELECT u.id, url, $18::bigint, $18::bigint "
         "  FROM u, unnest($20::text[]) AS url WHERE u.state = 'succeeded' "
         "  ON CONFLICT (job_id, url) DO NOTHING) "
         "SELECT count(*) AS written FROM u",
-    /* Nothing to attach the attempt to when the job was purged. */
+    /* Nothing to attach the attempt to when the job was purged; once
+     * only (sql/postgres/005_attempts_once.sql). */
     [P_INSERT_ATTEMPT] =
         "INSERT INTO attempts (job_id, attempt, idempotency_key, started_at, "
         "finished_at, http_status, error_class, error_code, error_message, "
         "request_id, retry_after_ms, is_poll) "
         "SELECT $1::bigint, $2::int, $3::text, $4::bigint, $5::bigint, "
         "$6::int, $7::text, $8::text, $9::text, $10::text, $11::bigint, "
-        "$12::int WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $1::bigint)",
+        "$12::int WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $1::bigint) "
+        "ON CONFLICT (job_id, attempt, is_poll, started_at, finished_at) "
+        "DO NOTHING",
     [P_CANCELLED] = "SELECT id FROM jobs WHERE id = ANY($1::bigint[]) "
                     "AND state = 'cancelled' ORDER BY id",
 };
@@ -139,6 +150,15 @@ flush_send(struct pg_store *s, size_t idx, size_t *of, int *nsent)
     if (u->noutput_urls > 0)
         text_array(&urls, u->output_urls, u->noutput_urls);
     p_text(&p, urls.data);
+    if (u->has_attempt) {
+        p_int(&p, u->attempt);
+        p_int(&p, u->is_poll);
+        p_int(&p, u->started_at);
+        p_int(&p, u->finished_at);
+    } else {
+        for (int i = 0; i < 4; i++)
+            p_text(&p, NULL);
+    }
     snprintf(name, sizeof(name), "p%d", (int)P_UPDATE_JOB);
     sent = PQsendQueryPrepared(s->conn, name, p.n, p.v, NULL, NULL, 0);
     buf_free(&urls);
@@ -170,8 +190,9 @@ flush_send(struct pg_store *s, size_t idx, size_t *of, int *nsent)
 
 /* What one attempt at writing the buffer found. */
 struct flush_result {
-    size_t dropped; /* updates that wrote nothing: the job purged, or its
-                       lease another owner's */
+    size_t dropped; /* updates that wrote nothing: the job purged, its
+                       lease another owner's, or the outcome already
+                       written (a commit sent again) */
     size_t bad;     /* the update the database refused for its content,
                        or nbuf */
     char why[256];  /* and why (the server's message) */
@@ -302,8 +323,8 @@ pg_flush(struct store *base)
             return 0;
     }
     if (fr.dropped > 0)
-        log_info("store: %zu outcomes not written: job purged, or taken "
-                 "back from this daemon meanwhile",
+        log_info("store: %zu outcomes not written: job purged, taken back "
+                 "from this daemon meanwhile, or written already",
                  fr.dropped);
     return 0;
 }

@@ -337,6 +337,99 @@ test_insert_keeps_text_byte_for_byte(void **state)
     store_close(s);
 }
 
+/* One file's transaction in calls of 100 rows, as sluicectl enqueue makes
+ * them: a key of an earlier call, a key twice in one call, calls after
+ * those. Each call counts its own rows, the first of a key wins, ids keep
+ * file order, the kept counts follow, and a rollback leaves nothing. */
+static void
+test_insert_calls_of_one_file_count_duplicates_of_earlier_calls(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct jobspec jobs[100];
+    char keys[100][16];
+    size_t n;
+    long pending;
+
+    assert_int_equal(store_begin(s), 0);
+    for (int call = 0; call < 5; call++) {
+        for (int i = 0; i < 100; i++) {
+            int k = call * 100 + i;
+            if (call == 1 && i == 50)
+                k = 5; /* a key of the first call */
+            if (call == 3 && i == 99)
+                k = 300; /* the first key of this call again */
+            snprintf(keys[i], sizeof(keys[i]), "k%d", k);
+            jobs[i] = spec("gen", keys[i], keys[i], call);
+        }
+        assert_int_equal(store_insert_jobs(s, jobs, 100, T0, &n), 0);
+        assert_int_equal(n, call == 1 || call == 3 ? 99 : 100);
+    }
+    assert_int_equal(store_commit(s), 0);
+    assert_int_equal(job_int(s, "k5", "priority"), 0);
+    assert_int_equal(job_int(s, "k300", "priority"), 3);
+    assert_true(job_int(s, "k99", "id") < job_int(s, "k100", "id"));
+    assert_true(job_int(s, "k199", "id") < job_int(s, "k200", "id"));
+    assert_true(job_int(s, "k398", "id") < job_int(s, "k400", "id"));
+    assert_int_equal(store_pending_count(s, "gen", &pending), 0);
+    assert_int_equal(pending, 498);
+
+    assert_int_equal(store_begin(s), 0);
+    for (int i = 0; i < 100; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "r%d", i);
+        jobs[i] = spec("gen", keys[i], keys[i], 0);
+    }
+    assert_int_equal(store_insert_jobs(s, jobs, 100, T0, &n), 0);
+    jobs[99] = spec("gen", "k7", "k7", 0); /* committed before */
+    assert_int_equal(store_insert_jobs(s, jobs, 100, T0, &n), 0);
+    assert_int_equal(n, 0);
+    store_rollback(s);
+    assert_null(store_job_json(s, "r1"));
+    assert_int_equal(store_pending_count(s, "gen", &pending), 0);
+    assert_int_equal(pending, 498);
+    store_close(s);
+}
+
+/* Calls whose rows add up to 35 MiB: past what PostgreSQL keeps for a
+ * replay (16 MiB) twice, with a duplicate of a key from before the
+ * boundary. The counts stay exact. */
+static void
+test_insert_calls_of_large_rows_count_duplicates_across_megabytes(
+    void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    enum { ROWS = 20, BODY = 256 * 1024 };
+    struct jobspec jobs[ROWS];
+    char keys[ROWS][16];
+    char *body = malloc(BODY + 16);
+    size_t n, total = 0;
+    long pending;
+
+    snprintf(body, 16, "{\"p\":\"");
+    memset(body + 6, 'x', BODY);
+    strcpy(body + 6 + BODY, "\"}");
+    assert_int_equal(store_begin(s), 0);
+    for (int call = 0; call < 7; call++) {
+        for (int i = 0; i < ROWS; i++) {
+            snprintf(keys[i], sizeof(keys[i]), "k%d",
+                     call == 5 && i == 10 ? 3 : call * ROWS + i);
+            jobs[i] = spec("gen", keys[i], keys[i], 0);
+            jobs[i].body = body;
+        }
+        assert_int_equal(store_insert_jobs(s, jobs, ROWS, T0, &n), 0);
+        assert_int_equal(n, call == 5 ? ROWS - 1 : ROWS);
+        total += n;
+    }
+    assert_int_equal(store_commit(s), 0);
+    assert_int_equal(total, 7 * ROWS - 1);
+    assert_int_equal(store_pending_count(s, "gen", &pending), 0);
+    assert_int_equal(pending, 7 * ROWS - 1);
+    assert_true(job_int(s, "k99", "id") < job_int(s, "k100", "id"));
+    free(body);
+    store_close(s);
+}
+
 /* --- claims -------------------------------------------------------------- */
 
 static void
@@ -631,6 +724,133 @@ test_a_row_the_database_refuses_does_not_hold_back_the_others(void **state)
     /* refused even as a failure: dropped, still leased for a reclaim */
     assert_string_equal(job_text(s, "j4", "state", t, sizeof(t)), "running");
     assert_string_equal(job_text(s, "j4", "lease_owner", t, sizeof(t)), "h:1");
+    store_close(s);
+}
+
+/* The attempt rows of job key (its "attempts" in show). */
+static size_t
+attempt_rows(struct store *s, const char *key)
+{
+    json_t *row = store_job_json(s, key);
+    size_t n;
+
+    assert_non_null(row);
+    n = json_array_size(json_object_get(row, "attempts"));
+    json_decref(row);
+    return n;
+}
+
+/* PostgreSQL: a commit whose acknowledgement is lost with the connection
+ * is sent again after the reconnect, though it was written. Sending it
+ * again changes nothing: no second attempt row, no cost added twice, and
+ * a job the same daemon has claimed again meanwhile keeps its new lease.
+ * (SQLite knows whether its commit was written: never sent again.) */
+static void
+test_a_commit_sent_again_after_a_lost_acknowledgement_changes_nothing(
+    void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s;
+    struct job *jobs[2];
+    struct job_update u[2] = {0};
+    char t[64];
+
+    if (f->kind != POSTGRES)
+        skip();
+    s = open_store(f);
+    insert(s, "gen", "again", 0, T0);
+    insert(s, "gen", "done", 0, T0);
+    assert_int_equal(claim(s, "gen", 2, T0, "h:1", jobs), 2);
+    for (int i = 0; i < 2; i++) {
+        bool done = strcmp(jobs[i]->custom_id, "done") == 0;
+        u[i] = (struct job_update){
+            .job_id = jobs[i]->id,
+            .owner = "h:1",
+            .state = done ? JOB_SUCCEEDED : JOB_RETRYING,
+            .run_after = T0 + 100,
+            .has_attempt = true,
+            .attempt = 1,
+            .key_sent = done ? "done" : "again",
+            .started_at = T0 + 10,
+            .finished_at = T0 + 20,
+            .http_status = done ? 200 : 503,
+            .cls = done ? ERR_NONE : ERR_UNAVAILABLE,
+            .code = done ? NULL : "overloaded",
+            .result = done ? "{\"ok\":true}" : NULL,
+            .cost = 0.5,
+            .has_cost = done,
+        };
+        store_record(s, &u[i]);
+    }
+    free_jobs(jobs, 2);
+    assert_int_equal(store_flush(s), 0);
+    /* claimed again by the same owner before the commit goes again */
+    assert_int_equal(claim(s, "gen", 2, T0 + 200, "h:1", jobs), 1);
+    assert_string_equal(jobs[0]->custom_id, "again");
+    free_jobs(jobs, 1);
+    for (int i = 0; i < 2; i++)
+        store_record(s, &u[i]);
+    assert_int_equal(store_flush(s), 0);
+
+    assert_int_equal(attempt_rows(s, "again"), 1);
+    assert_int_equal(attempt_rows(s, "done"), 1);
+    assert_string_equal(job_text(s, "again", "state", t, sizeof(t)),
+                        "running");
+    assert_string_equal(job_text(s, "again", "lease_owner", t, sizeof(t)),
+                        "h:1");
+    assert_int_equal(job_int(s, "again", "attempt_count"), 2);
+    assert_string_equal(job_text(s, "done", "state", t, sizeof(t)),
+                        "succeeded");
+    assert_true(job_real(s, "done", "cost") == 0.5);
+    store_close(s);
+}
+
+/* The migrations of sql/postgres/, embedded in the build. */
+struct sql_file {
+    const char *name;
+    const char *text;
+};
+extern const struct sql_file pg_sql_files[];
+extern const size_t pg_sql_nfiles;
+
+/* PostgreSQL: attempt rows written twice before the unique key existed
+ * are kept once by the migration that adds it
+ * (sql/postgres/005_attempts_once.sql), run here on such rows. */
+static void
+test_attempts_written_twice_before_the_upgrade_are_kept_once(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s;
+    struct job *jobs[1];
+    const char *migration = NULL;
+    char sql[512];
+
+    if (f->kind != POSTGRES)
+        skip();
+    for (size_t i = 0; i < pg_sql_nfiles; i++) {
+        if (strcmp(pg_sql_files[i].name, "005_attempts_once.sql") == 0)
+            migration = pg_sql_files[i].text;
+    }
+    assert_non_null(migration);
+    s = open_store(f);
+    insert(s, "gen", "twice", 0, T0);
+    assert_int_equal(claim(s, "gen", 1, T0, "h:1", jobs), 1);
+    /* the index as it was, one request's row written twice, and a second
+     * request under the same number (a deferral) */
+    snprintf(sql, sizeof(sql),
+             "DROP INDEX attempts_job; "
+             "CREATE INDEX attempts_job ON attempts (job_id, attempt); "
+             "INSERT INTO attempts (job_id, attempt, started_at, "
+             "  finished_at, http_status) VALUES "
+             "  (%lld, 1, 10, 20, 503), (%lld, 1, 10, 20, 503), "
+             "  (%lld, 1, 30, 40, 200)",
+             (long long)jobs[0]->id, (long long)jobs[0]->id,
+             (long long)jobs[0]->id);
+    free_jobs(jobs, 1);
+    raw_exec(f, NULL, sql);
+    assert_int_equal(attempt_rows(s, "twice"), 3);
+    raw_exec(f, NULL, migration);
+    assert_int_equal(attempt_rows(s, "twice"), 2);
     store_close(s);
 }
 
@@ -1610,6 +1830,49 @@ test_data_version_changes_when_another_process_enqueues(void **state)
     store_close(b);
 }
 
+/* Polls a's data version until it differs from v0 (PostgreSQL's wakeup
+ * travels asynchronously: a bounded wait); returns the new version. */
+static int64_t
+version_after(struct store *a, int64_t v0)
+{
+    int64_t v = v0;
+
+    for (int i = 0; i < 500 && v == v0; i++) {
+        assert_int_equal(store_data_version(a, &v), 0);
+        if (v == v0)
+            usleep(10000);
+    }
+    assert_true(v != v0);
+    return v;
+}
+
+/* A file whose second call meets a duplicate (on PostgreSQL: the rows
+ * since the savepoint rolled back and replayed) still wakes the others
+ * when it commits. */
+static void
+test_data_version_changes_when_a_file_with_a_duplicate_commits(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *a = open_store(f), *b = open_store(f);
+    struct jobspec one = spec("gen", "k1", "k1", 0);
+    struct jobspec two[2] = {spec("gen", "k0", "k0", 0),
+                             spec("gen", "k2", "k2", 0)};
+    int64_t v;
+    size_t n;
+
+    assert_int_equal(store_data_version(a, &v), 0);
+    insert(b, "gen", "k0", 0, T0);
+    v = version_after(a, v);
+    assert_int_equal(store_begin(b), 0);
+    assert_int_equal(store_insert_jobs(b, &one, 1, T0, &n), 0);
+    assert_int_equal(store_insert_jobs(b, two, 2, T0, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(store_commit(b), 0);
+    version_after(a, v);
+    store_close(a);
+    store_close(b);
+}
+
 struct wake {
     int calls;
     uv_timer_t deadline;
@@ -1725,12 +1988,18 @@ main(void)
         BOTH(test_read_only_open_reads_and_never_writes),
         BOTH(test_insert_skips_duplicates_within_and_across_files),
         BOTH(test_insert_keeps_text_byte_for_byte),
+        BOTH(test_insert_calls_of_one_file_count_duplicates_of_earlier_calls),
+        BOTH(
+            test_insert_calls_of_large_rows_count_duplicates_across_megabytes),
         BOTH(test_claim_takes_due_jobs_by_priority_and_charges_an_attempt),
         BOTH(test_two_connections_never_claim_the_same_job),
         BOTH(test_polls_are_claimed_apart_and_stay_waiting),
         BOTH(test_flush_writes_success_failure_and_attempt_rows),
         BOTH(test_outcome_of_a_job_cancelled_meanwhile_keeps_it_cancelled),
         BOTH(test_a_row_the_database_refuses_does_not_hold_back_the_others),
+        BOTH(
+            test_a_commit_sent_again_after_a_lost_acknowledgement_changes_nothing),
+        BOTH(test_attempts_written_twice_before_the_upgrade_are_kept_once),
         BOTH(
             test_reclaim_takes_back_unregistered_leases_and_fails_the_exhausted),
         BOTH(test_daemons_register_beat_and_reap),
@@ -1748,6 +2017,7 @@ main(void)
         BOTH(test_every_move_the_store_makes_is_in_the_table),
         BOTH(test_queries_status_jobs_progress_export_purge),
         BOTH(test_data_version_changes_when_another_process_enqueues),
+        BOTH(test_data_version_changes_when_a_file_with_a_duplicate_commits),
         BOTH(test_watch_wakes_the_loop_on_enqueue_where_the_backend_pushes),
     };
     if (getenv("SLUICE_TEST_PG") == NULL)

@@ -118,6 +118,22 @@ collect_url(const json_t *v, void *arg)
     l->v[l->n++] = xstrdup(s);
 }
 
+char *
+dialect_cost_source(const struct dialect *d, const char *job_path)
+{
+    if (d == NULL || d->cost_source == NULL || job_path == NULL)
+        return NULL;
+    return d->cost_source(job_path);
+}
+
+bool
+dialect_stated_cost(const struct dialect *d, const char *body, double *cost)
+{
+    if (d == NULL || d->stated_cost == NULL || body == NULL)
+        return false;
+    return d->stated_cost(body, cost);
+}
+
 size_t
 dialect_output_urls(const struct dialect *d, const char *result,
                     char *const *extra, size_t nextra, char ***urls)

@@ -2,7 +2,7 @@
  * dispatch: the scheduler of sluiced, on one libuv loop.
  *
  * How a job moves: pump() asks each lane how many requests its gates admit
- * (lane.c), claims that many due jobs of its provider in one statement
+ * (daemon/lane/), claims that many due jobs of its provider in one statement
  * (store_claim), and sends each through http.c. When a response arrives,
  * the provider's dialect turns it into an outcome; the lane learns from it
  * (limit, pause, breaker), job_next (job.c) decides where the job goes, and
@@ -32,6 +32,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "sluice/budget.h"
 #include "sluice/clock.h"
 #include "sluice/config.h"
 #include "sluice/cost.h"
@@ -45,6 +46,7 @@
 #include "sluice/metrics.h"
 #include "sluice/outputs.h"
 #include "sluice/permit.h"
+#include "sluice/runcost.h"
 #include "sluice/spend.h"
 #include "sluice/store.h"
 #include "sluice/url.h"
@@ -124,6 +126,7 @@ struct req {
     struct http_xfer *xfer;
     bool is_poll;
     bool cancel_job;             /* operator cancelled: record cancelled */
+    bool reserved;               /* holds its expected cost (spend.h) */
     char *owner;                 /* the lease owner it was claimed under */
     char *url;
     char *body;
@@ -167,6 +170,7 @@ struct dispatch {
     int64_t unfinished_at;       /* when counted, 0 never */
     struct metrics *metrics;     /* counters for /metrics, or NULL */
     struct spend *spend;         /* spend caps of providers and batches */
+    struct runcost *runcost;     /* run costs the providers state */
 };
 
 static void pump(struct dispatch *d);
@@ -465,8 +469,9 @@ send_job(struct dispatch *d, struct dlane *dl, struct job *j)
     r->job = j;
     r->owner = xstrdup(liveness_owner(d->live));
     r->is_poll = j->state == JOB_WAITING;
-    if (!r->is_poll)
-        spend_on_send(d->spend, j); /* reserved until apply_decision */
+    /* a submission went through spend_reserve (send_claimed): it holds
+     * its expected cost until apply_decision */
+    r->reserved = !r->is_poll;
     int urc = url_resolve(dl->base_url,
                           r->is_poll ? (j->poll_url ? j->poll_url : "")
                                      : j->path,
@@ -618,8 +623,9 @@ apply_decision(struct dispatch *d, struct req *r, const struct outcome *o,
         if (u.has_cost)
             metrics_count_cost(d->metrics, r->dl->name, u.cost);
     }
-    if (dec->state != JOB_WAITING) {
-        /* the job no longer waits for its cost: its reservation ends */
+    if (dec->state != JOB_WAITING && (r->reserved || r->is_poll)) {
+        /* the job no longer waits for its cost: its reservation ends (a
+         * job given back unsent held none) */
         spend_on_end(d->spend, j, u.has_cost, u.cost);
         if (r->dl->budget_wait) {
             r->dl->budget_wait = false;
@@ -850,7 +856,9 @@ claim_jobs(struct dispatch *d, struct dlane *dl, int n, int64_t now,
 {
     const char *const *held = NULL;
     size_t nheld = 0;
-    int allowed = spend_admit(d->spend, dl->name, n, &held, &nheld);
+    int allowed = spend_admit(d->spend, dl->name, n,
+                              runcost_least(d->runcost, dl->name), &held,
+                              &nheld);
     int polls = 0, fresh = 0, rc = 0;
 
     if (allowed == n && nheld == 0)
@@ -871,6 +879,64 @@ claim_jobs(struct dispatch *d, struct dlane *dl, int n, int64_t now,
     return rc;
 }
 
+/* A claimed job goes back to the queue untouched (its attempt refunded),
+ * unsent: it must wait for a stated cost or for room under a cap. */
+static void
+give_back(struct dispatch *d, struct dlane *dl, struct job *j, int64_t now)
+{
+    struct req *r = xcalloc(1, sizeof(*r));
+    struct job_event ev = {.kind = JOB_EVENT_RELEASE, .now_ms = now};
+    int64_t due = dl->recorded_due_ms;
+
+    r->d = d;
+    r->dl = dl;
+    r->job = j;
+    r->owner = xstrdup(liveness_owner(d->live));
+    log_debug("job %" PRId64 ": %s held back by its budget", j->id,
+              dl->name);
+    record_event(d, r, &ev);
+    /* due again at once, yet it must not wake the lane that held it:
+     * an end (a cost, room) or the stated cost's answer does */
+    dl->recorded_due_ms = due;
+    schedule_flush(d);
+    req_free(r);
+}
+
+/* Sends a claimed job within the spend caps (docs/design.md §13): a
+ * submission under a cap is expected to cost what its provider states
+ * for it (runcost.h; the first job of a technique waits for the answer),
+ * else the running mean, and goes only when that fits (spend_reserve);
+ * otherwise it is given back. Polls always go. Returns whether it went. */
+static bool
+send_claimed(struct dispatch *d, struct dlane *dl, struct job *j, int64_t now)
+{
+    double stated = BUDGET_UNKNOWN, c;
+
+    if (j->state != JOB_WAITING && spend_capped(d->spend, j)) {
+        struct runcost_source src = {
+            .provider = dl->name,
+            .dialect = dl->dialect,
+            .base_url = dl->base_url,
+            .headers = (const char *const *)dl->headers,
+            .timeout_ms = dl->timeout_ms,
+            .connect_timeout_ms = dl->connect_timeout_ms,
+        };
+        enum runcost_state st = runcost_lookup(d->runcost, &src, j->path, &c);
+        if (st == RUNCOST_PENDING) {
+            give_back(d, dl, j, now);
+            return false;
+        }
+        if (st == RUNCOST_KNOWN)
+            stated = c;
+    }
+    if (j->state != JOB_WAITING && !spend_reserve(d->spend, j, stated)) {
+        give_back(d, dl, j, now);
+        return false;
+    }
+    send_job(d, dl, j);
+    return true;
+}
+
 static void
 pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
 {
@@ -880,6 +946,9 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
             *wake = dl->next_check_ms;
         return;
     }
+    /* a stated run cost is being asked for: its answer looks again */
+    if (runcost_pending(d->runcost, dl->name))
+        return;
     enum lane_state before = lane_state(dl->lane);
     int n = lane_admit(dl->lane, now, &lane_wake);
     if (lane_state(dl->lane) != before)
@@ -922,15 +991,19 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
         if (at < *wake)
             *wake = at;
     }
+    int sent = 0;
     for (int i = 0; i < got; i++)
-        send_job(d, dl, jobs[i]);
-    if (got < n && dl->slots_put >= 0 &&
+        if (send_claimed(d, dl, jobs[i], now))
+            sent++;
+        else
+            capped = true;
+    if (sent < n && dl->slots_put >= 0 &&
         store_permit_put(d->store, dl->name, liveness_owner(d->live),
-                         lane_in_flight(dl->lane), n - got) == 0) {
+                         lane_in_flight(dl->lane), n - sent) == 0) {
         dl->slots_put = lane_in_flight(dl->lane); /* the rest goes back */
         dl->unmet_put = false;
     }
-    if (rc < 0)
+    if (rc < 0 || runcost_pending(d->runcost, dl->name))
         return;
     if (capped) {
         /* held at a budget: a job that ends (a cost known), a resume, a
@@ -1242,6 +1315,20 @@ warn_unknown_provider(const char *provider, long n, void *data)
                   n, provider);
 }
 
+/* runcost_done_fn: a stated cost was learned or given up; the jobs held
+ * for it may go. */
+static void
+on_runcost_done(const char *provider, void *arg)
+{
+    struct dispatch *d = arg;
+    struct dlane *dl = find_lane(d, provider);
+
+    if (dl != NULL)
+        dl->next_check_ms = 0;
+    if (!d->stopping)
+        schedule_pump(d, 0);
+}
+
 /* outputs_auth_fn: a provider's headers go with a download only to its
  * own origin (docs/design.md §13). */
 static const char *const *
@@ -1317,6 +1404,7 @@ dispatch_new(uv_loop_t *loop, struct store *s, struct liveness *live,
         tail = &dl->next;
     }
     d->http = http_new(loop);
+    d->runcost = runcost_new(d->http, on_runcost_done, d);
     uv_timer_t *timers[] = {&d->pump_timer, &d->flush_timer, &d->house_timer,
                             &d->version_timer, &d->grace_timer};
     for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++) {
@@ -1370,6 +1458,10 @@ dispatch_reload(struct dispatch *d, const struct config *c)
         spend_set_provider_budget(d->spend, pc->name, pc->budget);
         if (dl) {
             struct lane_params lp;
+            /* another origin or dialect may state other costs */
+            if (strcmp(dl->base_url, pc->base_url) != 0 ||
+                dl->dialect != dialect_find(pc->dialect))
+                runcost_forget(d->runcost, pc->name);
             dlane_apply(dl, pc);
             dlane_params(pc, 0, &lp);
             lane_configure(dl->lane, &lp);
@@ -1472,6 +1564,7 @@ dispatch_stop(struct dispatch *d, int64_t grace_ms,
     uv_timer_stop(&d->pump_timer);
     uv_timer_stop(&d->version_timer);
     store_watch(d->store, NULL, NULL, NULL); /* or the loop stays up */
+    runcost_forget(d->runcost, NULL); /* no job waits for a cost now */
     if (d->ninflight > 0) {
         log_info("stopping: %d requests in flight, grace %" PRId64 " ms",
                  d->ninflight, grace_ms);
@@ -1582,6 +1675,7 @@ dispatch_free(struct dispatch *d)
     while (d->inflight)
         http_cancel(d->inflight->xfer);
     outputs_free(d->outputs);
+    runcost_free(d->runcost);
     http_free(d->http);
     store_watch(d->store, NULL, NULL, NULL);
     uv_timer_t *timers[] = {&d->pump_timer, &d->flush_timer, &d->house_timer,

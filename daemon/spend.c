@@ -7,10 +7,13 @@
  * daemon starts to watch an account it reads what the provider or batch
  * has cost so far (store_spend: the spend and the mean) and how many of
  * its jobs are out (running or waiting, from the kept counts): each of
- * those holds a reservation until it ends. From then on the dispatcher
- * tells the account of every job sent (spend_on_send) and every job that
- * no longer waits for its cost (spend_on_end), and asks it before every
- * claim (spend_admit).
+ * those holds a reservation at the mean until it ends. From then on the
+ * dispatcher asks the accounts before every claim how many jobs may be
+ * claimed at most (spend_admit), then, for each job claimed, whether it
+ * fits at its own expected cost, which it then holds (spend_reserve: the
+ * run cost its provider states for it, runcost.h, else the mean), and
+ * tells them of every job that no longer waits for its cost
+ * (spend_on_end), which gives back that job's own reservation.
  *
  * Batch caps come from the database, where sluicectl enqueue --budget
  * writes them: spend_sync reads them again whenever another process has
@@ -83,6 +86,7 @@ spend_free(struct spend *sp)
     for (size_t i = 0; i < sp->n; i++) {
         free(sp->acc[i].name);
         account_clear_providers(&sp->acc[i]);
+        budget_clear(&sp->acc[i].b);
     }
     free(sp->acc);
     free(sp->held);
@@ -130,14 +134,16 @@ account_new(struct spend *sp, const char *name, bool is_batch)
     memset(a, 0, sizeof(*a));
     a->name = xstrdup(name);
     a->is_batch = is_batch;
+    budget_init(&a->b, 0);
     if (store_spend(sp->store, is_batch ? NULL : name, is_batch ? name : NULL,
                     &spent, &costed) == 0) {
         a->b.spent = spent;
         a->b.cost_sum = spent;
         a->b.costs = costed;
     }
+    /* jobs out already: this account never saw their expectations */
     if (store_counts(sp->store, on_open_count, &c) == 0)
-        a->b.open = c.open;
+        budget_reserve_anon(&a->b, c.open);
     return a;
 }
 
@@ -232,7 +238,7 @@ has_provider(const struct account *a, const char *provider)
 }
 
 int
-spend_admit(struct spend *sp, const char *provider, int want,
+spend_admit(struct spend *sp, const char *provider, int want, double least,
             const char *const **held, size_t *nheld)
 {
     struct account *p = find(sp, provider, false);
@@ -240,12 +246,12 @@ spend_admit(struct spend *sp, const char *provider, int want,
 
     sp->nheld = 0;
     if (p != NULL && p->b.cap > 0 && !p->resumed)
-        n = budget_admit(&p->b, n);
+        n = budget_admit(&p->b, n, least);
     for (size_t i = 0; n > 0 && i < sp->n; i++) {
         struct account *a = &sp->acc[i];
         if (!a->is_batch || a->b.cap <= 0 || !has_provider(a, provider))
             continue;
-        long k = budget_admit(&a->b, n);
+        long k = budget_admit(&a->b, n, least);
         if (k > 0) {
             /* one claim may take jobs of any batch: none may exceed
              * what its own cap admits */
@@ -263,24 +269,66 @@ spend_admit(struct spend *sp, const char *provider, int want,
     return (int)n;
 }
 
-void
-spend_on_send(struct spend *sp, const struct job *j)
+/* The accounts a job of provider in batch (NULL: none) counts in: the
+ * provider's and its batch's, either NULL when there is none. */
+static void
+accounts_of(struct spend *sp, const struct job *j, struct account **p,
+            struct account **b)
 {
-    struct account *a = find(sp, j->provider, false);
-    if (a != NULL)
-        budget_on_send(&a->b, 1);
-    if (j->batch != NULL && (a = find(sp, j->batch, true)) != NULL)
-        budget_on_send(&a->b, 1);
+    *p = find(sp, j->provider, false);
+    *b = j->batch != NULL ? find(sp, j->batch, true) : NULL;
+}
+
+/* Whether a's cap holds (set, and not lifted by the operator). */
+static bool
+enforced(const struct account *a)
+{
+    return a != NULL && a->b.cap > 0 && !a->resumed;
+}
+
+bool
+spend_capped(struct spend *sp, const struct job *j)
+{
+    struct account *p, *b;
+    accounts_of(sp, j, &p, &b);
+    return enforced(p) || enforced(b);
+}
+
+bool
+spend_reserve(struct spend *sp, const struct job *j, double stated)
+{
+    struct account *acc[2];
+    bool fits = true;
+
+    accounts_of(sp, j, &acc[0], &acc[1]);
+    for (int i = 0; i < 2; i++) {
+        double e;
+        if (!enforced(acc[i]))
+            continue;
+        e = budget_expected(&acc[i]->b, stated);
+        if (!budget_fits(&acc[i]->b, e)) {
+            budget_refuse(&acc[i]->b, e);
+            fits = false;
+        }
+    }
+    if (!fits)
+        return false;
+    for (int i = 0; i < 2; i++)
+        if (acc[i] != NULL)
+            budget_reserve(&acc[i]->b, j->id,
+                           budget_expected(&acc[i]->b, stated));
+    return true;
 }
 
 void
 spend_on_end(struct spend *sp, const struct job *j, bool has_cost, double cost)
 {
-    struct account *a = find(sp, j->provider, false);
-    if (a != NULL)
-        budget_on_end(&a->b, has_cost, cost);
-    if (j->batch != NULL && (a = find(sp, j->batch, true)) != NULL)
-        budget_on_end(&a->b, has_cost, cost);
+    struct account *acc[2];
+
+    accounts_of(sp, j, &acc[0], &acc[1]);
+    for (int i = 0; i < 2; i++)
+        if (acc[i] != NULL)
+            budget_release(&acc[i]->b, j->id, has_cost, cost);
 }
 
 bool

@@ -20,6 +20,7 @@
  * Rejected: treating an unknown run status as still running (a typo or a
  * new terminal state would poll forever); it is a protocol failure instead.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,6 +216,58 @@ flora_classify(const struct http_response *r, bool poll, int64_t now_ms,
         flora_error(r, o);
 }
 
+/* A technique run is sent to /techniques/{slug}/runs (docs/providers.md);
+ * GET /techniques/{slug} states its run_cost. The slug is read as FLORA
+ * spells ids and slugs (letters, digits, "-", "_", "."); anything else
+ * (POST /generate, an asset) states no cost. */
+static char *
+flora_cost_source(const char *job_path)
+{
+    static const char seg[] = "/techniques/";
+    size_t end = strcspn(job_path, "?#");
+    const char *at = NULL;
+
+    for (const char *p = job_path;
+         (p = strstr(p, seg)) != NULL && (size_t)(p - job_path) < end; p++)
+        at = p;
+    if (at == NULL)
+        return NULL;
+    const char *slug = at + strlen(seg);
+    size_t n = strspn(slug, "abcdefghijklmnopqrstuvwxyz"
+                            "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.");
+    const char *rest = slug + n;
+    if (n == 0 || strncmp(rest, "/runs", 5) != 0 ||
+        (rest[5] != '\0' && rest[5] != '/' && rest[5] != '?' && rest[5] != '#'))
+        return NULL;
+    return xstrndup(job_path, (size_t)(rest - job_path));
+}
+
+/* {"id":"tech_…","slug",…,"run_cost":0.04}: a number, or a decimal
+ * string (prices are often quoted to stay exact). */
+static bool
+flora_stated_cost(const char *body, double *cost)
+{
+    json_t *root = json_loads(body, 0, NULL);
+    json_t *v = json_object_get(root, "run_cost");
+    bool ok = false;
+    double x = 0;
+
+    if (json_is_number(v)) {
+        x = json_number_value(v);
+        ok = true;
+    } else if (json_is_string(v) && json_string_length(v) > 0) {
+        char *end;
+        x = strtod(json_string_value(v), &end);
+        ok = *end == '\0';
+    }
+    json_decref(root);
+    /* a negative or non-finite price is not one */
+    if (!ok || !isfinite(x) || x < 0)
+        return false;
+    *cost = x;
+    return true;
+}
+
 /* A completed run lists outputs:[{output_id,type,url}] (docs/providers.md). */
 static const char *const flora_outputs[] = {"/outputs/*/url", NULL};
 
@@ -226,4 +279,6 @@ const struct dialect flora_dialect = {
     .async = true,
     .classify = flora_classify,
     .output_pointers = flora_outputs,
+    .cost_source = flora_cost_source,
+    .stated_cost = flora_stated_cost,
 };

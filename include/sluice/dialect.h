@@ -32,6 +32,14 @@ struct dialect {
      * "*" for array elements (jsonptr.h), NULL-terminated; NULL when the
      * provider's shape is not known (output_pointer covers it). */
     const char *const *output_pointers;
+    /* Where the provider states what one run costs before it runs:
+     * the path (or URL, as the job's own) of the resource that states
+     * the run cost of a job sent to job_path, as a new string, or NULL
+     * when the provider states none for it (FLORA: "/techniques/{slug}"
+     * for "/techniques/{slug}/runs"). NULL: a provider stating no costs. */
+    char *(*cost_source)(const char *job_path);
+    /* The run cost that resource's body (JSON text) states, or false. */
+    bool (*stated_cost)(const char *body, double *cost);
 };
 
 /* The dialect of that name or alias ("flowapi" = "openai", "lamatic" =
@@ -47,6 +55,15 @@ const char *dialect_names(void);
 void dialect_classify(const struct dialect *d, const struct http_response *r,
                       bool poll, int64_t now_ms,
                       const char *request_id_header, struct outcome *out);
+
+/* The stated run cost of the job at job_path: the resource to fetch
+ * (a new string), or NULL when d states none (dialect_stated_cost then
+ * reads its answer). */
+char *dialect_cost_source(const struct dialect *d, const char *job_path);
+/* The run cost stated by a body of d's cost source: a finite number >= 0
+ * (a decimal string counts), or false. */
+bool dialect_stated_cost(const struct dialect *d, const char *body,
+                         double *cost);
 
 /* Most output URLs taken from one result, and the longest kept: a result
  * lists a handful of files; a hostile one could list millions. */

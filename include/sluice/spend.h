@@ -36,15 +36,25 @@ void spend_resume(struct spend *sp, const char *provider);
  * which provider, when another process committed since the last read
  * (force: in any case). Cheap otherwise: one PRAGMA. */
 void spend_sync(struct spend *sp, bool force);
-/* How many of want jobs of provider may be claimed now (0..want). *held
- * and *nheld: the capped batches whose jobs must not be claimed (borrowed
- * until the next call); *nheld 0 when none. */
-int spend_admit(struct spend *sp, const char *provider, int want,
+/* At most how many of want jobs of provider may be claimed now
+ * (0..want), when the cheapest is expected to cost least (the lowest run
+ * cost the provider states, or BUDGET_UNKNOWN) or the mean; each job
+ * claimed then goes through spend_reserve. *held and *nheld: the capped
+ * batches whose jobs must not be claimed (borrowed until the next call);
+ * *nheld 0 when none. */
+int spend_admit(struct spend *sp, const char *provider, int want, double least,
                 const char *const **held, size_t *nheld);
-/* A job was claimed for its submission: it reserves its expected cost. */
-void spend_on_send(struct spend *sp, const struct job *j);
+/* Whether a cap applies to j (its provider's or its batch's): only then
+ * does its expected cost matter before it is sent. */
+bool spend_capped(struct spend *sp, const struct job *j);
+/* A claimed job is about to be submitted, its provider stating that it
+ * costs stated (BUDGET_UNKNOWN: no stated cost). Returns true when it
+ * fits under every cap that applies, and then it holds its expected cost
+ * in each of its accounts until spend_on_end; false when it must not go
+ * out now (nothing is reserved). */
+bool spend_reserve(struct spend *sp, const struct job *j, double stated);
 /* A job sent (or polled) no longer waits for its cost: it ended, or went
- * back to the queue. has_cost: it cost cost. */
+ * back to the queue; its reservation goes. has_cost: it cost cost. */
 void spend_on_end(struct spend *sp, const struct job *j, bool has_cost,
                   double cost);
 

@@ -157,6 +157,8 @@ struct fake {
     long log_dropped; /* entries beyond log_limit */
     struct ledger ledger;
     json_t *log;           /* array of request entries */
+    json_t *techniques;    /* slug → what GET /techniques/{slug} answers
+                              (POST /_techniques), else the default */
     volatile int stopping; /* shutdown: cut sleeps short */
     pthread_cond_t wake;   /* broadcast at shutdown */
 };

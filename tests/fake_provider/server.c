@@ -84,6 +84,7 @@ server_init(struct fake *f, uint64_t seed)
      * without letting an endless run eat the machine. */
     f->cfg.log_limit = 1000000;
     f->log = json_array();
+    f->techniques = json_object();
     f->refill_ms = now_ms(CLOCK_MONOTONIC);
     f->tok_refill_ms = f->refill_ms;
 }
@@ -93,6 +94,7 @@ server_free(struct fake *f)
 {
     ledger_clear(&f->ledger);
     json_decref(f->log);
+    json_decref(f->techniques);
     pthread_cond_destroy(&f->wake);
     pthread_mutex_destroy(&f->mu);
 }
@@ -548,6 +550,45 @@ poll_run(struct fake *f, const char *path, const char *dialect,
     return true;
 }
 
+/* GET /<prefix>/techniques/<slug>: the technique FLORA describes, with the
+ * run_cost it states (SERVER_RUN_COST, like a completed run's charged_cost,
+ * unless POST /_techniques says otherwise for the slug: another
+ * "run_cost", "run_cost": null for none, or a "status" to fail with).
+ * Returns false when path is no technique. */
+static bool
+technique_get(struct fake *f, const char *path, const char *dialect,
+              struct answer *a)
+{
+    static const char seg[] = "/techniques/";
+    const char *p = strchr(path + 1, '/');
+    const char *slug;
+    json_t *spec, *cost, *status, *body;
+    char id[160];
+
+    if (p == NULL || strncmp(p, seg, strlen(seg)) != 0)
+        return false;
+    slug = p + strlen(seg);
+    if (slug[0] == '\0' || strchr(slug, '/') != NULL || strlen(slug) > 128)
+        return false;
+    spec = json_object_get(f->techniques, slug);
+    status = json_object_get(spec, "status");
+    if (json_is_integer(status)) {
+        shapes_error(a, dialect, (int)json_integer_value(status), NULL, NULL,
+                     0);
+        return true;
+    }
+    snprintf(id, sizeof(id), "tech_%s", slug);
+    body = json_pack("{s:s, s:s, s:s, s:[{s:s, s:s}]}", "id", id, "slug", slug,
+                     "name", slug, "inputs", "id", "prompt", "type", "text");
+    cost = json_object_get(spec, "run_cost");
+    if (cost == NULL)
+        json_object_set_new(body, "run_cost", json_real(SERVER_RUN_COST));
+    else if (!json_is_null(cost))
+        json_object_set(body, "run_cost", cost);
+    answer_json(a, 200, body);
+    return true;
+}
+
 /* --- output files ---------------------------------------------------------- */
 
 /* 32-bit FNV-1a: the seed of a file's bytes, from its path. */
@@ -665,7 +706,8 @@ decide(struct fake *f, const char *path, const char *method,
     char hexkey[1200];
     long k;
 
-    if (strcmp(method, "GET") == 0 && poll_run(f, path, dialect, a))
+    if (strcmp(method, "GET") == 0 && (poll_run(f, path, dialect, a) ||
+                                       technique_get(f, path, dialect, a)))
         return;
     e = ledger_get(&f->ledger, key);
     k = e->requests++;
@@ -857,10 +899,20 @@ control(struct fake *f, const char *path, const char *method, json_t *body,
     } else if (strcmp(path, "/_reset") == 0 && post) {
         ledger_clear(&f->ledger);
         json_array_clear(f->log);
+        json_object_clear(f->techniques);
         f->requests = f->executions = f->throttled = 0;
         f->replays = f->conflicts = f->log_dropped = 0;
         f->tokens = f->cfg.burst;
         answer_json(a, 200, json_pack("{s:b}", "ok", 1));
+    } else if (strcmp(path, "/_techniques") == 0 && (get || post)) {
+        if (post && !json_is_object(body)) {
+            shapes_error(a, "generic", 400, "bad_techniques",
+                         "the body must be a JSON object", 0);
+        } else {
+            if (post)
+                json_object_update(f->techniques, body);
+            answer_json(a, 200, json_incref(f->techniques));
+        }
     } else if (strcmp(path, "/_config") == 0 && (get || post)) {
         const char *err = post ? config_apply(f, body) : NULL;
         if (err != NULL)

@@ -191,6 +191,13 @@ class Fake:
         assert status == 200, "config answered %d: %s" % (status, body)
         return body
 
+    def techniques(self, specs):
+        """POST /_techniques: slug → {"run_cost": X} (null: none stated)
+        or {"status": S} (GET /techniques/{slug} fails with S)."""
+        status, _, body = http_json("POST", self.url + "/_techniques", specs)
+        assert status == 200, "techniques answered %d: %s" % (status, body)
+        return body
+
     def stop(self, timeout=10):
         """SIGTERM, then SIGKILL after timeout. Returns the exit code."""
         if self.proc is None or self.proc.poll() is not None:

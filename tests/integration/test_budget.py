@@ -182,6 +182,97 @@ def test_batch_budget_on_a_shared_provider_holds_that_batch_only():
         assert states(env, "batch = 'capped'") == {"succeeded": 10}
 
 
+def technique_runs(specs, polls=3):
+    """Runs of FLORA techniques: specs is a list of (slug, charged_cost)."""
+    return [{"custom_id": "t-%d" % i,
+             "url": "/techniques/%s/runs" % slug,
+             "body": {"inputs": [{"id": "prompt", "value": "p%d" % i}],
+                      "mode": "async",
+                      "_fake": {"script": [{"async": {
+                          "polls": polls,
+                          "then": {"charged_cost": cost}}}]}}}
+            for i, (slug, cost) in enumerate(specs)]
+
+
+def first_completion_ms(log, polls):
+    """When the fake answered the first run completed: the (polls+1)-th
+    poll of a run."""
+    seen, first = {}, None
+    for e in log:
+        if e["method"] == "GET" and "/runs/run_" in e["path"]:
+            seen[e["path"]] = seen.get(e["path"], 0) + 1
+            if seen[e["path"]] == polls + 1 and \
+                    (first is None or e["t_ms"] < first):
+                first = e["t_ms"]
+    return first
+
+
+def test_stated_run_costs_bound_the_lane_from_the_first_job():
+    # two techniques at different stated prices, charged what they state
+    DEAR, CHEAP, BUDGET = 0.30, 0.05, 0.90
+    with Fake() as fake, Env() as env:
+        fake.techniques({"dear-v1": {"run_cost": DEAR},
+                         "cheap-v1": {"run_cost": CHEAP}})
+        env.write_config({"flora": flora(fake, budget=BUDGET,
+                                         concurrency_start=8)})
+        specs = [("dear-v1", DEAR) if i % 2 == 0 and i < 12
+                 else ("cheap-v1", CHEAP) for i in range(20)]
+        price = {"t-%d" % i: c for i, (_, c) in enumerate(specs)}
+        enqueue_ok(env, technique_runs(specs), "--provider", "flora")
+        err = drain_ok(env, 60)
+        log = fake.log()
+        posts = [e for e in log if e["method"] == "POST"]
+        sent = [price["t-%s" % e["body"]["inputs"][0]["value"][1:]]
+                for e in posts]
+        # nothing sent beyond the cap, ever: each run cost what was stated
+        assert sum(sent) <= BUDGET + 1e-9, sent
+        # from the first job on, before any charged_cost was known, the
+        # lane sent as many as the stated costs allowed (not one alone)
+        done = first_completion_ms(log, 3)
+        early = [c for e, c in zip(posts, sent) if e["t_ms"] < done]
+        assert len(early) >= 3 and sum(early) <= BUDGET + 1e-9, early
+        # stopped within one job of the cap: not even a cheap run fits
+        total = spent(env)
+        assert abs(total - sum(sent)) < 1e-9, (total, sent)
+        queued = env.rows("SELECT custom_id FROM jobs WHERE state = 'queued'")
+        assert queued, "the budget stopped nothing"
+        least = min(price[r["custom_id"]] for r in queued)
+        assert total + least > BUDGET + 1e-9, (total, least)
+        row = provider_row(env, "flora")
+        assert (row["state"], row["reason"]) == ("paused", "budget"), row
+        # each technique asked once, with the provider's key, on its origin
+        gets = [e for e in log if e["path"].startswith("/flora/techniques/")
+                and e["method"] == "GET"]
+        assert sorted(e["path"] for e in gets) == [
+            "/flora/techniques/cheap-v1", "/flora/techniques/dear-v1"], gets
+        assert all(e["headers"].get("authorization") == "Bearer sk-test-flora"
+                   for e in gets), gets
+        assert "states a run cost of 0.3000" in err, err
+        assert "sk-test-flora" not in err
+
+
+def test_failing_technique_endpoint_falls_back_to_one_at_a_time():
+    with Fake() as fake, Env() as env:
+        fake.techniques({"broken-v1": {"status": 503}})
+        env.write_config({"flora": flora(fake, budget="0.10",
+                                         concurrency_start=8)})
+        enqueue_ok(env, technique_runs([("broken-v1", RUN_COST)] * 6),
+                   "--provider", "flora")
+        err = drain_ok(env, 60)
+        log = fake.log()
+        gets = [e for e in log if e["path"] == "/flora/techniques/broken-v1"]
+        assert len(gets) == 1, gets  # asked once, not once per job
+        assert err.count("no run cost from /techniques/broken-v1") == 1, err
+        # the old rule: the first run alone until its cost is known, then
+        # the mean (0.04): one more fits under 0.10
+        posts = [e for e in log if e["method"] == "POST"]
+        assert len(posts) == 2, posts
+        assert posts[1]["t_ms"] >= first_completion_ms(log, 3), posts
+        assert states(env) == {"succeeded": 2, "queued": 4}, states(env)
+        row = provider_row(env, "flora")
+        assert (row["state"], row["reason"]) == ("paused", "budget"), row
+
+
 def test_enqueue_budget_needs_a_batch_and_an_amount():
     with Fake() as fake, Env() as env:
         env.write_config({"gen": provider_conf(fake)}, env={"GEN_KEY": "k"})

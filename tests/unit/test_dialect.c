@@ -962,6 +962,48 @@ test_dialect_defaults_for_auth_and_idempotency(void **state)
 }
 
 static void
+test_flora_states_a_run_cost_per_technique(void **state)
+{
+    (void)state;
+    const struct dialect *d = dialect_find("flora");
+    char *src;
+    double c = -1;
+
+    src = dialect_cost_source(d, "/techniques/thumbnail-v3/runs");
+    assert_string_equal(src, "/techniques/thumbnail-v3");
+    free(src);
+    src = dialect_cost_source(
+        d, "https://app.flora.ai/api/v1/techniques/tech_9.x/runs?x=1");
+    assert_string_equal(src, "https://app.flora.ai/api/v1/techniques/tech_9.x");
+    free(src);
+    /* not a technique run: no stated cost */
+    assert_null(dialect_cost_source(d, "/generate"));
+    assert_null(dialect_cost_source(d, "/techniques/thumbnail-v3"));
+    assert_null(dialect_cost_source(d, "/techniques//runs"));
+    assert_null(dialect_cost_source(d, "/techniques/a b/runs"));
+    assert_null(dialect_cost_source(d, "/techniques/x/runsy"));
+    assert_null(dialect_cost_source(d, "/assets?next=/techniques/x/runs"));
+    /* other dialects state none */
+    assert_null(dialect_cost_source(dialect_find("openai"),
+                                    "/techniques/x/runs"));
+
+    assert_true(dialect_stated_cost(d, "{\"slug\":\"x\",\"run_cost\":0.04}",
+                                    &c));
+    assert_true(c == 0.04);
+    assert_true(dialect_stated_cost(d, "{\"run_cost\":\"1.25\"}", &c));
+    assert_true(c == 1.25);
+    c = -1;
+    assert_false(dialect_stated_cost(d, "{\"run_cost\":-1}", &c));
+    assert_false(dialect_stated_cost(d, "{\"run_cost\":\"cheap\"}", &c));
+    assert_false(dialect_stated_cost(d, "{\"run_cost\":null}", &c));
+    assert_false(dialect_stated_cost(d, "{\"slug\":\"x\"}", &c));
+    assert_false(dialect_stated_cost(d, "<html>", &c));
+    assert_true(c == -1);
+    assert_false(dialect_stated_cost(dialect_find("generic"),
+                                     "{\"run_cost\":1}", &c));
+}
+
+static void
 test_class_for_status_follows_the_contract(void **state)
 {
     static const struct {
@@ -1013,6 +1055,7 @@ main(void)
         cmocka_unit_test(test_long_utf8_message_is_cut_on_a_character_boundary),
         cmocka_unit_test(test_dialect_find_knows_names_and_aliases),
         cmocka_unit_test(test_dialect_defaults_for_auth_and_idempotency),
+        cmocka_unit_test(test_flora_states_a_run_cost_per_technique),
         cmocka_unit_test(test_class_for_status_follows_the_contract),
     };
     size_t nrows = sizeof(rows) / sizeof(rows[0]);

@@ -22,6 +22,9 @@
  * (api_key_env, header): those messages describe the problem without the
  * value. Keys are read by config_api_key() only, when the daemon needs
  * them, and never stored in struct config.
+ *
+ * The syntax of each value type is value.c's; reading a key is key.c's
+ * (internal.h says who does what).
  */
 #include <errno.h>
 #include <ini.h>
@@ -36,25 +39,19 @@
 
 #include "sluice/config.h"
 #include "sluice/dialect.h"
-#include "sluice/http.h"
 #include "sluice/jsonptr.h"
 #include "sluice/log.h"
 #include "sluice/metrics.h"
-#include "sluice/url.h"
 #include "sluice/xmalloc.h"
+
+#include "internal.h"
 
 /* Longest accepted line, newline included. Debian's inih reads lines into
  * a 200-byte stack buffer by default, too short for a long URL or header;
  * its runtime knobs switch to a heap buffer of this size. */
 #define CONFIG_MAX_LINE 4096
-/* An API key is a few hundred bytes at most; a key file larger than this
- * is a wrong path, not a key. */
-#define CONFIG_MAX_KEY_FILE 65536
 /* The database of a system install (docs/contract.md). */
 #define CONFIG_DEFAULT_DATABASE "/var/lib/sluice/queue.db"
-/* The header name of the IETF idempotency-key draft, which Stripe-style
- * APIs and FLORA's docs use. */
-#define CONFIG_DEFAULT_IDEM_HEADER "Idempotency-Key"
 #define CONFIG_MSG_MAX 512
 /* Downloads at once (docs/design.md §13): a few streams saturate a link, and
  * each holds a file open. */
@@ -176,8 +173,6 @@ static const struct key provider_keys[] = {
     [PK_TOKEN_PRICE] = {"token_price", K_AMOUNT, P(token_price), 0},
 };
 
-#define NKEYS(t) (sizeof(t) / sizeof((t)[0]))
-
 /* What the parser remembers about a provider section beyond its values. */
 struct provider_state {
     int line;      /* of the [provider "NAME"] header */
@@ -231,284 +226,6 @@ parser_fail(struct parser *p, int line, const char *fmt, ...)
     va_end(ap);
 }
 
-/* ---- value parsers ---- */
-
-static bool
-is_digit(char c)
-{
-    return c >= '0' && c <= '9';
-}
-
-/* "12" or "1.5" at *pp into an integer part and up to 9 fraction digits
- * (as a fraction of 1e9); advances *pp. False without digits or when the
- * integer part passes max. */
-static bool
-parse_fixed(const char **pp, int64_t max, int64_t *whole, int64_t *nanos)
-{
-    const char *p = *pp;
-    int64_t w = 0, f = 0, scale = 100000000;
-
-    if (!is_digit(*p))
-        return false;
-    while (is_digit(*p)) {
-        int d = *p++ - '0';
-        if (w > (max - d) / 10)
-            return false;
-        w = w * 10 + d;
-    }
-    if (*p == '.') {
-        p++;
-        if (!is_digit(*p))
-            return false;
-        /* Digits past the ninth are read and dropped. */
-        for (; is_digit(*p); p++, scale /= 10)
-            f += (*p - '0') * scale;
-    }
-    *pp = p;
-    *whole = w;
-    *nanos = f;
-    return true;
-}
-
-int
-config_parse_duration(const char *s, int64_t *ms)
-{
-    static const struct {
-        const char *suffix;
-        int64_t ms;
-    } units[] = {
-        {"ms", 1},       {"s", 1000}, {"m", 60000}, {"h", 3600000},
-        {"d", 86400000}, {"", 1000}, /* a bare number is seconds */
-    };
-    const char *p = s;
-    int64_t whole, nanos;
-
-    if (s == NULL || !parse_fixed(&p, INT64_MAX, &whole, &nanos))
-        return -EINVAL;
-    for (size_t i = 0; i < NKEYS(units); i++) {
-        int64_t unit = units[i].ms;
-        if (strcmp(p, units[i].suffix) != 0)
-            continue;
-        if (whole > INT64_MAX / unit)
-            return -EINVAL;
-        /* nanos < 1e9 and unit <= 8.64e7: the product fits in int64. */
-        int64_t frac = nanos * unit / 1000000000;
-        if (whole * unit > INT64_MAX - frac)
-            return -EINVAL;
-        *ms = whole * unit + frac;
-        return 0;
-    }
-    return -EINVAL;
-}
-
-int
-config_parse_rate(const char *s, double *per_s)
-{
-    static const struct {
-        const char *unit;
-        double seconds;
-    } units[] = {
-        {"s", 1}, {"sec", 1}, {"m", 60}, {"min", 60}, {"h", 3600},
-    };
-    const char *p = s;
-    int64_t whole, nanos;
-
-    /* A billion per second is beyond any API; it bounds the arithmetic. */
-    if (s == NULL || !parse_fixed(&p, 1000000000, &whole, &nanos) ||
-        *p != '/' || (whole == 0 && nanos == 0))
-        return -EINVAL;
-    p++;
-    for (size_t i = 0; i < NKEYS(units); i++) {
-        if (strcmp(p, units[i].unit) == 0) {
-            *per_s = ((double)whole + (double)nanos / 1e9) / units[i].seconds;
-            return 0;
-        }
-    }
-    return -EINVAL;
-}
-
-static int
-parse_size(const char *s, size_t *out)
-{
-    const char *p = s;
-    int64_t whole, nanos, mult;
-
-    if (!parse_fixed(&p, INT64_MAX, &whole, &nanos) || nanos != 0)
-        return -EINVAL;
-    if (*p == '\0')
-        mult = 1;
-    else if ((*p == 'k' || *p == 'K') && p[1] == '\0')
-        mult = 1024;
-    else if (*p == 'M' && p[1] == '\0')
-        mult = 1024 * 1024;
-    else if (*p == 'G' && p[1] == '\0')
-        mult = 1024 * 1024 * 1024;
-    else
-        return -EINVAL;
-    if (whole > (int64_t)(SIZE_MAX > INT64_MAX ? INT64_MAX : SIZE_MAX) / mult)
-        return -EINVAL;
-    *out = (size_t)(whole * mult);
-    return 0;
-}
-
-static int
-parse_int(const char *s, int *out)
-{
-    const char *p = s;
-    int64_t whole, nanos;
-
-    if (!parse_fixed(&p, INT32_MAX, &whole, &nanos) || nanos != 0 ||
-        *p != '\0' || strchr(s, '.') != NULL)
-        return -EINVAL;
-    *out = (int)whole;
-    return 0;
-}
-
-static int
-parse_bool(const char *s, bool *out)
-{
-    static const char *const yes[] = {"yes", "true", "1"};
-    static const char *const no[] = {"no", "false", "0"};
-
-    for (size_t i = 0; i < NKEYS(yes); i++) {
-        if (strcasecmp(s, yes[i]) == 0) {
-            *out = true;
-            return 0;
-        }
-        if (strcasecmp(s, no[i]) == 0) {
-            *out = false;
-            return 0;
-        }
-    }
-    return -EINVAL;
-}
-
-/* RFC 9110 token characters: what a header name may contain. */
-static bool
-is_token(const char *s, size_t n)
-{
-    if (n == 0)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              is_digit((char)c) ||
-              (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL)))
-            return false;
-    }
-    return true;
-}
-
-static bool
-is_env_name(const char *s)
-{
-    if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || *s == '_'))
-        return false;
-    for (s++; *s; s++) {
-        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') ||
-              is_digit(*s) || *s == '_'))
-            return false;
-    }
-    return true;
-}
-
-static bool
-has_control(const char *s)
-{
-    for (; *s; s++) {
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return true;
-    }
-    return false;
-}
-
-/* "bearer", "header:NAME", "none". */
-static int
-parse_auth(const char *s, enum auth_kind *kind, char **header)
-{
-    if (strcmp(s, "bearer") == 0) {
-        *kind = AUTH_BEARER;
-        *header = NULL;
-    } else if (strcmp(s, "none") == 0) {
-        *kind = AUTH_NONE;
-        *header = NULL;
-    } else if (strncmp(s, "header:", 7) == 0 &&
-               is_token(s + 7, strlen(s + 7))) {
-        *kind = AUTH_HEADER;
-        *header = xstrdup(s + 7);
-    } else {
-        return -EINVAL;
-    }
-    return 0;
-}
-
-/* "header", "header:NAME", "body:FIELD", "none". */
-static int
-parse_idem(const char *s, enum idem_kind *kind, char **name)
-{
-    if (strcmp(s, "header") == 0) {
-        *kind = IDEM_HEADER;
-        *name = xstrdup(CONFIG_DEFAULT_IDEM_HEADER);
-    } else if (strcmp(s, "none") == 0) {
-        *kind = IDEM_NONE;
-        *name = NULL;
-    } else if (strncmp(s, "header:", 7) == 0 &&
-               is_token(s + 7, strlen(s + 7))) {
-        *kind = IDEM_HEADER;
-        *name = xstrdup(s + 7);
-    } else if (strncmp(s, "body:", 5) == 0 && s[5] != '\0' &&
-               !has_control(s + 5) && strchr(s + 5, '"') == NULL) {
-        *kind = IDEM_BODY;
-        *name = xstrdup(s + 5);
-    } else {
-        return -EINVAL;
-    }
-    return 0;
-}
-
-/* "Name: value" → a normalised copy, or NULL. */
-static char *
-parse_header_line(const char *s)
-{
-    const char *colon = strchr(s, ':');
-    const char *v;
-
-    if (colon == NULL || !is_token(s, (size_t)(colon - s)) || has_control(s))
-        return NULL;
-    for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
-        ;
-    char *line = xasprintf("%.*s: %s", (int)(colon - s), s, v);
-    /* Only what the daemon will send: visible ASCII and spaces. */
-    if (!http_header_ok(line)) {
-        free(line);
-        return NULL;
-    }
-    return line;
-}
-
-/* http(s)://host… without a trailing slash, or NULL. */
-static char *
-parse_url(const char *s)
-{
-    size_t n, scheme;
-
-    if (strncasecmp(s, "https://", 8) == 0)
-        scheme = 8;
-    else if (strncasecmp(s, "http://", 7) == 0)
-        scheme = 7;
-    else
-        return NULL;
-    if (has_control(s) || strpbrk(s, " \"<>\\^`{|}") != NULL)
-        return NULL;
-    n = strlen(s);
-    while (n > scheme && s[n - 1] == '/')
-        n--;
-    /* A host, as the daemon will read it: "https://?x" has none. */
-    if (n == scheme || s[scheme] == '/' || url_origin_len(s) == 0)
-        return NULL;
-    return xstrndup(s, n);
-}
-
 /* ---- sections ---- */
 
 static const char *
@@ -528,8 +245,8 @@ valid_provider_name(const char *s, size_t n)
         return false;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) ||
-              c == '_' || c == '-' || c == '.'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              value_digit(c) || c == '_' || c == '-' || c == '.'))
             return false;
     }
     return true;
@@ -669,7 +386,7 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
 
     switch (k->type) {
     case K_STRING:
-        if (*v == '\0' || has_control(v))
+        if (*v == '\0' || value_has_control(v))
             break;
         *(char **)(void *)at = xstrdup(v);
         return true;
@@ -687,7 +404,7 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
         *(int64_t *)(void *)at = ms;
         return true;
     case K_INT:
-        if (parse_int(v, &n) < 0) {
+        if (value_int(v, &n) < 0) {
             parser_fail(p, p->lineno, "%s: bad number '%s'", k->name, v);
             return false;
         }
@@ -699,7 +416,7 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
         *(int *)(void *)at = n;
         return true;
     case K_BOOL:
-        if (parse_bool(v, (bool *)(void *)at) == 0)
+        if (value_bool(v, (bool *)(void *)at) == 0)
             return true;
         parser_fail(p, p->lineno,
                     "%s: bad boolean '%s' (use yes, no, true, false, 1, 0)",
@@ -712,7 +429,7 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
                     k->name, v);
         return false;
     case K_SIZE:
-        if (parse_size(v, (size_t *)(void *)at) == 0 &&
+        if (value_size(v, (size_t *)(void *)at) == 0 &&
             *(size_t *)(void *)at >= (size_t)k->min)
             return true;
         parser_fail(p, p->lineno, "%s: bad size '%s' (use bytes, K, M, G)",
@@ -739,14 +456,14 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
         *(char **)(void *)at = xstrdup(d->name);
         return true;
     case K_URL:
-        if ((*(char **)(void *)at = parse_url(v)) != NULL)
+        if ((*(char **)(void *)at = value_url(v)) != NULL)
             return true;
         parser_fail(p, p->lineno,
                     "%s: bad URL '%s' (use http://HOST or https://HOST)",
                     k->name, v);
         return false;
     case K_ENV_NAME:
-        if (is_env_name(v)) {
+        if (value_env_name(v)) {
             *(char **)(void *)at = xstrdup(v);
             return true;
         }
@@ -757,21 +474,21 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
                     k->name);
         return false;
     case K_TOKEN:
-        if (is_token(v, strlen(v))) {
+        if (value_token(v, strlen(v))) {
             *(char **)(void *)at = xstrdup(v);
             return true;
         }
         parser_fail(p, p->lineno, "%s: bad header name '%s'", k->name, v);
         return false;
     case K_AUTH:
-        if (parse_auth(v, &pc->auth, &pc->auth_header) == 0)
+        if (value_auth(v, &pc->auth, &pc->auth_header) == 0)
             return true;
         parser_fail(p, p->lineno,
                     "%s: bad auth '%s' (use bearer, header:NAME or none)",
                     k->name, v);
         return false;
     case K_IDEM:
-        if (parse_idem(v, &pc->idem, &pc->idem_name) == 0)
+        if (value_idem(v, &pc->idem, &pc->idem_name) == 0)
             return true;
         parser_fail(p, p->lineno,
                     "%s: bad idempotency '%s' (use header, header:NAME, "
@@ -803,7 +520,7 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
         return false;
     }
     case K_COST_POINTER:
-        if (v[0] == '/' && jsonptr_valid(v) && !has_control(v)) {
+        if (v[0] == '/' && jsonptr_valid(v) && !value_has_control(v)) {
             *(char **)(void *)at = xstrdup(v);
             return true;
         }
@@ -813,7 +530,7 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
                     k->name, v);
         return false;
     case K_HEADER: {
-        char *h = parse_header_line(v);
+        char *h = value_header_line(v);
         if (h == NULL) {
             /* Not echoed: extra headers often carry tokens. */
             parser_fail(p, p->lineno, "%s: bad header (use \"Name: value\")",
@@ -835,7 +552,7 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
                     v);
         return false;
     case K_POINTER:
-        if (!jsonptr_valid(v) || has_control(v)) {
+        if (!jsonptr_valid(v) || value_has_control(v)) {
             parser_fail(p, p->lineno,
                         "%s: bad JSON pointer '%s' (use /a/b, * for every "
                         "array element, ~0 for ~ and ~1 for /)",
@@ -843,8 +560,8 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
             return false;
         }
         pc->output_pointers =
-            xrealloc(pc->output_pointers, (pc->noutput_pointers + 1) *
-                                              sizeof(*pc->output_pointers));
+            xrealloc(pc->output_pointers,
+                     (pc->noutput_pointers + 1) * sizeof(*pc->output_pointers));
         pc->output_pointers[pc->noutput_pointers++] = xstrdup(v);
         return true;
     }
@@ -948,12 +665,12 @@ finish_provider(struct parser *p, struct provider_config *pc,
         return;
     }
     if (!was_set(ps, PK_AUTH) &&
-        parse_auth(d->auth, &pc->auth, &pc->auth_header) < 0) {
+        value_auth(d->auth, &pc->auth, &pc->auth_header) < 0) {
         parser_fail(p, ps->line, "auth: dialect %s has a bad default", d->name);
         return;
     }
     if (!was_set(ps, PK_IDEMPOTENCY) &&
-        parse_idem(d->idempotency, &pc->idem, &pc->idem_name) < 0) {
+        value_idem(d->idempotency, &pc->idem, &pc->idem_name) < 0) {
         parser_fail(p, ps->line, "idempotency: dialect %s has a bad default",
                     d->name);
         return;
@@ -1113,125 +830,6 @@ config_provider(const struct config *c, const char *name)
             return &c->providers[i];
     }
     return NULL;
-}
-
-/* ---- keys ---- */
-
-/* Frees a buffer that held (part of) a key, wiping it first so the key
- * does not linger in freed heap memory. */
-static void
-free_secret(char *s, size_t n)
-{
-    if (s == NULL)
-        return;
-    explicit_bzero(s, n);
-    free(s);
-}
-
-/* Reads path whole, at most CONFIG_MAX_KEY_FILE bytes. */
-static char *
-read_key_file(const char *path, char *err, size_t errlen)
-{
-    char *data = xmalloc(CONFIG_MAX_KEY_FILE + 1);
-    size_t n;
-    bool failed;
-    FILE *f = fopen(path, "re");
-
-    if (f == NULL) {
-        snprintf(err, errlen, "cannot read key file %s: %s", path,
-                 strerror(errno));
-        free(data);
-        return NULL;
-    }
-    n = fread(data, 1, CONFIG_MAX_KEY_FILE + 1, f);
-    failed = ferror(f) != 0;
-    fclose(f);
-    if (failed || n > CONFIG_MAX_KEY_FILE) {
-        snprintf(err, errlen, "key file %s: %s", path,
-                 failed ? "read error" : "too large for a key");
-        free_secret(data, CONFIG_MAX_KEY_FILE + 1);
-        return NULL;
-    }
-    data[n] = '\0';
-    return data;
-}
-
-/* Trims blanks and line ends on both sides of s, in place. */
-static void
-trim(char *s)
-{
-    char *start = s;
-    size_t n;
-
-    while (*start == ' ' || *start == '\t' || *start == '\r' || *start == '\n')
-        start++;
-    n = strlen(start);
-    while (n > 0 && (start[n - 1] == ' ' || start[n - 1] == '\t' ||
-                     start[n - 1] == '\r' || start[n - 1] == '\n'))
-        n--;
-    memmove(s, start, n);
-    s[n] = '\0';
-}
-
-char *
-config_api_key(const struct provider_config *p, char *err, size_t errlen)
-{
-    char *key, *where;
-
-    if (p->auth == AUTH_NONE)
-        return xstrdup("");
-    if (p->api_key_env != NULL) {
-        const char *v = getenv(p->api_key_env);
-        if (v == NULL) {
-            snprintf(err, errlen, "environment variable %s is not set",
-                     p->api_key_env);
-            return NULL;
-        }
-        key = xstrdup(v);
-        where = xasprintf("environment variable %s", p->api_key_env);
-    } else if (p->api_key_file != NULL) {
-        const char *dir = getenv("CREDENTIALS_DIRECTORY");
-        if (p->api_key_file[0] != '/' && dir != NULL && *dir != '\0')
-            where = xasprintf("%s/%s", dir, p->api_key_file);
-        else
-            where = xstrdup(p->api_key_file);
-        key = read_key_file(where, err, errlen);
-        if (key == NULL) {
-            free(where);
-            return NULL;
-        }
-        char *label = xasprintf("key file %s", where);
-        free(where);
-        where = label;
-    } else {
-        snprintf(err, errlen,
-                 "no api_key_env or api_key_file (set auth = "
-                 "none for a provider without a key)");
-        return NULL;
-    }
-    trim(key);
-    if (*key == '\0') {
-        snprintf(err, errlen, "%s is empty", where);
-        free(where);
-        free(key);
-        return NULL;
-    }
-    /* A line break inside would split the header it is sent in; the
-     * request builder sends visible ASCII only. */
-    bool ok = true;
-    for (const char *c = key; *c; c++)
-        ok = ok && (unsigned char)*c >= 0x20 && (unsigned char)*c <= 0x7e;
-    if (!ok) {
-        snprintf(err, errlen,
-                 "the key in %s contains control characters or non-ASCII "
-                 "bytes",
-                 where);
-        free(where);
-        free_secret(key, strlen(key));
-        return NULL;
-    }
-    free(where);
-    return key;
 }
 
 const char *

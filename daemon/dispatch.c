@@ -106,6 +106,8 @@ struct dlane {
     char *cost_pointer;          /* where a result says its cost, or NULL */
     double token_price;          /* cost per usage.total_tokens, 0 none */
     bool budget_wait;            /* a budget cut the last claim short */
+    bool gave_back;              /* jobs given back unsent since the last
+                                    commit (send_claimed) */
     struct lane *lane;
     int64_t next_check_ms;       /* no claimable job before this */
     int64_t recorded_due_ms;     /* earliest run_after among updates not
@@ -895,9 +897,11 @@ give_back(struct dispatch *d, struct dlane *dl, struct job *j, int64_t now)
     log_debug("job %" PRId64 ": %s held back by its budget", j->id,
               dl->name);
     record_event(d, r, &ev);
-    /* due again at once, yet it must not wake the lane that held it:
-     * an end (a cost, room) or the stated cost's answer does */
+    /* due again at once, yet not a wake-up like a retry's: once it is
+     * committed, the lane looks again unless it waits at a budget (then
+     * an end does) */
     dl->recorded_due_ms = due;
+    dl->gave_back = true;
     schedule_flush(d);
     req_free(r);
 }
@@ -1007,8 +1011,14 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
         return;
     if (capped) {
         /* held at a budget: a job that ends (a cost known), a resume, a
-         * reload or another process's commit looks again */
-        dl->next_check_ms = NEVER;
+         * reload or another process's commit looks again; runs waiting
+         * still need their polls (only a poll ends them), so while there
+         * are some, it looks again a poll interval on */
+        dl->next_check_ms = lane_waiting(dl->lane) > 0
+                                ? now + dl->policy.poll_interval_ms
+                                : NEVER;
+        if (dl->next_check_ms < *wake)
+            *wake = dl->next_check_ms;
         dl->budget_wait = true;
     } else if (got < n) {
         int64_t due = 0;
@@ -1103,6 +1113,11 @@ flush_now(struct dispatch *d)
         if (dl->recorded_due_ms < wake)
             wake = dl->recorded_due_ms;
         dl->recorded_due_ms = NEVER;
+        if (dl->gave_back && !dl->budget_wait) {
+            dl->next_check_ms = 0; /* a pending stated cost still holds it */
+            wake = 0;
+        }
+        dl->gave_back = false;
     }
     if (wake != NEVER && !d->stopping)
         schedule_pump(d, wake);

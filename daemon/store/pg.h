@@ -31,6 +31,18 @@ extern const size_t pg_sql_nfiles;
 
 /* The NOTIFY channel of enqueue, retry, cancel and resume. */
 #define PG_CHANNEL "sluice"
+/* The columns enqueue's COPY writes, into jobs or into jobs_in. */
+#define PG_COPY_COLUMNS                                                        \
+    "provider, batch, custom_id, method, path, body, idempotency_key, "        \
+    "priority, max_attempts, run_after, created_at, updated_at"
+/* The COPY text store_insert_jobs keeps for a replay: the savepoint over
+ * a file's rows moves on every this many bytes (a million lines of a few
+ * hundred bytes: about ten, within the 64 subtransactions a backend
+ * tracks in shared memory). */
+#define PG_COPY_SEGMENT (16u << 20)
+/* COPY data per message: large enough to amortize, small enough that the
+ * server starts on the rows while the rest is sent. */
+#define PG_COPY_MESSAGE (1u << 20)
 /* Most parameters any statement takes. */
 #define PG_MAX_PARAMS 24
 
@@ -149,6 +161,14 @@ struct pg_store {
     void (*wake_cb)(void *arg);
     void *wake_arg;
     char *unsafe_json; /* store_set_unsafe_resend, JSON array, or NULL */
+    /* store_insert_jobs in a transaction (pg_enqueue.c): the COPY text of
+     * the rows copied since the savepoint sluice_copy, kept for a replay,
+     * and how many of them the earlier calls reported inserted */
+    struct buf copy_seg;
+    size_t copy_seg_rows;
+    bool copy_seg_open; /* the savepoint is set */
+    bool copy_staged;   /* the last call met a duplicate: stage the next */
+    bool copy_notified; /* this transaction's NOTIFY is sent */
 };
 
 static inline struct pg_store *
@@ -271,6 +291,9 @@ int pg_load_done(struct store *base);
 int pg_insert_job(struct store *base, const struct jobspec *j, int64_t now_ms);
 int pg_insert_jobs(struct store *base, const struct jobspec *jobs, size_t n,
                    int64_t now_ms, size_t *inserted);
+/* Forgets the savepoint, the kept rows and the NOTIFY sent: at begin,
+ * commit, rollback. */
+void pg_enqueue_reset(struct pg_store *s);
 
 /* pg_claim.c */
 int pg_claim(struct store *base, enum store_claim_kind kind,

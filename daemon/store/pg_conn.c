@@ -229,13 +229,16 @@ pg_connect(struct pg_store *s, bool quiet)
             (rc = pg_exec(s, "LISTEN " PG_CHANNEL, "listen")) < 0)
             return rc;
         s->version = (int)pg_sql_nfiles;
-        /* Where enqueue's COPY lands (store_insert_jobs); per session,
-         * and before the statements that read it are prepared. */
+        /* Where enqueue replays the rows of a COPY that met a duplicate
+         * (pg_enqueue.c); per session, and before the statements that
+         * read it are prepared. */
         rc = pg_exec(s,
-                     "CREATE TEMP TABLE jobs_in (seq BIGINT, provider TEXT, "
-                     "batch TEXT, custom_id TEXT, method TEXT, path TEXT, "
-                     "body TEXT, idempotency_key TEXT, priority INTEGER, "
-                     "max_attempts INTEGER)",
+                     "CREATE TEMP TABLE jobs_in (seq BIGINT GENERATED "
+                     "ALWAYS AS IDENTITY, provider TEXT, batch TEXT, "
+                     "custom_id TEXT, method TEXT, path TEXT, body TEXT, "
+                     "idempotency_key TEXT, priority INTEGER, "
+                     "max_attempts INTEGER, run_after BIGINT, "
+                     "created_at BIGINT, updated_at BIGINT)",
                      "enqueue table");
         if (rc < 0)
             return rc;

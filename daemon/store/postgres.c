@@ -41,7 +41,8 @@
  *   pg_conn.c     connect, reconnect, statements, results as JSON, the
  *                 socket on the loop (LISTEN);
  *   pg_schema.c   migrations, and dump/load for sluicectl migrate;
- *   pg_enqueue.c  insert and COPY;
+ *   pg_enqueue.c  insert and COPY (straight into jobs, a duplicate
+ *                 replayed through a temporary table);
  *   pg_claim.c    claims and what the dispatcher counts, spend, budgets;
  *   pg_commit.c   the group commit of outcomes;
  *   pg_daemons.c  daemons, liveness, reclaims, permits, provider rows;
@@ -105,6 +106,7 @@ pg_close(struct store *base)
     free(s->conninfo);
     free(s->name);
     free(s->unsafe_json);
+    buf_free(&s->copy_seg);
     free(s);
 }
 
@@ -128,6 +130,7 @@ pg_begin(struct store *base)
 
     if ((rc = pg_ready(s)) < 0)
         return rc;
+    pg_enqueue_reset(s);
     if ((rc = pg_exec(s, "BEGIN", "begin")) == 0)
         s->in_tx = true;
     return rc;
@@ -146,6 +149,7 @@ pg_commit(struct store *base)
     }
     rc = pg_exec(s, "COMMIT", "commit");
     s->in_tx = false;
+    pg_enqueue_reset(s);
     return rc;
 }
 
@@ -158,6 +162,7 @@ pg_rollback(struct store *base)
         PQtransactionStatus(s->conn) != PQTRANS_IDLE)
         pg_exec(s, "ROLLBACK", "rollback");
     s->in_tx = false;
+    pg_enqueue_reset(s);
 }
 
 bool

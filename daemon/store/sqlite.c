@@ -102,6 +102,50 @@ extern const size_t sql_nfiles;
     "WHERE provider IN (SELECT value FROM json_each(?3)) "                     \
     "AND state = 'running' "
 
+/* Right-hand sides see the old row: "state" is the state before. A job
+ * an operator cancelled meanwhile stays cancelled, but what the
+ * provider answered is still kept. Mode ?7: 0 keeps the last failure,
+ * 1 records a failure, 2 a success (clears it). ?20: whether ?2 is a
+ * terminal state, bound rather than written "?2 IN (…)": an IN list of
+ * three or more values costs SQLite an ephemeral table built at every
+ * execution, about 2 us a job. The statement is cut in three so that
+ * the cost can be left out (ST_UPDATE_JOB_NO_COST). */
+#define UPDATE_JOB_SET                                                         \
+    "UPDATE jobs SET "                                                         \
+    "state = CASE WHEN state = 'cancelled' THEN state ELSE ?2 END, "           \
+    "run_after = ?3, "                                                         \
+    "attempts = MAX(attempts - ?4, 0), "                                       \
+    "deferrals = ?5, "                                                         \
+    "send_key = COALESCE(?6, send_key), "                                      \
+    "http_status = CASE ?7 WHEN 0 THEN http_status ELSE ?8 END, "              \
+    "error_class = CASE ?7 WHEN 0 THEN error_class ELSE ?9 END, "              \
+    "error_code = CASE ?7 WHEN 0 THEN error_code ELSE ?10 END, "               \
+    "error_message = CASE ?7 WHEN 0 THEN error_message ELSE ?11 END, "         \
+    "request_id = CASE ?7 WHEN 0 THEN request_id ELSE ?12 END, "               \
+    "fields = CASE ?7 WHEN 0 THEN fields ELSE ?13 END, "                       \
+    "result = COALESCE(?14, result), "
+#define UPDATE_JOB_COST                                                        \
+    "cost = CASE WHEN ?15 IS NULL THEN cost "                                  \
+    "  ELSE COALESCE(cost, 0) + ?15 END, "
+#define UPDATE_JOB_REST                                                        \
+    "remote_id = COALESCE(?16, remote_id), "                                   \
+    "poll_url = COALESCE(?17, poll_url), "                                     \
+    "waiting_since = CASE WHEN ?2 = 'waiting' "                                \
+    "  THEN COALESCE(waiting_since, ?18) "                                     \
+    "  WHEN ?2 IN ('queued', 'retrying') THEN NULL "                           \
+    "  ELSE waiting_since END, "                                               \
+    "finished_at = CASE WHEN state = 'cancelled' "                             \
+    "  THEN COALESCE(finished_at, ?18) "                                       \
+    "  WHEN ?20 THEN ?18 "                                                     \
+    "  ELSE NULL END, "                                                        \
+    "lease_until = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "         \
+    "  THEN lease_until ELSE NULL END, "                                       \
+    "lease_owner = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "         \
+    "  THEN lease_owner ELSE NULL END, "                                       \
+    "updated_at = ?18 "                                                        \
+    "WHERE id = ?1 AND (?19 IS NULL OR lease_owner = ?19 "                     \
+    "  OR (state = 'cancelled' AND lease_owner IS NULL))"
+
 /* Lease expiry is for owners that are not registered in daemons (leases
  * from before that table): a registered daemon's leases go only when it is
  * judged dead, never because a wall clock says they expired. */
@@ -214,7 +258,9 @@ enum stmt {
     ST_COUNTS,
     ST_DATA_VERSION,
     ST_UPDATE_JOB,
+    ST_UPDATE_JOB_NO_COST,
     ST_INSERT_ATTEMPT,
+    ST_INSERT_ATTEMPT_WRITTEN,
     ST_JOB_STATE,
     ST_PROVIDER_PUT,
     ST_PROVIDER_GET,
@@ -359,46 +405,10 @@ static const char *const stmt_sql[ST_COUNT] = {
                   "FROM job_counts WHERE n > 0 "
                   "ORDER BY provider, batch, state",
     [ST_DATA_VERSION] = "PRAGMA data_version",
-    /* Right-hand sides see the old row: "state" is the state before. A job
-     * an operator cancelled meanwhile stays cancelled, but what the
-     * provider answered is still kept. Mode ?7: 0 keeps the last failure,
-     * 1 records a failure, 2 a success (clears it). ?20: whether ?2 is a
-     * terminal state, bound rather than written "?2 IN (…)": an IN list of
-     * three or more values costs SQLite an ephemeral table built at every
-     * execution, about 2 us a job. */
-    [ST_UPDATE_JOB] =
-        "UPDATE jobs SET "
-        "state = CASE WHEN state = 'cancelled' THEN state ELSE ?2 END, "
-        "run_after = ?3, "
-        "attempts = MAX(attempts - ?4, 0), "
-        "deferrals = ?5, "
-        "send_key = COALESCE(?6, send_key), "
-        "http_status = CASE ?7 WHEN 0 THEN http_status ELSE ?8 END, "
-        "error_class = CASE ?7 WHEN 0 THEN error_class ELSE ?9 END, "
-        "error_code = CASE ?7 WHEN 0 THEN error_code ELSE ?10 END, "
-        "error_message = CASE ?7 WHEN 0 THEN error_message ELSE ?11 END, "
-        "request_id = CASE ?7 WHEN 0 THEN request_id ELSE ?12 END, "
-        "fields = CASE ?7 WHEN 0 THEN fields ELSE ?13 END, "
-        "result = COALESCE(?14, result), "
-        "cost = CASE WHEN ?15 IS NULL THEN cost "
-        "  ELSE COALESCE(cost, 0) + ?15 END, "
-        "remote_id = COALESCE(?16, remote_id), "
-        "poll_url = COALESCE(?17, poll_url), "
-        "waiting_since = CASE WHEN ?2 = 'waiting' "
-        "  THEN COALESCE(waiting_since, ?18) "
-        "  WHEN ?2 IN ('queued', 'retrying') THEN NULL "
-        "  ELSE waiting_since END, "
-        "finished_at = CASE WHEN state = 'cancelled' "
-        "  THEN COALESCE(finished_at, ?18) "
-        "  WHEN ?20 THEN ?18 "
-        "  ELSE NULL END, "
-        "lease_until = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "
-        "  THEN lease_until ELSE NULL END, "
-        "lease_owner = CASE WHEN state <> 'cancelled' AND ?2 = 'running' "
-        "  THEN lease_owner ELSE NULL END, "
-        "updated_at = ?18 "
-        "WHERE id = ?1 AND (?19 IS NULL OR lease_owner = ?19 "
-        "  OR (state = 'cancelled' AND lease_owner IS NULL))",
+    [ST_UPDATE_JOB] = UPDATE_JOB_SET UPDATE_JOB_COST UPDATE_JOB_REST,
+    /* Without cost in the SET list the spend trigger (sql/012) is not
+     * even started, for an outcome without a cost (most of them). */
+    [ST_UPDATE_JOB_NO_COST] = UPDATE_JOB_SET UPDATE_JOB_REST,
     /* Unless the job was purged: nothing to attach the attempt to. */
     [ST_INSERT_ATTEMPT] =
         "INSERT INTO attempts (job_id, attempt, idempotency_key, started_at, "
@@ -406,6 +416,12 @@ static const char *const stmt_sql[ST_COUNT] = {
         "request_id, retry_after_ms, is_poll) "
         "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 "
         "WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)",
+    /* The job's row was just updated: it is there, nothing to look up. */
+    [ST_INSERT_ATTEMPT_WRITTEN] =
+        "INSERT INTO attempts (job_id, attempt, idempotency_key, started_at, "
+        "finished_at, http_status, error_class, error_code, error_message, "
+        "request_id, retry_after_ms, is_poll) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     [ST_JOB_STATE] = "SELECT state FROM jobs WHERE id = ?1",
     [ST_PROVIDER_PUT] =
         "INSERT INTO providers (name, state, reason, concurrency_limit, "
@@ -1792,7 +1808,8 @@ flush_one(struct sqlite_store *s, const struct store_pending *p,
           size_t *dropped)
 {
     const struct job_update *u = &p->u;
-    sqlite3_stmt *st = stmt(s, ST_UPDATE_JOB);
+    sqlite3_stmt *st =
+        stmt(s, u->has_cost ? ST_UPDATE_JOB : ST_UPDATE_JOB_NO_COST);
     bool failed = u->cls != ERR_NONE;
     int mode = failed ? 1 : u->state == JOB_SUCCEEDED ? 2 : 0;
     int rc;
@@ -1846,7 +1863,7 @@ flush_one(struct sqlite_store *s, const struct store_pending *p,
     if (!u->has_attempt)
         return 0;
 
-    st = stmt(s, ST_INSERT_ATTEMPT);
+    st = stmt(s, written ? ST_INSERT_ATTEMPT_WRITTEN : ST_INSERT_ATTEMPT);
     sqlite3_bind_int64(st, 1, u->job_id);
     sqlite3_bind_int(st, 2, u->attempt);
     bind_text(st, 3, u->key_sent);

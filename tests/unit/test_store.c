@@ -588,6 +588,46 @@ test_reclaim_fails_a_job_with_no_attempt_left(void **state)
 
 /* --- outcomes ----------------------------------------------------------- */
 
+/* An outcome whose job was deleted while its request was out (an
+ * operator's DELETE): nothing is written for it, not even its attempt
+ * row, and the rest of the group commit goes through. */
+static void
+test_flush_skips_the_attempt_of_a_deleted_job(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct job *out[2];
+    struct job_update u;
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    insert_n(s, "a", 2, T0);
+    assert_int_equal(claim(s, "a", 2, T0, "d1", out), 2);
+    free_jobs(out, 2);
+    assert_int_equal(sql_int(t.path, "DELETE FROM jobs WHERE id = 1 "
+                                     "RETURNING 0"),
+                     0);
+    for (int64_t id = 1; id <= 2; id++) {
+        u = (struct job_update){
+            .job_id = id, .state = JOB_SUCCEEDED, .has_attempt = true,
+            .attempt = 1, .key_sent = "k", .started_at = T0 + 100,
+            .finished_at = T0 + 200, .http_status = 200, .cls = ERR_NONE,
+            .result = "{}",
+        };
+        store_record(s, &u);
+    }
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_pending(s), 0);
+    assert_job_str(s, "2", "state", "succeeded");
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM attempts "
+                                     "WHERE job_id = 2"),
+                     1);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM attempts"), 1);
+    store_close(s);
+    tmpdb_remove(&t);
+}
+
 static void
 test_flush_writes_job_and_attempt_rows(void **state)
 {
@@ -2630,6 +2670,7 @@ main(void)
             test_reclaim_returns_expired_leases_to_queued_with_attempt_charged),
         cmocka_unit_test(test_reclaim_fails_a_job_with_no_attempt_left),
         cmocka_unit_test(test_flush_writes_job_and_attempt_rows),
+        cmocka_unit_test(test_flush_skips_the_attempt_of_a_deleted_job),
         cmocka_unit_test(
             test_flush_while_another_connection_writes_returns_ebusy_and_keeps_all),
         cmocka_unit_test(test_close_flushes_what_is_buffered),

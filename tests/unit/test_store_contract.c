@@ -337,6 +337,99 @@ test_insert_keeps_text_byte_for_byte(void **state)
     store_close(s);
 }
 
+/* One file's transaction in calls of 100 rows, as sluicectl enqueue makes
+ * them: a key of an earlier call, a key twice in one call, calls after
+ * those. Each call counts its own rows, the first of a key wins, ids keep
+ * file order, the kept counts follow, and a rollback leaves nothing. */
+static void
+test_insert_calls_of_one_file_count_duplicates_of_earlier_calls(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct jobspec jobs[100];
+    char keys[100][16];
+    size_t n;
+    long pending;
+
+    assert_int_equal(store_begin(s), 0);
+    for (int call = 0; call < 5; call++) {
+        for (int i = 0; i < 100; i++) {
+            int k = call * 100 + i;
+            if (call == 1 && i == 50)
+                k = 5; /* a key of the first call */
+            if (call == 3 && i == 99)
+                k = 300; /* the first key of this call again */
+            snprintf(keys[i], sizeof(keys[i]), "k%d", k);
+            jobs[i] = spec("gen", keys[i], keys[i], call);
+        }
+        assert_int_equal(store_insert_jobs(s, jobs, 100, T0, &n), 0);
+        assert_int_equal(n, call == 1 || call == 3 ? 99 : 100);
+    }
+    assert_int_equal(store_commit(s), 0);
+    assert_int_equal(job_int(s, "k5", "priority"), 0);
+    assert_int_equal(job_int(s, "k300", "priority"), 3);
+    assert_true(job_int(s, "k99", "id") < job_int(s, "k100", "id"));
+    assert_true(job_int(s, "k199", "id") < job_int(s, "k200", "id"));
+    assert_true(job_int(s, "k398", "id") < job_int(s, "k400", "id"));
+    assert_int_equal(store_pending_count(s, "gen", &pending), 0);
+    assert_int_equal(pending, 498);
+
+    assert_int_equal(store_begin(s), 0);
+    for (int i = 0; i < 100; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "r%d", i);
+        jobs[i] = spec("gen", keys[i], keys[i], 0);
+    }
+    assert_int_equal(store_insert_jobs(s, jobs, 100, T0, &n), 0);
+    jobs[99] = spec("gen", "k7", "k7", 0); /* committed before */
+    assert_int_equal(store_insert_jobs(s, jobs, 100, T0, &n), 0);
+    assert_int_equal(n, 0);
+    store_rollback(s);
+    assert_null(store_job_json(s, "r1"));
+    assert_int_equal(store_pending_count(s, "gen", &pending), 0);
+    assert_int_equal(pending, 498);
+    store_close(s);
+}
+
+/* Calls whose rows add up to 35 MiB: past what PostgreSQL keeps for a
+ * replay (16 MiB) twice, with a duplicate of a key from before the
+ * boundary. The counts stay exact. */
+static void
+test_insert_calls_of_large_rows_count_duplicates_across_megabytes(
+    void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    enum { ROWS = 20, BODY = 256 * 1024 };
+    struct jobspec jobs[ROWS];
+    char keys[ROWS][16];
+    char *body = malloc(BODY + 16);
+    size_t n, total = 0;
+    long pending;
+
+    snprintf(body, 16, "{\"p\":\"");
+    memset(body + 6, 'x', BODY);
+    strcpy(body + 6 + BODY, "\"}");
+    assert_int_equal(store_begin(s), 0);
+    for (int call = 0; call < 7; call++) {
+        for (int i = 0; i < ROWS; i++) {
+            snprintf(keys[i], sizeof(keys[i]), "k%d",
+                     call == 5 && i == 10 ? 3 : call * ROWS + i);
+            jobs[i] = spec("gen", keys[i], keys[i], 0);
+            jobs[i].body = body;
+        }
+        assert_int_equal(store_insert_jobs(s, jobs, ROWS, T0, &n), 0);
+        assert_int_equal(n, call == 5 ? ROWS - 1 : ROWS);
+        total += n;
+    }
+    assert_int_equal(store_commit(s), 0);
+    assert_int_equal(total, 7 * ROWS - 1);
+    assert_int_equal(store_pending_count(s, "gen", &pending), 0);
+    assert_int_equal(pending, 7 * ROWS - 1);
+    assert_true(job_int(s, "k99", "id") < job_int(s, "k100", "id"));
+    free(body);
+    store_close(s);
+}
+
 /* --- claims -------------------------------------------------------------- */
 
 static void
@@ -1737,6 +1830,49 @@ test_data_version_changes_when_another_process_enqueues(void **state)
     store_close(b);
 }
 
+/* Polls a's data version until it differs from v0 (PostgreSQL's wakeup
+ * travels asynchronously: a bounded wait); returns the new version. */
+static int64_t
+version_after(struct store *a, int64_t v0)
+{
+    int64_t v = v0;
+
+    for (int i = 0; i < 500 && v == v0; i++) {
+        assert_int_equal(store_data_version(a, &v), 0);
+        if (v == v0)
+            usleep(10000);
+    }
+    assert_true(v != v0);
+    return v;
+}
+
+/* A file whose second call meets a duplicate (on PostgreSQL: the rows
+ * since the savepoint rolled back and replayed) still wakes the others
+ * when it commits. */
+static void
+test_data_version_changes_when_a_file_with_a_duplicate_commits(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *a = open_store(f), *b = open_store(f);
+    struct jobspec one = spec("gen", "k1", "k1", 0);
+    struct jobspec two[2] = {spec("gen", "k0", "k0", 0),
+                             spec("gen", "k2", "k2", 0)};
+    int64_t v;
+    size_t n;
+
+    assert_int_equal(store_data_version(a, &v), 0);
+    insert(b, "gen", "k0", 0, T0);
+    v = version_after(a, v);
+    assert_int_equal(store_begin(b), 0);
+    assert_int_equal(store_insert_jobs(b, &one, 1, T0, &n), 0);
+    assert_int_equal(store_insert_jobs(b, two, 2, T0, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(store_commit(b), 0);
+    version_after(a, v);
+    store_close(a);
+    store_close(b);
+}
+
 struct wake {
     int calls;
     uv_timer_t deadline;
@@ -1852,6 +1988,9 @@ main(void)
         BOTH(test_read_only_open_reads_and_never_writes),
         BOTH(test_insert_skips_duplicates_within_and_across_files),
         BOTH(test_insert_keeps_text_byte_for_byte),
+        BOTH(test_insert_calls_of_one_file_count_duplicates_of_earlier_calls),
+        BOTH(
+            test_insert_calls_of_large_rows_count_duplicates_across_megabytes),
         BOTH(test_claim_takes_due_jobs_by_priority_and_charges_an_attempt),
         BOTH(test_two_connections_never_claim_the_same_job),
         BOTH(test_polls_are_claimed_apart_and_stay_waiting),
@@ -1878,6 +2017,7 @@ main(void)
         BOTH(test_every_move_the_store_makes_is_in_the_table),
         BOTH(test_queries_status_jobs_progress_export_purge),
         BOTH(test_data_version_changes_when_another_process_enqueues),
+        BOTH(test_data_version_changes_when_a_file_with_a_duplicate_commits),
         BOTH(test_watch_wakes_the_loop_on_enqueue_where_the_backend_pushes),
     };
     if (getenv("SLUICE_TEST_PG") == NULL)

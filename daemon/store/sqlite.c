@@ -55,8 +55,6 @@ extern const size_t sql_nfiles;
  * five indexes; with the 2 MiB default, pages spill to the WAL mid-
  * transaction and inserts slow down several times. */
 #define STORE_CACHE_KIB 65536
-/* A failure repeated within this is counted, not logged again. */
-#define STORE_ERROR_REPEAT_MS 60000
 
 /* The columns a claim returns, in the order claim_row reads them. The key
  * to send is the derived one when a failed run was retried (send_key). */

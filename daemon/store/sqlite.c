@@ -483,9 +483,18 @@ static const char *const stmt_sql[ST_COUNT] = {
         "GROUP BY provider, error_class, error_code "
         "ORDER BY count DESC, provider, error_class, error_code",
     [ST_RESOLVE_ID] = "SELECT id FROM jobs WHERE id = ?1",
-    /* custom_id is unique per provider only: the newest wins. */
+    /* custom_id is unique per provider only: the newest wins. A job's
+     * custom_id is its key (found per provider through the unique index;
+     * job_counts names every provider with jobs) unless it was enqueued
+     * with --unique (in jobs_custom_id, sql/014_custom_id_by_key.sql). */
     [ST_RESOLVE_CUSTOM_ID] =
-        "SELECT id FROM jobs WHERE custom_id = ?1 ORDER BY id DESC LIMIT 1",
+        "SELECT id FROM ("
+        "  SELECT id FROM jobs WHERE provider IN "
+        "    (SELECT DISTINCT provider FROM job_counts) "
+        "    AND idempotency_key = ?1 AND custom_id = ?1 "
+        "  UNION ALL SELECT id FROM jobs WHERE custom_id = ?1 "
+        "    AND custom_id IS NOT NULL AND custom_id <> idempotency_key) "
+        "ORDER BY id DESC LIMIT 1",
     [ST_RETRY_ID] = RETRY_SET "AND id = ?2",
     [ST_RETRY_WHERE] = RETRY_SET "AND " SELECT_WHERE,
     [ST_CANCEL_ID] = CANCEL_SET "AND id = ?2",

@@ -39,6 +39,14 @@ int jobspec_parse(const char *line, size_t len, const struct jobspec_opts *o,
                   struct jobspec *out, char *err, size_t errlen);
 void jobspec_clear(struct jobspec *j);
 
+/* jobspec_parse with jansson alone (json_loadb, then a sorted compact
+ * dump of the body): the reference that jobspec_parse's one-pass reader
+ * matches byte for byte and falls back to for every line it leaves (bad
+ * lines among them, so errors are jansson's). Same contract. */
+int jobspec_parse_jansson(const char *line, size_t len,
+                          const struct jobspec_opts *o, struct jobspec *out,
+                          char *err, size_t errlen);
+
 /* Lowercase hex sha256 of the NUL-separated (provider, method, path, body);
  * out must hold 65 bytes. */
 void jobspec_hash_key(const char *provider, const char *method,

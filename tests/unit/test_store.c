@@ -1580,6 +1580,43 @@ test_job_json_by_id_or_custom_id_with_parsed_body(void **state)
     store_close(s);
 }
 
+/* A custom_id is found whether it is the job's key (through the unique
+ * index) or not (--unique: through jobs_custom_id, which holds only those
+ * jobs), on any provider; the newest job wins. */
+static void
+test_custom_id_is_found_whether_or_not_it_is_the_key(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    struct jobspec j = {.provider = "b", .custom_id = "u", .method = "POST",
+                        .path = "/v1/run", .idempotency_key = "3f9a",
+                        .max_attempts = 3};
+
+    tmpdb_make(&t);
+    s = open_store(t.path);
+    assert_int_equal(insert(s, "a", "k", 0, T0), 0); /* id 1 */
+    assert_int_equal(store_insert_job(s, &j, T0), 0); /* id 2 */
+    assert_int_equal(insert(s, "b", "k", 0, T0), 0); /* id 3 */
+    j.provider = "c";
+    j.idempotency_key = "77e0";
+    assert_int_equal(store_insert_job(s, &j, T0), 0); /* id 4 */
+    j.custom_id = "v";
+    j.idempotency_key = "0c1d";
+    assert_int_equal(store_insert_job(s, &j, T0), 0); /* id 5 */
+    assert_int_equal(job_int(s, "k", "id"), 3);
+    assert_int_equal(job_int(s, "u", "id"), 4);
+    assert_int_equal(job_int(s, "v", "id"), 5);
+    assert_null(store_job_json(s, "3f9a"));
+    store_close(s);
+    /* only the jobs whose custom_id is not their key are indexed */
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs INDEXED BY "
+                                     "jobs_custom_id WHERE custom_id IS NOT "
+                                     "NULL AND custom_id <> idempotency_key"),
+                     3);
+    tmpdb_remove(&t);
+}
+
 static void
 test_views_return_latest_failures_summary_and_progress(void **state)
 {
@@ -1699,6 +1736,23 @@ test_schema_indexes_serve_claim_and_due_queries(void **state)
                "lease_until <= 5",
                plan, sizeof(plan));
     assert_non_null(strstr(plan, "INDEX jobs_lease"));
+    /* ST_RESOLVE_CUSTOM_ID */
+    query_plan(t.path,
+               "SELECT id FROM ("
+               "  SELECT id FROM jobs WHERE provider IN "
+               "    (SELECT DISTINCT provider FROM job_counts) "
+               "    AND idempotency_key = 'x' AND custom_id = 'x' "
+               "  UNION ALL SELECT id FROM jobs WHERE custom_id = 'x' "
+               "    AND custom_id IS NOT NULL AND custom_id <> "
+               "    idempotency_key) "
+               "ORDER BY id DESC LIMIT 1",
+               plan, sizeof(plan));
+    assert_non_null(strstr(plan, "SEARCH jobs USING INDEX "
+                                 "sqlite_autoindex_jobs_1 (provider=? AND "
+                                 "idempotency_key=?)"));
+    assert_non_null(strstr(plan, "SEARCH jobs USING INDEX jobs_custom_id "
+                               "(custom_id=?)"));
+    assert_null(strstr(plan, "SCAN jobs"));
     tmpdb_remove(&t);
 }
 
@@ -2518,6 +2572,47 @@ test_migration_12_keeps_the_spend_of_the_costs_already_there(void **state)
     tmpdb_remove(&t);
 }
 
+/* A database at version 13 gets migration 14: jobs_custom_id keeps only
+ * the jobs whose custom_id is not their key, and every custom_id is still
+ * found. */
+static void
+test_migration_14_indexes_only_custom_ids_that_are_not_keys(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    sqlite3 *db;
+
+    tmpdb_make(&t);
+    assert_int_equal(sqlite3_open(t.path, &db), SQLITE_OK);
+    for (int i = 0; i < 13; i++)
+        assert_int_equal(
+            sqlite3_exec(db, sql_files[i].text, NULL, NULL, NULL),
+            SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "PRAGMA user_version = 13; INSERT INTO jobs (provider, "
+                     "custom_id, path, idempotency_key, created_at, "
+                     "updated_at) VALUES ('a', 'c', '/', 'c', 1, 1), "
+                     "('a', 'u', '/', '9e2f', 1, 1), "
+                     "('a', NULL, '/', '51ab', 1, 1); "
+                     "INSERT INTO job_counts (provider, batch, state, n) "
+                     "VALUES ('a', '', 'queued', 3)",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    s = open_store(t.path);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
+    assert_int_equal(job_int(s, "c", "id"), 1);
+    assert_int_equal(job_int(s, "u", "id"), 2);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs INDEXED BY "
+                                     "jobs_custom_id WHERE custom_id IS NOT "
+                                     "NULL AND custom_id <> idempotency_key"),
+                     1);
+    tmpdb_remove(&t);
+}
+
 /* A database at version 5 gets migration 6: counts of the jobs already
  * there, and batch_progress read from them. */
 static void
@@ -2701,6 +2796,7 @@ main(void)
             test_status_json_counts_every_state_per_provider_and_batch),
         cmocka_unit_test(test_jobs_json_filters_newest_first_without_body),
         cmocka_unit_test(test_job_json_by_id_or_custom_id_with_parsed_body),
+        cmocka_unit_test(test_custom_id_is_found_whether_or_not_it_is_the_key),
         cmocka_unit_test(
             test_views_return_latest_failures_summary_and_progress),
         cmocka_unit_test(test_schema_indexes_serve_claim_and_due_queries),
@@ -2728,6 +2824,8 @@ main(void)
         cmocka_unit_test(
             test_migration_12_keeps_the_spend_of_the_costs_already_there),
         cmocka_unit_test(test_migration_13_checks_states_without_an_in_list),
+        cmocka_unit_test(
+            test_migration_14_indexes_only_custom_ids_that_are_not_keys),
         cmocka_unit_test(test_outputs_rows_from_success_to_stored_or_failed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

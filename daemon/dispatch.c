@@ -3,13 +3,16 @@
  *
  * How a job moves: pump() asks each lane how many requests its gates admit
  * (daemon/lane/), claims that many due jobs of its provider in one statement
- * (store_claim), and sends each through http.c. When a response arrives,
- * the provider's dialect turns it into an outcome; the lane learns from it
- * (limit, pause, breaker), job_next (job.c) decides where the job goes, and
- * the update is buffered for the next group commit (store_flush on a short
- * timer). Nothing is decided from memory alone: every state change is a row
- * update, and a job that was claimed but not recorded is reclaimed by its
- * lease after a crash.
+ * (storeq_claim), and sends each through http.c when the claim answers.
+ * When a response arrives, the provider's dialect turns it into an
+ * outcome; the lane learns from it (limit, pause, breaker), job_next
+ * (job.c) decides where the job goes, and the update is buffered for the
+ * next group commit (storeq_commit on a short timer). Claims and commits
+ * answer through callbacks (storeq.h: inline on SQLite, from a database
+ * thread on PostgreSQL); a lane asks one claim at a time. Nothing is
+ * decided from memory alone: every state change is a row update, and a
+ * job that was claimed but not recorded is reclaimed by its lease after a
+ * crash.
  *
  * Pumping: a completion schedules a pump on the next loop turn, so the
  * completions of one turn share one claim. A lane whose claim came back
@@ -49,6 +52,7 @@
 #include "sluice/runcost.h"
 #include "sluice/spend.h"
 #include "sluice/store.h"
+#include "sluice/storeq.h"
 #include "sluice/url.h"
 #include "sluice/xmalloc.h"
 
@@ -110,6 +114,10 @@ struct dlane {
     int64_t next_check_ms;       /* no claimable job before this */
     int64_t recorded_due_ms;     /* earliest run_after among updates not
                                     yet committed: claimable once flushed */
+    int64_t committing_due_ms;   /* the same, of the commit out */
+    bool claiming;               /* a claim asked of storeq, unanswered */
+    int putting;                 /* permit puts asked, unanswered */
+    bool repump;                 /* a pump passed the lane meanwhile */
     int64_t resume_seen;         /* last resume request acted on */
     bool removed;                /* gone from the config (SIGHUP) */
     int concurrency_max;         /* configured: our view of the shared cap */
@@ -138,7 +146,8 @@ struct req {
 
 struct dispatch {
     uv_loop_t *loop;
-    struct store *store;
+    struct store *store;         /* housekeeping, reads: on the loop */
+    struct storeq *q;            /* claims and commits (storeq.h) */
     struct http *http;
     struct dlane *lanes;
     struct req *inflight;
@@ -156,6 +165,8 @@ struct dispatch {
     int64_t flush_retry_ms;      /* the next retry's delay after a failure */
     int64_t stop_flush_until;    /* stopping: when to give up flushing */
     bool flush_scheduled;
+    bool commit_out;             /* a storeq_commit not yet answered */
+    bool flush_again;            /* asked for while one was out */
     bool flush_busy_logged;
     bool started;
     bool stopping;
@@ -301,6 +312,7 @@ dlane_new(struct dispatch *d, const struct provider_config *pc)
     dl->resume_seen = resume;
     dl->next_check_ms = 0;
     dl->recorded_due_ms = NEVER;
+    dl->committing_due_ms = NEVER;
     dl->slots_put = -1;
     return dl;
 }
@@ -635,10 +647,10 @@ apply_decision(struct dispatch *d, struct req *r, const struct outcome *o,
     if (dec->waiting != 0)
         lane_on_waiting(r->dl->lane, dec->waiting);
     /* The job becomes claimable only once this update is committed; the
-     * flush hands the time on to next_check_ms (see flush_now). */
+     * commit hands the time on to next_check_ms (see on_commit). */
     if (!job_state_terminal(u.state) && u.run_after < r->dl->recorded_due_ms)
         r->dl->recorded_due_ms = u.run_after;
-    store_record(d->store, &u);
+    storeq_record(d->q, &u);
     free(new_key);
     free_strv(urls);
 }
@@ -761,26 +773,86 @@ on_http_done(const struct http_response *resp, void *data)
 
 /* --- the pump ------------------------------------------------------------- */
 
+/* What a claim's answer needs of its asking. */
+struct claim_ctx {
+    struct dispatch *d;
+    struct dlane *dl;
+    int want, in_flight;
+    int64_t now, lane_wake;
+};
+
+/* Jobs claimed after the stop began (a claim answered late) go back
+ * unsent, as at shutdown. */
+static void
+release_claimed(struct dispatch *d, struct dlane *dl,
+                struct storeq_answer *a, int64_t now)
+{
+    for (int i = 0; i < a->got; i++) {
+        struct job *j = a->jobs[i];
+        struct job_event ev = {.kind = JOB_EVENT_RELEASE, .now_ms = now};
+        struct job_decision dec = job_next(j, &ev, &dl->policy);
+        struct job_update u = {
+            .job_id = j->id,
+            .owner = liveness_owner(d->live),
+            .state = dec.state,
+            .run_after = dec.run_after,
+            .deferrals = dec.deferrals,
+            .uncharge = dec.uncharge,
+            .is_poll = j->state == JOB_WAITING,
+        };
+        storeq_record(d->q, &u);
+        job_free(j);
+    }
+    a->got = 0;
+}
+
+/* The end of every claim's answer: a pump that passed the lane while
+ * the claim was out looks again. */
+static void
+claim_done(struct claim_ctx *x)
+{
+    struct dispatch *d = x->d;
+    struct dlane *dl = x->dl;
+
+    dl->claiming = false;
+    free(x);
+    if (d->stopping) {
+        maybe_stopped(d);
+    } else if (dl->repump) {
+        dl->repump = false;
+        schedule_pump(d, 0);
+    }
+}
+
+static void
+on_polls_claimed(struct storeq_answer *a, void *arg)
+{
+    struct claim_ctx *x = arg;
+    struct dispatch *d = x->d;
+
+    if (d->stopping)
+        release_claimed(d, x->dl, a, clock_now_ms());
+    else if (a->rc < 0)
+        schedule_pump(d, x->now + (a->rc == -EBUSY ? FLUSH_RETRY_MS
+                                                   : STORE_TROUBLE_MS));
+    for (int i = 0; i < a->got; i++)
+        send_job(d, x->dl, a->jobs[i]);
+    claim_done(x);
+}
+
 /* Waiting runs hold concurrency slots (they occupy the provider), so a
  * lane full of them admits nothing; yet only a poll can end a run. Polls
  * due then go out past the concurrency gate: a GET of a run's status costs
  * the provider little, and the pacer's gate still applies before this. */
+static void claim_ask(struct dispatch *d, struct dlane *dl, int n,
+                      int64_t now, int64_t lane_wake, bool polls);
+static bool send_claimed(struct dispatch *d, struct dlane *dl, struct job *j,
+                         int64_t now);
+
 static void
-pump_polls(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
+pump_polls(struct dispatch *d, struct dlane *dl, int64_t now)
 {
-    struct job *jobs[CLAIM_MAX];
-    int got = 0;
-    int rc = store_claim_polls(d->store, dl->name, CLAIM_MAX, now,
-                               d->lease_ms, liveness_owner(d->live), jobs,
-                               &got);
-    if (rc < 0) {
-        int64_t at = now + (rc == -EBUSY ? FLUSH_RETRY_MS : STORE_TROUBLE_MS);
-        if (at < *wake)
-            *wake = at;
-        return;
-    }
-    for (int i = 0; i < got; i++)
-        send_job(d, dl, jobs[i]);
+    claim_ask(d, dl, CLAIM_MAX, now, 0, true);
 }
 
 /* --- permits shared with other daemons on the database (permit.h) ------ */
@@ -803,80 +875,159 @@ permit_view_of(const struct dlane *dl, struct permit_view *v)
  * other daemons may use them (a loop turn after the answer). Alone on the
  * database, only the housekeeping tick does (force): a stale count is
  * only ever too high, which costs a daemon that joins a second at most. */
+struct put_ctx {
+    struct dispatch *d;
+    struct dlane *dl;
+    int slots;
+};
+
+static void
+on_put(int rc, void *arg)
+{
+    struct put_ctx *x = arg;
+
+    x->dl->putting--;
+    if (rc == 0) {
+        x->dl->slots_put = x->slots;
+        x->dl->unmet_put = false;
+    }
+    if (x->d->stopping)
+        maybe_stopped(x->d);
+    free(x);
+}
+
+/* Sets our slots of dl's provider to slots and gives tokens granted but
+ * not used back to its bucket (store_permit_put, on storeq). */
+static void
+permits_put(struct dispatch *d, struct dlane *dl, int slots, int tokens)
+{
+    struct put_ctx *x = xcalloc(1, sizeof(*x));
+    x->d = d;
+    x->dl = dl;
+    x->slots = slots;
+    dl->putting++;
+    storeq_put(d->q, dl->name, liveness_owner(d->live), slots, tokens,
+               on_put, x);
+}
+
 static void
 permits_sync(struct dispatch *d, struct dlane *dl, bool force)
 {
     int in_flight = lane_in_flight(dl->lane);
     if (dl->slots_put < 0 ||
         (dl->slots_put == in_flight && !dl->unmet_put) ||
-        (!force && liveness_peers(d->live) == 0))
+        (!force && liveness_peers(d->live) == 0) || dl->claiming ||
+        dl->putting > 0)
         return;
-    if (store_permit_put(d->store, dl->name, liveness_owner(d->live),
-                         in_flight, 0) == 0) {
-        dl->slots_put = in_flight;
+    permits_put(d, dl, in_flight, 0);
+}
+
+/* A claim's answer: the permits the pool granted (store_permit_take),
+ * the jobs within them and the spend caps (spend.c), what went back. */
+static void
+on_claimed(struct storeq_answer *a, void *arg)
+{
+    struct claim_ctx *x = arg;
+    struct dispatch *d = x->d;
+    struct dlane *dl = x->dl;
+    int n = x->want;
+
+    if (d->stopping) {
+        release_claimed(d, dl, a, clock_now_ms());
+        claim_done(x);
+        return;
+    }
+    if (!a->took) {
+        schedule_pump(d, x->now + FLUSH_RETRY_MS); /* locked: look again */
+        claim_done(x);
+        return;
+    }
+    dl->slots_put = x->in_flight + a->granted;
+    dl->unmet_put = a->granted < n;
+    if (a->granted < n && a->wake_ms > 0)
+        schedule_pump(d, a->wake_ms);
+    if (a->granted == 0) {
+        claim_done(x);
+        return;
+    }
+    n = a->granted;
+    if (a->rc == 0)
+        metrics_observe_claim(d->metrics, a->claim_s);
+    else /* locked: shortly; a full disk or an I/O error: not before it
+          * may have passed */
+        schedule_pump(d, x->now + (a->rc == -EBUSY ? FLUSH_RETRY_MS
+                                                   : STORE_TROUBLE_MS));
+    int sent = 0;
+    bool capped = a->capped;
+    for (int i = 0; i < a->got; i++) {
+        if (send_claimed(d, dl, a->jobs[i], x->now))
+            sent++;
+        else
+            capped = true;
+    }
+    if (a->put) {
+        dl->slots_put = lane_in_flight(dl->lane); /* the rest went back */
         dl->unmet_put = false;
     }
-}
-
-/* Narrows *n, what the lane admits, to the permits the pool grants.
- * Returns false (and sets *wake) when nothing may start now. Taken alone
- * on the database too: a daemon that starts beside this one must find
- * what this one holds, from its first claim on. */
-static bool
-permits_take(struct dispatch *d, struct dlane *dl, int64_t now, int *n,
-             int64_t *wake)
-{
-    struct permit_view v;
-    int granted = 0;
-    int64_t at = 0;
-
-    permit_view_of(dl, &v);
-    int in_flight = lane_in_flight(dl->lane);
-    if (store_permit_take(d->store, dl->name, liveness_owner(d->live), &v,
-                          in_flight, *n, now, &granted, &at) < 0) {
-        at = now + FLUSH_RETRY_MS; /* locked: look again shortly */
-        granted = 0;
-    } else {
-        dl->slots_put = in_flight + granted;
-        dl->unmet_put = granted < *n;
+    /* jobs given back unsent (send_claimed) hold neither a slot nor the
+     * tokens granted for them */
+    if (sent < a->got)
+        permits_put(d, dl, lane_in_flight(dl->lane), a->got - sent);
+    if (runcost_pending(d->runcost, dl->name)) {
+        claim_done(x); /* the stated cost's answer looks again */
+        return;
     }
-    if (granted < *n && at > 0 && at < *wake)
-        *wake = at;
-    *n = granted;
-    return granted > 0;
+    if (a->rc == 0 && capped) {
+        /* held at a budget: a job that ends (a cost known), a resume, a
+         * reload or another process's commit looks again */
+        dl->next_check_ms = NEVER;
+        dl->budget_wait = true;
+    } else if (a->rc == 0 && a->got < n) {
+        int64_t due = a->due_ms < 0 ? x->now + FLUSH_RETRY_MS : a->due_ms;
+        dl->next_check_ms = due > 0 ? due : NEVER;
+        if (dl->next_check_ms != NEVER)
+            schedule_pump(d, dl->next_check_ms);
+    } else if (a->rc == 0 && x->lane_wake > 0) {
+        schedule_pump(d, x->lane_wake);
+    }
+    claim_done(x);
 }
 
-/* Claims up to n jobs of dl within the spend caps (spend.c): polls of
- * runs already sent always; new jobs as far as the provider's and its
- * batches' budgets allow, none of a batch held at its cap. *capped: the
- * budgets kept the claim short. */
-static int
-claim_jobs(struct dispatch *d, struct dlane *dl, int n, int64_t now,
-           const char *owner, struct job **jobs, int *got, bool *capped)
+/* Asks for n jobs of dl (the answer sends them): with polls, waiting
+ * runs due for a poll only; else permits first (taken alone on the
+ * database too: a daemon that starts beside this one must find what this
+ * one holds, from its first claim on), then polls of runs already sent
+ * and new jobs as far as the provider's and its batches' budgets allow. */
+static void
+claim_ask(struct dispatch *d, struct dlane *dl, int n, int64_t now,
+          int64_t lane_wake, bool polls)
 {
-    const char *const *held = NULL;
-    size_t nheld = 0;
-    int allowed = spend_admit(d->spend, dl->name, n,
-                              runcost_least(d->runcost, dl->name), &held,
-                              &nheld);
-    int polls = 0, fresh = 0, rc = 0;
+    struct claim_ctx *x = xcalloc(1, sizeof(*x));
+    struct storeq_claim c = {
+        .provider = dl->name,
+        .owner = liveness_owner(d->live),
+        .now_ms = now,
+        .lease_ms = d->lease_ms,
+        .want = n,
+        .polls_only = polls,
+        .with_polls = dl->dialect->async,
+        .in_flight = lane_in_flight(dl->lane),
+    };
 
-    if (allowed == n && nheld == 0)
-        return dl->dialect->async
-                   ? store_claim(d->store, dl->name, n, now, d->lease_ms,
-                                 owner, jobs, got)
-                   : store_claim_new(d->store, dl->name, n, now, d->lease_ms,
-                                     owner, jobs, got);
-    if (dl->dialect->async)
-        rc = store_claim_polls(d->store, dl->name, n, now, d->lease_ms,
-                               owner, jobs, &polls);
-    if (rc == 0 && allowed > polls)
-        rc = store_claim_except(d->store, dl->name, allowed - polls, now,
-                                d->lease_ms, owner, held, nheld,
-                                jobs + polls, &fresh);
-    *got = polls + fresh;
-    *capped = allowed < n || polls + fresh < n;
-    return rc;
+    if (!polls) {
+        permit_view_of(dl, &c.view);
+        c.allowed = spend_admit(d->spend, dl->name, n,
+                                runcost_least(d->runcost, dl->name), &c.held,
+                                &c.nheld);
+    }
+    x->d = d;
+    x->dl = dl;
+    x->want = n;
+    x->in_flight = c.in_flight;
+    x->now = now;
+    x->lane_wake = lane_wake;
+    dl->claiming = true;
+    storeq_claim(d->q, &c, polls ? on_polls_claimed : on_claimed, x);
 }
 
 /* A claimed job goes back to the queue untouched (its attempt refunded),
@@ -941,6 +1092,10 @@ static void
 pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
 {
     int64_t lane_wake = 0;
+    if (dl->claiming) {
+        dl->repump = true; /* its answer pumps again */
+        return;
+    }
     if (dl->removed || now < dl->next_check_ms) {
         if (!dl->removed && dl->next_check_ms < *wake)
             *wake = dl->next_check_ms;
@@ -958,7 +1113,7 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
         if (lane_wake > 0 && lane_wake < *wake)
             *wake = lane_wake;
         if (lane_state(dl->lane) == LANE_ACTIVE && lane_wake == 0)
-            pump_polls(d, dl, now, wake);
+            pump_polls(d, dl, now);
         return;
     }
     /* When only the concurrency gate limits (no time gate pending) and
@@ -973,53 +1128,7 @@ pump_lane(struct dispatch *d, struct dlane *dl, int64_t now, int64_t *wake)
     }
     if (n > CLAIM_MAX)
         n = CLAIM_MAX;
-    if (!permits_take(d, dl, now, &n, wake))
-        return;
-    struct job *jobs[CLAIM_MAX];
-    int got = 0;
-    const char *owner = liveness_owner(d->live);
-    bool capped = false;
-    uint64_t t0 = uv_hrtime();
-    int rc = claim_jobs(d, dl, n, now, owner, jobs, &got, &capped);
-    if (rc == 0)
-        metrics_observe_claim(d->metrics, (double)(uv_hrtime() - t0) / 1e9);
-    if (rc < 0) {
-        /* Locked by an operator or another daemon: try again shortly; a
-         * full disk or an I/O error: not before it may have passed. */
-        got = 0;
-        int64_t at = now + (rc == -EBUSY ? FLUSH_RETRY_MS : STORE_TROUBLE_MS);
-        if (at < *wake)
-            *wake = at;
-    }
-    int sent = 0;
-    for (int i = 0; i < got; i++)
-        if (send_claimed(d, dl, jobs[i], now))
-            sent++;
-        else
-            capped = true;
-    if (sent < n && dl->slots_put >= 0 &&
-        store_permit_put(d->store, dl->name, liveness_owner(d->live),
-                         lane_in_flight(dl->lane), n - sent) == 0) {
-        dl->slots_put = lane_in_flight(dl->lane); /* the rest goes back */
-        dl->unmet_put = false;
-    }
-    if (rc < 0 || runcost_pending(d->runcost, dl->name))
-        return;
-    if (capped) {
-        /* held at a budget: a job that ends (a cost known), a resume, a
-         * reload or another process's commit looks again */
-        dl->next_check_ms = NEVER;
-        dl->budget_wait = true;
-    } else if (got < n) {
-        int64_t due = 0;
-        if (store_next_due(d->store, dl->name, now, &due) < 0)
-            due = now + FLUSH_RETRY_MS;
-        dl->next_check_ms = due > 0 ? due : NEVER;
-        if (dl->next_check_ms < *wake)
-            *wake = dl->next_check_ms;
-    } else if (lane_wake > 0 && lane_wake < *wake) {
-        *wake = lane_wake;
-    }
+    claim_ask(d, dl, n, now, lane_wake, false);
 }
 
 static void
@@ -1060,25 +1169,49 @@ schedule_pump(struct dispatch *d, int64_t at)
 
 static void on_uv_flush(uv_timer_t *t);
 
-/* Commits what is buffered. A commit that fails (a lock held by an
- * operator) keeps everything and tries again FLUSH_RETRY_MS later. */
+/* Hands what is buffered to storeq for one commit; on_commit follows
+ * (at once on SQLite, from the database thread on a server). */
 static void
 flush_now(struct dispatch *d)
 {
-    size_t n = store_pending(d->store);
     d->flush_scheduled = false;
-    if (n == 0)
+    if (storeq_pending(d->q) == 0)
         return;
-    uint64_t t0 = uv_hrtime();
-    int rc = store_flush(d->store);
-    if (rc == 0)
-        metrics_observe_commit(d->metrics, (double)(uv_hrtime() - t0) / 1e9);
+    if (d->commit_out) {
+        d->flush_again = true;
+        return;
+    }
+    /* What these updates give back becomes claimable with this commit. */
+    for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
+        dl->committing_due_ms = dl->recorded_due_ms;
+        dl->recorded_due_ms = NEVER;
+    }
+    d->commit_out = true;
+    storeq_commit(d->q);
+}
+
+/* A commit answered. One that failed (a lock held by an operator, a lost
+ * connection) kept everything; it is tried again FLUSH_RETRY_MS later,
+ * backing off for what will not pass that soon. */
+static void
+on_commit(int rc, size_t n, double seconds, void *arg)
+{
+    struct dispatch *d = arg;
+
+    d->commit_out = false;
     if (rc < 0) {
+        for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
+            if (dl->committing_due_ms < dl->recorded_due_ms)
+                dl->recorded_due_ms = dl->committing_due_ms;
+            dl->committing_due_ms = NEVER;
+        }
         if (!d->flush_busy_logged)
             log_warnx("store: commit of %zu outcomes delayed (%s), kept "
                       "and retried",
-                      n, rc == -EBUSY ? "database locked" : strerror(-rc));
+                      storeq_pending(d->q),
+                      rc == -EBUSY ? "database locked" : strerror(-rc));
         d->flush_busy_logged = true;
+        d->flush_again = false;
         d->flush_scheduled = true;
         if (rc == -EBUSY || d->flush_retry_ms < FLUSH_RETRY_MS)
             d->flush_retry_ms = FLUSH_RETRY_MS;
@@ -1086,8 +1219,11 @@ flush_now(struct dispatch *d)
             d->flush_retry_ms = STORE_TROUBLE_MS;
         uv_timer_start(&d->flush_timer, on_uv_flush,
                        (uint64_t)d->flush_retry_ms, 0);
+        maybe_stopped(d);
         return;
     }
+    if (n > 0)
+        metrics_observe_commit(d->metrics, seconds);
     d->flush_retry_ms = 0;
     if (d->flush_busy_logged)
         log_info("store: delayed outcomes committed");
@@ -1098,23 +1234,25 @@ flush_now(struct dispatch *d)
     }
     int64_t wake = NEVER;
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
-        if (dl->recorded_due_ms < dl->next_check_ms)
-            dl->next_check_ms = dl->recorded_due_ms;
-        if (dl->recorded_due_ms < wake)
-            wake = dl->recorded_due_ms;
-        dl->recorded_due_ms = NEVER;
+        if (dl->committing_due_ms < dl->next_check_ms)
+            dl->next_check_ms = dl->committing_due_ms;
+        if (dl->committing_due_ms < wake)
+            wake = dl->committing_due_ms;
+        dl->committing_due_ms = NEVER;
     }
     if (wake != NEVER && !d->stopping)
         schedule_pump(d, wake);
+    if (d->flush_again) {
+        d->flush_again = false;
+        flush_now(d); /* what came meanwhile has waited long enough */
+    }
+    maybe_stopped(d);
 }
 
 static void
 on_uv_flush(uv_timer_t *t)
 {
-    struct dispatch *d = t->data;
-    flush_now(d);
-    if (d->stopping)
-        maybe_stopped(d);
+    flush_now(t->data);
 }
 
 static void
@@ -1122,7 +1260,7 @@ schedule_flush(struct dispatch *d)
 {
     if (d->flush_scheduled)
         return;
-    if (store_pending(d->store) >= FLUSH_BATCH) {
+    if (storeq_pending(d->q) >= FLUSH_BATCH) {
         flush_now(d);
         return;
     }
@@ -1233,7 +1371,7 @@ on_uv_house(uv_timer_t *t)
         return;
     check_resumes(d, now);
     check_cancels(d);
-    if (store_pending(d->store) == 0)
+    if (storeq_pending(d->q) == 0)
         reconcile_waiting(d);
     if (liveness_reap(d->live, now, clock_mono_ms(), &n) == 0 && n > 0)
         recheck_lanes(d);
@@ -1403,6 +1541,16 @@ dispatch_new(uv_loop_t *loop, struct store *s, struct liveness *live,
         *tail = dl;
         tail = &dl->next;
     }
+    if (storeq_open(loop, s, c->database, STOREQ_AUTO, BUSY_TIMEOUT_MS,
+                    on_commit, d, &d->q) < 0) {
+        for (struct dlane *x = d->lanes, *nx; x; x = nx) {
+            nx = x->next;
+            dlane_free(x);
+        }
+        spend_free(d->spend);
+        free(d);
+        return NULL;
+    }
     d->http = http_new(loop);
     d->runcost = runcost_new(d->http, on_runcost_done, d);
     uv_timer_t *timers[] = {&d->pump_timer, &d->flush_timer, &d->house_timer,
@@ -1510,17 +1658,21 @@ maybe_stopped(struct dispatch *d)
     if (!d->stopping || d->ninflight > 0 || d->on_stopped == NULL ||
         (d->outputs != NULL && !d->outputs_stopped))
         return;
-    if (store_pending(d->store) > 0) {
-        flush_now(d); /* retries itself while the database is locked */
-        if (store_pending(d->store) > 0 &&
-            clock_now_ms() < d->stop_flush_until)
-            return;
-        if (store_pending(d->store) > 0)
-            log_warnx("store: %zu outcomes not committed by the stop: their "
-                      "jobs stay leased and are taken back, with the same "
-                      "keys, at the next start",
-                      store_pending(d->store));
+    /* Claims, puts and commits out call back here when they answer. */
+    if (storeq_busy(d->q) > 0)
+        return;
+    if (storeq_pending(d->q) > 0 && clock_now_ms() < d->stop_flush_until) {
+        /* on_commit calls back here (inline: before flush_now returns),
+         * and a failed commit's retry timer flushes again */
+        if (!d->flush_scheduled)
+            flush_now(d);
+        return;
     }
+    if (storeq_pending(d->q) > 0)
+        log_warnx("store: %zu outcomes not committed by the stop: their "
+                  "jobs stay leased and are taken back, with the same "
+                  "keys, at the next start",
+                  storeq_pending(d->q));
     write_provider_rows(d, clock_now_ms());
     /* Nothing of ours keeps the loop alive once stopped. */
     uv_timer_stop(&d->grace_timer);
@@ -1580,7 +1732,8 @@ dispatch_stop(struct dispatch *d, int64_t grace_ms,
 bool
 dispatch_drained(struct dispatch *d)
 {
-    if (d->ninflight > 0 || store_pending(d->store) > 0)
+    if (d->ninflight > 0 || storeq_pending(d->q) > 0 ||
+        storeq_busy(d->q) > 0)
         return false;
     if (d->outputs != NULL && !outputs_idle(d->outputs))
         return false;
@@ -1678,6 +1831,9 @@ dispatch_free(struct dispatch *d)
     runcost_free(d->runcost);
     http_free(d->http);
     store_watch(d->store, NULL, NULL, NULL);
+    /* Commits what the cancellations above recorded, and closes its
+     * handle with the timers below. */
+    storeq_close(d->q);
     uv_timer_t *timers[] = {&d->pump_timer, &d->flush_timer, &d->house_timer,
                             &d->version_timer, &d->grace_timer};
     for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++) {

@@ -36,20 +36,7 @@ backend_claimed_sort(struct backend_claimed *c, int n)
 void
 backend_pending_clear(struct store_pending *p)
 {
-    struct job_update *u = &p->u;
-    free((char *)u->owner);
-    free((char *)u->new_key);
-    free((char *)u->key_sent);
-    free((char *)u->code);
-    free((char *)u->message);
-    free((char *)u->request_id);
-    free((char *)u->fields);
-    free((char *)u->result);
-    free((char *)u->remote_id);
-    free((char *)u->poll_url);
-    for (size_t i = 0; i < u->noutput_urls; i++)
-        free((char *)u->output_urls[i]);
-    free((void *)u->output_urls);
+    store_update_clear(&p->u);
 }
 
 void

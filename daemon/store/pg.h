@@ -249,6 +249,9 @@ value_double(const PGresult *r, int row, int col)
 
 /* pg_conn.c */
 void pg_lost(struct pg_store *s);
+/* A store closing while its connection is down no longer counts as down
+ * (the once-per-outage log of pg_lost). */
+void pg_forget(struct pg_store *s);
 /* SQLSTATE of a failed result (NULL: the connection) as a negative
  * errno; -ENOTCONN when the connection is gone. */
 int pg_errno(struct pg_store *s, const PGresult *r);

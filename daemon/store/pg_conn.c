@@ -13,6 +13,7 @@
  * store_data_version.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,11 @@ const char *const pg_conn_sql[P_COUNT] = {
     [P_NOTIFY] = "SELECT pg_notify('" PG_CHANNEL "', $1::text)",
 };
 
+/* Connections of this process that are down. A daemon holds two to its
+ * server (its loop's and its database thread's, storeq.h), and an outage
+ * is said once: lost by the first that sees it, back with the last. */
+static atomic_int pg_down;
+
 /* The connection is gone: say so once, stop watching its socket, and
  * let the next call retry after the first backoff step. */
 void
@@ -51,9 +57,10 @@ pg_lost(struct pg_store *s)
 {
     if (!s->lost) {
         const char *msg = s->conn ? PQerrorMessage(s->conn) : "";
-        log_warnx("store: %s: connection lost (%.*s); claims stop and "
-                  "outcomes are kept until it is back",
-                  s->name, (int)strcspn(msg, "\n"), msg);
+        if (atomic_fetch_add(&pg_down, 1) == 0)
+            log_warnx("store: %s: connection lost (%.*s); claims stop and "
+                      "outcomes are kept until it is back",
+                      s->name, (int)strcspn(msg, "\n"), msg);
         s->lost = true;
         s->backoff_ms = PG_RECONNECT_MIN_MS;
         s->retry_at = clock_now_ms() + s->backoff_ms;
@@ -261,6 +268,15 @@ pg_connect(struct pg_store *s, bool quiet)
     return 0;
 }
 
+void
+pg_forget(struct pg_store *s)
+{
+    if (s->lost) {
+        s->lost = false;
+        atomic_fetch_sub(&pg_down, 1);
+    }
+}
+
 /* 0 when the connection is up, reconnecting first when the backoff
  * allows; -ENOTCONN otherwise. Never inside a transaction. */
 int
@@ -284,8 +300,9 @@ pg_ready(struct pg_store *s)
         s->retry_at = clock_now_ms() + s->backoff_ms;
         return -ENOTCONN;
     }
-    log_info("store: %s: connection back", s->name);
     s->lost = false;
+    if (atomic_fetch_sub(&pg_down, 1) == 1)
+        log_info("store: %s: connection back", s->name);
     /* What was missed while away: the next data_version differs. */
     s->notified++;
     pg_watch_start(s);

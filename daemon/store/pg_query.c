@@ -91,8 +91,13 @@ const char *const pg_query_sql[P_COUNT] = {
         "GROUP BY provider, error_class, error_code "
         "ORDER BY count DESC, provider, error_class, error_code",
     [P_RESOLVE_ID] = "SELECT id FROM jobs WHERE id = $1::bigint",
-    [P_RESOLVE_CUSTOM_ID] = "SELECT id FROM jobs WHERE custom_id = $1::text "
-                            "ORDER BY id DESC LIMIT 1",
+    /* The newest job with this custom_id: by the unique key where it is
+     * the idempotency key too, else by jobs_custom_id (sql/postgres/006). */
+    [P_RESOLVE_CUSTOM_ID] =
+        "SELECT id FROM (SELECT id FROM jobs WHERE idempotency_key = $1::text "
+        "  AND custom_id = $1::text "
+        "UNION ALL SELECT id FROM jobs WHERE custom_id = $1::text "
+        "  AND custom_id <> idempotency_key) AS j ORDER BY id DESC LIMIT 1",
     [P_RETRY_ID] = RETRY_SET "AND id = $2::bigint",
     [P_RETRY_WHERE] = RETRY_SET "AND " SELECT_WHERE(2, 3, 4, 5, 6, 7, 8),
     [P_CANCEL_ID] = CANCEL_SET "AND id = $2::bigint",

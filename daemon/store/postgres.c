@@ -27,13 +27,12 @@
  * succeeds. Inside an explicit transaction nothing reconnects: the caller
  * must roll back (what it wrote is gone with the connection).
  *
- * Blocking on the caller's thread keeps the store API synchronous, as the
- * dispatcher uses it. It costs the loop each round trip: bench/pg_cycle
- * measured a 64-job claim/commit cycle holding the loop 9–20 ms (p50),
- * where a database thread woken through uv_async left it 0.02–0.04 ms of
- * CPU and finished the cycle 15–25 % sooner (bench/README.md, postgres).
- * Moving the calls to a database thread (or libpq's async API on the
- * loop) is the next step; it changes how dispatch waits for claims.
+ * Blocking on the caller's thread keeps the store API synchronous. The
+ * daemon keeps its claim/commit path off the loop with a database thread
+ * of its own (storeq.h), on a second connection: bench/pg_cycle measured
+ * that against libpq's async API on the loop (bench/README.md,
+ * postgres). A daemon's outage is said once for both connections
+ * (pg_lost).
  *
  * The files, one concern each, sharing pg.h (struct pg_store, the
  * statement ids, the parameter helpers):
@@ -99,6 +98,7 @@ pg_close(struct store *base)
     struct pg_store *s = pq(base);
 
     pg_watch_stop(s);
+    pg_forget(s);
     if (s->conn)
         PQfinish(s->conn);
     if (s->conninfo)

@@ -370,6 +370,47 @@ store_set_unsafe_resend(struct store *s, const char *const *providers,
 }
 
 void
+store_update_copy(struct job_update *dst, const struct job_update *u)
+{
+    *dst = *u;
+    dst->owner = xstrdup(u->owner);
+    dst->new_key = xstrdup(u->new_key);
+    dst->key_sent = xstrdup(u->key_sent);
+    dst->code = xstrdup(u->code);
+    dst->message = xstrdup(u->message);
+    dst->request_id = xstrdup(u->request_id);
+    dst->fields = xstrdup(u->fields);
+    dst->result = xstrdup(u->result);
+    dst->remote_id = xstrdup(u->remote_id);
+    dst->poll_url = xstrdup(u->poll_url);
+    dst->output_urls = NULL;
+    if (u->noutput_urls > 0) {
+        const char **urls = xcalloc(u->noutput_urls, sizeof(char *));
+        for (size_t i = 0; i < u->noutput_urls; i++)
+            urls[i] = xstrdup(u->output_urls[i]);
+        dst->output_urls = urls;
+    }
+}
+
+void
+store_update_clear(struct job_update *u)
+{
+    free((char *)u->owner);
+    free((char *)u->new_key);
+    free((char *)u->key_sent);
+    free((char *)u->code);
+    free((char *)u->message);
+    free((char *)u->request_id);
+    free((char *)u->fields);
+    free((char *)u->result);
+    free((char *)u->remote_id);
+    free((char *)u->poll_url);
+    for (size_t i = 0; i < u->noutput_urls; i++)
+        free((char *)u->output_urls[i]);
+    free((void *)u->output_urls);
+}
+
+void
 store_record(struct store *s, const struct job_update *u)
 {
     struct store_pending *p;
@@ -385,24 +426,7 @@ store_record(struct store *s, const struct job_update *u)
     }
     p = &s->buf[s->nbuf++];
     memset(p, 0, sizeof(*p));
-    p->u = *u;
-    p->u.owner = xstrdup(u->owner);
-    p->u.new_key = xstrdup(u->new_key);
-    p->u.key_sent = xstrdup(u->key_sent);
-    p->u.code = xstrdup(u->code);
-    p->u.message = xstrdup(u->message);
-    p->u.request_id = xstrdup(u->request_id);
-    p->u.fields = xstrdup(u->fields);
-    p->u.result = xstrdup(u->result);
-    p->u.remote_id = xstrdup(u->remote_id);
-    p->u.poll_url = xstrdup(u->poll_url);
-    p->u.output_urls = NULL;
-    if (u->noutput_urls > 0) {
-        const char **urls = xcalloc(u->noutput_urls, sizeof(char *));
-        for (size_t i = 0; i < u->noutput_urls; i++)
-            urls[i] = xstrdup(u->output_urls[i]);
-        p->u.output_urls = urls;
-    }
+    store_update_copy(&p->u, u);
     p->at = u->finished_at ? u->finished_at : clock_now_ms();
 }
 

@@ -280,6 +280,12 @@ struct job_update {
     size_t noutput_urls;
 };
 
+/* A deep copy of u: *dst owns every string and output URL (store_record's
+ * buffer, and storeq's queue to its database thread);
+ * store_update_clear frees them. */
+void store_update_copy(struct job_update *dst, const struct job_update *u);
+void store_update_clear(struct job_update *u);
+
 /* Providers whose requests must not be sent twice on our own (idempotency =
  * none, docs/design.md §4): from now on, a running job of theirs whose lease is
  * taken back (its daemon died, or an old lease lapsed) fails with class

@@ -127,5 +127,53 @@ def test_server_stopped_for_seconds_loses_nothing():
         server.remove()
 
 
+def claim_backend(env):
+    """The pid of the server process behind the daemon's claims (its last
+    statement a claim), or None."""
+    rows = env.rows("SELECT pid FROM pg_stat_activity WHERE datname = '%s' "
+                    "AND application_name = 'sluice' "
+                    "AND query LIKE 'UPDATE jobs SET state = ''running''%%'"
+                    % env.dbname)
+    return rows[0]["pid"] if len(rows) == 1 else None
+
+
+def heartbeat(env, daemon):
+    return env.rows("SELECT heartbeat_at FROM daemons WHERE pid = %d"
+                    % daemon.pid)[0]["heartbeat_at"]
+
+
+def test_a_stalled_claim_connection_does_not_stop_the_loop():
+    """The claim/commit path runs off the loop (storeq.h): with the server
+    process behind the daemon's claims stopped (SIGSTOP), the loop still
+    beats, once a second, through its own connection. With libpq blocking
+    on the loop, the daemon would freeze at its next claim or commit."""
+    n = 1000
+    with Fake("--latency-ms", "50", "--quiet") as fake, PgEnv() as env:
+        env.write_config(providers={"gen": provider(
+            fake, concurrency_start="4")}, env={"GEN_KEY": "k"})
+        rc, out, err = env.enqueue_lines(job_lines(n), "--provider", "gen")
+        assert rc == 0, err
+        d = env.daemon()
+        wait_for(lambda: succeeded(env) >= 20, 60,
+                 message="progress before the stall")
+        pid = wait_for(lambda: claim_backend(env), 30, interval=0.01,
+                       message="the claims' server process")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            before = heartbeat(env, d)
+            # beats every second; generous for a loaded machine
+            wait_for(lambda: heartbeat(env, d) > before, 20, interval=0.2,
+                     message="a heartbeat while the claims are stalled")
+            stalled = succeeded(env)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert d.running(), d.stderr_text()[-2000:]
+        assert stalled < n, "all done before the stall: proves nothing"
+        wait_for(lambda: succeeded(env) == n, 120, interval=0.5,
+                 message="all jobs succeeded after the stall")
+        stop_all([d])
+        check_exactly_once(env, fake, n)
+
+
 if __name__ == "__main__":
     run(globals())

@@ -430,6 +430,33 @@ test_insert_calls_of_large_rows_count_duplicates_across_megabytes(
     store_close(s);
 }
 
+/* A custom_id names the newest job with it, whether it is also the job's
+ * idempotency key (the usual line) or not (enqueue --unique). */
+static void
+test_a_custom_id_names_its_newest_job_whatever_its_key(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    struct jobspec j[5] = {
+        spec("a", "x", "x", 0),
+        spec("b", "x", "x", 1),        /* newer, key = custom_id */
+        spec("a", "y", "y", 2),
+        spec("b", "y", "random-1", 3), /* newer, key apart */
+        spec("c", "z", "random-2", 4),
+    };
+
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(store_insert_job(s, &j[i], T0), 0);
+    assert_int_equal(job_int(s, "x", "priority"), 1);
+    assert_int_equal(job_int(s, "y", "priority"), 3);
+    assert_int_equal(job_int(s, "z", "priority"), 4);
+    j[0] = spec("c", "y", "y", 5); /* newest again by the key */
+    assert_int_equal(store_insert_job(s, &j[0], T0), 0);
+    assert_int_equal(job_int(s, "y", "priority"), 5);
+    assert_null(store_job_json(s, "random-1")); /* a key is not a name */
+    store_close(s);
+}
+
 /* --- claims -------------------------------------------------------------- */
 
 static void
@@ -1989,6 +2016,7 @@ main(void)
         BOTH(test_insert_skips_duplicates_within_and_across_files),
         BOTH(test_insert_keeps_text_byte_for_byte),
         BOTH(test_insert_calls_of_one_file_count_duplicates_of_earlier_calls),
+        BOTH(test_a_custom_id_names_its_newest_job_whatever_its_key),
         BOTH(
             test_insert_calls_of_large_rows_count_duplicates_across_megabytes),
         BOTH(test_claim_takes_due_jobs_by_priority_and_charges_an_attempt),

@@ -34,6 +34,11 @@
 
 struct uv_loop_s;
 
+/* A backend's failure repeated within this is counted, not logged again
+ * (a full disk fails every retry of a flush, every claim and every
+ * heartbeat: one line a minute says it). */
+#define STORE_ERROR_REPEAT_MS 60000
+
 /* A buffered job_update with its strings owned (store_record copies). */
 struct store_pending {
     struct job_update u;

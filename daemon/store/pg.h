@@ -169,6 +169,11 @@ struct pg_store {
     bool copy_seg_open; /* the savepoint is set */
     bool copy_staged;   /* the last call met a duplicate: stage the next */
     bool copy_notified; /* this transaction's NOTIFY is sent */
+    /* pg_fail: the last failure logged, when, and how many like it
+     * since (counted, not logged, for STORE_ERROR_REPEAT_MS) */
+    int last_err;
+    int64_t last_logged_ms;
+    long repeats;
 };
 
 static inline struct pg_store *

@@ -106,22 +106,44 @@ pg_errno(struct pg_store *s, const PGresult *r)
 }
 
 /* Logs a failed statement (a lock timeout at debug level: callers retry
- * it; a lost connection through pg_lost, once) and returns the errno. */
+ * it; a lost connection through pg_lost, once) and returns the errno. The
+ * same failure again within STORE_ERROR_REPEAT_MS, of any statement, is
+ * counted, not logged, as on SQLite. */
 int
 pg_fail(struct pg_store *s, const PGresult *r, const char *what)
 {
     int err = pg_errno(s, r);
     const char *msg = r ? PQresultErrorMessage(r) : "";
 
+    const char *line;
+    int64_t now;
+    int len;
+
     if (err == -ENOTCONN) {
         pg_lost(s);
-    } else if (err == -EBUSY) {
-        log_debug("store: %s: %s: %s", s->name, what, msg);
-    } else {
-        const char *line = msg && *msg ? msg : PQerrorMessage(s->conn);
-        log_error("store: %s: %s: %.*s", s->name, what,
-                  (int)strcspn(line, "\n"), line);
+        return err;
     }
+    if (err == -EBUSY) {
+        log_debug("store: %s: %s: %s", s->name, what, msg);
+        return err;
+    }
+    line = msg && *msg ? msg : PQerrorMessage(s->conn);
+    len = (int)strcspn(line, "\n");
+    now = clock_now_ms();
+    if (err == s->last_err && now - s->last_logged_ms < STORE_ERROR_REPEAT_MS) {
+        s->repeats++;
+        log_debug("store: %s: %s: %.*s", s->name, what, len, line);
+        return err;
+    }
+    if (s->repeats > 0)
+        log_error("store: %s: %s: %.*s (and %ld failures like it since the "
+                  "last such line)",
+                  s->name, what, len, line, s->repeats);
+    else
+        log_error("store: %s: %s: %.*s", s->name, what, len, line);
+    s->last_err = err;
+    s->last_logged_ms = now;
+    s->repeats = 0;
     return err;
 }
 

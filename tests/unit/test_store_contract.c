@@ -754,6 +754,53 @@ test_a_row_the_database_refuses_does_not_hold_back_the_others(void **state)
     store_close(s);
 }
 
+/* A failure that repeats (a full disk fails every claim, every flush and
+ * every heartbeat) is logged once, then counted, not logged, for a
+ * minute. */
+static void
+test_a_failure_repeated_is_logged_once(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s = open_store(f);
+    char path[] = "/tmp/test_contract_log.XXXXXX";
+    char line[512];
+    struct job *jobs[1];
+    int fd, saved, lines = 0;
+    FILE *log;
+
+    insert(s, "gen", "j", 0, T0);
+    raw_exec(f,
+             "CREATE TRIGGER no_claims BEFORE UPDATE OF state ON jobs "
+             "WHEN NEW.state = 'running' BEGIN "
+             "SELECT RAISE(ABORT, 'claims refused'); END;",
+             "CREATE FUNCTION no_claims() RETURNS trigger LANGUAGE plpgsql "
+             "AS $$ BEGIN IF NEW.state = 'running' THEN "
+             "RAISE EXCEPTION 'claims refused'; END IF; RETURN NEW; END $$; "
+             "CREATE TRIGGER no_claims BEFORE UPDATE ON jobs FOR EACH ROW "
+             "EXECUTE FUNCTION no_claims()");
+    assert_true((fd = mkstemp(path)) >= 0);
+    fflush(stderr);
+    saved = dup(2);
+    dup2(fd, 2);
+    for (int i = 0; i < 5; i++) {
+        int n = 0;
+        assert_true(store_claim_new(s, "gen", 1, T0, LEASE_MS, "h:1", jobs,
+                                    &n) < 0);
+        assert_int_equal(n, 0);
+    }
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    assert_non_null(log = fopen(path, "r"));
+    while (fgets(line, sizeof(line), log))
+        lines += strstr(line, "claims refused") != NULL;
+    fclose(log);
+    unlink(path);
+    assert_int_equal(lines, 1);
+    store_close(s);
+}
+
 /* The attempt rows of job key (its "attempts" in show). */
 static size_t
 attempt_rows(struct store *s, const char *key)
@@ -2025,6 +2072,7 @@ main(void)
         BOTH(test_flush_writes_success_failure_and_attempt_rows),
         BOTH(test_outcome_of_a_job_cancelled_meanwhile_keeps_it_cancelled),
         BOTH(test_a_row_the_database_refuses_does_not_hold_back_the_others),
+        BOTH(test_a_failure_repeated_is_logged_once),
         BOTH(
             test_a_commit_sent_again_after_a_lost_acknowledgement_changes_nothing),
         BOTH(test_attempts_written_twice_before_the_upgrade_are_kept_once),

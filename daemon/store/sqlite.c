@@ -189,6 +189,20 @@ extern const size_t sql_nfiles;
     "lease_until = NULL, lease_owner = NULL, updated_at = ?1 "                 \
     "WHERE state IN (" JOB_UNFINISHED_SQL ") "
 
+/* The priorities of provider ?1's queued and retrying jobs, highest
+ * first, as the rows p of "level": each one an index search in jobs_claim
+ * (which is ordered by priority first), so a minimum over those jobs
+ * costs a search per priority in use, not a walk of the queue. The
+ * queued jobs are in no other index (sql/015_state_index_unqueued.sql). */
+#define CLAIM_LEVELS                                                           \
+    "WITH RECURSIVE level(p) AS ("                                             \
+    "  SELECT (SELECT priority FROM jobs WHERE provider = ?1 "                 \
+    "    AND state IN ('queued', 'retrying') ORDER BY priority DESC LIMIT 1) " \
+    "  UNION ALL SELECT (SELECT priority FROM jobs WHERE provider = ?1 "       \
+    "    AND state IN ('queued', 'retrying') AND priority < level.p "          \
+    "    ORDER BY priority DESC LIMIT 1) FROM level "                          \
+    "  WHERE level.p IS NOT NULL) "
+
 /* The oldest finished jobs purge takes in one transaction; attempts and
  * jobs are deleted by the same subquery in the same transaction, so they
  * see the same rows. Walks jobs_finished. */
@@ -359,10 +373,13 @@ static const char *const stmt_sql[ST_COUNT] = {
         "rate_tokens_at) VALUES (?1, ?3, ?2, ?3) ON CONFLICT (name) "
         "DO UPDATE SET rate_tokens = excluded.rate_tokens, "
         "rate_tokens_at = excluded.rate_tokens_at",
+    /* "state <> 'queued'": jobs_state's own WHERE, which SQLite needs
+     * to see before it reads that index (sql/015). */
     [ST_CLAIM_WAITING] =
         "UPDATE jobs SET lease_until = ?1, lease_owner = ?2, updated_at = ?3 "
         "WHERE id IN (SELECT id FROM jobs "
-        "  WHERE provider = ?4 AND state = 'waiting' AND run_after <= ?3 "
+        "  WHERE provider = ?4 AND state = 'waiting' "
+        "  AND state <> 'queued' AND run_after <= ?3 "
         "  AND (lease_until IS NULL OR (lease_until <= ?3 "
         "    " UNREGISTERED_OWNER ")) "
         "  ORDER BY run_after, id LIMIT ?5) "
@@ -374,16 +391,19 @@ static const char *const stmt_sql[ST_COUNT] = {
                  "  AND run_after <= ?3 "
                  "  ORDER BY priority DESC, run_after, id LIMIT ?5) "
                  "RETURNING " CLAIM_COLUMNS,
-    /* One MIN per state, each answered from the jobs_state index. */
-    [ST_NEXT_DUE] = "SELECT MIN(due) FROM ("
-                    "  SELECT MIN(run_after) AS due FROM jobs "
-                    "    WHERE provider = ?1 AND state = 'queued' "
-                    "  UNION ALL SELECT MIN(run_after) FROM jobs "
-                    "    WHERE provider = ?1 AND state = 'retrying' "
-                    "  UNION ALL SELECT MIN(run_after) FROM jobs "
-                    "    WHERE provider = ?1 AND state = 'waiting' "
-                    "    AND (lease_until IS NULL OR (lease_until <= ?2 "
-                    "      " UNREGISTERED_OWNER ")))",
+    /* The first due of the queued and retrying jobs, one priority
+     * level at a time (CLAIM_LEVELS), and of the unleased waiting ones
+     * (jobs_state). */
+    [ST_NEXT_DUE] =
+        CLAIM_LEVELS "SELECT MIN(due) FROM ("
+        "  SELECT (SELECT run_after FROM jobs WHERE provider = ?1 "
+        "    AND state IN ('queued', 'retrying') AND priority = level.p "
+        "    ORDER BY run_after LIMIT 1) AS due FROM level "
+        "  UNION ALL SELECT MIN(run_after) FROM jobs "
+        "    WHERE provider = ?1 AND state = 'waiting' "
+        "    AND state <> 'queued' "
+        "    AND (lease_until IS NULL OR (lease_until <= ?2 "
+        "      " UNREGISTERED_OWNER ")))",
     /* The kept counts (sql/006_counts.sql): a few rows, not the queue. */
     [ST_UNFINISHED] =
         "SELECT coalesce(sum(n), 0) FROM job_counts WHERE provider = ?1 "
@@ -392,7 +412,9 @@ static const char *const stmt_sql[ST_COUNT] = {
      * second. */
     [ST_HAS_UNFINISHED] =
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE provider = ?1 "
-        "AND state IN (" JOB_UNFINISHED_SQL "))",
+        "  AND state IN ('queued', 'retrying')) "
+        "OR EXISTS (SELECT 1 FROM jobs WHERE provider = ?1 "
+        "  AND state IN ('running', 'waiting') AND state <> 'queued')",
     [ST_COUNT_WAITING] = "SELECT coalesce(sum(n), 0) FROM job_counts "
                          "WHERE provider = ?1 AND state = 'waiting'",
     [ST_UNFINISHED_BY_PROVIDER] =
@@ -510,10 +532,14 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_FREELIST] = "PRAGMA freelist_count",
     [ST_PROGRESS_BATCH] =
         "SELECT * FROM batch_progress WHERE batch = ?1 ORDER BY provider",
-    /* Answered from the jobs_state index: queued jobs are due from
-     * run_after (the enqueue time, or when they were handed back). */
-    [ST_OLDEST_QUEUED] = "SELECT MIN(run_after) FROM jobs "
-                         "WHERE provider = ?1 AND state = 'queued'",
+    /* Queued jobs are due from run_after (the enqueue time, or when they
+     * were handed back): the first queued job of each priority level,
+     * past the retrying ones due earlier at that level. */
+    [ST_OLDEST_QUEUED] =
+        CLAIM_LEVELS "SELECT MIN((SELECT run_after FROM jobs "
+        "  WHERE provider = ?1 AND state IN ('queued', 'retrying') "
+        "  AND priority = level.p AND state = 'queued' "
+        "  ORDER BY run_after LIMIT 1)) FROM level",
     /* ST_CLAIM but for jobs of the batches in ?6 (a JSON array), held
      * at their budget; jobs without a batch are never held. Its own
      * statement, so the plain claim keeps its covering index. */

@@ -1300,6 +1300,52 @@ test_oldest_queued_is_the_earliest_due_queued_job(void **state)
     store_close(s);
 }
 
+/* Queued jobs are only in jobs_claim, ordered by priority first: the
+ * next due and the oldest queued job are found at every priority level,
+ * and retrying jobs count for the first but not for the second. */
+static void
+test_due_and_oldest_queued_look_at_every_priority(void **state)
+{
+    (void)state;
+    struct store *s = open_store(":memory:");
+    struct job *out[3];
+    struct job_update u;
+    int64_t due = -1, since = -1;
+    bool any = false;
+
+    assert_int_equal(store_has_unfinished(s, "a", &any), 0);
+    assert_false(any);
+    assert_int_equal(insert(s, "a", "hi", 5, T0 + 300), 0);  /* id 1 */
+    assert_int_equal(insert(s, "a", "lo", 0, T0 + 100), 0);  /* id 2 */
+    assert_int_equal(insert(s, "a", "mid", 2, T0 + 200), 0); /* id 3 */
+    assert_int_equal(store_next_due(s, "a", T0, &due), 0);
+    assert_int_equal(due, T0 + 100);
+    assert_int_equal(store_oldest_queued(s, "a", &since), 0);
+    assert_int_equal(since, T0 + 100);
+    assert_int_equal(store_has_unfinished(s, "a", &any), 0);
+    assert_true(any);
+    /* lo and mid back as retrying, hi done, one more queued at level 2 */
+    assert_int_equal(claim(s, "a", 3, T0 + 400, "d1", out), 3);
+    free_jobs(out, 3);
+    u = (struct job_update){.job_id = 2, .state = JOB_RETRYING,
+                            .run_after = T0 + 50, .finished_at = T0 + 400};
+    store_record(s, &u);
+    u.job_id = 3;
+    u.run_after = T0 + 550;
+    store_record(s, &u);
+    u = (struct job_update){.job_id = 1, .state = JOB_SUCCEEDED,
+                            .finished_at = T0 + 400};
+    store_record(s, &u);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(insert(s, "a", "q2", 2, T0 + 600), 0);
+    assert_int_equal(store_next_due(s, "a", T0 + 400, &due), 0);
+    assert_int_equal(due, T0 + 50);
+    /* at level 2 the retrying mid (550) comes first and is passed over */
+    assert_int_equal(store_oldest_queued(s, "a", &since), 0);
+    assert_int_equal(since, T0 + 600);
+    store_close(s);
+}
+
 static int
 insert_in(struct store *s, const char *batch, const char *key, int priority)
 {
@@ -1719,18 +1765,50 @@ test_schema_indexes_serve_claim_and_due_queries(void **state)
                plan, sizeof(plan));
     assert_non_null(strstr(plan, "USING INDEX jobs_claim"));
     assert_null(strstr(plan, "TEMP B-TREE"));
+    /* ST_OLDEST_QUEUED: one search of jobs_claim per priority level */
     query_plan(t.path,
-               "SELECT MIN(run_after) FROM jobs WHERE provider = 'a' "
-               "AND state = 'queued'",
+               "WITH RECURSIVE level(p) AS ("
+               "  SELECT (SELECT priority FROM jobs WHERE provider = 'a' "
+               "    AND state IN ('queued', 'retrying') "
+               "    ORDER BY priority DESC LIMIT 1) "
+               "  UNION ALL SELECT (SELECT priority FROM jobs "
+               "    WHERE provider = 'a' AND state IN ('queued', "
+               "    'retrying') AND priority < level.p "
+               "    ORDER BY priority DESC LIMIT 1) FROM level "
+               "  WHERE level.p IS NOT NULL) "
+               "SELECT MIN((SELECT run_after FROM jobs "
+               "  WHERE provider = 'a' AND state IN ('queued', 'retrying') "
+               "  AND priority = level.p AND state = 'queued' "
+               "  ORDER BY run_after LIMIT 1)) FROM level",
                plan, sizeof(plan));
-    assert_non_null(strstr(plan, "COVERING INDEX jobs_state"));
+    assert_non_null(strstr(plan, "INDEX jobs_claim (provider=?)"));
+    assert_non_null(strstr(plan, "INDEX jobs_claim (provider=? AND "
+                                 "priority<?)"));
+    assert_non_null(strstr(plan, "INDEX jobs_claim (provider=? AND "
+                                 "priority=?)"));
+    assert_null(strstr(plan, "SCAN jobs"));
+    assert_null(strstr(plan, "TEMP B-TREE"));
+    /* jobs_state holds no queued job: a query that reads it repeats
+     * its WHERE term (sql/015_state_index_unqueued.sql) */
     query_plan(t.path,
                "SELECT id FROM jobs WHERE provider = 'a' AND state = "
-               "'waiting' AND run_after <= 5 AND (lease_until IS NULL OR "
-               "lease_until <= 5) ORDER BY run_after, id LIMIT 8",
+               "'waiting' AND state <> 'queued' AND run_after <= 5 AND "
+               "(lease_until IS NULL OR lease_until <= 5) "
+               "ORDER BY run_after, id LIMIT 8",
                plan, sizeof(plan));
     assert_non_null(strstr(plan, "INDEX jobs_state"));
     assert_null(strstr(plan, "TEMP B-TREE"));
+    query_plan(t.path,
+               "SELECT EXISTS (SELECT 1 FROM jobs WHERE provider = 'a' "
+               "  AND state IN ('queued', 'retrying')) "
+               "OR EXISTS (SELECT 1 FROM jobs WHERE provider = 'a' "
+               "  AND state IN ('running', 'waiting') "
+               "  AND state <> 'queued')",
+               plan, sizeof(plan));
+    assert_non_null(strstr(plan, "INDEX jobs_claim (provider=?)"));
+    assert_non_null(strstr(plan, "COVERING INDEX jobs_state (provider=? "
+                                 "AND state=?)"));
+    assert_null(strstr(plan, "SCAN jobs"));
     query_plan(t.path,
                "SELECT id FROM jobs WHERE state = 'running' AND "
                "lease_until <= 5",
@@ -2613,6 +2691,47 @@ test_migration_14_indexes_only_custom_ids_that_are_not_keys(void **state)
     tmpdb_remove(&t);
 }
 
+/* A database at version 14 gets migration 15: jobs_state keeps every job
+ * but the queued ones, which the claim index holds. */
+static void
+test_migration_15_leaves_queued_jobs_out_of_jobs_state(void **state)
+{
+    (void)state;
+    struct tmpdb t;
+    struct store *s;
+    sqlite3 *db;
+    int64_t due = -1;
+
+    tmpdb_make(&t);
+    assert_int_equal(sqlite3_open(t.path, &db), SQLITE_OK);
+    for (int i = 0; i < 14; i++)
+        assert_int_equal(
+            sqlite3_exec(db, sql_files[i].text, NULL, NULL, NULL),
+            SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "PRAGMA user_version = 14; INSERT INTO jobs (provider, "
+                     "path, idempotency_key, state, run_after, created_at, "
+                     "updated_at) VALUES ('a', '/', 'k1', 'queued', 70, 1, "
+                     "1), ('a', '/', 'k2', 'waiting', 90, 1, 1), "
+                     "('a', '/', 'k3', 'failed', 0, 1, 1); "
+                     "INSERT INTO job_counts (provider, batch, state, n) "
+                     "VALUES ('a', '', 'queued', 1), ('a', '', 'waiting', 1), "
+                     "('a', '', 'failed', 1)",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    s = open_store(t.path);
+    assert_int_equal(store_schema_version(s), store_schema_latest(s));
+    assert_int_equal(store_next_due(s, "a", 100, &due), 0);
+    assert_int_equal(due, 70);
+    store_close(s);
+    assert_int_equal(sql_int(t.path, "SELECT count(*) FROM jobs INDEXED BY "
+                                     "jobs_state WHERE state <> 'queued'"),
+                     2);
+    tmpdb_remove(&t);
+}
+
 /* A database at version 5 gets migration 6: counts of the jobs already
  * there, and batch_progress read from them. */
 static void
@@ -2815,6 +2934,7 @@ main(void)
             test_purge_deletes_in_bounded_batches_and_gives_space_back),
         cmocka_unit_test(test_progress_has_rate_and_eta_from_the_last_minute),
         cmocka_unit_test(test_oldest_queued_is_the_earliest_due_queued_job),
+        cmocka_unit_test(test_due_and_oldest_queued_look_at_every_priority),
         cmocka_unit_test(
             test_claim_except_holds_batches_and_spend_sums_costs),
         cmocka_unit_test(test_migration_3_upgrades_a_version_2_database),
@@ -2826,6 +2946,8 @@ main(void)
         cmocka_unit_test(test_migration_13_checks_states_without_an_in_list),
         cmocka_unit_test(
             test_migration_14_indexes_only_custom_ids_that_are_not_keys),
+        cmocka_unit_test(
+            test_migration_15_leaves_queued_jobs_out_of_jobs_state),
         cmocka_unit_test(test_outputs_rows_from_success_to_stored_or_failed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

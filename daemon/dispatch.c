@@ -110,6 +110,9 @@ struct dlane {
     char *cost_pointer;          /* where a result says its cost, or NULL */
     double token_price;          /* cost per usage.total_tokens, 0 none */
     bool budget_wait;            /* a budget cut the last claim short */
+    bool gave_back;              /* jobs given back unsent (send_claimed)
+                                    among the updates not yet committed */
+    bool committing_gave_back;   /* the same, of the commit out */
     struct lane *lane;
     int64_t next_check_ms;       /* no claimable job before this */
     int64_t recorded_due_ms;     /* earliest run_after among updates not
@@ -979,8 +982,14 @@ on_claimed(struct storeq_answer *a, void *arg)
     }
     if (a->rc == 0 && capped) {
         /* held at a budget: a job that ends (a cost known), a resume, a
-         * reload or another process's commit looks again */
-        dl->next_check_ms = NEVER;
+         * reload or another process's commit looks again; runs waiting
+         * still need their polls (only a poll ends them), so while there
+         * are some, it looks again a poll interval on */
+        dl->next_check_ms = lane_waiting(dl->lane) > 0
+                                ? x->now + dl->policy.poll_interval_ms
+                                : NEVER;
+        if (dl->next_check_ms != NEVER)
+            schedule_pump(d, dl->next_check_ms);
         dl->budget_wait = true;
     } else if (a->rc == 0 && a->got < n) {
         int64_t due = a->due_ms < 0 ? x->now + FLUSH_RETRY_MS : a->due_ms;
@@ -1046,9 +1055,11 @@ give_back(struct dispatch *d, struct dlane *dl, struct job *j, int64_t now)
     log_debug("job %" PRId64 ": %s held back by its budget", j->id,
               dl->name);
     record_event(d, r, &ev);
-    /* due again at once, yet it must not wake the lane that held it:
-     * an end (a cost, room) or the stated cost's answer does */
+    /* due again at once, yet not a wake-up like a retry's: once it is
+     * committed, the lane looks again unless it waits at a budget (then
+     * an end does) */
     dl->recorded_due_ms = due;
+    dl->gave_back = true;
     schedule_flush(d);
     req_free(r);
 }
@@ -1185,6 +1196,8 @@ flush_now(struct dispatch *d)
     for (struct dlane *dl = d->lanes; dl; dl = dl->next) {
         dl->committing_due_ms = dl->recorded_due_ms;
         dl->recorded_due_ms = NEVER;
+        dl->committing_gave_back = dl->gave_back;
+        dl->gave_back = false;
     }
     d->commit_out = true;
     storeq_commit(d->q);
@@ -1204,6 +1217,8 @@ on_commit(int rc, size_t n, double seconds, void *arg)
             if (dl->committing_due_ms < dl->recorded_due_ms)
                 dl->recorded_due_ms = dl->committing_due_ms;
             dl->committing_due_ms = NEVER;
+            dl->gave_back |= dl->committing_gave_back;
+            dl->committing_gave_back = false;
         }
         if (!d->flush_busy_logged)
             log_warnx("store: commit of %zu outcomes delayed (%s), kept "
@@ -1239,6 +1254,11 @@ on_commit(int rc, size_t n, double seconds, void *arg)
         if (dl->committing_due_ms < wake)
             wake = dl->committing_due_ms;
         dl->committing_due_ms = NEVER;
+        if (dl->committing_gave_back && !dl->budget_wait) {
+            dl->next_check_ms = 0; /* a pending stated cost still holds it */
+            wake = 0;
+        }
+        dl->committing_gave_back = false;
     }
     if (wake != NEVER && !d->stopping)
         schedule_pump(d, wake);

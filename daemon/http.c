@@ -105,6 +105,24 @@ http_response_header(const struct http_response *r, const char *name)
     return NULL;
 }
 
+int
+http_xfer_status(const struct http_xfer *x)
+{
+    long status = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+    return (int)status;
+}
+
+const char *
+http_xfer_header(const struct http_xfer *x, const char *name)
+{
+    for (size_t i = x->nhdrs; i > 0; i--) {
+        if (strcasecmp(x->hdrs[i - 1].name, name) == 0)
+            return x->hdrs[i - 1].value;
+    }
+    return NULL;
+}
+
 /* --- response capture -------------------------------------------------- */
 
 static void

@@ -83,6 +83,11 @@ struct http *http_new(uv_loop_t *loop);
  * ASCII. */
 int http_submit(struct http *h, const struct http_request *req,
                 http_done_cb cb, void *data, struct http_xfer **out);
+/* From a sink, while the body arrives: the status of the final response
+ * and its header of that name (last one, case-insensitive; NULL when
+ * absent), borrowed until the sink returns. */
+int http_xfer_status(const struct http_xfer *x);
+const char *http_xfer_header(const struct http_xfer *x, const char *name);
 /* Aborts a transfer: its callback runs (with cancelled set) before this
  * returns. */
 void http_cancel(struct http_xfer *x);

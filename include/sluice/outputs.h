@@ -69,12 +69,19 @@ char *outputs_path(const char *dir, const char *sha);
  * again: full-jitter backoff from 1 s doubling to 5 min (u in [0, 1)),
  * never sooner than 250 ms. Returns the delay in ms. */
 int64_t outputs_retry_delay_ms(int attempts, double u);
-/* Whether a failed fetch may succeed later: no answer (network, timeout),
- * 408, 425, 429 and 5xx. Anything else (404, 403 of an expired URL, a body
+/* Whether a failed fetch may succeed later: no answer (network, timeout,
+ * a 2xx body cut short), 408, 425, 429 and 5xx. Anything else (404, 403 of an expired URL, a body
  * over the cap) will not. */
 bool outputs_retryable(int status, bool transport_failure, bool too_large);
 /* The absolute URL a redirect's Location names, relative to url: a new
  * string, or NULL when it is neither absolute http(s) nor a path. */
 char *outputs_redirect_url(const char *url, const char *location);
+/* Reads a 206's Content-Range "bytes START-END/TOTAL": *start, and *total
+ * (-1 for "*"). False when it is not that shape or not consistent. */
+bool outputs_content_range(const char *v, int64_t *start, int64_t *total);
+/* The validator an If-Range may carry, from an answer's ETag and
+ * Last-Modified: a strong ETag, else Last-Modified, else NULL (a weak
+ * ETag cannot vouch for bytes). Borrowed from the arguments. */
+const char *outputs_if_range(const char *etag, const char *last_modified);
 
 #endif

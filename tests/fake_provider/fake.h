@@ -40,6 +40,8 @@ struct answer {
     bool executed;     /* a fresh generation (ledger) */
     bool throttled;    /* refused for capacity */
     bool replayed;     /* stored response of an earlier execution */
+    size_t cut_at;     /* > 0: announce the whole body, send this many
+                          bytes of it, then close (a cut download) */
     long stall_ms;     /* send half the body, sleep this long, then the
                           rest (a download cut by a restart) */
 };

@@ -646,19 +646,66 @@ file_bytes(struct fake *f, const char *rel, struct answer *a)
     a->ctype = "image/png";
 }
 
+/* Range requests on a file, as CDNs answer them: every answer names the
+ * file's ETag and, unless the run says download_ranges: false (a server
+ * that ignores Range), Accept-Ranges: bytes; "Range: bytes=N-" (with no
+ * If-Range, or one equal to the ETag) answers 206 with the rest and its
+ * Content-Range, or 416 when N is past the end. Other forms get the whole
+ * file, as RFC 9110 allows. */
+static void
+file_range(const char *rel, json_t *then, const char *range,
+           const char *if_range, struct answer *a)
+{
+    json_t *ranges = json_object_get(then, "download_ranges");
+    size_t len = a->body_len;
+    char etag[64], cr[96], *end;
+    long long n;
+
+    snprintf(etag, sizeof(etag), "\"f%08x-%zu\"", fnv1a(rel), len);
+    answer_header(a, "ETag", etag);
+    if (json_is_false(ranges))
+        return;
+    answer_header(a, "Accept-Ranges", "bytes");
+    if (range == NULL || strncmp(range, "bytes=", 6) != 0 ||
+        (if_range != NULL && strcmp(if_range, etag) != 0))
+        return;
+    n = strtoll(range + 6, &end, 10);
+    if (end == range + 6 || n < 0 || strcmp(end, "-") != 0)
+        return;
+    if ((size_t)n >= len) {
+        free(a->body);
+        a->body = NULL;
+        a->body_len = 0;
+        snprintf(cr, sizeof(cr), "bytes */%zu", len);
+        answer_json(a, 416, json_pack("{s:s}", "error", "range not "
+                                                        "satisfiable"));
+        answer_header(a, "Content-Range", cr);
+        return;
+    }
+    memmove(a->body, a->body + n, len - (size_t)n);
+    a->body_len = len - (size_t)n;
+    a->status = 206;
+    snprintf(cr, sizeof(cr), "bytes %lld-%zu/%zu", n, len - 1, len);
+    answer_header(a, "Content-Range", cr);
+}
+
 /* GET /files/<rel>: an output file, as a CDN would serve it. The run's
  * "then" scripts it: the first download_fail fetches answer
  * download_status (default 503), download_stall_ms stalls the first
- * successful answer halfway, and download_redirect = HOST answers 302 to
- * the same file on HOST (this fake's port). Fetches are counted per path. */
+ * successful answer halfway, download_cut cuts it halfway (the connection
+ * closes), and download_redirect = HOST answers 302 to the same file on
+ * HOST (this fake's port). Range and If-Range are honoured (file_range).
+ * Fetches are counted per path. */
 static void
-file_get(struct fake *f, const char *rel, struct answer *a)
+file_get(struct fake *f, const char *rel, const char *range,
+         const char *if_range, struct answer *a)
 {
     struct ledger_run *run = file_run(f, rel);
     json_t *then = run ? run->then : NULL;
     json_t *fail = json_object_get(then, "download_fail");
     json_t *status = json_object_get(then, "download_status");
     json_t *stall = json_object_get(then, "download_stall_ms");
+    json_t *cut = json_object_get(then, "download_cut");
     const char *hop = json_string_value(json_object_get(then,
                                                         "download_redirect"));
     char key[600];
@@ -668,6 +715,7 @@ file_get(struct fake *f, const char *rel, struct answer *a)
     if (strncmp(rel, SERVER_REDIRECTED, strlen(SERVER_REDIRECTED)) == 0) {
         /* the far end of a redirect: the same file's bytes */
         file_bytes(f, rel + strlen(SERVER_REDIRECTED), a);
+        file_range(rel + strlen(SERVER_REDIRECTED), then, range, if_range, a);
         return;
     }
     if (hop != NULL) {
@@ -689,10 +737,15 @@ file_get(struct fake *f, const char *rel, struct answer *a)
         return;
     }
     file_bytes(f, rel, a);
-    /* Only the first good fetch stalls: the one a restart interrupts. */
-    if (json_is_integer(stall) &&
-        k == (json_is_integer(fail) ? json_integer_value(fail) : 0))
-        a->stall_ms = (long)json_integer_value(stall);
+    file_range(rel, then, range, if_range, a);
+    /* Only the first good fetch stalls or is cut: the one a restart
+     * interrupts, or the one a retry resumes. */
+    if (k == (json_is_integer(fail) ? json_integer_value(fail) : 0)) {
+        if (json_is_integer(stall))
+            a->stall_ms = (long)json_integer_value(stall);
+        if (json_is_true(cut) && a->status == 200)
+            a->cut_at = a->body_len / 2;
+    }
 }
 
 /* The request past the capacity gate: ledger, replay, script, errors. */
@@ -992,18 +1045,19 @@ send_answer(struct fake *f, struct MHD_Connection *c, struct answer *a,
     const char *k;
     json_t *v;
 
-    if (a->truncate || a->stall_ms > 0) {
+    if (a->truncate || a->stall_ms > 0 || a->cut_at > 0) {
         struct truncated *t = malloc(sizeof(*t));
         if (t == NULL)
             abort();
         t->body = a->body;
-        t->len = a->body_len;
+        t->len = a->cut_at > 0 ? a->cut_at : a->body_len;
         t->f = f;
-        t->stall_ms = a->truncate ? 0 : a->stall_ms;
+        t->stall_ms = a->truncate || a->cut_at > 0 ? 0 : a->stall_ms;
         a->body = NULL;
         resp = MHD_create_response_from_callback(
-            t->len + (a->truncate ? SERVER_TRUNCATE_EXTRA : 0), 4096,
-            on_mhd_truncated, t, on_mhd_truncated_free);
+            a->cut_at > 0 ? a->body_len
+                          : t->len + (a->truncate ? SERVER_TRUNCATE_EXTRA : 0),
+            4096, on_mhd_truncated, t, on_mhd_truncated_free);
     } else {
         resp = MHD_create_response_from_buffer(a->body_len, a->body,
                                                MHD_RESPMEM_MUST_FREE);
@@ -1070,7 +1124,10 @@ handle(struct fake *f, struct MHD_Connection *c, const char *path,
     } else if (strncmp(path, "/files/", 7) == 0 && strcmp(method, "GET") == 0) {
         /* A CDN, not the API: no capacity gate, no ledger of keys. */
         f->requests--;
-        file_get(f, path + 6, &a);
+        file_get(f, path + 6,
+                 MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range"),
+                 MHD_lookup_connection_value(c, MHD_HEADER_KIND, "If-Range"),
+                 &a);
     } else if (capacity_admit(f, dialect, tokens, &a)) {
         admitted = true;
         decide(f, path, method, dialect, key, body, r, &a);

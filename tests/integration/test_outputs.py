@@ -3,7 +3,8 @@ provider, which serves real bytes at the URLs of its FLORA run results and
 FlyMyAI generations: every output of a succeeded job of a provider with
 `outputs = download` lands in outputs_dir/ab/abcdef... named by the SHA-256
 of its bytes; transient download failures are retried, permanent ones fail
-the output row and never the job; a restart mid-download fetches again;
+the output row and never the job; a download cut short, by the network or
+a restart, is resumed with a Range request where the server allows it;
 credentials go only to the provider's own origin."""
 import hashlib
 import json
@@ -187,35 +188,65 @@ def test_output_over_the_size_cap_fails():
         assert row["attempts"] == 1, row
 
 
+def partial_dir(env):
+    return os.path.join(env.path, "outputs", ".partial")
+
+
+def partial_size(env, output_id):
+    try:
+        return os.path.getsize(os.path.join(partial_dir(env), str(output_id)))
+    except FileNotFoundError:
+        return -1
+
+
+def assert_resumed(fake, got, kept):
+    """got: the two fetches of one file; the second asked for the rest
+    after kept bytes, under the ETag of the first, and got a 206."""
+    assert len(got) == 2, got
+    first, second = got
+    assert "range" not in first["headers"], first["headers"]
+    assert first["status"] == 200, first
+    assert second["headers"].get("range") == "bytes=%d-" % kept, second
+    assert second["headers"].get("if-range", "").startswith('"f'), second
+    assert second["status"] == 206, second
+
+
 def restart_mid_download(sig):
     with Fake("--quiet") as fake, Env() as env:
         env.write_config({"flora": flora(fake)}, daemon=daemon_conf(env))
         enqueue_ok(env, [run_job("slow", {"download_stall_ms": 30000,
                                           "output_bytes": 200000})])
         d = env.daemon()
-        wait_for(lambda: len(downloads(fake)) == 1, 30,
-                 message="the download never started")
-        # mid-body: half the bytes sent, the other half 30 s away
+        wait_for(lambda: env.rows("SELECT id FROM outputs"), 30,
+                 message="no output row")
+        [row] = outputs_of(env, "slow")
+        # mid-body: half the bytes written, the other half 30 s away
+        wait_for(lambda: partial_size(env, row["id"]) == 100000, 30,
+                 message="the first half never arrived")
         d.signal(sig)
         d.wait(30)
         [row] = outputs_of(env, "slow")
         assert row["state"] == "pending", row
         if sig == signal.SIGTERM:
-            # handed back: not counted, no lease, no partial file
+            # handed back: not counted, no lease
             assert row["attempts"] == 0 and row["lease_owner"] is None, row
-            partial = os.path.join(env.path, "outputs", ".partial")
-            assert os.listdir(partial) == [], os.listdir(partial)
         else:
             assert row["lease_owner"] is not None, row
+        # the bytes that came stay, beside the URL and validator they
+        # came under, for the next life to resume from
+        assert sorted(os.listdir(partial_dir(env))) == \
+            ["%d" % row["id"], "%d.meta" % row["id"]]
+        assert partial_size(env, row["id"]) == 100000
         rc, out, _ = env.ctl("status")
         assert "outputs: 1 pending, 0 stored, 0 failed" in out, out
         rc, out, _ = env.ctl("watch", "--once")
         assert "outputs 1 pending" in out, out
-        # the next life fetches it again (a dead owner's lease is freed)
+        # the next life asks for the rest (a dead owner's lease is freed)
         drain_ok(env, timeout=60)
         [row] = outputs_of(env, "slow")
         assert_stored(env, fake, row)
-        assert len(downloads(fake)) == 2
+        assert_resumed(fake, downloads(fake), 100000)
+        assert os.listdir(partial_dir(env)) == []
 
 
 def test_sigterm_mid_download_resumes_after_restart():
@@ -224,6 +255,43 @@ def test_sigterm_mid_download_resumes_after_restart():
 
 def test_sigkill_mid_download_resumes_after_restart():
     restart_mid_download(signal.SIGKILL)
+
+
+def test_cut_download_is_resumed_with_range_not_restarted():
+    with Fake("--quiet") as fake, Env() as env:
+        env.write_config({"flora": flora(fake)}, daemon=daemon_conf(env))
+        # the first fetch is cut halfway: the connection closes
+        enqueue_ok(env, [run_job("cut", {"download_cut": True,
+                                         "output_bytes": 300000})])
+        err = drain_ok(env, timeout=60)
+        [row] = outputs_of(env, "cut")
+        # the SHA-256 of the whole file, resumed bytes and all
+        assert_stored(env, fake, row)
+        assert row["attempts"] == 2, row
+        got = downloads(fake)
+        kept = int(got[1]["headers"]["range"][6:-1])
+        assert 0 < kept <= 150000, got[1]["headers"]
+        assert_resumed(fake, got, kept)
+        assert "fetched from the start" not in err, err
+        assert os.listdir(partial_dir(env)) == []
+
+
+def test_server_ignoring_range_restarts_the_download():
+    with Fake("--quiet") as fake, Env() as env:
+        env.write_config({"flora": flora(fake)}, daemon=daemon_conf(env))
+        # an ETag but no Accept-Ranges: a Range is ignored, 200 again
+        enqueue_ok(env, [run_job("whole", {"download_cut": True,
+                                           "download_ranges": False,
+                                           "output_bytes": 300000})])
+        err = drain_ok(env, timeout=60)
+        [row] = outputs_of(env, "whole")
+        assert_stored(env, fake, row)
+        got = downloads(fake)
+        assert len(got) == 2, got
+        assert got[1]["headers"].get("range", "").startswith("bytes="), got
+        assert got[1]["status"] == 200, got[1]
+        assert "the server sent the whole file" in err, err
+        assert os.listdir(partial_dir(env)) == []
 
 
 def test_flymyai_images_and_credentials_only_to_the_providers_origin():

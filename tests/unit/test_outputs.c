@@ -265,6 +265,32 @@ test_transient_failures_retry_and_the_rest_fail(void **state)
     assert_false(outputs_retryable(403, false, false)); /* expired URL */
     assert_false(outputs_retryable(404, false, false));
     assert_false(outputs_retryable(200, true, true));   /* over the cap */
+    assert_true(outputs_retryable(200, true, false));  /* body cut short */
+    assert_true(outputs_retryable(206, true, false));
+}
+
+static void
+test_content_range_and_if_range(void **state)
+{
+    (void)state;
+    int64_t start = -9, total = -9;
+    assert_true(outputs_content_range("bytes 100-299/300", &start, &total));
+    assert_true(start == 100 && total == 300);
+    assert_true(outputs_content_range("bytes 0-9/*", &start, &total));
+    assert_true(start == 0 && total == -1);
+    assert_false(outputs_content_range("bytes */300", &start, &total));
+    assert_false(outputs_content_range("bytes 5-4/300", &start, &total));
+    assert_false(outputs_content_range("bytes 0-300/300", &start, &total));
+    assert_false(outputs_content_range("items 0-9/10", &start, &total));
+    assert_false(outputs_content_range("bytes 0-9/10x", &start, &total));
+    assert_false(outputs_content_range(NULL, &start, &total));
+    /* a strong ETag, else Last-Modified; a weak ETag vouches for nothing */
+    assert_string_equal(outputs_if_range("\"abc\"", "Tue, 1 Dec 2026"),
+                        "\"abc\"");
+    assert_string_equal(outputs_if_range("W/\"abc\"", "Tue, 1 Dec 2026"),
+                        "Tue, 1 Dec 2026");
+    assert_null(outputs_if_range("W/\"abc\"", NULL));
+    assert_null(outputs_if_range(NULL, ""));
 }
 
 static void
@@ -302,6 +328,7 @@ main(void)
         cmocka_unit_test(test_retry_delay_grows_with_full_jitter_and_a_floor),
         cmocka_unit_test(test_transient_failures_retry_and_the_rest_fail),
         cmocka_unit_test(test_redirect_targets),
+        cmocka_unit_test(test_content_range_and_if_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

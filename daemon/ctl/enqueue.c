@@ -33,11 +33,16 @@
 #define CTL_PROGRESS_MS 500
 #define CTL_PROGRESS_LINES 4096
 
-/* enqueue's parse pipeline: chunks of 1024 lines (eight of store's
- * multi-row statements; ~200 KiB of text and jobs), a ring of 8 of them
- * (a few MiB, whatever the file's size), and no more than 4 parsing
- * threads (past that the single inserting thread is the limit). */
-#define CTL_CHUNK_LINES 1024
+/* enqueue's parse pipeline: chunks of 8192 lines or 1 MiB of text,
+ * whichever comes first, a ring of 8 of them (at most a few tens of MiB of
+ * text and jobs, whatever the file's size), and no more than 4 parsing
+ * threads (past that the single inserting thread is the limit). A chunk is
+ * one store_insert_jobs: on PostgreSQL one COPY and two round trips, which
+ * on a loaded machine cost more than its rows (a 200k-line file in 1,024-
+ * line chunks took twice as long as in 16k-line ones; bench/README.md,
+ * postgres); SQLite does not mind either way. */
+#define CTL_CHUNK_LINES 8192
+#define CTL_CHUNK_BYTES (1u << 20)
 #define CTL_SLOTS 8
 #define CTL_MAX_WORKERS 4
 
@@ -357,7 +362,7 @@ ctl_enqueue_file(struct ctl *c, struct ctl_enqueue *e, const char *path)
         if (code != 0)
             break;
         ctl_chunk_add(k, line, (size_t)len, lineno);
-        if (k->nlines == CTL_CHUNK_LINES)
+        if (k->nlines == CTL_CHUNK_LINES || k->text.len >= CTL_CHUNK_BYTES)
             ctl_pipe_push(p);
         errno = 0;
     }

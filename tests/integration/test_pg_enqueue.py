@@ -12,9 +12,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Fake, job_lines, provider_conf, run  # noqa: E402
 from pg import PgEnv  # noqa: E402
 
-# sluicectl parses and inserts 1,024 lines at a time: these files span
-# several of its calls to the store.
-LINES = 3000
+# sluicectl parses and inserts 8,192 lines at a time (daemon/ctl/
+# enqueue.c): these files span three of its calls to the store.
+LINES = 20000
 
 
 def jobs_in_id_order(env):
@@ -31,11 +31,12 @@ def test_duplicates_across_chunks_and_files_are_skipped_and_counted():
     with Fake() as fake, PgEnv() as env:
         env.write_config({"gen": provider_conf(fake)}, env={"GEN_KEY": "k"})
         first = job_lines(LINES, "a")
-        first[2500] = dict(first[10], body={"prompt": "a later copy"})
+        first[17000] = dict(first[10], body={"prompt": "a later copy"})
         rc, out, err = env.enqueue_lines(first, "--provider", "gen")
         assert rc == 0, err
         assert f"{LINES - 1} enqueued, 1 duplicates skipped" in out, out
-        expected = [j["custom_id"] for i, j in enumerate(first) if i != 2500]
+        expected = [j["custom_id"] for i, j in enumerate(first)
+                    if i != 17000]
         assert jobs_in_id_order(env) == expected
         body = env.rows("SELECT body FROM jobs WHERE custom_id = 'a-10'")
         assert "a later copy" not in body[0]["body"], body
@@ -47,7 +48,7 @@ def test_duplicates_across_chunks_and_files_are_skipped_and_counted():
 
         # new lines, one of them a key of the first file, deep inside
         second = job_lines(LINES, "b")
-        second[1500] = first[7]
+        second[12000] = first[7]
         rc, out, err = env.enqueue_lines(second, "--provider", "gen")
         assert rc == 0, err
         assert f"{LINES - 1} enqueued, 1 duplicates skipped" in out, out

@@ -140,7 +140,10 @@ struct store_ops {
     int (*watch)(struct store *s, struct uv_loop_s *loop, void (*cb)(void *arg),
                  void *arg);
     /* Writes s->buf[0..s->nbuf) in one transaction, all or nothing; the
-     * caller empties the buffer after a 0. */
+     * caller empties the buffer after a 0. Updates dropped for a
+     * refused row (backend_pending_refused) leave the buffer, and so, on
+     * PostgreSQL, do those written one per transaction after a refusal
+     * at COMMIT, even when the flush then fails. */
     int (*flush)(struct store *s);
     int (*cancelled)(struct store *s, const int64_t *ids, int n, int64_t *out,
                      int *nout);

@@ -198,8 +198,9 @@ struct flush_result {
     char why[256];  /* and why (the server's message) */
 };
 
-/* A failed statement of update idx: its errno, logged unless the row
- * itself was refused (then fr->bad and fr->why say which and why). */
+/* A failed statement of update idx (nbuf: the COMMIT, no one update):
+ * its errno, logged unless a row itself was refused (then fr->bad and
+ * fr->why say which and why). */
 static int
 flush_failed(struct pg_store *s, const PGresult *r, size_t idx,
              struct flush_result *fr)
@@ -207,7 +208,7 @@ flush_failed(struct pg_store *s, const PGresult *r, size_t idx,
     int err = pg_errno(s, r);
     const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
 
-    if (!backend_row_error(err) || idx >= s->base.nbuf)
+    if (!backend_row_error(err))
         return pg_fail(s, r, "flush");
     fr->bad = idx;
     snprintf(fr->why, sizeof(fr->why), "%s", msg ? msg : "refused");
@@ -252,13 +253,15 @@ flush_collect(struct pg_store *s, int nsent, const size_t *of,
     return rc;
 }
 
-/* One transaction over the whole buffer, all or nothing. */
+/* One transaction over buffered updates [first, last), all or nothing. */
 static int
-flush_all(struct pg_store *s, struct flush_result *fr)
+flush_range(struct pg_store *s, size_t first, size_t last,
+            struct flush_result *fr)
 {
     struct store *base = &s->base;
     size_t of[2 * PG_FLUSH_CHUNK];
-    size_t i = 0;
+    size_t i = first;
+    PGresult *r;
     int rc;
 
     fr->dropped = 0;
@@ -272,10 +275,9 @@ flush_all(struct pg_store *s, struct flush_result *fr)
         rc = pg_fail(s, NULL, "flush: pipeline");
         goto fail;
     }
-    while (i < base->nbuf && rc == 0) {
+    while (i < last && rc == 0) {
         int nsent = 0;
-        size_t end =
-            i + PG_FLUSH_CHUNK < base->nbuf ? i + PG_FLUSH_CHUNK : base->nbuf;
+        size_t end = i + PG_FLUSH_CHUNK < last ? i + PG_FLUSH_CHUNK : last;
         for (; i < end; i++) {
             if (!flush_send(s, i, of, &nsent))
                 break;
@@ -292,7 +294,12 @@ flush_all(struct pg_store *s, struct flush_result *fr)
         PQexitPipelineMode(s->conn);
     if (rc < 0)
         goto fail;
-    if ((rc = pg_exec(s, "COMMIT", "flush: commit")) < 0)
+    /* A deferred constraint of yours fails here, naming no update. */
+    r = PQexec(s->conn, "COMMIT");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        rc = flush_failed(s, r, base->nbuf, fr);
+    PQclear(r);
+    if (rc < 0)
         goto fail;
     return 0;
 fail:
@@ -303,11 +310,40 @@ fail:
     return rc;
 }
 
+/* A refusal at COMMIT names no update: the buffer goes one update per
+ * transaction, each written taken out of it, each refused set aside,
+ * until what is left is written or fails for another reason (kept). */
+static int
+flush_one_by_one(struct pg_store *s, size_t *dropped)
+{
+    struct store *base = &s->base;
+    struct flush_result fr;
+    size_t k = 0;
+    int rc;
+
+    while (k < base->nbuf) {
+        if ((rc = flush_range(s, k, k + 1, &fr)) == 0) {
+            *dropped += fr.dropped;
+            backend_pending_clear(&base->buf[k]);
+            memmove(&base->buf[k], &base->buf[k + 1],
+                    (base->nbuf - k - 1) * sizeof(base->buf[0]));
+            base->nbuf--;
+        } else if (backend_row_error(rc)) {
+            backend_pending_refused(base, k, fr.why);
+        } else {
+            return rc;
+        }
+    }
+    return 0;
+}
+
 /* A row the database refuses for its content must not hold back the
  * others, as on SQLite: the failing statement of the pipeline names its
  * update, which becomes the job's failure (protocol, unstorable), and the
  * flush goes again; if even that is refused (an operator's trigger), the
- * update is dropped: the job stays leased and is taken back later. */
+ * update is dropped: the job stays leased and is taken back later. A
+ * refusal at COMMIT (a deferred constraint) names none: then one update
+ * per transaction finds it. */
 int
 pg_flush(struct store *base)
 {
@@ -315,9 +351,15 @@ pg_flush(struct store *base)
     struct flush_result fr;
     int rc;
 
-    while ((rc = flush_all(s, &fr)) < 0) {
-        if (!backend_row_error(rc) || fr.bad >= base->nbuf)
+    while ((rc = flush_range(s, 0, base->nbuf, &fr)) < 0) {
+        if (!backend_row_error(rc))
             return rc;
+        if (fr.bad >= base->nbuf) {
+            fr.dropped = 0;
+            if ((rc = flush_one_by_one(s, &fr.dropped)) < 0)
+                return rc;
+            break;
+        }
         backend_pending_refused(base, fr.bad, fr.why);
         if (base->nbuf == 0)
             return 0;

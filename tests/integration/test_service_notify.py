@@ -195,9 +195,12 @@ def test_watchdog_pings_at_half_of_watchdog_usec():
         # (pinging at the full interval would give 4 at most)
         assert 6 <= len(pings) <= 12, len(pings)
         gaps = [b - a for a, b in zip(pings, pings[1:])]
-        # at half the interval, and never near the 1 s timeout itself
+        # at half the interval; near the 1 s timeout itself at most once
+        # (a machine loaded with other builds' I/O has stalled a loop for
+        # a second; a daemon pinging at the full interval would be there
+        # every time)
         assert sorted(gaps)[len(gaps) // 2] < 0.7, gaps
-        assert max(gaps) < 0.95, gaps
+        assert sum(g >= 0.95 for g in gaps) <= 1, gaps
         d.signal(signal.SIGTERM)
         assert d.wait(timeout=15) == 0, d.stderr_text()
 

@@ -754,6 +754,62 @@ test_a_row_the_database_refuses_does_not_hold_back_the_others(void **state)
     store_close(s);
 }
 
+/* PostgreSQL: a row refused only at COMMIT (a deferred constraint
+ * trigger, which names no statement) does not hold back the others
+ * either: the outcomes go one per transaction, and the refused one fails
+ * as unstorable. (SQLite has no deferred triggers.) */
+static void
+test_a_row_refused_at_commit_does_not_hold_back_the_others(void **state)
+{
+    struct fixture *f = fx(state);
+    struct store *s;
+    static const char *const ids[] = {"j1", "j2", "j3"};
+    struct job *jobs[3];
+    char t[128];
+
+    if (f->kind != POSTGRES)
+        skip();
+    s = open_store(f);
+    for (int i = 0; i < 3; i++)
+        insert(s, "gen", ids[i], 0, T0);
+    assert_int_equal(claim(s, "gen", 3, T0, "h:1", jobs), 3);
+    raw_exec(f, NULL,
+             "CREATE FUNCTION refuse_late() RETURNS trigger "
+             "LANGUAGE plpgsql AS $$ BEGIN IF NEW.custom_id = 'j2' "
+             "AND NEW.state = 'succeeded' THEN "
+             "RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; "
+             "END $$; "
+             "CREATE CONSTRAINT TRIGGER refuse_late AFTER UPDATE ON jobs "
+             "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+             "EXECUTE FUNCTION refuse_late()");
+    for (int i = 0; i < 3; i++) {
+        struct job_update u = {
+            .job_id = jobs[i]->id,
+            .state = JOB_SUCCEEDED,
+            .has_attempt = true,
+            .attempt = 1,
+            .key_sent = "k",
+            .started_at = T0 + 10,
+            .finished_at = T0 + 20,
+            .http_status = 200,
+            .owner = "h:1",
+            .result = "{\"ok\":true}",
+        };
+        store_record(s, &u);
+    }
+    free_jobs(jobs, 3);
+    assert_int_equal(store_flush(s), 0);
+    assert_int_equal(store_pending(s), 0);
+    assert_string_equal(job_text(s, "j1", "state", t, sizeof(t)), "succeeded");
+    assert_string_equal(job_text(s, "j3", "state", t, sizeof(t)), "succeeded");
+    assert_string_equal(job_text(s, "j2", "state", t, sizeof(t)), "failed");
+    assert_string_equal(job_text(s, "j2", "error_code", t, sizeof(t)),
+                        "unstorable");
+    assert_string_equal(job_text(s, "j2", "error_message", t, sizeof(t)),
+                        "the outcome could not be stored: refused at commit");
+    store_close(s);
+}
+
 /* A failure that repeats (a full disk fails every claim, every flush and
  * every heartbeat) is logged once, then counted, not logged, for a
  * minute. */
@@ -2072,6 +2128,7 @@ main(void)
         BOTH(test_flush_writes_success_failure_and_attempt_rows),
         BOTH(test_outcome_of_a_job_cancelled_meanwhile_keeps_it_cancelled),
         BOTH(test_a_row_the_database_refuses_does_not_hold_back_the_others),
+        BOTH(test_a_row_refused_at_commit_does_not_hold_back_the_others),
         BOTH(test_a_failure_repeated_is_logged_once),
         BOTH(
             test_a_commit_sent_again_after_a_lost_acknowledgement_changes_nothing),

@@ -1549,28 +1549,14 @@ dispatch_new(uv_loop_t *loop, struct store *s, struct liveness *live,
         spend_set_provider_budget(d->spend, c->providers[i].name,
                                   c->providers[i].budget);
         struct dlane *dl = dlane_new(d, &c->providers[i]);
-        if (dl == NULL) {
-            for (struct dlane *x = d->lanes, *nx; x; x = nx) {
-                nx = x->next;
-                dlane_free(x);
-            }
-            spend_free(d->spend);
-            free(d);
-            return NULL;
-        }
+        if (dl == NULL)
+            goto fail;
         *tail = dl;
         tail = &dl->next;
     }
     if (storeq_open(loop, s, c->database, STOREQ_AUTO, BUSY_TIMEOUT_MS,
-                    on_commit, d, &d->q) < 0) {
-        for (struct dlane *x = d->lanes, *nx; x; x = nx) {
-            nx = x->next;
-            dlane_free(x);
-        }
-        spend_free(d->spend);
-        free(d);
-        return NULL;
-    }
+                    on_commit, d, &d->q) < 0)
+        goto fail;
     d->http = http_new(loop);
     d->runcost = runcost_new(d->http, on_runcost_done, d);
     uv_timer_t *timers[] = {&d->pump_timer, &d->flush_timer, &d->house_timer,
@@ -1586,6 +1572,15 @@ dispatch_new(uv_loop_t *loop, struct store *s, struct liveness *live,
         return NULL;
     }
     return d;
+
+fail: /* before the timers and the store queue: only lanes and spend */
+    for (struct dlane *x = d->lanes, *nx; x; x = nx) {
+        nx = x->next;
+        dlane_free(x);
+    }
+    spend_free(d->spend);
+    free(d);
+    return NULL;
 }
 
 void

@@ -40,10 +40,8 @@ backend_pending_clear(struct store_pending *p)
 }
 
 void
-backend_pending_unstorable(struct store_pending *p, const char *why)
+backend_update_free_outcome(struct job_update *u)
 {
-    struct job_update *u = &p->u;
-
     free((char *)u->code);
     free((char *)u->message);
     free((char *)u->fields);
@@ -55,7 +53,16 @@ backend_pending_unstorable(struct store_pending *p, const char *why)
     free((void *)u->output_urls);
     u->output_urls = NULL;
     u->noutput_urls = 0;
+    u->code = u->message = NULL;
     u->fields = u->result = u->remote_id = u->poll_url = NULL;
+}
+
+void
+backend_pending_unstorable(struct store_pending *p, const char *why)
+{
+    struct job_update *u = &p->u;
+
+    backend_update_free_outcome(u);
     u->state = JOB_FAILED;
     u->cls = ERR_PROTOCOL;
     u->code = xstrdup("unstorable");

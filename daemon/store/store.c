@@ -398,16 +398,8 @@ store_update_clear(struct job_update *u)
     free((char *)u->owner);
     free((char *)u->new_key);
     free((char *)u->key_sent);
-    free((char *)u->code);
-    free((char *)u->message);
     free((char *)u->request_id);
-    free((char *)u->fields);
-    free((char *)u->result);
-    free((char *)u->remote_id);
-    free((char *)u->poll_url);
-    for (size_t i = 0; i < u->noutput_urls; i++)
-        free((char *)u->output_urls[i]);
-    free((void *)u->output_urls);
+    backend_update_free_outcome(u);
 }
 
 void

@@ -1,6 +1,6 @@
 /*
  * sluiced: options, config, signals, sd_notify, uv_run, exit code —
- * nothing else. The work is in dispatch.c.
+ * nothing else. The work is in dispatch/.
  *
  * Start-up order matters to systemd: the config is parsed completely, the
  * database opened and migrated, this daemon registered (liveness.h), the

@@ -16,7 +16,6 @@
  * lane full of them admits nothing; yet only a poll can end a run. Polls
  * due then go out past the concurrency gate: a GET of a run's status costs
  * the provider little, and the pacer's gate still applies before this. */
-
 static void
 pump_polls(struct dispatch *d, struct dlane *dl, int64_t now)
 {

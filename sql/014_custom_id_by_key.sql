@@ -4,7 +4,7 @@
 -- finds the jobs of almost every custom_id: jobs_custom_id now holds only
 -- the jobs whose custom_id is not their key, and `sluicectl show
 -- CUSTOM_ID` looks in both (ST_RESOLVE_CUSTOM_ID in
--- daemon/store/sqlite.c). Enqueue writes one B-tree fewer per job with a
+-- daemon/store/sqlite_query.c). Enqueue writes one B-tree fewer per job with a
 -- custom_id, and the file holds one index entry fewer per such job
 -- (bench/README.md).
 DROP INDEX jobs_custom_id;

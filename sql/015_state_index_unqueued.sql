@@ -4,7 +4,7 @@
 -- queued minima (next due, oldest queued) walk jobs_claim one priority at
 -- a time. SQLite uses a partial index only for a query that repeats its
 -- WHERE term, so the statements that read jobs_state say
--- "state <> 'queued'" (daemon/store/sqlite.c). Enqueue writes one B-tree
+-- "state <> 'queued'" (daemon/store/sqlite_claim.c). Enqueue writes one B-tree
 -- fewer per job, and the file holds one index entry fewer per queued job
 -- (bench/README.md).
 DROP INDEX jobs_state;

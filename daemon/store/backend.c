@@ -2,7 +2,8 @@
  * backend: the SQL-free helpers both store backends call (backend.h):
  * claim order, job references, state filters, JSON of text columns and
  * the shape of status and of the output counts. Each one exists so that
- * sqlite.c and postgres.c give the same answer to the same question.
+ * the SQLite and the PostgreSQL backend give the same answer to the same
+ * question.
  */
 #include <errno.h>
 #include <inttypes.h>

@@ -15,8 +15,9 @@
  *      contract both backends keep);
  *   2. add its operation to struct store_ops below, same name without the
  *      store_ prefix, and forward it in store.c (one line);
- *   3. implement it in every backend as <backend>_<name> (sqlite.c: a
- *      static; PostgreSQL: pg_<name> in the pg_*.c file of its concern,
+ *   3. implement it in every backend as <backend>_<name> (SQLite:
+ *      sqlite_<name> in the sqlite_*.c file of its concern, declared in
+ *      sq.h; PostgreSQL: pg_<name> in the pg_*.c file of its concern,
  *      declared in pg.h) and list it in that backend's ops table at the
  *      end of sqlite.c and postgres.c (a missing entry is a NULL call);
  *   4. add a case to tests/unit/test_store.c.

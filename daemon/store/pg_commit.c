@@ -20,7 +20,7 @@
 
 /* Statements prepared on every connection (pg_conn.c). */
 const char *const pg_commit_sql[P_COUNT] = {
-    /* As ST_UPDATE_JOB of sqlite.c (right-hand sides see the old row;
+    /* As ST_UPDATE_JOB of sqlite_commit.c (right-hand sides see the old row;
      * written only while $19 holds the lease), and the outputs of a
      * success ($20, a text[]) in the same statement: they exist only
      * when the update did. An outcome with an attempt ($21-$24: number,

@@ -13,7 +13,7 @@
 #include "sluice/permit.h"
 #include "sluice/xmalloc.h"
 
-/* As RECLAIM_RUNNING_SET of sqlite.c; $1 is now. */
+/* As RECLAIM_RUNNING_SET of sqlite_daemons.c; $1 is now. */
 #define RECLAIM_RUNNING_SET                                                    \
     "UPDATE jobs SET "                                                         \
     "state = CASE WHEN attempts >= max_attempts THEN 'failed' "                \
@@ -30,7 +30,7 @@
     "run_after = $1::bigint, lease_until = NULL, lease_owner = NULL, "         \
     "updated_at = $1::bigint "
 
-/* As RECLAIM_UNKNOWN_SET of sqlite.c: a running job of a provider without
+/* As RECLAIM_UNKNOWN_SET of sqlite_daemons.c: a running job of a provider without
  * idempotency taken back fails as unknown_outcome, its attempt given back.
  * $1 is now, $2 the owner (NULL for expired leases), $3 the JSON array of
  * such providers. */

@@ -9,7 +9,7 @@
 
 /* Statements prepared on every connection (pg_conn.c). */
 const char *const pg_outputs_sql[P_COUNT] = {
-    /* The outputs table (docs/design.md §13), as sqlite.c's OS_*
+    /* The outputs table (docs/design.md §13), as sqlite_outputs.c's OS_*
      * statements; a download's lease is its claim. */
     [P_OUT_CLAIM] =
         "UPDATE outputs SET attempts = attempts + 1, "

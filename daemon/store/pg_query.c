@@ -21,7 +21,7 @@
     "AND ($" #f "::bigint IS NULL OR finished_at >= $" #f "::bigint) "         \
     "AND ($" #g "::bigint IS NULL OR finished_at < $" #g "::bigint) "
 
-/* As sqlite.c's: the last key sent stays, or the next derived one goes
+/* As sqlite_query.c's: the last key sent stays, or the next derived one goes
  * out when its run definitively failed (docs/design.md §4). */
 #define RETRY_SET                                                              \
     "UPDATE jobs SET state = 'queued', attempts = 0, deferrals = 0, "          \

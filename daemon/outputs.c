@@ -3,7 +3,7 @@
  *
  * How it works. A succeeded job of a provider with outputs = download
  * gets one pending row per output URL, committed with the success itself
- * (dispatch.c, store_record). This module claims due pending rows in one
+ * (dispatch/record.c, store_record). This module claims due pending rows in one
  * UPDATE … RETURNING (a lease, like a job's), at most `concurrency` at a
  * time, separate from every lane: a provider's generation requests never
  * wait behind downloads, and downloads never take a lane's slots. Each
@@ -18,7 +18,7 @@
  * or that expires, and the download runs again.
  *
  * Credentials: a provider's auth headers go with a download only when the
- * URL is on the provider's origin (dispatch.c decides, outputs_auth_fn).
+ * URL is on the provider's origin (dispatch/dispatch.c decides, outputs_auth_fn).
  * Redirects are followed here, not by curl, so each hop is judged again.
  *
  * Failures: no answer, 408, 425, 429 and 5xx are retried with full-jitter

@@ -3,9 +3,9 @@
  *
  * How it works. A succeeded job of a provider with outputs = download
  * gets one pending row per output URL, committed with the success itself
- * (dispatch/record.c, store_record). This module claims due pending rows in one
- * UPDATE … RETURNING (a lease, like a job's), at most `concurrency` at a
- * time, separate from every lane: a provider's generation requests never
+ * (dispatch/record.c, store_record). This module claims due pending rows
+ * in one UPDATE … RETURNING (a lease, like a job's), at most `concurrency`
+ * at a time, separate from every lane: a provider's generation requests never
  * wait behind downloads, and downloads never take a lane's slots. Each
  * claimed row is fetched with a GET through http.c, the body streamed by
  * http's sink into a temporary file under outputs_dir/.partial while its

@@ -18,8 +18,9 @@
  * or that expires, and the download runs again.
  *
  * Credentials: a provider's auth headers go with a download only when the
- * URL is on the provider's origin (dispatch/dispatch.c decides, outputs_auth_fn).
- * Redirects are followed here, not by curl, so each hop is judged again.
+ * URL is on the provider's origin (dispatch/dispatch.c decides,
+ * outputs_auth_fn). Redirects are followed here, not by curl, so each hop is
+ * judged again.
  *
  * Failures: no answer, 408, 425, 429 and 5xx are retried with full-jitter
  * backoff up to OUTPUTS_MAX_ATTEMPTS fetches; anything else (an expired

@@ -129,5 +129,25 @@ def test_migrate_refuses_a_target_with_rows_and_a_live_source():
         assert dst.rows("SELECT count(*) n FROM jobs")[0]["n"] == 0
 
 
+def test_migrate_refuses_bad_arguments_and_a_missing_source():
+    with Env() as src, PgEnv() as dst:
+        src.write_config({})
+        for args in ((), ("--from", src.db_path),
+                     ("--to", dst.db_path),
+                     ("--from", src.db_path, "--to", dst.db_path, "more")):
+            rc, out, err = src.ctl("migrate", *args)
+            assert rc == 64, (args, rc, err)
+            assert "needs --from DATABASE and --to DATABASE" in err, err
+        # a source that does not exist: not created, the target untouched
+        missing = os.path.join(src.path, "nothing.db")
+        rc, out, err = src.ctl("migrate", "--from", missing, "--to",
+                               dst.db_path)
+        assert rc == 66, (rc, err)
+        assert "cannot open " + missing in err, err
+        assert not os.path.exists(missing)
+        assert dst.rows("SELECT count(*) n FROM pg_tables "
+                        "WHERE schemaname = 'public'")[0]["n"] == 0
+
+
 if __name__ == "__main__":
     run(globals())

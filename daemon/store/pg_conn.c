@@ -399,7 +399,8 @@ pg_notify(struct pg_store *s, const char *what)
 }
 
 /* user@host:port/dbname of the connection string (no password, no
- * options), for logs. */
+ * options), for logs; one libpq cannot parse is named as such, not
+ * echoed (it may hold a password). */
 char *
 pg_display_name(const char *conninfo)
 {
@@ -407,6 +408,8 @@ pg_display_name(const char *conninfo)
     const char *user = NULL, *host = NULL, *port = NULL, *db = NULL;
     char *name;
 
+    if (opts == NULL)
+        return xstrdup("postgresql://(malformed)");
     for (PQconninfoOption *o = opts; o && o->keyword; o++) {
         if (o->val == NULL || *o->val == '\0')
             continue;

@@ -2102,6 +2102,35 @@ test_permits_share_a_cap_and_a_bucket_between_connections(void **state)
     store_close(b);
 }
 
+/* Which string is which backend, and how logs name a server: never its
+ * password or options, nor a string libpq cannot parse. No server
+ * needed. */
+static void
+test_database_strings_pick_the_backend_and_hide_the_password(void **state)
+{
+    static const struct {
+        const char *database, *display;
+    } cases[] = {
+        {"postgresql://u:secret@db.example:6432/q?sslmode=require",
+         "postgresql://u@db.example:6432/q"},
+        {"postgres://db.example/q", "postgresql://db.example/q"},
+        {"host=/run/postgresql dbname=q password=secret",
+         "postgresql:///run/postgresql/q"},
+        {"postgresql://u:secret@%zz", "postgresql://(malformed)"},
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *name = store_display_name(cases[i].database);
+        assert_false(store_is_file(cases[i].database));
+        assert_string_equal(name, cases[i].display);
+        free(name);
+    }
+    /* a path, even one with an = in it, is a SQLite file */
+    assert_true(store_is_file("/var/lib/sluice/queue.db"));
+    assert_true(store_is_file("/srv/a=b/queue.db"));
+    assert_true(store_is_file("queue.db"));
+}
+
 static enum kind sqlite_kind = SQLITE, postgres_kind = POSTGRES;
 
 #define BOTH(t)                                                                \
@@ -2114,6 +2143,8 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(
+            test_database_strings_pick_the_backend_and_hide_the_password),
         BOTH(test_open_migrates_to_latest_and_reopen_keeps_rows),
         BOTH(test_read_only_open_reads_and_never_writes),
         BOTH(test_insert_skips_duplicates_within_and_across_files),

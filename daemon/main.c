@@ -268,9 +268,9 @@ main(int argc, char **argv)
     /* A provider that closes a connection must not kill us. */
     signal(SIGPIPE, SIG_IGN);
 
-    if (store_open(dm.config->database, &dm.store) < 0) {
+    if ((rc = store_open(dm.config->database, &dm.store)) < 0) {
         config_free(dm.config);
-        return 1;
+        return rc == -EINVAL ? EXIT_CONFIG : 1; /* a malformed string */
     }
     if (liveness_join(dm.store, dm.config->database,
                       dm.config->heartbeat_timeout_ms, clock_now_ms(),

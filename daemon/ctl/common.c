@@ -176,13 +176,13 @@ ctl_open(struct ctl *c, const char *cmd, bool need_config, bool create_db)
 
     if ((rc = ctl_locate(c, cmd, need_config, create_db, &db)) != 0)
         return rc;
-    if (store_open(db, &c->store) < 0) {
+    if ((rc = store_open(db, &c->store)) < 0) {
         char *name = store_display_name(db); /* no password on a tty */
         c->store = NULL;
         fprintf(stderr, "sluicectl: %s: cannot open database %s\n", cmd,
                 name);
         free(name);
-        return 1;
+        return rc == -EINVAL ? EX_CONFIG : 1; /* a malformed string */
     }
     return 0;
 }
@@ -202,12 +202,12 @@ ctl_open_readonly(struct ctl *c, const char *cmd)
     if ((rc = ctl_locate(c, cmd, false, false, &db)) != 0)
         return rc;
     char *name = store_display_name(db); /* no password on a tty */
-    if (store_open_readonly(db, &c->store) < 0) {
+    if ((rc = store_open_readonly(db, &c->store)) < 0) {
         c->store = NULL;
         fprintf(stderr, "sluicectl: %s: cannot open database %s\n", cmd,
                 name);
         free(name);
-        return 1;
+        return rc == -EINVAL ? EX_CONFIG : 1; /* a malformed string */
     }
     int v = store_schema_version(c->store);
     int latest = store_schema_latest(c->store);

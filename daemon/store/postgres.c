@@ -54,6 +54,7 @@
 #include <string.h>
 
 #include "pg.h"
+#include "sluice/log.h"
 #include "sluice/xmalloc.h"
 
 /* As SQLite's busy timeout: how long a statement waits for a row lock
@@ -66,12 +67,25 @@ static int
 pg_open_mode(const char *database, bool readonly, struct store **out)
 {
     struct pg_store *s = xcalloc(1, sizeof(*s));
+    PQconninfoOption *opts;
+    char *err = NULL;
     int rc;
 
     s->readonly = readonly;
     s->conninfo = xstrdup(database);
     s->name = pg_display_name(database);
     s->lock_timeout_ms = PG_LOCK_TIMEOUT_MS;
+    /* A string libpq cannot parse is the config's fault, not the
+     * server's: -EINVAL, which no retry mends. */
+    if ((opts = PQconninfoParse(database, &err)) == NULL) {
+        log_error("store: %s: %.*s", s->name,
+                  err ? (int)strcspn(err, "\n") : 13,
+                  err ? err : "out of memory");
+        PQfreemem(err);
+        pg_close(&s->base);
+        return -EINVAL;
+    }
+    PQconninfoFree(opts);
     if ((rc = pg_connect(s, false)) < 0) {
         pg_close(&s->base);
         return rc;

@@ -28,7 +28,8 @@ struct jobspec;
  * synchronous=NORMAL, busy_timeout and foreign keys (sql/, PRAGMA
  * user_version). Returns 0 and *out, or a negative errno with the reason
  * logged: -EREMOTE for a SQLite file on a network filesystem (NFS, SMB,
- * …), which WAL cannot use. */
+ * …), which WAL cannot use; -EINVAL for a connection string libpq cannot
+ * parse. */
 int store_open(const char *database, struct store **out);
 /* Opens an existing database for reading only: nothing is created,
  * changed or migrated, so checking a new build against a live database

@@ -12,7 +12,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Fake, job_lines, provider_conf, run, wait_for  # noqa: E402
+from harness import (Env, Fake, job_lines, provider_conf, run,  # noqa: E402
+                     wait_for)
 from pg import PgEnv, PgServer  # noqa: E402
 
 SEED = int(os.environ.get("SLUICE_KILL_SEED") or random.randrange(1 << 30))
@@ -173,6 +174,23 @@ def test_a_stalled_claim_connection_does_not_stop_the_loop():
                  message="all jobs succeeded after the stall")
         stop_all([d])
         check_exactly_once(env, fake, n)
+
+
+def test_a_malformed_string_is_a_config_error_an_unreachable_server_not():
+    """78 (the unit does not restart it) for a string libpq cannot parse;
+    1 (restarted until the server is up) for a server not answering."""
+    for database, code in (("postgresql://u:secret@%zz/q", 78),
+                           ("host=/nonexistent bogus=1", 78),
+                           ("postgresql://u:secret@localhost:1/q", 1)):
+        with Env() as env:
+            env.write_config({}, daemon={"database": database})
+            d = env.daemon()
+            assert d.wait(30) == code, (database, d.stderr_text())
+            err = d.stderr_text()
+            assert "secret" not in err, err
+            rc, out, err = env.ctl("status")
+            assert rc == code, (database, rc, err)
+            assert "cannot open database" in err and "secret" not in err, err
 
 
 if __name__ == "__main__":

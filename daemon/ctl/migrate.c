@@ -96,7 +96,9 @@ migrate_check_stopped(struct store *from, const char *name)
     if (n > 0 || running > 0) {
         fprintf(stderr,
                 "sluicectl migrate: %s is in use (%zu daemon%s registered, "
-                "%ld job%s running): stop every sluiced on it first\n",
+                "%ld job%s running): stop every sluiced on it first (one "
+                "that was killed left its row: start a sluiced on it and "
+                "stop it, which takes the row and its jobs back)\n",
                 name, n, n == 1 ? "" : "s", running, running == 1 ? "" : "s");
         return 1;
     }

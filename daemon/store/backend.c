@@ -34,6 +34,22 @@ backend_claimed_sort(struct backend_claimed *c, int n)
         qsort(c, (size_t)n, sizeof(*c), claimed_cmp);
 }
 
+char *
+backend_names_json(const char *const *names, size_t n)
+{
+    json_t *arr = json_array();
+
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_string(names[i]));
+    char *text = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    if (text == NULL)
+        return NULL;
+    char *copy = xstrdup(text);
+    free(text);
+    return copy;
+}
+
 void
 backend_pending_clear(struct store_pending *p)
 {

@@ -208,6 +208,17 @@ char *store_postgres_display_name(const char *database);
 
 /* --- shared by the backends (backend.c) ----------------------------------- */
 
+/* Generated from sql/ and sql/postgres/ by cmake/embed_sql.cmake: a
+ * backend's migrations, in file-name order. */
+struct sql_file {
+    const char *name;
+    const char *text;
+};
+
+/* names[0..n) as a compact JSON array text (what a statement matches a
+ * provider against); new string, NULL if out of memory. */
+char *backend_names_json(const char *const *names, size_t n);
+
 /* A claimed row with what orders it (RETURNING gives no order). */
 struct backend_claimed {
     struct job *job;

@@ -43,7 +43,7 @@ struct uv_loop_s;
 /* A buffered job_update with its strings owned (store_record copies). */
 struct store_pending {
     struct job_update u;
-    int64_t at; /* when it was recorded: updated_at / finished_at */
+    int64_t at;      /* when it was recorded: updated_at / finished_at */
     bool unstorable; /* made a failure by backend_pending_unstorable */
 };
 
@@ -97,12 +97,11 @@ struct store_ops {
     int (*daemons)(struct store *s, struct daemon_row **rows, size_t *n);
     int (*daemon_reap)(struct store *s, const char *owner, int64_t seen,
                        int64_t now_ms, long *n);
-    int (*permit_take)(struct store *s, const char *provider,
-                       const char *owner, const struct permit_view *view,
-                       int in_flight, int want, int64_t now_ms, int *granted,
-                       int64_t *wake_ms);
-    int (*permit_put)(struct store *s, const char *provider,
-                      const char *owner, int slots, int tokens);
+    int (*permit_take)(struct store *s, const char *provider, const char *owner,
+                       const struct permit_view *view, int in_flight, int want,
+                       int64_t now_ms, int *granted, int64_t *wake_ms);
+    int (*permit_put)(struct store *s, const char *provider, const char *owner,
+                      int slots, int tokens);
     /* Claims up to max jobs of one kind, appended to out + *nout, in
      * priority, run_after, id order. */
     int (*claim)(struct store *s, enum store_claim_kind kind,
@@ -176,8 +175,7 @@ struct store_ops {
 
     int (*is_empty)(struct store *s, bool *empty);
     /* table is one of store_tables (checked by store.c). */
-    int (*dump)(struct store *s, const char *table, store_row_fn fn,
-                void *arg);
+    int (*dump)(struct store *s, const char *table, store_row_fn fn, void *arg);
     /* table and every key of row checked by store.c: identifiers only. */
     int (*load)(struct store *s, const char *table, const json_t *row);
     int (*load_done)(struct store *s);

@@ -30,9 +30,9 @@
     "run_after = $1::bigint, lease_until = NULL, lease_owner = NULL, "         \
     "updated_at = $1::bigint "
 
-/* As RECLAIM_UNKNOWN_SET of sqlite_daemons.c: a running job of a provider without
- * idempotency taken back fails as unknown_outcome, its attempt given back.
- * $1 is now, $2 the owner (NULL for expired leases), $3 the JSON array of
+/* As RECLAIM_UNKNOWN_SET of sqlite_daemons.c: a running job of a provider
+ * without idempotency taken back fails as unknown_outcome, its attempt given
+ * back. $1 is now, $2 the owner (NULL for expired leases), $3 the JSON array of
  * such providers. */
 #define RECLAIM_UNKNOWN_SET                                                    \
     "UPDATE jobs SET state = 'failed', "                                       \

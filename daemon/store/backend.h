@@ -228,15 +228,15 @@ void backend_claimed_sort(struct backend_claimed *c, int n);
 
 /* Frees the strings a buffered update owns. */
 void backend_pending_clear(struct store_pending *p);
+/* Frees what an update says of the outcome (the provider's code and
+ * message, fields, result, remote id, poll URL, output URLs) and leaves
+ * those NULL; the job's identity (owner, keys, request id) stays. */
+void backend_update_free_outcome(struct job_update *u);
 /* A buffered update the database refused for its own content (a value too
  * big, a constraint) becomes the job's terminal failure, class protocol,
  * code "unstorable", message why: without the result, fields, run or
  * output URLs that may be what could not be written. The attempt row and
  * the key stay. Sets p->unstorable. */
-/* Frees what an update says of the outcome (the provider's code and
- * message, fields, result, remote id, poll URL, output URLs) and leaves
- * those NULL; the job's identity (owner, keys, request id) stays. */
-void backend_update_free_outcome(struct job_update *u);
 void backend_pending_unstorable(struct store_pending *p, const char *why);
 
 /* Whether a failed write (a negative errno of the backend) is about the

@@ -20,7 +20,7 @@
  *      sq.h; PostgreSQL: pg_<name> in the pg_*.c file of its concern,
  *      declared in pg.h) and list it in that backend's ops table at the
  *      end of sqlite.c and postgres.c (a missing entry is a NULL call);
- *   4. add a case to tests/unit/test_store.c.
+ *   4. add a case to tests/unit/test_store_contract.c (it runs on both).
  * SQL-free logic both implementations need goes in backend.c.
  */
 #ifndef SLUICE_STORE_BACKEND_H

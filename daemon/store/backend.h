@@ -44,7 +44,7 @@ struct uv_loop_s;
 struct store_pending {
     struct job_update u;
     int64_t at;      /* when it was recorded: updated_at / finished_at */
-    bool unstorable; /* made a failure by backend_pending_unstorable */
+    bool unstorable; /* made a failure by backend_pending_refused */
 };
 
 /* The part of every backend's store that store.c reads: a backend's
@@ -232,12 +232,6 @@ void backend_pending_clear(struct store_pending *p);
  * message, fields, result, remote id, poll URL, output URLs) and leaves
  * those NULL; the job's identity (owner, keys, request id) stays. */
 void backend_update_free_outcome(struct job_update *u);
-/* A buffered update the database refused for its own content (a value too
- * big, a constraint) becomes the job's terminal failure, class protocol,
- * code "unstorable", message why: without the result, fields, run or
- * output URLs that may be what could not be written. The attempt row and
- * the key stay. Sets p->unstorable. */
-void backend_pending_unstorable(struct store_pending *p, const char *why);
 
 /* Whether a failed write (a negative errno of the backend) is about the
  * row itself (a value too big, out of range or of the wrong kind, a
@@ -245,10 +239,12 @@ void backend_pending_unstorable(struct store_pending *p, const char *why);
  * again, rather than about the database (locked, full, gone). */
 bool backend_row_error(int err);
 /* A flush failed on s->buf[bad] for its own content (why): the first
- * time, the update becomes the job's failure (backend_pending_unstorable);
- * if even that was refused, it is dropped from the buffer: the job stays
- * leased and is taken back when its lease ends. Logged once each. The
- * caller flushes what is left again. */
+ * time, the update becomes the job's terminal failure (class protocol,
+ * code "unstorable", message why; without the result, fields, run or
+ * output URLs that may be what could not be written; the attempt row and
+ * the key stay); if even that was refused, it is dropped from the buffer:
+ * the job stays leased and is taken back when its lease ends. Logged once
+ * each. The caller flushes what is left again. */
 void backend_pending_refused(struct store *s, size_t bad, const char *why);
 
 /* The id a job reference names when it is all digits and fits: true and
@@ -259,8 +255,6 @@ bool backend_ref_is_id(const char *ref, int64_t *id);
  * a statement matches a state against; "" when states is 0. */
 void backend_states_text(unsigned states, char out[128]);
 
-/* Whether a column holds JSON text (body, result, fields, samples). */
-bool backend_is_json_column(const char *name);
 /* A text column as a new JSON value: parsed when the column holds JSON
  * and the text parses, else a string ("" when not UTF-8). */
 json_t *backend_text_json(const char *column, const char *text, size_t len);
@@ -276,8 +270,6 @@ void backend_status_outputs(json_t *status, long pending, long stored,
  * (pending, stored; anything else is failed). */
 void backend_outputs_count(const char *state, long n, long *pending,
                            long *stored, long *failed);
-/* status: {"queued":0, … every state …, "total":0} */
-json_t *backend_state_counts_new(void);
 /* Adds every provider of lanes (providers rows) to providers with zero
  * counts, so a provider with no jobs is still listed. */
 void backend_status_lanes(json_t *providers, const json_t *lanes);

@@ -473,9 +473,15 @@ jobspec_parse_jansson(const char *line, size_t len,
     json_t *root;
     struct line l;
     char *body = NULL;
+    const char *nul;
     int rc;
 
     memset(out, 0, sizeof(*out));
+    /* jansson reads a raw NUL as the end of the text and then reports "end
+     * of file expected near end of file": name the byte instead. */
+    if ((nul = memchr(line, '\0', len)) != NULL)
+        return fail(err, errlen, "json: a NUL byte (column %zu)",
+                    (size_t)(nul - line) + 1);
     /* Duplicate keys are rejected: which one would win is a guess. */
     root = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL)

@@ -1,7 +1,7 @@
 /*
  * jsonptr: RFC 6901 pointers, walked token by token over a jansson tree,
- * with "*" branching over an array's elements (outputs.c uses it to find
- * output URLs: tokens "outputs", "*", "url").
+ * with "*" branching over an array's elements (dialect.c uses it to find
+ * output URLs: tokens "outputs", "*", "url"; cost.c for cost_pointer).
  *
  * A token is unescaped into a small stack buffer ("~1" is "/", "~0" is
  * "~"); an array index is decimal digits without a leading zero, as the

@@ -516,7 +516,7 @@ apply(struct parser *p, const struct key *k, void *base, const char *v)
         }
         parser_fail(p, p->lineno,
                     "%s: bad amount '%s' (a decimal%s, e.g. 25.00)", k->name, v,
-                    k->min ? " above 0" : "");
+                    k->min ? " above 0" : " of 0 or more");
         return false;
     }
     case K_COST_POINTER:

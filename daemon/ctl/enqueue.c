@@ -4,10 +4,11 @@
  * enqueue streams each file with getline inside one transaction, so a
  * million-line file runs in bounded memory and a bad line leaves nothing
  * of that file behind. Loading a file whole was rejected for that reason.
- * Parsing (jansson) costs more than the insert, so worker threads parse
- * chunks of lines while the main thread reads and inserts them in file
- * order, 128 rows per INSERT (store_insert_jobs): ~35k lines/s became
- * over 100k on two cores.
+ * Worker threads parse chunks of lines (jobspec's one-pass reader) while
+ * the main thread reads and inserts them in file order, 128 rows per
+ * INSERT (store_insert_jobs): ~35k lines/s became over 100k on two cores
+ * with jansson, and since the one-pass reader the inserting thread is the
+ * limit (bench/README.md).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -93,13 +94,13 @@ ctl_enqueue_rejected(const struct ctl_enqueue *e, const char *name)
 }
 
 /*
- * The parse pipeline of enqueue. Parsing a line (jansson, validation, the
- * canonical body, the key) costs more than inserting it, so workers parse
- * chunks of lines while this thread reads the next ones and inserts the
- * parsed chunks in file order. A ring of CTL_SLOTS chunks bounds memory
- * whatever the file's size. Errors stay exact: a worker stops a chunk at
- * its first bad line, and chunks are inserted in order, so the first bad
- * line reported is the first bad line of the file.
+ * The parse pipeline of enqueue. Workers parse chunks of lines (the
+ * canonical body, validation, the key) while this thread reads the next
+ * ones and inserts the parsed chunks in file order. A ring of CTL_SLOTS
+ * chunks bounds memory whatever the file's size. Errors stay exact: a
+ * worker stops a chunk at its first bad line, and chunks are inserted in
+ * order, so the first bad line reported is the first bad line of the
+ * file.
  */
 struct ctl_chunk {
     struct buf text; /* the lines, each NUL-terminated */

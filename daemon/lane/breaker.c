@@ -28,7 +28,9 @@ breaker_clear(struct lane *l)
     l->ring_hard = 0;
 }
 
-void
+/* Opens the breaker: its period doubles with each consecutive opening,
+ * jittered by u (0 … 1). */
+static void
 breaker_open(struct lane *l, int64_t now_ms, double u)
 {
     int64_t period = BREAKER_OPEN_MS;

@@ -124,7 +124,6 @@ void pace_share_refused(struct lane *l, int64_t now_ms);
 
 /* breaker.c */
 void breaker_clear(struct lane *l);
-void breaker_open(struct lane *l, int64_t now_ms, double u);
 void breaker_record(struct lane *l, const struct outcome *o, int64_t now_ms,
                     double u);
 void breaker_probe(struct lane *l, const struct outcome *o, int64_t now_ms,

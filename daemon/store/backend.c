@@ -34,6 +34,22 @@ backend_claimed_sort(struct backend_claimed *c, int n)
         qsort(c, (size_t)n, sizeof(*c), claimed_cmp);
 }
 
+char *
+backend_names_json(const char *const *names, size_t n)
+{
+    json_t *arr = json_array();
+
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_string(names[i]));
+    char *text = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    if (text == NULL)
+        return NULL;
+    char *copy = xstrdup(text);
+    free(text);
+    return copy;
+}
+
 void
 backend_pending_clear(struct store_pending *p)
 {
@@ -58,7 +74,12 @@ backend_update_free_outcome(struct job_update *u)
     u->fields = u->result = u->remote_id = u->poll_url = NULL;
 }
 
-void
+/* A buffered update the database refused for its own content (a value too
+ * big, a constraint) becomes the job's terminal failure, class protocol,
+ * code "unstorable", message why: without the result, fields, run or
+ * output URLs that may be what could not be written. The attempt row and
+ * the key stay. Sets p->unstorable. */
+static void
 backend_pending_unstorable(struct store_pending *p, const char *why)
 {
     struct job_update *u = &p->u;
@@ -125,7 +146,8 @@ backend_states_text(unsigned states, char out[128])
         strcat(out, ",");
 }
 
-bool
+/* Whether a column holds JSON text (body, result, fields, samples). */
+static bool
 backend_is_json_column(const char *name)
 {
     return strcmp(name, "body") == 0 || strcmp(name, "result") == 0 ||
@@ -147,7 +169,8 @@ backend_text_json(const char *column, const char *text, size_t len)
     return v;
 }
 
-json_t *
+/* status: {"queued":0, … every state …, "total":0} */
+static json_t *
 backend_state_counts_new(void)
 {
     json_t *o = json_object();

@@ -20,7 +20,7 @@
  *      sq.h; PostgreSQL: pg_<name> in the pg_*.c file of its concern,
  *      declared in pg.h) and list it in that backend's ops table at the
  *      end of sqlite.c and postgres.c (a missing entry is a NULL call);
- *   4. add a case to tests/unit/test_store.c.
+ *   4. add a case to tests/unit/test_store_contract.c (it runs on both).
  * SQL-free logic both implementations need goes in backend.c.
  */
 #ifndef SLUICE_STORE_BACKEND_H
@@ -43,8 +43,8 @@ struct uv_loop_s;
 /* A buffered job_update with its strings owned (store_record copies). */
 struct store_pending {
     struct job_update u;
-    int64_t at; /* when it was recorded: updated_at / finished_at */
-    bool unstorable; /* made a failure by backend_pending_unstorable */
+    int64_t at;      /* when it was recorded: updated_at / finished_at */
+    bool unstorable; /* made a failure by backend_pending_refused */
 };
 
 /* The part of every backend's store that store.c reads: a backend's
@@ -97,12 +97,11 @@ struct store_ops {
     int (*daemons)(struct store *s, struct daemon_row **rows, size_t *n);
     int (*daemon_reap)(struct store *s, const char *owner, int64_t seen,
                        int64_t now_ms, long *n);
-    int (*permit_take)(struct store *s, const char *provider,
-                       const char *owner, const struct permit_view *view,
-                       int in_flight, int want, int64_t now_ms, int *granted,
-                       int64_t *wake_ms);
-    int (*permit_put)(struct store *s, const char *provider,
-                      const char *owner, int slots, int tokens);
+    int (*permit_take)(struct store *s, const char *provider, const char *owner,
+                       const struct permit_view *view, int in_flight, int want,
+                       int64_t now_ms, int *granted, int64_t *wake_ms);
+    int (*permit_put)(struct store *s, const char *provider, const char *owner,
+                      int slots, int tokens);
     /* Claims up to max jobs of one kind, appended to out + *nout, in
      * priority, run_after, id order. */
     int (*claim)(struct store *s, enum store_claim_kind kind,
@@ -176,8 +175,7 @@ struct store_ops {
 
     int (*is_empty)(struct store *s, bool *empty);
     /* table is one of store_tables (checked by store.c). */
-    int (*dump)(struct store *s, const char *table, store_row_fn fn,
-                void *arg);
+    int (*dump)(struct store *s, const char *table, store_row_fn fn, void *arg);
     /* table and every key of row checked by store.c: identifiers only. */
     int (*load)(struct store *s, const char *table, const json_t *row);
     int (*load_done)(struct store *s);
@@ -208,6 +206,17 @@ char *store_postgres_display_name(const char *database);
 
 /* --- shared by the backends (backend.c) ----------------------------------- */
 
+/* Generated from sql/ and sql/postgres/ by cmake/embed_sql.cmake: a
+ * backend's migrations, in file-name order. */
+struct sql_file {
+    const char *name;
+    const char *text;
+};
+
+/* names[0..n) as a compact JSON array text (what a statement matches a
+ * provider against); new string, NULL if out of memory. */
+char *backend_names_json(const char *const *names, size_t n);
+
 /* A claimed row with what orders it (RETURNING gives no order). */
 struct backend_claimed {
     struct job *job;
@@ -219,16 +228,10 @@ void backend_claimed_sort(struct backend_claimed *c, int n);
 
 /* Frees the strings a buffered update owns. */
 void backend_pending_clear(struct store_pending *p);
-/* A buffered update the database refused for its own content (a value too
- * big, a constraint) becomes the job's terminal failure, class protocol,
- * code "unstorable", message why: without the result, fields, run or
- * output URLs that may be what could not be written. The attempt row and
- * the key stay. Sets p->unstorable. */
 /* Frees what an update says of the outcome (the provider's code and
  * message, fields, result, remote id, poll URL, output URLs) and leaves
  * those NULL; the job's identity (owner, keys, request id) stays. */
 void backend_update_free_outcome(struct job_update *u);
-void backend_pending_unstorable(struct store_pending *p, const char *why);
 
 /* Whether a failed write (a negative errno of the backend) is about the
  * row itself (a value too big, out of range or of the wrong kind, a
@@ -236,10 +239,12 @@ void backend_pending_unstorable(struct store_pending *p, const char *why);
  * again, rather than about the database (locked, full, gone). */
 bool backend_row_error(int err);
 /* A flush failed on s->buf[bad] for its own content (why): the first
- * time, the update becomes the job's failure (backend_pending_unstorable);
- * if even that was refused, it is dropped from the buffer: the job stays
- * leased and is taken back when its lease ends. Logged once each. The
- * caller flushes what is left again. */
+ * time, the update becomes the job's terminal failure (class protocol,
+ * code "unstorable", message why; without the result, fields, run or
+ * output URLs that may be what could not be written; the attempt row and
+ * the key stay); if even that was refused, it is dropped from the buffer:
+ * the job stays leased and is taken back when its lease ends. Logged once
+ * each. The caller flushes what is left again. */
 void backend_pending_refused(struct store *s, size_t bad, const char *why);
 
 /* The id a job reference names when it is all digits and fits: true and
@@ -250,8 +255,6 @@ bool backend_ref_is_id(const char *ref, int64_t *id);
  * a statement matches a state against; "" when states is 0. */
 void backend_states_text(unsigned states, char out[128]);
 
-/* Whether a column holds JSON text (body, result, fields, samples). */
-bool backend_is_json_column(const char *name);
 /* A text column as a new JSON value: parsed when the column holds JSON
  * and the text parses, else a string ("" when not UTF-8). */
 json_t *backend_text_json(const char *column, const char *text, size_t len);
@@ -267,8 +270,6 @@ void backend_status_outputs(json_t *status, long pending, long stored,
  * (pending, stored; anything else is failed). */
 void backend_outputs_count(const char *state, long n, long *pending,
                            long *stored, long *failed);
-/* status: {"queued":0, … every state …, "total":0} */
-json_t *backend_state_counts_new(void);
 /* Adds every provider of lanes (providers rows) to providers with zero
  * counts, so a provider with no jobs is still listed. */
 void backend_status_lanes(json_t *providers, const json_t *lanes);

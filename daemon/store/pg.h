@@ -21,11 +21,7 @@
 #include "backend.h"
 #include "sluice/xmalloc.h"
 
-/* Generated from sql/postgres/ by cmake/embed_sql.cmake. */
-struct sql_file {
-    const char *name;
-    const char *text;
-};
+/* Generated from sql/postgres/ (struct sql_file: backend.h). */
 extern const struct sql_file pg_sql_files[];
 extern const size_t pg_sql_nfiles;
 

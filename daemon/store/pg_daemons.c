@@ -30,9 +30,9 @@
     "run_after = $1::bigint, lease_until = NULL, lease_owner = NULL, "         \
     "updated_at = $1::bigint "
 
-/* As RECLAIM_UNKNOWN_SET of sqlite_daemons.c: a running job of a provider without
- * idempotency taken back fails as unknown_outcome, its attempt given back.
- * $1 is now, $2 the owner (NULL for expired leases), $3 the JSON array of
+/* As RECLAIM_UNKNOWN_SET of sqlite_daemons.c: a running job of a provider
+ * without idempotency taken back fails as unknown_outcome, its attempt given
+ * back. $1 is now, $2 the owner (NULL for expired leases), $3 the JSON array of
  * such providers. */
 #define RECLAIM_UNKNOWN_SET                                                    \
     "UPDATE jobs SET state = 'failed', "                                       \
@@ -143,15 +143,9 @@ void
 pg_set_unsafe_resend(struct store *base, const char *const *providers, size_t n)
 {
     struct pg_store *s = pq(base);
-    json_t *arr = json_array();
 
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(arr, json_string(providers[i]));
-    char *text = json_dumps(arr, JSON_COMPACT);
-    json_decref(arr);
     free(s->unsafe_json);
-    s->unsafe_json = text ? xstrdup(text) : NULL;
-    free(text);
+    s->unsafe_json = backend_names_json(providers, n);
 }
 
 /* Fails the running jobs of unsafe providers a reclaim takes back; owner

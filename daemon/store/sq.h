@@ -19,11 +19,7 @@
 #include "backend.h"
 #include "sluice/xmalloc.h"
 
-/* Generated from sql/ by cmake/embed_sql.cmake, in file-name order. */
-struct sql_file {
-    const char *name;
-    const char *text;
-};
+/* Generated from sql/ (struct sql_file: backend.h). */
 extern const struct sql_file sql_files[];
 extern const size_t sql_nfiles;
 

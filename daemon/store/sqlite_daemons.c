@@ -126,15 +126,9 @@ sqlite_set_unsafe_resend(struct store *base, const char *const *providers,
                          size_t n)
 {
     struct sqlite_store *s = sq(base);
-    json_t *arr = json_array();
 
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(arr, json_string(providers[i]));
-    char *text = json_dumps(arr, JSON_COMPACT);
-    json_decref(arr);
     free(s->unsafe_json);
-    s->unsafe_json = text ? xstrdup(text) : NULL;
-    free(text);
+    s->unsafe_json = backend_names_json(providers, n);
 }
 
 /* Fails the running jobs of unsafe providers among those a reclaim takes

@@ -362,8 +362,7 @@ store_watch(struct store *s, uv_loop_t *loop, void (*cb)(void *arg), void *arg)
 }
 
 void
-store_set_unsafe_resend(struct store *s, const char *const *providers,
-                        size_t n)
+store_set_unsafe_resend(struct store *s, const char *const *providers, size_t n)
 {
     if (s->ops->set_unsafe_resend)
         s->ops->set_unsafe_resend(s, providers, n);

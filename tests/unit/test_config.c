@@ -370,7 +370,7 @@ static const struct {
      "sluice.conf:3: budget: bad amount '0' (a decimal above 0, e.g. "
      "25.00)"},
     {"[provider \"x\"]\nbase_url = https://x.test\ntoken_price = -1\n",
-     "sluice.conf:3: token_price: bad amount '-1' (a decimal, e.g. 25.00)"},
+     "sluice.conf:3: token_price: bad amount '-1' (a decimal of 0 or more, e.g. 25.00)"},
     {"[provider \"x\"]\nbase_url = https://x.test\ncost_pointer = cost\n",
      "sluice.conf:3: cost_pointer: bad JSON pointer 'cost' (use /a/b, * for "
      "every array element, ~0 for ~ and ~1 for /)"},

@@ -380,6 +380,21 @@ test_json_errors_name_the_column(void **state)
 }
 
 static void
+test_a_nul_byte_is_named_with_its_column(void **state)
+{
+    (void)state;
+    const char line[] = "{\"url\":\"/x\"}\0\n";
+    struct jobspec_opts o = {.config = &config, .provider = "flora"};
+    struct jobspec j;
+
+    assert_int_equal(
+        jobspec_parse(line, sizeof(line) - 1, &o, &j, err, sizeof(err)),
+        -EINVAL);
+    assert_string_equal(err, "json: a NUL byte (column 13)");
+    assert_null(j.path);
+}
+
+static void
 test_body_numbers_keep_their_short_spelling(void **state)
 {
     (void)state;
@@ -446,6 +461,7 @@ main(void)
             test_url_repeating_the_base_path_is_taken_from_the_origin),
         cmocka_unit_test(test_scheme_case_is_normalised_once),
         cmocka_unit_test(test_json_errors_name_the_column),
+        cmocka_unit_test(test_a_nul_byte_is_named_with_its_column),
         cmocka_unit_test(test_body_numbers_keep_their_short_spelling),
         cmocka_unit_test(test_line_need_not_be_nul_terminated),
         cmocka_unit_test(test_token_estimate_is_max_tokens_plus_text_over_4),

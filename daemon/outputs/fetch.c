@@ -1,55 +1,12 @@
 /*
- * outputs: the download scheduler (docs/design.md §13).
- *
- * How it works. A succeeded job of a provider with outputs = download
- * gets one pending row per output URL, committed with the success itself
- * (dispatch/record.c, store_record). This module claims due pending rows
- * in one UPDATE … RETURNING (a lease, like a job's), at most `concurrency`
- * at a time, separate from every lane: a provider's generation requests never
- * wait behind downloads, and downloads never take a lane's slots. Each
- * claimed row is fetched with a GET through http.c, the body streamed by
- * http's sink into a temporary file under outputs_dir/.partial while its
- * SHA-256 is computed. When the transfer ends well, a libuv work item (the
- * thread pool: fsync must not stall the loop) fsyncs the file, renames it
- * to outputs_dir/ab/abcdef… (the hex digest, so equal bytes are stored
- * once and a repeated download lands on the same name) and fsyncs the
- * directory; only then is the row marked stored. A crash before that
- * leaves the row pending under a lease the next start frees (dead owner)
- * or that expires, and the download runs again.
- *
- * Credentials: a provider's auth headers go with a download only when the
- * URL is on the provider's origin (dispatch/dispatch.c decides,
- * outputs_auth_fn). Redirects are followed here, not by curl, so each hop is
- * judged again.
- *
- * Failures: no answer, 408, 425, 429 and 5xx are retried with full-jitter
- * backoff up to OUTPUTS_MAX_ATTEMPTS fetches; anything else (an expired
- * URL's 403, a 404, a body over the cap) fails the row at once. The job
- * stays succeeded: the row carries the error, and `sluicectl outputs
- * --retry` puts failed rows back.
- *
- * Resuming: a row's temporary file is outputs_dir/.partial/<id>, locked
- * (flock) while a fetch writes it, with a sidecar <id>.meta naming the URL
- * and the validator the bytes came under (a strong ETag, else
- * Last-Modified; empty when the server only said Accept-Ranges: bytes),
- * written as the body starts. A fetch cut short (a dropped connection, a
- * 5xx later, SIGTERM or a crash) leaves both; the next fetch of the row
- * asks for the rest (Range: bytes=N-, If-Range: the validator) and
- * appends a 206 whose Content-Range starts at N; a 200 (the server
- * ignores Range, or the file changed) truncates and starts over, a 416
- * drops the bytes and fetches again. The SHA-256 of a resumed file is
- * computed over the whole file on the thread pool, and its size checked
- * against Content-Range's total. A file another process still holds (a
- * daemon judged dead, still writing) is left alone: this fetch uses a
- * private <id>.<pid> and does not resume.
- *
- * Rejected: downloading inside the lane (a slow CDN would hold the
- * provider's concurrency); a thread per download (the loop already
- * multiplexes sockets, and one writer keeps SQLite simple); resuming
- * without a validator or Accept-Ranges (bytes of another version of the
- * file could be spliced in).
+ * outputs/fetch.c: one download (docs/design.md §13) and the pure policy
+ * it follows: the GET and its redirects, each hop's credentials judged
+ * again; the body streamed into outputs_dir/.partial/<id> with its
+ * sidecar, resumed with Range and If-Range; the fsync and rename on the
+ * thread pool; the row's record, retried while the database is locked.
+ * How downloads are claimed and scheduled, how failures are retried and
+ * how resuming works: outputs.c's header.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -73,92 +30,7 @@
 #include "sluice/url.h"
 #include "sluice/xmalloc.h"
 
-/* Backoff of a failed download: 1 s doubling to 5 min, so six fetches
- * span a few minutes, well inside the hour the shortest-lived URLs live. */
-#define OUTPUTS_BACKOFF_BASE_MS 1000
-#define OUTPUTS_BACKOFF_CAP_MS 300000
-/* A retry sooner than this only hammers a struggling server. */
-#define OUTPUTS_BACKOFF_MIN_MS 250
-/* Most claims per statement (the concurrency bounds it anyway). */
-#define OUTPUTS_CLAIM_MAX 64
-/* A claim or a record that met a lock is tried again this often. */
-#define OUTPUTS_BUSY_RETRY_MS 50
-/* Redirect hops followed per fetch: CDNs use one or two. */
-#define OUTPUTS_MAX_REDIRECTS 5
-/* Connecting to a file server; the whole transfer has the lease (below). */
-#define OUTPUTS_CONNECT_TIMEOUT_MS 10000
-/* Temporary files live here, inside outputs_dir so rename stays on one
- * file system. */
-#define OUTPUTS_PARTIAL ".partial"
-/* A sidecar holds a URL and a validator: a few KiB at most. */
-#define OUTPUTS_META_MAX 8192
-#define NEVER INT64_MAX
-
-enum dl_phase {
-    DL_FETCH,  /* transfer in flight */
-    DL_FILE,   /* fsync and rename on the thread pool */
-    DL_RECORD, /* waiting to write the row (database locked) */
-};
-
-struct dl {
-    struct outputs *o;
-    struct output_claim c;
-    enum dl_phase phase;
-    struct http_xfer *xfer;
-    char *url;                /* this hop's URL */
-    int hops;                 /* redirects followed */
-    char **headers;           /* owned copy, NULL-terminated, or NULL */
-    char *tmp;                /* temporary file */
-    int fd;                   /* open on tmp, -1 when closed */
-    char *meta;               /* tmp's sidecar (URL, validator), or NULL
-                                 when tmp is private to this fetch */
-    int64_t offset;           /* bytes of an earlier fetch kept in tmp */
-    char *if_range;           /* the validator they came under, or NULL */
-    int64_t total;            /* the file's size per Content-Range, -1 */
-    bool body_started;        /* this answer's first bytes came */
-    bool resumed;             /* tmp starts with an earlier fetch's bytes */
-    bool resumable;           /* the server can send the rest: keep tmp */
-    bool discard;             /* tmp's bytes are not to be trusted */
-    EVP_MD_CTX *sha;
-    int64_t bytes;
-    char *content_type;
-    /* the file work */
-    uv_work_t work;
-    char hex[65];
-    char *path;               /* final file */
-    int work_err;             /* negative errno of the file work */
-    const char *work_what;    /* which step failed */
-    /* the row to write */
-    struct output_result res;
-    char error[320];
-    struct dl *prev, *next;
-};
-
-struct outputs {
-    uv_loop_t *loop;
-    struct store *store;
-    struct http *http;
-    char *dir;
-    char *partial;            /* dir/.partial */
-    int concurrency;
-    size_t max_size;
-    int64_t lease_ms;
-    char *owner;
-    outputs_auth_fn auth;
-    void *auth_arg;
-    uv_timer_t *timer;        /* next claim or record retry; owns o */
-    int64_t timer_at;         /* when it fires, NEVER if idle */
-    struct dl *dls;           /* in flight, doubly linked */
-    int active;
-    bool started;
-    bool stopping;
-    void (*on_stopped)(void *);
-    void *stopped_arg;
-    bool freed;
-};
-
-static void pump(struct outputs *o);
-static void schedule(struct outputs *o, int64_t at);
+#include "internal.h"
 
 /* --- pure policy ---------------------------------------------------------- */
 
@@ -334,8 +206,8 @@ dl_free(struct dl *d)
 }
 
 /* Writes the row; on a lock, keeps d and tries again shortly. */
-static void
-dl_record(struct dl *d)
+void
+fetch_record(struct dl *d)
 {
     struct outputs *o = d->o;
     int rc;
@@ -345,7 +217,7 @@ dl_record(struct dl *d)
     d->res.owner = o->owner;
     rc = store_output_record(o->store, &d->res, clock_now_ms());
     if (rc == -EBUSY && !o->stopping) {
-        schedule(o, clock_now_ms() + OUTPUTS_BUSY_RETRY_MS);
+        outputs_schedule(o, clock_now_ms() + OUTPUTS_BUSY_RETRY_MS);
         return;
     }
     if (rc == -ESTALE)
@@ -364,7 +236,7 @@ dl_record(struct dl *d)
             cb(o->stopped_arg);
         }
     } else {
-        schedule(o, 0);
+        outputs_schedule(o, 0);
     }
 }
 
@@ -401,7 +273,7 @@ dl_failed(struct dl *d, bool retryable, const char *fmt, ...)
                   "%d fetches",
                   d->c.id, d->c.job_id, d->error, d->c.attempts);
     }
-    dl_record(d);
+    fetch_record(d);
 }
 
 /* tmp's sidecar: the URL, then the validator (empty: none, the server
@@ -664,7 +536,7 @@ on_uv_after_work(uv_work_t *w, int status)
               " bytes stored as %s%s",
               d->c.id, d->c.job_id, d->bytes, d->path,
               d->resumed ? " (resumed)" : "");
-    dl_record(d);
+    fetch_record(d);
 }
 
 static int dl_fetch(struct dl *d);
@@ -689,7 +561,7 @@ on_http_done(const struct http_response *r, void *data)
         snprintf(d->error, sizeof(d->error), "download interrupted by "
                                              "shutdown");
         d->res.error = d->error;
-        dl_record(d);
+        fetch_record(d);
         return;
     }
     if (r->status >= 300 && r->status < 400 && r->curl_code == 0 &&
@@ -857,8 +729,8 @@ dl_fetch(struct dl *d)
     return rc;
 }
 
-static void
-dl_start(struct outputs *o, struct output_claim *c)
+void
+fetch_start(struct outputs *o, struct output_claim *c)
 {
     struct dl *d = xcalloc(1, sizeof(*d));
     int rc;
@@ -879,218 +751,4 @@ dl_start(struct outputs *o, struct output_claim *c)
     if (rc < 0)
         dl_failed(d, rc != -EILSEQ && rc != -EINVAL, "cannot start: %s",
                   strerror(-rc));
-}
-
-/* --- the scheduler ------------------------------------------------------- */
-
-static void
-on_uv_timer(uv_timer_t *t)
-{
-    struct outputs *o = t->data;
-    o->timer_at = NEVER;
-    /* Records that met a lock go first: they hold concurrency slots. */
-    for (struct dl *d = o->dls, *nx; d; d = nx) {
-        nx = d->next;
-        if (d->phase == DL_RECORD)
-            dl_record(d);
-    }
-    pump(o);
-}
-
-/* Runs pump at unix ms at (0: on the next loop turn), unless it runs
- * earlier anyway. */
-static void
-schedule(struct outputs *o, int64_t at)
-{
-    int64_t now = clock_now_ms();
-    if (o->freed || !o->started)
-        return;
-    if (at < now)
-        at = now;
-    if (o->timer_at <= at)
-        return;
-    o->timer_at = at;
-    uv_timer_start(o->timer, on_uv_timer, (uint64_t)(at - now), 0);
-}
-
-static void
-pump(struct outputs *o)
-{
-    struct output_claim claims[OUTPUTS_CLAIM_MAX];
-    int64_t now = clock_now_ms(), due = 0;
-    int want = o->concurrency - o->active, got = 0;
-
-    if (o->stopping || !o->started || want <= 0)
-        return;
-    if (want > OUTPUTS_CLAIM_MAX)
-        want = OUTPUTS_CLAIM_MAX;
-    if (store_outputs_claim(o->store, want, now, o->lease_ms, o->owner,
-                            claims, &got) < 0) {
-        schedule(o, now + OUTPUTS_BUSY_RETRY_MS);
-        return;
-    }
-    for (int i = 0; i < got; i++)
-        dl_start(o, &claims[i]);
-    if (got < want && store_outputs_next_due(o->store, &due) == 0 && due > 0)
-        schedule(o, due);
-}
-
-/* Removes temporary files no live download can own: older than a lease
- * (a live transfer writes to its file all the time). */
-static void
-clean_partial(struct outputs *o)
-{
-    DIR *dir = opendir(o->partial);
-    struct dirent *e;
-    time_t limit = time(NULL) - (time_t)(o->lease_ms / 1000);
-    long n = 0;
-
-    if (dir == NULL)
-        return;
-    while ((e = readdir(dir)) != NULL) {
-        struct stat st;
-        if (e->d_name[0] == '.')
-            continue;
-        char *p = xasprintf("%s/%s", o->partial, e->d_name);
-        if (stat(p, &st) == 0 && S_ISREG(st.st_mode) &&
-            st.st_mtime < limit && unlink(p) == 0)
-            n++;
-        free(p);
-    }
-    closedir(dir);
-    if (n > 0)
-        log_info("outputs: %ld stale partial files removed", n);
-}
-
-static int
-make_dir(const char *path)
-{
-    if (mkdir(path, 0755) < 0 && errno != EEXIST) {
-        int rc = -errno;
-        log_error("outputs: mkdir %s: %s", path, strerror(errno));
-        return rc;
-    }
-    return 0;
-}
-
-struct outputs *
-outputs_new(uv_loop_t *loop, struct store *s, struct http *h,
-            const struct outputs_params *p, outputs_auth_fn auth,
-            void *auth_arg)
-{
-    struct outputs *o = xcalloc(1, sizeof(*o));
-
-    o->loop = loop;
-    o->store = s;
-    o->http = h;
-    o->dir = xstrdup(p->dir);
-    o->partial = xasprintf("%s/%s", p->dir, OUTPUTS_PARTIAL);
-    o->owner = xstrdup(p->owner);
-    o->auth = auth;
-    o->auth_arg = auth_arg;
-    o->timer_at = NEVER;
-    outputs_configure(o, p);
-    o->timer = xmalloc(sizeof(*o->timer));
-    uv_timer_init(loop, o->timer);
-    o->timer->data = o;
-    return o;
-}
-
-int
-outputs_start(struct outputs *o)
-{
-    int rc;
-    if ((rc = make_dir(o->dir)) < 0 || (rc = make_dir(o->partial)) < 0)
-        return rc;
-    clean_partial(o);
-    o->started = true;
-    schedule(o, 0);
-    return 0;
-}
-
-void
-outputs_kick(struct outputs *o)
-{
-    if (o != NULL && o->active < o->concurrency)
-        schedule(o, 0);
-}
-
-void
-outputs_configure(struct outputs *o, const struct outputs_params *p)
-{
-    if (strcmp(p->dir, o->dir) != 0)
-        log_warnx("outputs: outputs_dir %s takes effect at the next start "
-                  "(%s in use)",
-                  p->dir, o->dir);
-    o->concurrency = p->concurrency > 0 ? p->concurrency : 1;
-    o->max_size = p->max_size;
-    o->lease_ms = p->lease_ms;
-    outputs_kick(o);
-}
-
-int
-outputs_active(const struct outputs *o)
-{
-    return o ? o->active : 0;
-}
-
-bool
-outputs_idle(struct outputs *o)
-{
-    int64_t due = 0;
-    if (o->active > 0)
-        return false;
-    return store_outputs_next_due(o->store, &due) == 0 && due == 0;
-}
-
-void
-outputs_stop(struct outputs *o, void (*on_stopped)(void *), void *arg)
-{
-    o->stopping = true;
-    o->on_stopped = on_stopped;
-    o->stopped_arg = arg;
-    uv_timer_stop(o->timer);
-    o->timer_at = NEVER;
-    /* Cancelling runs each callback now, which records and frees. */
-    for (struct dl *d = o->dls, *nx; d; d = nx) {
-        nx = d->next;
-        if (d->phase == DL_FETCH && d->xfer != NULL)
-            http_cancel(d->xfer);
-    }
-    /* Records still blocked by a lock get one last try each. */
-    for (struct dl *d = o->dls, *nx; d; d = nx) {
-        nx = d->next;
-        if (d->phase == DL_RECORD)
-            dl_record(d);
-    }
-    if (o->active == 0 && o->on_stopped) {
-        o->on_stopped = NULL;
-        on_stopped(arg);
-    }
-}
-
-static void
-on_uv_timer_close(uv_handle_t *h)
-{
-    struct outputs *o = h->data;
-    free(h);
-    free(o);
-}
-
-void
-outputs_free(struct outputs *o)
-{
-    if (o == NULL)
-        return;
-    if (!o->stopping)
-        outputs_stop(o, NULL, NULL);
-    /* Only file work can be left (stop cancelled the rest); it cannot
-     * be interrupted, and its callback needs d and o. */
-    while (o->active > 0)
-        uv_run(o->loop, UV_RUN_ONCE);
-    o->freed = true;
-    free(o->dir);
-    free(o->partial);
-    free(o->owner);
-    uv_close((uv_handle_t *)o->timer, on_uv_timer_close);
 }

@@ -172,12 +172,15 @@ ctl_migrate(struct ctl *c, int argc, char **argv)
     }
     from_name = store_display_name(from_db);
     to_name = store_display_name(to_db);
-    rc = 1;
-    if (store_open_readonly(from_db, &from) < 0) {
+    if ((rc = store_open_readonly(from_db, &from)) < 0) {
         fprintf(stderr, "sluicectl migrate: cannot open %s\n", from_name);
-        rc = EX_NOINPUT;
+        /* a file missing or unreadable; a server: as ctl_open */
+        rc = rc == -EINVAL ? EX_CONFIG
+             : store_is_file(from_db) ? EX_NOINPUT
+                                      : 1;
         goto done;
     }
+    rc = 1;
     if (store_schema_version(from) != store_schema_latest(from)) {
         fprintf(stderr,
                 "sluicectl migrate: %s is at schema %d, this build reads "
@@ -190,8 +193,9 @@ ctl_migrate(struct ctl *c, int argc, char **argv)
     if ((rc = migrate_check_stopped(from, from_name)) != 0)
         goto done;
     rc = 1;
-    if (store_open(to_db, &to) < 0) {
+    if ((rc = store_open(to_db, &to)) < 0) {
         fprintf(stderr, "sluicectl migrate: cannot open %s\n", to_name);
+        rc = rc == -EINVAL ? EX_CONFIG : 1;
         goto done;
     }
     if (store_is_empty(to, &empty) < 0)

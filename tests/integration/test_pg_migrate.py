@@ -147,6 +147,29 @@ def test_migrate_refuses_bad_arguments_and_a_missing_source():
         assert not os.path.exists(missing)
         assert dst.rows("SELECT count(*) n FROM pg_tables "
                         "WHERE schemaname = 'public'")[0]["n"] == 0
+        # a server not answering is not a missing file; a string libpq
+        # cannot parse is a config error, on either side
+        rc, out, err = src.ctl("migrate", "--from",
+                               "postgresql://localhost:1/q", "--to",
+                               dst.db_path)
+        assert rc == 1, (rc, err)
+        rc, out, err = src.ctl("migrate", "--from", "postgresql://%zz",
+                               "--to", dst.db_path)
+        assert rc == 78, (rc, err)
+        # a source whose schema is behind (an empty database: 0)
+        rc, out, err = src.ctl("migrate", "--from", dst.db_path, "--to",
+                               src.db_path)
+        assert rc == 1, (rc, err)
+        assert "is at schema 0" in err, err
+        assert not os.path.exists(src.db_path)
+        src.write_config({"gen": {"dialect": "generic", "auth": "none",
+                                  "base_url": "http://127.0.0.1:9/x"}})
+        rc, out, err = src.ctl("enqueue", "--provider", "gen", "-",
+                               input="")
+        assert rc == 0, err
+        rc, out, err = src.ctl("migrate", "--from", src.db_path, "--to",
+                               "postgresql://%zz")
+        assert rc == 78, (rc, err)
 
 
 if __name__ == "__main__":

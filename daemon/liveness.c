@@ -66,8 +66,7 @@ static char *
 lock_dir_of(const char *database)
 {
     if (database == NULL || database[0] == '\0' ||
-        strcmp(database, ":memory:") == 0 || strstr(database, "://") ||
-        strchr(database, '='))
+        strcmp(database, ":memory:") == 0 || !store_is_file(database))
         return NULL;
     return xasprintf("%s.daemons", database);
 }

@@ -44,7 +44,9 @@ setup(void **state)
     struct fixture *f = calloc(1, sizeof(*f));
     snprintf(f->dir, sizeof(f->dir), "/tmp/test_liveness.XXXXXX");
     assert_non_null(mkdtemp(f->dir));
-    snprintf(f->path, sizeof(f->path), "%s/queue.db", f->dir);
+    /* an = in the name: still a file, with its lock files (a
+     * connection string is told apart by store_is_file, not by =) */
+    snprintf(f->path, sizeof(f->path), "%s/queue=1.db", f->dir);
     snprintf(f->lock_dir, sizeof(f->lock_dir), "%s.daemons", f->path);
     assert_int_equal(store_open(f->path, &f->a), 0);
     assert_int_equal(store_open(f->path, &f->b), 0);
